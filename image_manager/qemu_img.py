@@ -190,7 +190,7 @@ def translate_error(command: str, path: PathLike, stderr: str, returncode: int) 
     if "lock" in lowered and ("failed to get" in lowered or "another process" in lowered):
         return ImageInUse(path=str(path), reason=detail)
     if "no space left on device" in lowered:
-        return StorageFull(path=str(path))
+        return StorageFull(f"no space left on the storage holding {path} ({detail}); free space or add storage")
     if "corrupt" in lowered:
         return ImageCorrupt(path=str(path), reason=detail)
     if ("not in" in lowered and "format" in lowered) or "unknown file format" in lowered \

@@ -1,0 +1,620 @@
+"""The demo desktop: a tiny, real, bootable guest built only from Debian packages, cached outside git.
+
+What it is:
+- a Debian cloud kernel (`linux-image-<version>-cloud-amd64`, downloaded with `apt-get download`);
+- a generic initramfs (busybox-static + the virtio modules) whose only job is to mount /dev/vda and
+  hand over to the disk's /sbin/init, so every behaviour of the desktop travels with the TEMPLATE DISK;
+- a template disk (ext4, populated without loop mounts, converted to qcow2) holding busybox, the
+  desktop's init, a guest agent, the installed-applications list and a random template id.
+
+What the guest does at boot (all on the serial console, one marker per line):
+    VDI-BOOT template=<id> hostname=<name> boot=<n>      the template this disk descends from
+    VDI-USERFILE <path> exists: <first line>             once per file under /home/user ...
+    VDI-USERFILE none                                    ... or this when there are none
+    VDI-AGENT ready port=/dev/vportNpM                   the guest agent answers on its channel
+    VDI-READY                                            boot finished
+The hostname is `vdi.hostname=` from the kernel command line, else /etc/hostname of the disk.
+An ACPI power-button press (libvirt's shutdown()) powers the guest off cleanly (VDI-SHUTDOWN poweroff).
+
+The guest agent speaks one line per request on the virtio-serial port named
+`org.vdi.guest_agent.0` (see AGENT_PORT_NAME) and answers one line:
+    ping -> pong                      hostname -> <name>            uptime -> <seconds>
+    apps -> App 1,App 2,...           sync -> ok                    help -> the command list
+    write PATH TEXT -> ok <bytes>     (writes TEXT and a newline into PATH, then syncs)
+    read PATH -> <content>            (newlines shown as the two characters \\n)
+    run OP -> OP <milliseconds>       (OP: cpu, disk, compress, memory; a bounded amount of work)
+    reboot -> ok / poweroff -> ok     (then the guest syncs and reboots or powers off)
+    anything else -> ERR <what to do instead>
+
+`ensure_demo_image()` builds all this once per recipe (the cache key is a hash of everything that
+shapes the result) and returns the cached files on later calls; `DemoImage.publish()` copies them to
+shared storage, where QEMU (running as its own user) can read them.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from core.errors import Invalid, Unavailable, VdiError
+
+# Bump when the recipe changes in a way the hash below cannot see (e.g. a different build tool flag).
+RECIPE_VERSION = "1"
+
+KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
+BUSYBOX_PACKAGE = "busybox-static"
+AGENT_PORT_NAME = "org.vdi.guest_agent.0"
+DISK_SIZE_MIB = 64
+USER_DATA_DIR = "/home/user"
+
+DEFAULT_APPS: tuple[str, ...] = (
+    "LibreOffice 7.4",
+    "Firefox ESR 115",
+    "Thunderbird 115",
+    "GIMP 2.10",
+    "Office Viewer 1.2",
+)
+
+# The cloud kernel builds virtio as modules; insmod has no dependency resolution, so the order matters
+# (a module before its dependencies fails with "unknown symbol"). evdev + button let acpid see the
+# ACPI power button, virtio_balloon gives libvirt the guest's memory figures.
+KERNEL_MODULES: tuple[str, ...] = (
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_console",
+    "virtio_balloon",
+    "evdev",
+    "button",
+)
+
+# Serial-console markers (see the module docstring); tests and the node read the log for these.
+MARK_BOOT = "VDI-BOOT"
+MARK_USERFILE = "VDI-USERFILE"
+MARK_AGENT_READY = "VDI-AGENT ready"
+MARK_READY = "VDI-READY"
+MARK_SHUTDOWN = "VDI-SHUTDOWN"
+MARK_PANIC = "VDI-PANIC"
+
+# ---- what goes into the guest ------------------------------------------------------------------
+
+INITRAMFS_INIT = r"""#!/bin/busybox sh
+# Find the desktop's disk and hand over to ITS init: the template carries the behaviour, not this.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for module in @MODULES@; do
+    insmod "/lib/modules/$module.ko" || echo "VDI-INITRAMFS cannot load module $module"
+done
+tries=0
+while [ ! -b /dev/vda ] && [ "$tries" -lt 200 ]; do sleep 0.05; tries=$((tries + 1)); done
+if ! mount -t ext4 -o rw /dev/vda /newroot; then
+    echo "VDI-PANIC cannot mount /dev/vda as ext4 (is the desktop disk attached as virtio?)"
+    sleep 1; poweroff -f
+fi
+if [ ! -x /newroot/sbin/init ]; then
+    echo "VDI-PANIC /dev/vda has no executable /sbin/init: not a VDI demo template"
+    sleep 1; poweroff -f
+fi
+mount --move /dev /newroot/dev
+mount --move /sys /newroot/sys
+mount --move /proc /newroot/proc
+exec switch_root /newroot /sbin/init
+"""
+
+DISK_INIT = r"""#!/bin/busybox sh
+# The desktop's init (PID 1), carried by the template disk.
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -p /run/bin && /bin/busybox --install -s /run/bin
+export PATH=/run/bin
+mount -t tmpfs tmpfs /tmp
+name=$(cat /etc/hostname 2>/dev/null)
+for word in $(cat /proc/cmdline); do
+    case "$word" in vdi.hostname=?*) name=${word#vdi.hostname=} ;; esac
+done
+hostname "${name:-vdi-desktop}"
+boots=$(cat /var/lib/vdi/boot-count 2>/dev/null)
+boots=$(( ${boots:-0} + 1 ))
+echo "$boots" > /var/lib/vdi/boot-count
+sync
+echo "VDI-BOOT template=$(cat /template-id) hostname=$(hostname) boot=$boots kernel=$(uname -r)"
+found=0
+for file in @USERDIR@/*; do
+    [ -f "$file" ] || continue
+    found=1
+    echo "VDI-USERFILE $file exists: $(head -n 1 "$file" | cut -c1-80)"
+done
+[ "$found" = 1 ] || echo "VDI-USERFILE none"
+acpid -c /etc/acpi -l /run/acpid.log
+( while true; do /usr/sbin/vdi-agent; echo "VDI-AGENT exited with $?; restarting"; sleep 1; done ) &
+echo "VDI-READY"
+while true; do wait; sleep 60; done
+"""
+
+SHUTDOWN_SCRIPT = r"""#!/bin/busybox sh
+# vdi-shutdown poweroff|reboot: flush the disk, remount it read-only and stop the machine.
+export PATH=/run/bin
+action=${1:-poweroff}
+echo "VDI-SHUTDOWN $action" > /dev/console
+sync
+mount -o remount,ro / 2>/dev/null
+sync
+if [ "$action" = reboot ]; then reboot -f; else poweroff -f; fi
+"""
+
+POWER_BUTTON_SCRIPT = """#!/bin/busybox sh
+exec /usr/sbin/vdi-shutdown poweroff
+"""
+
+AGENT_SCRIPT = r"""#!/bin/busybox sh
+# The guest agent: one request line in, one answer line out, on the virtio-serial port @PORTNAME@.
+export PATH=/run/bin
+find_port() {
+    for name_file in /sys/class/virtio-ports/*/name; do
+        [ -r "$name_file" ] || continue
+        if [ "$(cat "$name_file")" = "@PORTNAME@" ]; then
+            dir=${name_file%/name}
+            echo "/dev/${dir##*/}"
+            return 0
+        fi
+    done
+    return 1
+}
+now_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
+
+run_op() {
+    start=$(now_ms)
+    case "$1" in
+        cpu) dd if=/dev/zero bs=64k count=128 2>/dev/null | md5sum > /dev/null ;;
+        disk) dd if=/dev/zero of=/var/tmp/vdi-run-disk bs=64k count=32 conv=fsync 2>/dev/null
+              cat /var/tmp/vdi-run-disk > /dev/null; rm -f /var/tmp/vdi-run-disk; sync ;;
+        compress) gzip -c /bin/busybox > /dev/null ;;
+        memory) dd if=/dev/zero of=/run/vdi-run-memory bs=64k count=256 2>/dev/null
+                rm -f /run/vdi-run-memory ;;
+        *) echo "ERR unknown operation '$1': use one of cpu, disk, compress, memory"; return ;;
+    esac
+    echo "$1 $(( $(now_ms) - start ))"
+}
+
+handle() {
+    line=$1
+    command=${line%% *}
+    rest=
+    [ "$command" != "$line" ] && rest=${line#* }
+    case "$command" in
+        ping) echo pong ;;
+        hostname) hostname ;;
+        uptime) cut -d. -f1 /proc/uptime ;;
+        apps) grep -v '^$' /etc/vdi/apps | tr '\n' ',' | sed 's/,$//'; echo ;;
+        sync) sync; echo ok ;;
+        write)
+            path=${rest%% *}
+            text=
+            [ "$path" != "$rest" ] && text=${rest#* }
+            case "$path" in
+                /*) ;;
+                *) echo "ERR usage: write /ABSOLUTE/PATH TEXT"; return ;;
+            esac
+            mkdir -p "$(dirname "$path")" && printf '%s\n' "$text" > "$path" && sync \
+                && echo "ok $(wc -c < "$path")" || echo "ERR cannot write $path"
+            ;;
+        read)
+            if [ -f "$rest" ]; then
+                sed -e ':a' -e 'N' -e '$!ba' -e 's/\n/\\n/g' "$rest"
+            else
+                echo "ERR no such file: $rest"
+            fi
+            ;;
+        run) run_op "$rest" ;;
+        reboot|poweroff)
+            echo ok
+            ( sleep 1; /usr/sbin/vdi-shutdown "$command" ) < /dev/null > /dev/null 2>&1 &
+            ;;
+        help) echo "commands: ping hostname uptime apps sync write read run reboot poweroff help" ;;
+        "") echo "ERR empty request: send a command such as ping" ;;
+        *) echo "ERR unknown command '$command': send help for the list" ;;
+    esac
+}
+
+port=
+tries=0
+until port=$(find_port); do
+    tries=$((tries + 1))
+    if [ "$tries" -ge 50 ]; then
+        echo "VDI-AGENT unavailable: no virtio-serial port named @PORTNAME@" > /dev/console
+        exec sleep 2147483647
+    fi
+    sleep 0.2
+done
+exec 3<>"$port"
+echo "VDI-AGENT ready port=$port" > /dev/console
+while true; do
+    # read returns EOF at once while no host program is connected to the channel: poll until one is.
+    while IFS= read -r request <&3; do
+        request=$(printf '%s' "$request" | tr -d '\r')
+        answer=$(handle "$request" 2>&1 | tr '\n' ' ' | sed 's/ $//')
+        printf '%s\n' "$answer" >&3
+    done
+    sleep 0.5
+done
+"""
+
+
+class DemoImageBuildFailed(VdiError):
+    code = "demo_image_build_failed"
+    status = 500
+    expected = True
+    msg_fmt = "building the demo image failed while {step}: {reason}"
+
+
+class DemoImageToolMissing(Unavailable):
+    code = "demo_image_tool_missing"
+    msg_fmt = "{what} is unavailable: {reason}"
+
+
+@dataclass(frozen=True)
+class DemoImage:
+    """The files of one built demo desktop. Paths are absolute."""
+
+    kernel: Path
+    initrd: Path
+    template: Path
+    apps: list[str] = field(default_factory=list)
+    template_id: str = ""
+    kernel_version: str = ""
+    recipe_key: str = ""
+    build_seconds: float = 0.0
+
+    def cmdline(self, hostname: str | None = None) -> str:
+        """The kernel command line that shows the guest's console on the first serial port."""
+        parts = ["console=ttyS0", "quiet"]
+        if hostname:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", hostname):
+                raise Invalid(f"hostname {hostname!r} is not a valid host name: use 1-63 letters, digits"
+                              " or '-', starting with a letter or digit")
+            parts.append(f"vdi.hostname={hostname}")
+        return " ".join(parts)
+
+    def publish(self, dest_dir: str | os.PathLike[str]) -> "DemoImage":
+        """Copy kernel, initrd and template into `dest_dir` (shared storage) and return the copy.
+
+        The names carry the recipe key, so publishing twice is a no-op and two recipes can share one
+        directory. Files become world-readable: QEMU runs as its own user.
+        """
+        dest = Path(dest_dir).resolve()
+        dest.mkdir(parents=True, exist_ok=True)
+        copies = {}
+        for kind, src in (("kernel", self.kernel), ("initrd", self.initrd), ("template", self.template)):
+            target = dest / f"vdi-demo-{self.recipe_key}-{src.name}"
+            if not target.exists() or target.stat().st_size != src.stat().st_size:
+                partial = target.with_name(f".tmp-{uuid.uuid4().hex}-{target.name}")
+                shutil.copyfile(src, partial)
+                os.chmod(partial, 0o644)
+                os.replace(partial, target)
+            copies[kind] = target
+        return DemoImage(
+            kernel=copies["kernel"],
+            initrd=copies["initrd"],
+            template=copies["template"],
+            apps=list(self.apps),
+            template_id=self.template_id,
+            kernel_version=self.kernel_version,
+            recipe_key=self.recipe_key,
+            build_seconds=self.build_seconds,
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        for key in ("kernel", "initrd", "template"):
+            data[key] = str(data[key])
+        return data
+
+
+# ---- the build ----------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """$VDI_CACHE_DIR, else ~/.cache/vdi."""
+    configured = os.environ.get("VDI_CACHE_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "vdi"
+
+
+def recipe_key(apps: Sequence[str] = DEFAULT_APPS) -> str:
+    """A short hash of everything that shapes the image: change any of it and the image is rebuilt."""
+    recipe = json.dumps(
+        {
+            "version": RECIPE_VERSION,
+            "packages": [KERNEL_META_PACKAGE, BUSYBOX_PACKAGE],
+            "modules": list(KERNEL_MODULES),
+            "disk_mib": DISK_SIZE_MIB,
+            "apps": list(apps),
+            "scripts": [INITRAMFS_INIT, DISK_INIT, SHUTDOWN_SCRIPT, POWER_BUTTON_SCRIPT, AGENT_SCRIPT],
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+
+
+def ensure_demo_image(cache_dir: str | os.PathLike[str] | None = None,
+                      apps: Sequence[str] = DEFAULT_APPS) -> DemoImage:
+    """Return the demo desktop for the current recipe, building it first if it is not cached.
+
+    Builds at most once per recipe: concurrent callers wait on a lock and then reuse the result.
+    Needs root-free tools only (apt-get download, dpkg -x, cpio, gzip, mkfs.ext4, qemu-img) and the
+    apt package lists. Raises DemoImageToolMissing when a tool is absent and DemoImageBuildFailed
+    (saying which step) when a step fails; a failed build leaves no half-built entry behind.
+    """
+    _check_apps(apps)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    base = root / "demo-image"
+    base.mkdir(parents=True, exist_ok=True)
+    key = recipe_key(apps)
+    entry = base / key
+    with _locked(base / ".lock"):
+        cached = _load_manifest(entry)
+        if cached is not None:
+            return cached
+        return _build(base, entry, key, list(apps))
+
+
+def _check_apps(apps: Sequence[str]) -> None:
+    if not apps:
+        raise DemoImageBuildFailed(step="checking the application list", reason="give at least one application")
+    for app in apps:
+        if not isinstance(app, str) or not app.strip() or "\n" in app or "," in app:
+            raise DemoImageBuildFailed(
+                step="checking the application list",
+                reason=f"{app!r} is not a usable application name (one line, no commas, not empty)",
+            )
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _load_manifest(entry: Path) -> DemoImage | None:
+    manifest = entry / "manifest.json"
+    if not manifest.is_file():
+        return None
+    data = json.loads(manifest.read_text())
+    image = DemoImage(
+        kernel=entry / data["kernel"],
+        initrd=entry / data["initrd"],
+        template=entry / data["template"],
+        apps=list(data["apps"]),
+        template_id=data["template_id"],
+        kernel_version=data["kernel_version"],
+        recipe_key=data["recipe_key"],
+        build_seconds=float(data["build_seconds"]),
+    )
+    if not all(path.is_file() for path in (image.kernel, image.initrd, image.template)):
+        return None  # someone deleted a file from the cache: build again
+    return image
+
+
+def _build(base: Path, entry: Path, key: str, apps: list[str]) -> DemoImage:
+    started = time.monotonic()
+    for tool in ("apt-get", "apt-cache", "dpkg", "cpio", "gzip", "mkfs.ext4", "debugfs", "qemu-img"):
+        if shutil.which(tool) is None:
+            raise DemoImageToolMissing(
+                what=tool,
+                reason="install the Debian packages apt, dpkg, cpio, gzip, e2fsprogs and qemu-utils",
+            )
+    kernel_package = resolve_kernel_package()
+    debs = base / "debs"
+    debs.mkdir(exist_ok=True)
+    kernel_deb = _download(debs, kernel_package)
+    busybox_deb = _download(debs, BUSYBOX_PACKAGE)
+
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=base))
+    try:
+        extracted = work / "extracted"
+        for deb in (kernel_deb, busybox_deb):
+            _run(["dpkg", "-x", str(deb), str(extracted)], step=f"unpacking {deb.name}")
+        vmlinuz = sorted((extracted / "boot").glob("vmlinuz-*"))
+        if not vmlinuz:
+            raise DemoImageBuildFailed(step="finding the kernel", reason=f"{kernel_deb.name} has no boot/vmlinuz-*")
+        kernel_version = vmlinuz[0].name.removeprefix("vmlinuz-")
+        busybox = extracted / "bin" / "busybox"
+        if not busybox.is_file():
+            raise DemoImageBuildFailed(step="finding busybox", reason=f"{busybox_deb.name} has no bin/busybox")
+
+        output = work / "output"
+        output.mkdir()
+        shutil.copyfile(vmlinuz[0], output / "vmlinuz")
+        _make_initramfs(work / "initramfs", extracted, kernel_version, busybox, output / "initrd.img")
+        template_id = f"demo-{key}-{uuid.uuid4().hex[:12]}"
+        _make_template(work / "disk", busybox, apps, template_id, output / "template.qcow2")
+
+        build_seconds = round(time.monotonic() - started, 2)
+        manifest = {
+            "kernel": "vmlinuz",
+            "initrd": "initrd.img",
+            "template": "template.qcow2",
+            "apps": apps,
+            "template_id": template_id,
+            "kernel_version": kernel_version,
+            "kernel_package": kernel_package,
+            "recipe_key": key,
+            "build_seconds": build_seconds,
+        }
+        (output / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        for path in output.iterdir():
+            os.chmod(path, 0o644)
+        if entry.exists():  # a stale, incomplete entry (a file was deleted from it)
+            shutil.rmtree(entry)
+        os.replace(output, entry)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    image = _load_manifest(entry)
+    assert image is not None
+    return image
+
+
+def resolve_kernel_package() -> str:
+    """The versioned cloud kernel package the meta package currently depends on."""
+    result = _run(["apt-cache", "depends", KERNEL_META_PACKAGE], step=f"resolving {KERNEL_META_PACKAGE}")
+    match = re.search(r"Depends:\s*(linux-image-[0-9][^\s]*-cloud-amd64)\b", result.stdout)
+    if not match:
+        raise DemoImageBuildFailed(
+            step=f"resolving {KERNEL_META_PACKAGE}",
+            reason="apt-cache names no linux-image-<version>-cloud-amd64 dependency; run apt-get update",
+        )
+    return match.group(1)
+
+
+def _download(debs: Path, package: str) -> Path:
+    existing = sorted(debs.glob(f"{package}_*.deb"))
+    if existing:
+        return existing[-1]
+    # apt-get download writes into the current directory; a private one keeps half-downloads apart.
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=debs))
+    try:
+        os.chmod(staging, 0o755)  # lets apt's unprivileged download user write there
+        _run(["apt-get", "download", package], step=f"downloading {package}", cwd=staging, timeout=600)
+        found = sorted(staging.glob(f"{package}_*.deb"))
+        if not found:
+            raise DemoImageBuildFailed(step=f"downloading {package}", reason="apt-get produced no .deb file")
+        target = debs / found[0].name
+        os.replace(found[0], target)
+        return target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _make_initramfs(root: Path, extracted: Path, kernel_version: str, busybox: Path, target: Path) -> None:
+    for sub in ("bin", "dev", "proc", "sys", "newroot", "lib/modules"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(busybox, root / "bin" / "busybox")
+    modules_root = extracted / "lib" / "modules" / kernel_version
+    for module in KERNEL_MODULES:
+        candidates = sorted(modules_root.rglob(f"{module}.ko"))
+        if not candidates:
+            raise DemoImageBuildFailed(
+                step="collecting kernel modules",
+                reason=f"module {module}.ko is not in the {kernel_version} kernel package",
+            )
+        shutil.copyfile(candidates[0], root / "lib" / "modules" / f"{module}.ko")
+    _write_script(root / "init", INITRAMFS_INIT.replace("@MODULES@", " ".join(KERNEL_MODULES)))
+    names = sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+    listing = ".\n" + "".join(f"{name}\n" for name in names)
+    archive = _run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"], step="packing the initramfs",
+                   cwd=root, input_bytes=listing.encode(), binary=True)
+    target.write_bytes(gzip.compress(archive.stdout, compresslevel=6, mtime=0))
+
+
+def _make_template(root: Path, busybox: Path, apps: list[str], template_id: str, target: Path) -> None:
+    for sub in ("bin", "sbin", "usr/sbin", "etc/vdi", "etc/acpi/PWRF", "dev", "proc", "sys", "run", "tmp",
+                "var/tmp", "var/lib/vdi", USER_DATA_DIR.lstrip("/")):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    os.chmod(root / "tmp", 0o1777)
+    shutil.copy2(busybox, root / "bin" / "busybox")
+    _write_script(root / "sbin" / "init", DISK_INIT.replace("@USERDIR@", USER_DATA_DIR))
+    _write_script(root / "usr" / "sbin" / "vdi-agent", AGENT_SCRIPT.replace("@PORTNAME@", AGENT_PORT_NAME))
+    _write_script(root / "usr" / "sbin" / "vdi-shutdown", SHUTDOWN_SCRIPT)
+    _write_script(root / "etc" / "acpi" / "PWRF" / "00000080", POWER_BUTTON_SCRIPT)
+    (root / "template-id").write_text(template_id + "\n")
+    (root / "etc" / "hostname").write_text("vdi-template\n")
+    (root / "etc" / "vdi" / "apps").write_text("".join(f"{app}\n" for app in apps))
+    (root / "etc" / "os-release").write_text(
+        'NAME="VDI Demo Desktop"\nID=vdi-demo\nPRETTY_NAME="VDI Demo Desktop (busybox)"\n'
+        f"VDI_TEMPLATE_ID={template_id}\n"
+    )
+    raw = target.with_suffix(".raw")
+    with open(raw, "wb") as handle:
+        handle.truncate(DISK_SIZE_MIB * 1024 * 1024)
+    # -d populates the file system from a directory: no loop mount, no root-only step.
+    _run(["mkfs.ext4", "-q", "-F", "-L", "vdi-root", "-E", "root_owner=0:0", "-d", str(root), str(raw)],
+         step="making the template file system")
+    check = _run(["debugfs", "-R", "cat /template-id", str(raw)], step="checking the template file system")
+    if check.stdout.strip() != template_id:
+        raise DemoImageBuildFailed(
+            step="checking the template file system",
+            reason=f"/template-id reads {check.stdout.strip()!r}, expected {template_id!r}",
+        )
+    _run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(target)],
+         step="converting the template to qcow2")
+    raw.unlink()
+
+
+def _write_script(path: Path, text: str) -> None:
+    path.write_text(text)
+    os.chmod(path, 0o755)
+
+
+def _run(argv: list[str], *, step: str, cwd: Path | None = None, timeout: float = 300,
+         input_bytes: bytes | None = None, binary: bool = False) -> subprocess.CompletedProcess:
+    try:
+        result = subprocess.run(argv, cwd=cwd, input=input_bytes, capture_output=True, timeout=timeout,
+                                text=not binary)
+    except FileNotFoundError as exc:
+        raise DemoImageToolMissing(what=argv[0], reason=str(exc)) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise DemoImageBuildFailed(step=step, reason=f"{argv[0]} did not finish within {timeout} s") from exc
+    if result.returncode != 0:
+        stderr = result.stderr.decode(errors="replace") if binary else result.stderr
+        raise DemoImageBuildFailed(step=step, reason=f"{' '.join(argv)} exited {result.returncode}: "
+                                                     f"{stderr.strip()[-800:]}")
+    return result
+
+
+# ---- command line (`vdi image build-demo`) ------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="vdi image build-demo",
+        description="Build (once) the tiny demo desktop from Debian packages and print where its files are.",
+    )
+    parser.add_argument("--cache-dir", help="cache root (default: $VDI_CACHE_DIR or ~/.cache/vdi)")
+    parser.add_argument("--publish", metavar="DIR", help="also copy the files into DIR (shared storage)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    args = parser.parse_args(argv)
+    try:
+        image = ensure_demo_image(args.cache_dir)
+        if args.publish:
+            image = image.publish(args.publish)
+    except VdiError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(image.to_dict()))
+    else:
+        print(f"kernel:      {image.kernel}")
+        print(f"initrd:      {image.initrd}")
+        print(f"template:    {image.template}")
+        print(f"template id: {image.template_id}")
+        print(f"kernel ver.: {image.kernel_version}")
+        print(f"apps:        {', '.join(image.apps)}")
+        print(f"cmdline:     {image.cmdline()}")
+        print(f"built in:    {image.build_seconds} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
