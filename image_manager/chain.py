@@ -64,6 +64,7 @@ def revert_to_snapshot(snapshot: PathLike, new_active: PathLike, *, discard: Ite
 
 
 def delete_snapshot(snapshot: PathLike, child: PathLike, *, commit_into_backing: bool = False,
+                    protected: Iterable[PathLike] = (),
                     progress: qemu_img.ProgressCallback | None = None,
                     timeout: float | None = None) -> Path | None:
     """Remove the snapshot volume `snapshot` from the chain without changing what `child` reads.
@@ -72,10 +73,13 @@ def delete_snapshot(snapshot: PathLike, child: PathLike, *, commit_into_backing:
     data) and points child at that file; allowed only when that backing file belongs to this desktop and
     has no other child — never for a template. Otherwise child is safely rebased onto snapshot's backing
     file (qemu-img copies into child whatever differs). Then `snapshot` is deleted.
+    Files under <root>/templates/ and those in `protected` are never written or deleted (Invalid).
     Returns child's new backing file (None if child became standalone).
     Re-running after a crash at any point completes the job; once done it is a no-op.
     """
     snapshot, child = Path(snapshot), Path(child)
+    if fileops.is_template_path(snapshot) or _real(snapshot) in {_real(p) for p in protected}:
+        raise Invalid(f"{snapshot} is a template version, not a snapshot: templates are never merged or deleted here")
     child_backing = backing_of(child)
     if child_backing is None or _real(child_backing) != _real(snapshot):
         return _finish_earlier_delete(snapshot, child, child_backing)
@@ -83,6 +87,8 @@ def delete_snapshot(snapshot: PathLike, child: PathLike, *, commit_into_backing:
     if commit_into_backing:
         if base is None:
             raise Invalid(f"{snapshot} has no backing file to commit into")
+        if fileops.is_template_path(base) or _real(base) in {_real(p) for p in protected}:
+            raise Invalid(f"cannot commit {snapshot} into {base}: it is a template version, which is never written")
         qemu_img.commit(snapshot, keep_top=True, progress=progress, timeout=timeout or qemu_img.COPY_TIMEOUT)
         # base now reads exactly like snapshot did, so only child's header needs to change.
         qemu_img.rebase(child, base, unsafe=True)

@@ -68,6 +68,11 @@ class StorageLayout:
         return self.desktop_dir(desktop_id) / f"{check_name('volume id', volume_id)}{IMAGE_SUFFIX}"
 
 
+def is_template_path(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is laid out as a template version (<root>/templates/<id>/<version>.qcow2)."""
+    return Path(path).parent.parent.name == TEMPLATES_DIR
+
+
 def tmp_path_for(target: str | os.PathLike[str], job_id: str | None = None) -> Path:
     """The temporary name under which `target` is built: same directory (so rename is atomic).
 
