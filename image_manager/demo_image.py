@@ -50,7 +50,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core.errors import Invalid, Unavailable, VdiError
+from core.errors import Invalid, VdiError
+from image_manager import qemu_img
+from image_manager.errors import ImageToolMissing
 
 # Bump when the recipe changes in a way the hash below cannot see (e.g. a different build tool flag).
 RECIPE_VERSION = "1"
@@ -266,11 +268,6 @@ class DemoImageBuildFailed(VdiError):
     msg_fmt = "building the demo image failed while {step}: {reason}"
 
 
-class DemoImageToolMissing(Unavailable):
-    code = "demo_image_tool_missing"
-    msg_fmt = "{what} is unavailable: {reason}"
-
-
 @dataclass(frozen=True)
 class DemoImage:
     """The files of one built demo desktop. Paths are absolute."""
@@ -360,7 +357,7 @@ def ensure_demo_image(cache_dir: str | os.PathLike[str] | None = None,
 
     Builds at most once per recipe: concurrent callers wait on a lock and then reuse the result.
     Needs root-free tools only (apt-get download, dpkg -x, cpio, gzip, mkfs.ext4, qemu-img) and the
-    apt package lists. Raises DemoImageToolMissing when a tool is absent and DemoImageBuildFailed
+    apt package lists. Raises ImageToolMissing when a tool is absent and DemoImageBuildFailed
     (saying which step) when a step fails; a failed build leaves no half-built entry behind.
     """
     _check_apps(apps)
@@ -421,7 +418,7 @@ def _build(base: Path, entry: Path, key: str, apps: list[str]) -> DemoImage:
     started = time.monotonic()
     for tool in ("apt-get", "apt-cache", "dpkg", "cpio", "gzip", "mkfs.ext4", "debugfs", "qemu-img"):
         if shutil.which(tool) is None:
-            raise DemoImageToolMissing(
+            raise ImageToolMissing(
                 what=tool,
                 reason="install the Debian packages apt, dpkg, cpio, gzip, e2fsprogs and qemu-utils",
             )
@@ -557,8 +554,7 @@ def _make_template(root: Path, busybox: Path, apps: list[str], template_id: str,
             step="checking the template file system",
             reason=f"/template-id reads {check.stdout.strip()!r}, expected {template_id!r}",
         )
-    _run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(target)],
-         step="converting the template to qcow2")
+    qemu_img.convert(raw, target, src_fmt="raw", out_fmt="qcow2")
     raw.unlink()
 
 
@@ -573,7 +569,7 @@ def _run(argv: list[str], *, step: str, cwd: Path | None = None, timeout: float 
         result = subprocess.run(argv, cwd=cwd, input=input_bytes, capture_output=True, timeout=timeout,
                                 text=not binary)
     except FileNotFoundError as exc:
-        raise DemoImageToolMissing(what=argv[0], reason=str(exc)) from exc
+        raise ImageToolMissing(what=argv[0], reason=str(exc)) from exc
     except subprocess.TimeoutExpired as exc:
         raise DemoImageBuildFailed(step=step, reason=f"{argv[0]} did not finish within {timeout} s") from exc
     if result.returncode != 0:
