@@ -1,0 +1,52 @@
+# The two commands a newcomer needs:  `make run`  and  `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends
+
+# Debian packages: building libvirt-python, real guests (QEMU TCG, qemu-img), the demo image, the browser tests.
+RUN_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
+	qemu-system-x86 qemu-utils dnsmasq-base cpio busybox-static e2fsprogs
+TEST_PACKAGES := $(RUN_PACKAGES) postgresql postgresql-client redis-server redis-tools iproute2 \
+	chromium chromium-driver
+
+.PHONY: run test venv sysdeps-run sysdeps-test services lint clean-data help
+
+help:
+	@echo "make run   - install what is needed and run the manager on the embedded default (SQLite)"
+	@echo "make test  - install system packages, start Postgres/Redis/libvirtd, run the whole test suite"
+
+define ensure_packages
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing: $$missing"; $(SUDO) apt-get update -qq && $(APT) $$missing >/dev/null; fi
+endef
+
+sysdeps-run:
+	$(call ensure_packages,$(RUN_PACKAGES))
+
+sysdeps-test:
+	$(call ensure_packages,$(TEST_PACKAGES))
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[node,test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+services:
+	bash scripts/services.sh postgres redis libvirtd
+
+run: sysdeps-run venv
+	@bash scripts/services.sh libvirtd || echo "libvirtd is not usable here: the demo uses a libvirt test-driver host"
+	$(VENV)/bin/vdi demo
+	$(VENV)/bin/vdi serve
+
+test: sysdeps-test venv services
+	$(PY) -m pytest -q -p no:cacheprovider
+
+clean-data:
+	rm -rf var

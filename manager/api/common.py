@@ -1,0 +1,124 @@
+"""What every route shares: the session dependency, paging, the Page shape, and the one error renderer."""
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import Select, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.errors import BadRequest, VdiError
+from manager.db import request_session
+
+log = logging.getLogger("vdi.api")
+
+DbSession = Annotated[Session, Depends(request_session, scope="function")]
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    page: int
+    per_page: int
+    pages: int
+
+
+class PageParams(BaseModel):
+    page: int
+    per_page: int
+    sort: str | None
+    order: Literal["asc", "desc"]
+
+
+def page_params(page: Annotated[int, Query(ge=1, description="1-based page number")] = 1,
+                per_page: Annotated[int, Query(ge=1, le=1000, description="items per page")] = 50,
+                sort: Annotated[str | None, Query(description="field to sort by")] = None,
+                order: Annotated[Literal["asc", "desc"], Query()] = "asc") -> PageParams:
+    return PageParams(page=page, per_page=per_page, sort=sort, order=order)
+
+
+Paging = Annotated[PageParams, Depends(page_params)]
+
+
+def paginate(session: Session, stmt: Select, params: PageParams, schema: type[BaseModel], *,
+             sortable: dict[str, Any] | None = None, default_order: list[Any] | None = None) -> dict[str, Any]:
+    """Run `stmt` one page at a time; sorting only by whitelisted fields (never by a client-supplied name)."""
+    order_by = list(default_order or [])
+    if params.sort is not None:
+        if not sortable or params.sort not in sortable:
+            allowed = ", ".join(sorted(sortable or {})) or "nothing"
+            raise BadRequest(f"cannot sort by {params.sort!r}; sortable fields: {allowed}")
+        column = sortable[params.sort]
+        order_by = [column.desc() if params.order == "desc" else column.asc(), *order_by]
+    total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
+    rows = session.scalars(stmt.order_by(*order_by).offset((params.page - 1) * params.per_page)
+                           .limit(params.per_page)).all()
+    return {
+        "items": [schema.model_validate(r) for r in rows],
+        "total": total,
+        "page": params.page,
+        "per_page": params.per_page,
+        "pages": math.ceil(total / params.per_page) if total else 0,
+    }
+
+
+# ---- errors ---------------------------------------------------------------------------------------
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
+        parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(VdiError)
+    async def _vdi_error(_request: Request, exc: VdiError) -> JSONResponse:
+        if exc.status >= 500 and not exc.expected:
+            log.error("unexpected %s: %s", exc.code, exc.message)
+        return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        return JSONResponse({"error": "invalid", "detail": _validation_message(exc), "errors": errors},
+                            status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 401: "not_authenticated", 403: "forbidden"}.get(
+            exc.status_code, "http_error")
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = "no such endpoint; see /docs for the API"
+        return JSONResponse({"error": code, "detail": detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(_request: Request, exc: IntegrityError) -> JSONResponse:
+        log.info("integrity error: %s", exc.orig)
+        return JSONResponse({"error": "conflict",
+                             "detail": "the change conflicts with existing data (a duplicate, or an object "
+                                       "still in use); reload and try again"}, status_code=409)
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_request: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database error: %s", exc.orig)
+        return JSONResponse({"error": "unavailable", "detail": "the database is unavailable; try again shortly"},
+                            status_code=503)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        incident = uuid.uuid4().hex[:12]
+        log.exception("unhandled error (incident %s)", incident)
+        return JSONResponse({"error": "internal", "detail": f"internal error; the manager log has incident {incident}"},
+                            status_code=500)

@@ -1,0 +1,172 @@
+"""One way to list, get, create, update and delete a resource.
+
+`CrudResource` describes a model and its schemas; `crud_router` builds the five routes with the same paging,
+validation of references (an unknown `*_id` is a 422 naming the field), uniqueness (409 `duplicate`), in-use
+checks before delete (409 `in_use` naming the users) and an event for every change.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Response
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.errors import DuplicateName, Invalid, NotFound
+from event_manager.service import emit
+from manager.api.common import DbSession, Page, Paging, paginate
+from manager.auth import Principal, require
+from manager.models import Base
+
+
+def model_for_table(table_name: str) -> type:
+    for mapper in Base.registry.mappers:
+        if mapper.local_table.name == table_name:
+            return mapper.class_
+    raise KeyError(table_name)
+
+
+def check_references(session: Session, model: type, values: dict[str, Any]) -> None:
+    """Every foreign-key value in `values` must name an existing row: a clear 422 otherwise."""
+    for column in model.__table__.columns:
+        value = values.get(column.key)
+        if value is None or not column.foreign_keys:
+            continue
+        target = model_for_table(next(iter(column.foreign_keys)).column.table.name)
+        if session.get(target, value) is None:
+            kind = target.__tablename__.rstrip("s").replace("_", " ")
+            raise Invalid(f"{column.key}: {kind} {value} does not exist")
+
+
+def check_unique(session: Session, model: type, kind: str, fields: tuple[str, ...], values: dict[str, Any],
+                 exclude_id: Any = None) -> None:
+    for name in fields:
+        if values.get(name) is None:
+            continue
+        stmt = select(model.id).where(getattr(model, name) == values[name])
+        if exclude_id is not None:
+            stmt = stmt.where(model.id != exclude_id)
+        if session.scalar(stmt.limit(1)) is not None:
+            raise DuplicateName(kind=kind, name=values[name])
+
+
+def get_or_404(session: Session, model: type, obj_id: Any, kind: str) -> Any:
+    obj = session.get(model, obj_id)
+    if obj is None:
+        raise NotFound(kind=kind, id=obj_id)
+    return obj
+
+
+@dataclass
+class CrudResource:
+    path: str  # URL segment, e.g. "storage-domains"
+    kind: str  # human name in messages and event codes, e.g. "storage domain"
+    model: type
+    out: type[BaseModel]
+    create: type[BaseModel] | None
+    update: type[BaseModel] | None
+    read_permission: str
+    write_permission: str
+    sortable: tuple[str, ...] = ("name", "created_at")
+    unique: tuple[str, ...] = ("name",)
+    default_order: tuple[str, ...] = ("name",)
+    # Hooks: turn the validated payload into column values (e.g. hash a password), refuse a delete (InUse), …
+    prepare_create: Callable[[Session, dict[str, Any], Principal], dict[str, Any]] | None = None
+    prepare_update: Callable[[Session, Any, dict[str, Any], Principal], dict[str, Any]] | None = None
+    before_delete: Callable[[Session, Any], None] | None = None
+    after_create: Callable[[Session, Any, Principal], None] | None = None
+    created_out: type[BaseModel] | None = None  # a richer reply on creation (e.g. a one-time secret)
+    list_filter: Callable[[Any, Principal], Any] | None = None
+    # Objects the caller may not see are reported as missing (404), never as forbidden: no existence leaks.
+    visible: Callable[[Any, Principal], bool] | None = None
+    extra_event_fields: Callable[[Any], dict[str, Any]] = field(default=lambda obj: {})
+
+    @property
+    def event_code(self) -> str:
+        return self.kind.replace(" ", "_")
+
+    def fetch(self, session: Session, obj_id: Any, who: Principal) -> Any:
+        obj = session.get(self.model, obj_id)
+        if obj is None or (self.visible is not None and not self.visible(obj, who)):
+            raise NotFound(kind=self.kind, id=obj_id)
+        return obj
+
+    def label(self, obj: Any) -> str:
+        return getattr(obj, "name", None) or getattr(obj, "username", None) or str(obj.id)
+
+
+def crud_router(res: CrudResource) -> APIRouter:
+    router = APIRouter(prefix=f"/{res.path}", tags=[res.path])
+    Reader = Annotated[Principal, Depends(require(res.read_permission))]
+    Writer = Annotated[Principal, Depends(require(res.write_permission))]
+    sortable = {name: getattr(res.model, name) for name in res.sortable}
+    default_order = [getattr(res.model, name) for name in res.default_order] + [res.model.id]
+
+    @router.get("", response_model=Page[res.out], summary=f"List {res.kind}s (paged, sortable)")
+    def list_items(session: DbSession, paging: Paging, who: Reader) -> dict[str, Any]:
+        stmt = select(res.model)
+        if res.list_filter is not None:
+            stmt = res.list_filter(stmt, who)
+        return paginate(session, stmt, paging, res.out, sortable=sortable, default_order=default_order)
+
+    @router.get("/{item_id}", response_model=res.out, summary=f"Get one {res.kind}")
+    def get_item(item_id: str, session: DbSession, who: Reader) -> Any:
+        return res.out.model_validate(res.fetch(session, item_id, who))
+
+    if res.create is not None:
+        create_schema = res.create
+
+        @router.post("", response_model=res.created_out or res.out, status_code=201, summary=f"Create a {res.kind}")
+        def create_item(payload: create_schema, session: DbSession, who: Writer) -> Any:  # type: ignore[valid-type]
+            values = payload.model_dump()
+            if res.prepare_create is not None:
+                values = res.prepare_create(session, values, who)
+            check_unique(session, res.model, res.kind, res.unique, values)
+            check_references(session, res.model, values)
+            obj = res.model(**values)
+            session.add(obj)
+            session.flush()
+            if res.after_create is not None:
+                res.after_create(session, obj, who)
+            emit(session, f"{res.event_code}.created", f"{who.name} created {res.kind} {res.label(obj)}",
+                 actor=who.name, **res.extra_event_fields(obj))
+            if res.created_out is not None:
+                return res.created_out.model_validate(obj)
+            return res.out.model_validate(obj)
+
+    if res.update is not None:
+        update_schema = res.update
+
+        @router.patch("/{item_id}", response_model=res.out, summary=f"Change a {res.kind}")
+        def update_item(item_id: str, payload: update_schema, session: DbSession, who: Writer) -> Any:  # type: ignore
+            obj = res.fetch(session, item_id, who)
+            values = payload.model_dump(exclude_unset=True)
+            if res.prepare_update is not None:
+                values = res.prepare_update(session, obj, values, who)
+            check_unique(session, res.model, res.kind, res.unique, values, exclude_id=obj.id)
+            check_references(session, res.model, values)
+            for key, value in values.items():
+                setattr(obj, key, value)
+            session.flush()
+            if values:
+                emit(session, f"{res.event_code}.updated",
+                     f"{who.name} changed {res.kind} {res.label(obj)}: {', '.join(sorted(values))}",
+                     actor=who.name, **res.extra_event_fields(obj))
+            return res.out.model_validate(obj)
+
+    if res.create is not None:
+        @router.delete("/{item_id}", status_code=204, summary=f"Delete a {res.kind}")
+        def delete_item(item_id: str, session: DbSession, who: Writer) -> Response:
+            obj = res.fetch(session, item_id, who)
+            if res.before_delete is not None:
+                res.before_delete(session, obj)
+            label, extra = res.label(obj), res.extra_event_fields(obj)
+            session.delete(obj)
+            session.flush()
+            emit(session, f"{res.event_code}.deleted", f"{who.name} deleted {res.kind} {label}", actor=who.name,
+                 **extra)
+            return Response(status_code=204)
+
+    return router

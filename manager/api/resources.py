@@ -1,0 +1,185 @@
+"""The plain resources of /api/v1, each described once and served by the generic CRUD router."""
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from core.errors import Conflict, DuplicateName, InUse, Invalid
+from manager.api import schemas as s
+from manager.api.crud import CrudResource
+from manager.auth import Principal, hash_password
+from manager.models import (Bookmark, Cluster, Desktop, Entitlement, Group, Host, Pool, RoleAssignment,
+                            StorageDomain, Tag, Template, TemplateVersion, User, Volume)
+
+
+def _names(items: list[str], limit: int = 10) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _refuse_if_used(session: Session, kind: str, name: str, users: dict[str, list[str]]) -> None:
+    parts = [f"{label} {_names(names)}" for label, names in users.items() if names]
+    if parts:
+        raise InUse(kind=kind, name=name, users="; ".join(parts))
+
+
+# ---- delete guards ---------------------------------------------------------------------------------
+def _cluster_in_use(session: Session, cluster: Cluster) -> None:
+    _refuse_if_used(session, "cluster", cluster.name, {
+        "hosts": list(session.scalars(select(Host.name).where(Host.cluster_id == cluster.id))),
+        "pools": list(session.scalars(select(Pool.name).where(Pool.cluster_id == cluster.id))),
+    })
+
+
+def _host_in_use(session: Session, host: Host) -> None:
+    _refuse_if_used(session, "host", host.name, {
+        "desktops": list(session.scalars(select(Desktop.name).where(Desktop.host_id == host.id))),
+    })
+
+
+def _storage_in_use(session: Session, domain: StorageDomain) -> None:
+    _refuse_if_used(session, "storage domain", domain.name, {
+        "templates": list(session.scalars(select(Template.name).where(Template.storage_domain_id == domain.id))),
+        "volumes": list(session.scalars(select(Volume.path).where(Volume.storage_domain_id == domain.id))),
+    })
+
+
+def _template_in_use(session: Session, template: Template) -> None:
+    versions = select(TemplateVersion.id).where(TemplateVersion.template_id == template.id)
+    _refuse_if_used(session, "template", template.name, {
+        "desktops": list(session.scalars(select(Desktop.name).where(or_(
+            Desktop.template_version_id.in_(versions), Desktop.pending_template_version_id.in_(versions)))
+            .order_by(Desktop.name))),
+        "pools": list(session.scalars(select(Pool.name).where(Pool.template_id == template.id).order_by(Pool.name))),
+    })
+
+
+def _pool_in_use(session: Session, pool: Pool) -> None:
+    _refuse_if_used(session, "pool", pool.name, {
+        "desktops": list(session.scalars(select(Desktop.name).where(Desktop.pool_id == pool.id)
+                                         .order_by(Desktop.name))),
+    })
+
+
+def _tag_in_use(session: Session, tag: Tag) -> None:
+    _refuse_if_used(session, "tag", tag.name, {
+        "child tags": list(session.scalars(select(Tag.name).where(Tag.parent_id == tag.id))),
+    })
+
+
+# ---- create/update preparation -----------------------------------------------------------------------
+def _prepare_host(session: Session, values: dict[str, Any], who: Principal) -> dict[str, Any]:
+    if not values.get("agent_token"):
+        values["agent_token"] = secrets.token_urlsafe(32)
+    return values
+
+
+def _prepare_user(session: Session, values: dict[str, Any], who: Principal) -> dict[str, Any]:
+    password = values.pop("password", None)
+    if password:
+        values["password_hash"] = hash_password(password)
+    values.setdefault("upn", f"{values['username']}@{values.get('domain', 'local')}")
+    existing = session.scalar(select(User.id).where(User.username == values["username"],
+                                                    User.domain == values.get("domain", "local")))
+    if existing:
+        raise DuplicateName(kind="user", name=f"{values['username']}@{values.get('domain', 'local')}")
+    return values
+
+
+def _prepare_user_update(session: Session, user: User, values: dict[str, Any], who: Principal) -> dict[str, Any]:
+    password = values.pop("password", None)
+    if password:
+        if user.source != "local":
+            raise Invalid("only local accounts have a password here; change directory passwords in the directory")
+        values["password_hash"] = hash_password(password)
+    if "username" in values or "domain" in values:
+        raise Invalid("username and domain cannot change; create a new user instead")
+    return values
+
+
+def _prepare_group(session: Session, values: dict[str, Any], who: Principal) -> dict[str, Any]:
+    if session.scalar(select(Group.id).where(Group.name == values["name"],
+                                             Group.domain == values.get("domain", "local"))):
+        raise DuplicateName(kind="group", name=f"{values['name']}@{values.get('domain', 'local')}")
+    return values
+
+
+def _prepare_entitlement(session: Session, values: dict[str, Any], who: Principal) -> dict[str, Any]:
+    stmt = select(Entitlement.id).where(*(getattr(Entitlement, k) == v if v is not None
+                                          else getattr(Entitlement, k).is_(None) for k, v in values.items()))
+    if session.scalar(stmt):
+        raise Conflict("this entitlement already exists")
+    return values
+
+
+def _prepare_bookmark(session: Session, values: dict[str, Any], who: Principal) -> dict[str, Any]:
+    values["owner_id"] = who.user_id
+    if session.scalar(select(Bookmark.id).where(Bookmark.owner_id == who.user_id, Bookmark.name == values["name"])):
+        raise DuplicateName(kind="bookmark", name=values["name"])
+    return values
+
+
+def _check_tag_parent(session: Session, tag: Tag, values: dict[str, Any], who: Principal) -> dict[str, Any]:
+    parent_id = values.get("parent_id")
+    seen = {tag.id}
+    while parent_id is not None:
+        if parent_id in seen:
+            raise Invalid("parent_id would make the tag its own ancestor")
+        seen.add(parent_id)
+        parent = session.get(Tag, parent_id)
+        parent_id = parent.parent_id if parent else None
+    return values
+
+
+def _template_created(session: Session, template: Template, who: Principal) -> None:
+    """A template starts with version 1 (its image is attached by the image manager's import)."""
+    version = TemplateVersion(template_id=template.id, number=1, name="base version")
+    session.add(version)
+    session.flush()
+    template.latest_version_id = version.id
+
+
+# ---- the resources -------------------------------------------------------------------------------------
+RESOURCES: list[CrudResource] = [
+    CrudResource("clusters", "cluster", Cluster, s.ClusterOut, s.ClusterIn, s.partial(s.ClusterIn, "ClusterPatch"),
+                 "hosts:read", "hosts:write", before_delete=_cluster_in_use),
+    CrudResource("hosts", "host", Host, s.HostOut, s.HostIn, s.partial(s.HostIn, "HostPatch"),
+                 "hosts:read", "hosts:write", before_delete=_host_in_use, prepare_create=_prepare_host,
+                 sortable=("name", "created_at", "cpu_usage", "mem_usage", "status", "free_memory_mib"),
+                 created_out=s.HostCreated, extra_event_fields=lambda h: {"host_id": h.id}),
+    CrudResource("storage-domains", "storage domain", StorageDomain, s.StorageDomainOut, s.StorageDomainIn,
+                 s.partial(s.StorageDomainIn, "StorageDomainPatch"), "storage:read", "storage:write",
+                 unique=("name", "path"), before_delete=_storage_in_use),
+    CrudResource("templates", "template", Template, s.TemplateOut, s.TemplateIn,
+                 s.partial(s.TemplateIn, "TemplatePatch"), "templates:read", "templates:write",
+                 before_delete=_template_in_use, after_create=_template_created,
+                 extra_event_fields=lambda t: {"template_id": t.id}),
+    CrudResource("desktops", "desktop", Desktop, s.DesktopOut, s.DesktopIn, s.partial(s.DesktopIn, "DesktopPatch"),
+                 "desktops:read", "desktops:write",
+                 sortable=("name", "created_at", "cpu_usage", "mem_usage", "power_state", "memory_mib", "cpus"),
+                 extra_event_fields=lambda d: {"desktop_id": d.id}),
+    CrudResource("pools", "pool", Pool, s.PoolOut, s.PoolIn, None, "pools:read", "pools:write",
+                 sortable=("name", "created_at", "size", "pool_type"), before_delete=_pool_in_use,
+                 extra_event_fields=lambda p: {"pool_id": p.id}),
+    CrudResource("users", "user", User, s.UserOut, s.UserIn, s.partial(s.UserIn, "UserPatch"), "users:read",
+                 "users:write", sortable=("username", "domain", "created_at", "last_name"), unique=(),
+                 default_order=("username", "domain"), prepare_create=_prepare_user,
+                 prepare_update=_prepare_user_update, extra_event_fields=lambda u: {"user_id": u.id}),
+    CrudResource("groups", "group", Group, s.GroupOut, s.GroupIn, s.partial(s.GroupIn, "GroupPatch"), "users:read",
+                 "users:write", unique=(), prepare_create=_prepare_group),
+    CrudResource("entitlements", "entitlement", Entitlement, s.EntitlementOut, s.EntitlementIn, None,
+                 "entitlements:read", "entitlements:write", sortable=("created_at",), unique=(),
+                 default_order=("created_at",), prepare_create=_prepare_entitlement),
+    CrudResource("role-assignments", "role assignment", RoleAssignment, s.RoleAssignmentOut, s.RoleAssignmentIn,
+                 None, "users:read", "users:write", sortable=("created_at", "role"), unique=(),
+                 default_order=("created_at",)),
+    CrudResource("tags", "tag", Tag, s.TagOut, s.TagIn, s.partial(s.TagIn, "TagPatch"), "tags:read", "tags:write",
+                 before_delete=_tag_in_use, prepare_update=_check_tag_parent),
+    CrudResource("bookmarks", "bookmark", Bookmark, s.BookmarkOut, s.BookmarkIn, s.partial(s.BookmarkIn, "BookmarkPatch"),
+                 "bookmarks:own", "bookmarks:own", unique=(), prepare_create=_prepare_bookmark,
+                 list_filter=lambda stmt, who: stmt.where(Bookmark.owner_id == who.user_id),
+                 visible=lambda bookmark, who: bookmark.owner_id == who.user_id),
+]

@@ -1,0 +1,261 @@
+"""Health, events, jobs, template versions, node heartbeats and authentication."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import Field
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from core.enums import HostStatus, JobState, Severity
+from core.errors import BadRequest, Conflict, NotAuthenticated, NotFound
+from event_manager.service import query_events
+from manager import db
+from manager.api import schemas as s
+from manager.api.common import DbSession, Page, Paging, paginate
+from manager.auth import SESSION_COOKIE, Principal, issue_token, public, require, token_digest
+from manager.config import get_settings
+from manager.heartbeat import ingest_heartbeat
+from manager.jobs import enqueue, eta_seconds, request_cancel
+from manager.models import ApiToken, Event, Host, Job, StorageDomain, Template, TemplateVersion
+
+router = APIRouter()
+
+
+# ---- health -----------------------------------------------------------------------------------------
+@router.get("/health", tags=["system"], dependencies=[Depends(public())])
+def health(session: DbSession) -> dict[str, Any]:
+    """Database, job broker and hypervisor nodes, each with a status."""
+    settings = get_settings()
+    report: dict[str, Any] = {}
+    try:
+        session.execute(text("SELECT 1"))
+        report["db"] = {"status": "ok", "backend": session.get_bind().dialect.name}
+    except Exception as exc:  # health must describe failures, not raise them
+        report["db"] = {"status": "error", "detail": type(exc).__name__}
+    if settings.embedded_jobs:
+        report["redis"] = {"status": "not_configured", "detail": "embedded in-process job worker"}
+    else:
+        try:
+            import redis
+
+            redis.Redis.from_url(settings.redis_url, socket_timeout=2).ping()
+            report["redis"] = {"status": "ok"}
+        except Exception as exc:
+            report["redis"] = {"status": "error", "detail": type(exc).__name__}
+    counts = dict(session.execute(select(Host.status, func.count()).group_by(Host.status)).all()) \
+        if report["db"]["status"] == "ok" else {}
+    report["nodes"] = {"status": "ok" if not counts or counts.get(HostStatus.UP) else "degraded",
+                       "total": sum(counts.values()), **{str(k): v for k, v in counts.items()}}
+    bad = [name for name, part in report.items() if part["status"] == "error"]
+    report["status"] = "error" if bad else "ok"
+    return report
+
+
+# ---- events -------------------------------------------------------------------------------------------
+EventsRead = Annotated[Principal, Depends(require("events:read"))]
+
+
+@router.get("/events", response_model=Page[s.EventOut], tags=["events"])
+def list_events(session: DbSession, paging: Paging, who: EventsRead,
+                severity: Severity | None = None, code: str | None = None, user_id: str | None = None,
+                desktop_id: str | None = None, host_id: str | None = None, pool_id: str | None = None,
+                template_id: str | None = None, job_id: str | None = None, correlation_id: str | None = None,
+                since: dt.datetime | None = None, until: dt.datetime | None = None) -> dict[str, Any]:
+    """Events, newest first, filtered by exact fields and a time window."""
+    filters = {"severity": severity, "code": code, "user_id": user_id, "desktop_id": desktop_id,
+               "host_id": host_id, "pool_id": pool_id, "template_id": template_id, "job_id": job_id,
+               "correlation_id": correlation_id}
+    return paginate(session, query_events(filters, since=since, until=until), paging, s.EventOut,
+                    sortable={"time": Event.time, "severity": Event.severity, "code": Event.code})
+
+
+@router.get("/events/stream", tags=["events"])
+async def stream_events(request: Request, who: EventsRead,
+                        after_id: Annotated[int | None, Query(ge=0)] = None) -> StreamingResponse:
+    """Server-sent events: every new event as it is written (resume with `after_id` or Last-Event-ID)."""
+    last = after_id
+    if last is None and request.headers.get("last-event-id", "").isdigit():
+        last = int(request.headers["last-event-id"])
+    if last is None:
+        with db.session_scope() as session:
+            last = session.scalar(select(func.max(Event.id))) or 0
+
+    async def generate():
+        nonlocal last
+        while not await request.is_disconnected():
+            with db.session_scope() as session:
+                rows = session.scalars(select(Event).where(Event.id > last).order_by(Event.id).limit(500)).all()
+                batch = [s.EventOut.model_validate(r).model_dump(mode="json") for r in rows]
+            for item in batch:
+                last = item["id"]
+                yield f"id: {item['id']}\nevent: {item['code']}\ndata: {json.dumps(item)}\n\n"
+            if not batch:
+                yield ": keep-alive\n\n"
+                await asyncio.sleep(1.0)
+
+    return StreamingResponse(generate(), media_type="text/event-stream")
+
+
+@router.get("/events/{event_id}", response_model=s.EventOut, tags=["events"])
+def get_event(event_id: int, session: DbSession, who: EventsRead) -> Any:
+    event = session.get(Event, event_id)
+    if event is None:
+        raise NotFound(kind="event", id=event_id)
+    return s.EventOut.model_validate(event)
+
+
+# ---- jobs -------------------------------------------------------------------------------------------------
+def _job_out(job: Job) -> s.JobOut:
+    out = s.JobOut.model_validate(job)
+    out.eta_seconds = eta_seconds(job)
+    return out
+
+
+@router.get("/jobs", response_model=Page[s.JobOut], tags=["jobs"])
+def list_jobs(session: DbSession, paging: Paging, who: Annotated[Principal, Depends(require("jobs:read"))],
+              state: JobState | None = None, kind: str | None = None, target_id: str | None = None) \
+        -> dict[str, Any]:
+    """Jobs, newest first, with progress and an ETA while running."""
+    stmt = select(Job)
+    if state is not None:
+        stmt = stmt.where(Job.state == state)
+    if kind:
+        stmt = stmt.where(Job.kind == kind)
+    if target_id:
+        stmt = stmt.where(Job.target_id == target_id)
+    page = paginate(session, stmt, paging, s.JobOut, sortable={"created_at": Job.created_at, "state": Job.state},
+                    default_order=[Job.created_at.desc(), Job.id])
+    page["items"] = [_job_out(session.get(Job, item.id)) for item in page["items"]]
+    return page
+
+
+@router.get("/jobs/{job_id}", response_model=s.JobOut, tags=["jobs"])
+def get_job(job_id: str, session: DbSession, who: Annotated[Principal, Depends(require("jobs:read"))]) -> Any:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(kind="job", id=job_id)
+    return _job_out(job)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=s.JobOut, tags=["jobs"])
+def cancel_job(job_id: str, session: DbSession, who: Annotated[Principal, Depends(require("jobs:write"))]) -> Any:
+    """Ask a job to stop; it stops at its next progress report."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(kind="job", id=job_id)
+    if job.state not in (JobState.PENDING, JobState.RUNNING):
+        raise Conflict(f"job {job_id} is already {job.state.value}")
+    request_cancel(session, job)
+    session.flush()
+    return _job_out(job)
+
+
+@router.post("/storage-domains/{domain_id}/refresh", response_model=s.JobOut, status_code=202,
+             tags=["storage-domains"])
+def refresh_storage_domain(domain_id: str, session: DbSession,
+                           who: Annotated[Principal, Depends(require("storage:write"))]) -> Any:
+    """Re-measure the domain's capacity and its volumes' sizes, as a job."""
+    domain = session.get(StorageDomain, domain_id)
+    if domain is None:
+        raise NotFound(kind="storage domain", id=domain_id)
+    job = enqueue(session, "storage.refresh", params={"storage_domain_id": domain.id},
+                  description=f"refresh storage domain {domain.name}", created_by=who.name,
+                  target_kind="storage_domain", target_id=domain.id)
+    return _job_out(job)
+
+
+# ---- template versions (read; the image manager creates them) ------------------------------------------------
+@router.get("/templates/{template_id}/versions", response_model=list[s.TemplateVersionOut], tags=["templates"])
+def list_template_versions(template_id: str, session: DbSession,
+                           who: Annotated[Principal, Depends(require("templates:read"))]) -> Any:
+    if session.get(Template, template_id) is None:
+        raise NotFound(kind="template", id=template_id)
+    rows = session.scalars(select(TemplateVersion).where(TemplateVersion.template_id == template_id)
+                           .order_by(TemplateVersion.number))
+    return [s.TemplateVersionOut.model_validate(r) for r in rows]
+
+
+# ---- node heartbeats ----------------------------------------------------------------------------------------
+def node_token() -> Any:
+    """Nodes authenticate with their own per-host bearer secret, not a user token."""
+
+    def dependency(name: str, request: Request, session: DbSession) -> Host:
+        host = session.scalar(select(Host).where(Host.name == name))
+        presented = request.headers.get("authorization", "")[7:].strip()
+        if host is None or not host.agent_token or not hmac.compare_digest(presented, host.agent_token):
+            raise NotAuthenticated("unknown host or wrong node token")
+        return host
+
+    dependency.permission = "node"  # type: ignore[attr-defined]
+    return dependency
+
+
+@router.post("/nodes/{name}/heartbeat", tags=["nodes"])
+def heartbeat(name: str, payload: dict[str, Any], session: DbSession,
+              host: Annotated[Host, Depends(node_token())]) -> dict[str, Any]:
+    """A node's periodic report: host figures and every domain's stats."""
+    if not isinstance(payload.get("domains", []), list):
+        raise BadRequest("domains must be a list")
+    return {"ok": True, **ingest_heartbeat(session, host, payload)}
+
+
+# ---- authentication -------------------------------------------------------------------------------------------
+class LoginIn(s.In):
+    username: str = Field(min_length=1, max_length=512, description="user, user@domain, UPN or DOMAIN\\user")
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class TokenIn(s.In):
+    name: str = Field(default="", max_length=255)
+    lifetime_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+@router.post("/auth/login", tags=["auth"], dependencies=[Depends(public())])
+def login(payload: LoginIn, request: Request, response: Response, session: DbSession) -> dict[str, Any]:
+    """Log in with a password; sets the session cookie and returns a bearer token for the same session."""
+    from manager.identity.login import authenticate_password
+
+    client = request.client.host if request.client else ""
+    user = authenticate_password(session, payload.username, payload.password, client_address=client)
+    secret = issue_token(session, user, name="browser session", kind="session", lifetime=dt.timedelta(hours=12),
+                         client_address=client)
+    response.set_cookie(SESSION_COOKIE, secret, httponly=True, samesite="strict", max_age=12 * 3600,
+                        secure=request.url.scheme == "https")
+    return {"token": secret, "user_id": user.id, "username": user.username, "domain": user.domain}
+
+
+@router.post("/auth/logout", tags=["auth"], status_code=204)
+def logout(request: Request, response: Response, session: DbSession,
+           who: Annotated[Principal, Depends(require("self:read"))]) -> Response:
+    presented = request.headers.get("authorization", "")[7:].strip() or request.cookies.get(SESSION_COOKIE, "")
+    token = session.scalar(select(ApiToken).where(ApiToken.token_hash == token_digest(presented)))
+    if token is not None:
+        session.delete(token)
+    out = Response(status_code=204)
+    out.delete_cookie(SESSION_COOKIE)
+    return out
+
+
+@router.get("/auth/me", tags=["auth"])
+def me(who: Annotated[Principal, Depends(require("self:read"))]) -> dict[str, Any]:
+    return {"user_id": who.user_id, "username": who.username, "domain": who.domain,
+            "roles": sorted(r.value for r in who.roles), "permissions": sorted(who.permissions)}
+
+
+@router.post("/auth/tokens", tags=["auth"], status_code=201)
+def create_token(payload: TokenIn, session: DbSession,
+                 who: Annotated[Principal, Depends(require("self:read"))]) -> dict[str, Any]:
+    """An API token for scripts, acting as you. The secret is shown once."""
+    from manager.models import User
+
+    user = session.get(User, who.user_id)
+    lifetime = dt.timedelta(days=payload.lifetime_days) if payload.lifetime_days else None
+    secret = issue_token(session, user, name=payload.name, kind="api", lifetime=lifetime)
+    return {"token": secret, "name": payload.name}

@@ -1,0 +1,41 @@
+"""The FastAPI application factory."""
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import RedirectResponse
+
+from manager import db
+from manager.api.common import install_error_handlers
+from manager.api.crud import crud_router
+from manager.api.resources import RESOURCES
+from manager.api.system import router as system_router
+from manager.config import Settings, get_settings
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None, *, configure_db: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if configure_db:
+        db.configure(settings.effective_database_url)
+    app = FastAPI(title="VDI manager", version="0.1.0",
+                  description="Desktop virtualization for KVM: hosts, templates, desktops, pools, a connection "
+                              "broker, events and search. Every route needs a bearer token or a session cookie "
+                              "except /health and /auth/login.",
+                  docs_url="/docs", openapi_url="/openapi.json")
+    install_error_handlers(app)
+    api = APIRouter(prefix=API_PREFIX)
+    api.include_router(system_router)
+    for resource in RESOURCES:
+        api.include_router(crud_router(resource))
+    app.include_router(api)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return app

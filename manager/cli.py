@@ -1,0 +1,159 @@
+"""`vdi`: the one command-line entry point (serve, worker, node, db, demo, image, …)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from manager.config import get_settings
+
+    settings = get_settings()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    if args.upgrade:
+        _upgrade_db()
+    print(f"VDI manager on http://{host}:{port}  (API docs: http://{host}:{port}/docs)", flush=True)
+    uvicorn.run("manager.app:create_app", factory=True, host=host, port=port, workers=args.workers,
+                log_level=settings.log_level.lower(), access_log=args.access_log)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from manager.config import get_settings
+    from manager.jobs import celery_app, load_task_modules
+
+    settings = get_settings()
+    if settings.embedded_jobs:
+        print("vdi worker: VDI_REDIS_URL is not set. The embedded default runs jobs inside `vdi serve`; "
+              "set VDI_REDIS_URL=redis://127.0.0.1:6379/0 to run separate Celery workers.", file=sys.stderr)
+        return 2
+    from manager import db
+
+    db.configure(settings.effective_database_url)
+    load_task_modules()
+    argv = ["worker", f"--loglevel={args.loglevel}", f"--concurrency={args.concurrency}", "--without-gossip",
+            "--without-mingle", "--pool=threads"]
+    if args.hostname:
+        argv.append(f"--hostname={args.hostname}")
+    celery_app().worker_main(argv)
+    return 0
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from hypervisor_node.agent import main as node_main
+
+    return node_main(args.rest) or 0
+
+
+def _upgrade_db(url: str | None = None) -> str:
+    from manager.config import get_settings
+    from manager.migrate import upgrade
+
+    settings = get_settings()
+    url = url or settings.effective_database_url
+    if url.startswith("sqlite:///"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(url)
+    return url
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from manager.config import get_settings
+    from manager.migrate import current, downgrade
+
+    url = args.url or get_settings().effective_database_url
+    if args.action == "upgrade":
+        _upgrade_db(url)
+        print(f"database at {current(url)} ({_safe(url)})")
+    elif args.action == "downgrade":
+        downgrade(url, args.revision or "base")
+        print(f"database at {current(url)} ({_safe(url)})")
+    else:
+        print(current(url) or "empty")
+    return 0
+
+
+def _safe(url: str) -> str:
+    """A URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from manager.demo import seed_demo
+
+    _upgrade_db()
+    summary = seed_demo(real_guests=args.real_guests)
+    for line in summary:
+        print(line)
+    return 0
+
+
+def _cmd_image(args: argparse.Namespace) -> int:
+    if args.action == "build-demo":
+        from image_manager.demo_image import main as build_demo
+
+        return build_demo(args.rest) or 0
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vdi", description="VDI manager for KVM desktops")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the manager (API, admin console, portal)",
+                       description="Run the manager's HTTP server. Configuration comes from VDI_* variables.")
+    p.add_argument("--host", help="listen address (VDI_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (VDI_PORT, default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (needs Postgres + Redis)")
+    p.add_argument("--no-upgrade", dest="upgrade", action="store_false", help="do not migrate the database first")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("worker", help="run a Celery job worker (needs VDI_REDIS_URL)",
+                       description="Run a Celery worker that executes jobs (image copies, bulk provisioning, ...).")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--hostname", help="Celery node name")
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("node", help="run a hypervisor node agent", add_help=False,
+                       description="Run the node agent of one KVM host (see `vdi node --help`).")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_node)
+
+    p = sub.add_parser("db", help="database migrations", description="Apply or inspect Alembic migrations.")
+    p.add_argument("action", choices=["upgrade", "downgrade", "current"])
+    p.add_argument("revision", nargs="?", help="target revision (downgrade; default base)")
+    p.add_argument("--url", help="database URL (default VDI_DATABASE_URL or the embedded SQLite file)")
+    p.set_defaults(func=_cmd_db)
+
+    p = sub.add_parser("demo", help="seed demo data (idempotent)",
+                       description="Create a demo cluster, hosts, a template, a pool, desktops and users. "
+                                   "Running it again keeps what exists.")
+    p.add_argument("--real-guests", choices=["auto", "yes", "no"], default="auto",
+                   help="boot real QEMU guests when libvirtd is usable (auto), always, or never")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("image", help="image tools", add_help=True,
+                       description="Image tools. build-demo: build (once) and cache the tiny demo desktop template.")
+    p.add_argument("action", choices=["build-demo"])
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_image)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

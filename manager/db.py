@@ -1,0 +1,119 @@
+"""The ONLY place database sessions open and commit.
+
+- `request_session()` is the FastAPI dependency: commit when the endpoint returns, roll back on error.
+- `session_scope()` is the same for jobs, loops and scripts.
+- Work to do after a commit (sending jobs, publishing events) is registered with `after_commit(session, fn)`;
+  it runs only if the transaction commits and is dropped on rollback.
+Services and repositories take a `Session` and at most `flush()`.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_engine: Engine | None = None
+_sessionmaker: sessionmaker[Session] | None = None
+
+
+def make_engine(url: str, **kwargs) -> Engine:
+    if url.startswith("sqlite"):
+        kwargs.setdefault("connect_args", {"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    if "poolclass" not in kwargs:
+        kwargs.setdefault("pool_size", 20)
+        kwargs.setdefault("max_overflow", 40)
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+def configure(url: str | None = None, engine: Engine | None = None) -> Engine:
+    """Point the process at a database (once at start-up, or per test)."""
+    global _engine, _sessionmaker
+    with _lock:
+        if engine is None:
+            if url is None:
+                from manager.config import get_settings
+
+                url = get_settings().effective_database_url
+            engine = make_engine(url)
+        _engine = engine
+        _sessionmaker = sessionmaker(bind=engine, expire_on_commit=False)
+        return engine
+
+
+def get_engine() -> Engine:
+    if _engine is None:
+        configure()
+    assert _engine is not None
+    return _engine
+
+
+def new_session() -> Session:
+    if _sessionmaker is None:
+        configure()
+    assert _sessionmaker is not None
+    return _sessionmaker()
+
+
+def after_commit(session: Session, fn: Callable[[], None]) -> None:
+    """Run `fn` once the session's current transaction commits; forget it on rollback."""
+    session.info.setdefault("after_commit", []).append(fn)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    callbacks = session.info.pop("after_commit", [])
+    for fn in callbacks:
+        try:
+            fn()
+        except Exception:  # a failed send must not turn a committed request into an error
+            log.exception("after-commit callback failed")
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_after_commit(session: Session, previous_transaction) -> None:
+    if previous_transaction.parent is None:  # only the outermost rollback discards the work
+        session.info.pop("after_commit", None)
+
+
+@contextlib.contextmanager
+def session_scope() -> Iterator[Session]:
+    session = new_session()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def request_session() -> Iterator[Session]:
+    """FastAPI dependency: one session per request, committed when the endpoint returns normally."""
+    with session_scope() as session:
+        yield session
+
+
+def is_postgres(session_or_engine) -> bool:
+    bind = session_or_engine.get_bind() if isinstance(session_or_engine, Session) else session_or_engine
+    return bind.dialect.name == "postgresql"

@@ -1,0 +1,78 @@
+"""Heartbeat ingest: a node's host stats and every domain's stats, written in batch.
+
+Libvirt decides power state; the database decides intent. A desktop whose reported state differs from the
+stored one is updated and one event records the transition (pollers log transitions, not repeats).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core.enums import HostStatus, PowerState, Severity
+from core.specs import DomainStats, HostCaps
+from event_manager.service import emit
+from manager.models import Desktop, Host, utcnow
+
+_STATES = {s.value for s in PowerState}
+
+
+def ingest_heartbeat(session: Session, host: Host, payload: dict[str, Any]) -> dict[str, int]:
+    """Store one heartbeat. Returns counts of updated desktops, state transitions and unknown domains."""
+    now = utcnow()
+    caps = HostCaps.from_dict(payload.get("caps") or {"hostname": host.name, "domain_types": [], "cpus": 0,
+                                                      "memory_mib": 0, "free_memory_mib": 0})
+    domains = [DomainStats.from_dict(d) for d in payload.get("domains") or []]
+    seq = int(payload.get("seq") or 0)
+
+    was_up = host.status == HostStatus.UP
+    host.cpus, host.memory_mib, host.free_memory_mib = caps.cpus, caps.memory_mib, caps.free_memory_mib
+    host.cpu_model, host.libvirt_version = caps.cpu_model, caps.libvirt_version
+    host.domain_types = ",".join(caps.domain_types)
+    host.ksm_running, host.ksm_pages_shared = caps.ksm_running, caps.ksm_pages_shared
+    host.ksm_pages_sharing = caps.ksm_pages_sharing
+    host.cpu_usage = _percent(payload.get("cpu_usage"))
+    host.mem_usage = _percent(payload.get("mem_usage"))
+    host.last_heartbeat_at, host.heartbeat_seq = now, seq
+    started = payload.get("agent_started_at")
+    if started:
+        host.agent_started_at = dt.datetime.fromisoformat(str(started).replace("Z", "+00:00"))
+    host.active_desktops = sum(1 for d in domains if d.state == PowerState.UP.value)
+    if not was_up and host.status != HostStatus.MAINTENANCE:
+        host.status = HostStatus.UP
+        emit(session, "host.up", f"host {host.name} is up (heartbeat received)", actor=host.name, host_id=host.id)
+
+    by_id = {d.uuid: d for d in domains}
+    known = dict(session.execute(
+        select(Desktop.id, Desktop.power_state).where(Desktop.id.in_(list(by_id)))).all()) if by_id else {}
+    rows: list[dict[str, Any]] = []
+    transitions = 0
+    for desktop_id, old_state in known.items():
+        stats = by_id[desktop_id]
+        new_state = PowerState(stats.state) if stats.state in _STATES else PowerState.UNKNOWN
+        row = {"id": desktop_id, "cpu_usage": _percent(stats.cpu_usage), "mem_usage": _percent(stats.mem_usage),
+               "host_id": host.id}
+        if new_state != old_state:
+            row["power_state"] = new_state
+            if new_state == PowerState.UP:
+                row["started_at"] = now
+            transitions += 1
+            emit(session, "desktop.state_changed", f"desktop {stats.name} is {new_state.value} on {host.name} "
+                 f"(was {old_state.value})", severity=Severity.NORMAL, actor=host.name, desktop_id=desktop_id,
+                 host_id=host.id)
+        rows.append(row)
+    if rows:
+        # Rows with and without a state change have different keys; executemany needs uniform batches.
+        for keys in {tuple(sorted(r)) for r in rows}:
+            batch = [r for r in rows if tuple(sorted(r)) == keys]
+            session.execute(update(Desktop), batch)
+    return {"desktops": len(rows), "transitions": transitions, "unknown": len(by_id) - len(known)}
+
+
+def _percent(value: Any) -> int:
+    try:
+        return max(0, min(100, int(round(float(value)))))
+    except (TypeError, ValueError):
+        return 0

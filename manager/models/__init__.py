@@ -1,0 +1,15 @@
+"""ALL ORM classes, on one Base (Alembic's env.py imports this package's metadata)."""
+from manager.models.base import Base, utcnow
+from manager.models.desktops import Desktop, Pool
+from manager.models.identity import (ApiToken, Assignment, DesktopSession, DirectorySyncState, Entitlement, Group,
+                                     GroupGroupMembership, LoginAttempt, RoleAssignment, User, UserGroupMembership)
+from manager.models.images import Snapshot, Template, TemplateVersion, Volume
+from manager.models.infra import Cluster, Host, StorageDomain
+from manager.models.ops import Bookmark, Event, Job, Tag, TagAssignment
+
+__all__ = [
+    "ApiToken", "Assignment", "Base", "Bookmark", "Cluster", "Desktop", "DesktopSession", "DirectorySyncState",
+    "Entitlement", "Event", "Group", "GroupGroupMembership", "Host", "Job", "LoginAttempt", "Pool", "RoleAssignment",
+    "Snapshot", "StorageDomain", "Tag", "TagAssignment", "Template", "TemplateVersion", "User",
+    "UserGroupMembership", "Volume", "utcnow",
+]

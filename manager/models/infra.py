@@ -1,0 +1,72 @@
+"""Clusters, hosts and storage domains."""
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from core.enums import HostStatus
+from manager.models.base import Base, CreatedMixin, IdMixin, UTCDateTime, enum_type
+
+
+class Cluster(IdMixin, CreatedMixin, Base):
+    __tablename__ = "clusters"
+
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    cpu_type: Mapped[str] = mapped_column(String(255), default="")
+    comment: Mapped[str] = mapped_column(Text, default="")
+
+    hosts: Mapped[list["Host"]] = relationship(back_populates="cluster")
+
+
+class Host(IdMixin, CreatedMixin, Base):
+    """A hypervisor host, reached only through its node agent (NodeClient)."""
+
+    __tablename__ = "hosts"
+
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id", ondelete="RESTRICT"), index=True)
+    address: Mapped[str] = mapped_column(String(255), default="")
+    agent_url: Mapped[str] = mapped_column(String(1024), default="")
+    # The per-node bearer secret (both directions); never returned by the API, never logged.
+    agent_token: Mapped[str] = mapped_column(String(255), default="")
+    libvirt_uri: Mapped[str] = mapped_column(String(1024), default="")
+    status: Mapped[HostStatus] = mapped_column(enum_type(HostStatus), default=HostStatus.DOWN, index=True)
+    cpus: Mapped[int] = mapped_column(Integer, default=0)
+    memory_mib: Mapped[int] = mapped_column(Integer, default=0)
+    free_memory_mib: Mapped[int] = mapped_column(Integer, default=0)
+    cpu_usage: Mapped[int] = mapped_column(Integer, default=0)
+    mem_usage: Mapped[int] = mapped_column(Integer, default=0)
+    cpu_model: Mapped[str] = mapped_column(String(255), default="")
+    domain_types: Mapped[str] = mapped_column(String(64), default="")  # "kvm,qemu" as reported
+    libvirt_version: Mapped[str] = mapped_column(String(64), default="")
+    ksm_running: Mapped[bool] = mapped_column(Boolean, default=False)
+    ksm_pages_shared: Mapped[int] = mapped_column(BigInteger, default=0)
+    ksm_pages_sharing: Mapped[int] = mapped_column(BigInteger, default=0)
+    active_desktops: Mapped[int] = mapped_column(Integer, default=0)
+    last_heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    heartbeat_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    agent_started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ha_score: Mapped[int] = mapped_column(Integer, default=0)
+    comment: Mapped[str] = mapped_column(Text, default="")
+
+    cluster: Mapped[Cluster] = relationship(back_populates="hosts")
+
+
+class StorageDomain(IdMixin, CreatedMixin, Base):
+    """A directory reachable from every host (NFS in production); templates and disks live under it."""
+
+    __tablename__ = "storage_domains"
+
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    path: Mapped[str] = mapped_column(String(1024), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    comment: Mapped[str] = mapped_column(Text, default="")
+    total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    free_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    used_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+Index("ix_hosts_last_heartbeat_at", Host.last_heartbeat_at)
