@@ -124,8 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("node", help="run a hypervisor node agent", add_help=False,
                        description="Run the node agent of one KVM host (see `vdi node --help`).")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_node)
+    p.set_defaults(func=_cmd_node, passthrough=True)
 
     p = sub.add_parser("db", help="database migrations", description="Apply or inspect Alembic migrations.")
     p.add_argument("action", choices=["upgrade", "downgrade", "current"])
@@ -143,14 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("image", help="image tools", add_help=True,
                        description="Image tools. build-demo: build (once) and cache the tiny demo desktop template.")
     p.add_argument("action", choices=["build-demo"])
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_image)
+    p.set_defaults(func=_cmd_image, passthrough=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `node` and `image` hand their own options (including --help) to the program they run.
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)
 
