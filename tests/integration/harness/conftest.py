@@ -1,0 +1,1 @@
+from tests.harness.fixtures import demo_image, host_cluster_factory  # noqa: F401
