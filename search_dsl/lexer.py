@@ -404,7 +404,9 @@ class Lexer:
     def _extension_token(self, mode: S, start: int) -> bool:
         text = self.text
         ch = text[start]
-        if ch == ")" and self.depth:
+        if ch == ")" and not self.depth:
+            raise self._error("UNBALANCED_PARENTHESES", "this ')' closes no '('", start)
+        if ch == ")":
             if mode is not S.VALUE:
                 raise self._error("INVALID_POST_OR_AND_PHRASE", "a condition must come before ')'", start)
             self._emit(T.RPAREN, start, start + 1, ")")
@@ -594,7 +596,9 @@ class Lexer:
         if fld is not None:
             problem = fld.check_value(value, today=self.today)
             if problem:
-                raise self._error("INVALID_CONDITION_VALUE", problem, start, end)
+                # Upstream validates when the value is complete: at its closing quote or following space.
+                committed = end - 1 if quoted or end >= n else end
+                raise self._error("INVALID_CONDITION_VALUE", problem, start, end, detect=committed)
         else:
             xref = self.cond_xref
             assert xref is not None

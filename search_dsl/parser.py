@@ -51,7 +51,7 @@ def parse(query: str, registry: Registry, *, extensions: bool = True, today: dat
         try:
             tokens = lexer.tokenize()
         except SearchError as extended_error:
-            used = any(t.type in (T.LPAREN, T.NOT) and t.start < extended_error.position
+            used = any(t.type in (T.LPAREN, T.NOT) and t.start <= extended_error.position
                        for t in lexer.tokens)
             if used:
                 raise extended_error from None
