@@ -31,6 +31,7 @@ MAX_L1_TABLE_BYTES = 32 * 1024 * 1024  # QEMU refuses larger L1 tables
 MAX_REFCOUNT_TABLE_BYTES = 8 * 1024 * 1024
 SECTOR = 512
 _FSYNC_BATCH = 256  # open descriptors held at once while a batch is written
+_SYNCFS_BATCH = 32  # from this many new overlays on, one syncfs replaces per-file and per-dir fsyncs
 
 _HEADER_V2 = struct.Struct(">4sIQIIQIIQQIIQ")  # 72 bytes
 _HEADER_V3_TAIL = struct.Struct(">QQQII")  # 32 bytes: features, refcount_order, header_length
@@ -324,8 +325,9 @@ def create_overlays(backing: str | os.PathLike[str], paths: Sequence[str | os.Pa
                     job_id: str | None = None) -> list[Path]:
     """Create many overlays of one backing file; same guarantees as `create_overlay` for each.
 
-    Batched for speed: temporaries are written and fsynced in groups, then linked into place, and each
-    directory is fsynced once. A crash leaves every path either absent or a complete overlay.
+    Batched for speed: all temporaries are written, made durable (one syncfs per file system for a
+    big batch, fsyncs for a small one), then linked into place and the links made durable the same way.
+    A crash leaves every path either absent or a complete overlay.
     """
     backing_path = Path(os.path.abspath(backing))
     targets = [Path(os.path.abspath(p)) for p in paths]
@@ -345,18 +347,21 @@ def create_overlays(backing: str | os.PathLike[str], paths: Sequence[str | os.Pa
         if layout is None:
             layout = layouts[name] = layout_overlay(name, size, cluster_size=cluster_size,
                                                     backing_format=backing_format)
-        fileops.ensure_dir(target.parent)
         todo.append((target, fileops.tmp_path_for(target, job_id), layout))
+    if not todo:
+        return targets
+    # Durability either per file (fsync file, then its directory) or, for a big batch, by one syncfs
+    # after the temporaries are written and one after they are linked into place.
+    batch = len(todo) >= _SYNCFS_BATCH
+    dirs = sorted({target.parent for target, _tmp, _layout in todo})
+    for directory in dirs:
+        fileops.ensure_dir(directory, sync=not batch)
     try:
         for start in range(0, len(todo), _FSYNC_BATCH):
-            _write_layouts([(tmp, layout) for _t, tmp, layout in todo[start:start + _FSYNC_BATCH]])
-    except BaseException:
-        for _target, tmp, _layout in todo:
-            fileops.remove(tmp, sync_dir=False)
-        raise
-
-    dirs: set[Path] = set()
-    try:
+            _write_layouts([(tmp, layout) for _t, tmp, layout in todo[start:start + _FSYNC_BATCH]],
+                           fsync=not batch)
+        if batch:
+            fileops.sync_filesystems([dirs[0].parent, *dirs])
         for target, tmp, _layout in todo:
             if replace:
                 fileops.publish(tmp, target, replace=True, sync_data=False, sync_dir=False)
@@ -368,18 +373,20 @@ def create_overlays(backing: str | os.PathLike[str], paths: Sequence[str | os.Pa
                     fileops.remove(tmp, sync_dir=False)
                     if not _existing_overlay_matches(target, backing_path, backing_format, virtual_size):
                         raise
-            dirs.add(target.parent)
     finally:
         for _target, tmp, _layout in todo:
-            if tmp.exists():
+            if os.path.lexists(tmp):
                 fileops.remove(tmp, sync_dir=False)
-    for directory in dirs:
-        fileops.fsync_dir(directory)
+    if batch:
+        fileops.sync_filesystems(dirs)
+    else:
+        for directory in dirs:
+            fileops.fsync_dir(directory)
     return targets
 
 
-def _write_layouts(items: list[tuple[Path, OverlayLayout]]) -> None:
-    """Write overlays under their temporary names, then fsync them all.
+def _write_layouts(items: list[tuple[Path, OverlayLayout]], *, fsync: bool) -> None:
+    """Write overlays under their temporary names, then (if asked) fsync them all.
 
     Writing a batch before the first fsync lets the file system commit their metadata in one journal
     transaction; fsyncing the still-open descriptors avoids reopening each file.
@@ -395,8 +402,9 @@ def _write_layouts(items: list[tuple[Path, OverlayLayout]]) -> None:
             for offset, data in layout.pieces:
                 os.pwrite(fd, data, offset)
             os.ftruncate(fd, layout.file_size)
-        for fd in fds:
-            os.fsync(fd)
+        if fsync:
+            for fd in fds:
+                os.fsync(fd)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise StorageFull(path=str(items[len(fds) - 1][0])) from exc
