@@ -1,6 +1,7 @@
 """The FastAPI application factory."""
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from fastapi import APIRouter, FastAPI
@@ -22,7 +23,18 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if configure_db:
         db.configure(settings.effective_database_url)
-    app = FastAPI(title="VDI manager", version="0.1.0",
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        from manager.monitor import LivenessMonitor
+
+        monitor = LivenessMonitor(settings.host_dead_after_seconds, period=min(5.0, settings.heartbeat_seconds))
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.stop()
+
+    app = FastAPI(title="VDI manager", version="0.1.0", lifespan=lifespan,
                   description="Desktop virtualization for KVM: hosts, templates, desktops, pools, a connection "
                               "broker, events and search. Every route needs a bearer token or a session cookie "
                               "except /health and /auth/login.",

@@ -1,0 +1,75 @@
+"""Heartbeats: node-token auth, batch stats ingest, state transitions as events, silent hosts marked once."""
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select
+
+from core.enums import HostStatus, PowerState
+from manager import db
+from manager.models import Desktop, Event, Host
+from manager.monitor import mark_silent_hosts
+
+API = "/api/v1"
+
+
+def _host_and_desktops(client, n=3):
+    cluster = client.post(f"{API}/clusters", json={"name": "c"}).json()
+    host = client.post(f"{API}/hosts", json={"name": "vs-a", "cluster_id": cluster["id"]}).json()
+    desktops = [client.post(f"{API}/desktops", json={"name": f"d{i}"}).json() for i in range(n)]
+    return host, desktops
+
+
+def _beat(client, host, domains, seq=1):
+    return client.post(f"{API}/nodes/{host['name']}/heartbeat", headers={"Authorization": f"Bearer {host['agent_token']}"},
+                       json={"seq": seq, "agent_started_at": "2026-11-22T10:00:00+00:00", "cpu_usage": 37,
+                             "mem_usage": 52,
+                             "caps": {"hostname": "vs-a", "domain_types": ["qemu"], "cpus": 2, "memory_mib": 24000,
+                                      "free_memory_mib": 20000, "ksm_running": True, "ksm_pages_sharing": 10},
+                             "domains": domains})
+
+
+def test_heartbeat_stores_stats_and_transitions(client, anon_client):
+    host, desktops = _host_and_desktops(client)
+    domains = [{"uuid": d["id"], "name": d["name"], "state": "up", "cpu_usage": 10 * i, "mem_usage": 5 + i}
+               for i, d in enumerate(desktops)]
+    domains.append({"uuid": "ffffffff-0000-0000-0000-000000000000", "name": "foreign", "state": "up"})
+    response = _beat(anon_client, host, domains)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"ok": True, "desktops": 3, "transitions": 3, "unknown": 1}
+    got = {d["name"]: d for d in client.get(f"{API}/desktops").json()["items"]}
+    assert [got[f"d{i}"]["cpu_usage"] for i in range(3)] == [0, 10, 20]
+    assert all(got[f"d{i}"]["power_state"] == "up" and got[f"d{i}"]["host_id"] == host["id"] for i in range(3))
+    h = client.get(f"{API}/hosts/{host['id']}").json()
+    assert (h["status"], h["cpu_usage"], h["mem_usage"], h["ksm_pages_sharing"]) == ("up", 37, 52, 10)
+    # The same report again changes figures but records no new transition.
+    domains[0]["cpu_usage"] = 99
+    assert _beat(anon_client, host, domains, seq=2).json()["transitions"] == 0
+    with db.session_scope() as session:
+        codes = session.scalars(select(Event.code).where(Event.code.in_(["desktop.state_changed", "host.up"]))).all()
+        assert sorted(codes) == ["desktop.state_changed"] * 3 + ["host.up"]
+        assert session.get(Desktop, desktops[0]["id"]).cpu_usage == 99
+
+
+def test_heartbeat_needs_the_hosts_own_token(client, anon_client):
+    host, _ = _host_and_desktops(client, n=0)
+    bad = anon_client.post(f"{API}/nodes/vs-a/heartbeat", headers={"Authorization": "Bearer wrong"}, json={})
+    assert bad.status_code == 401
+    admin_token_is_not_a_node_token = client.post(f"{API}/nodes/vs-a/heartbeat", json={})
+    assert admin_token_is_not_a_node_token.status_code == 401
+    assert anon_client.post(f"{API}/nodes/nope/heartbeat", json={}).status_code == 401
+
+
+def test_silent_hosts_are_marked_once(client, anon_client):
+    host, _ = _host_and_desktops(client, n=0)
+    _beat(anon_client, host, [])
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=60)
+    with db.session_scope() as session:
+        assert mark_silent_hosts(session, 30, now=later) == ["vs-a"]
+    with db.session_scope() as session:
+        assert mark_silent_hosts(session, 30, now=later) == []
+        assert session.scalar(select(Host.status)) == HostStatus.NON_RESPONSIVE
+        assert len(session.scalars(select(Event).where(Event.code == "host.non_responsive")).all()) == 1
+    _beat(anon_client, host, [], seq=2)
+    with db.session_scope() as session:
+        assert session.scalar(select(Host.status)) == HostStatus.UP
