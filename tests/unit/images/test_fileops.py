@@ -79,6 +79,13 @@ def test_remove_is_idempotent(tmp_path):
     f.write_bytes(b"x")
     assert fileops.remove(f) is True
     assert fileops.remove(f) is False
+    d = tmp_path / "desktops/d1"
+    d.mkdir(parents=True)
+    (d / "v1.qcow2").write_bytes(b"x")
+    assert fileops.remove_dir_if_empty(d) is False and d.exists()
+    fileops.remove(d / "v1.qcow2")
+    assert fileops.remove_dir_if_empty(d) is True and not d.exists()
+    assert fileops.remove_dir_if_empty(d) is False
 
 
 def test_find_orphans(tmp_path):
