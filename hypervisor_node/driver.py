@@ -1,0 +1,700 @@
+"""The node driver: everything the agent does to the hypervisor, behind one Protocol.
+
+`LibvirtDriver` is the only implementation and the only code in the project that calls libvirt.
+Every libvirt call runs through `LibvirtDriver._run`, the single seam where `libvirtError` becomes a
+core.errors class: VIR_ERR_NO_DOMAIN -> DomainNotFound, anything else -> HypervisorError. No libvirt
+exception leaves this module.
+
+Ownership: a domain is ours when its <metadata> carries our stamp (hypervisor_node.domxml.model.Owner)
+with this driver's manager id. Foreign domains are invisible: listing skips them and every per-domain
+call answers DomainNotFound for them, so the agent never touches a guest it did not define.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import threading
+import time
+import uuid as uuid_mod
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, TypeVar
+
+import libvirt
+
+from core.enums import PowerState
+from core.errors import Conflict, DomainNotFound, GatewayTimeout, HypervisorError, Invalid, Unavailable, VdiError
+from core.specs import DesktopSpec, DomainStats, HostCaps
+from hypervisor_node import hoststats
+from hypervisor_node.domxml.designer import (
+    GUEST_AGENT_CHANNEL,
+    SPICE_MAX_PASSWORD,
+    VNC_PASSWORD_LENGTH,
+    design_domain,
+    valid_to_in,
+)
+from hypervisor_node.domxml.model import VDI_NS, Domain, Owner
+from hypervisor_node.screenshot import to_png
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# libvirt prints every error to stderr unless a handler is registered; ours are logged when raised.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+DEFAULT_MANAGER_ID = "vdi"
+MAX_SHUTDOWN_TIMEOUT_S = 3600
+MAX_TICKET_SECONDS = 24 * 3600
+MAX_GUEST_COMMAND = 4096
+MAX_GUEST_REPLY = 64 * 1024
+_SHUTDOWN_POLL_S = 0.25
+
+_STATE_MAP = {
+    libvirt.VIR_DOMAIN_NOSTATE: PowerState.UNKNOWN,
+    libvirt.VIR_DOMAIN_RUNNING: PowerState.UP,
+    libvirt.VIR_DOMAIN_BLOCKED: PowerState.UP,
+    libvirt.VIR_DOMAIN_PAUSED: PowerState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: PowerState.POWERING_DOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF: PowerState.DOWN,
+    libvirt.VIR_DOMAIN_CRASHED: PowerState.DOWN,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: PowerState.SUSPENDED,
+}
+_PAUSED_MIGRATING = {libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY}
+
+
+def power_state(state: int, reason: int = 0) -> PowerState:
+    """libvirt's (state, reason) pair as our PowerState."""
+    if state == libvirt.VIR_DOMAIN_PAUSED and reason in _PAUSED_MIGRATING:
+        return PowerState.MIGRATING
+    return _STATE_MAP.get(state, PowerState.UNKNOWN)
+
+
+@dataclass
+class GraphicsInfo:
+    type: str
+    listen: str | None
+    port: int | None
+    tls_port: int | None
+
+
+@dataclass
+class DomainInfo:
+    """One owned domain as the agent reports it."""
+
+    uuid: str
+    name: str
+    state: str
+    desktop_id: str = ""
+    graphics: list[GraphicsInfo] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class NodeDriver(Protocol):
+    """What the node agent can do to its hypervisor. Implemented by LibvirtDriver.
+
+    Every method raises only core.errors classes: DomainNotFound for a uuid that is not one of our
+    domains (foreign domains count as absent), Invalid for malformed arguments, Conflict when the
+    domain's power state forbids the action, HypervisorError for any other hypervisor failure.
+    Methods are safe to call from several threads at once.
+    """
+
+    def capabilities(self) -> HostCaps:
+        """The host's domain types, CPUs, memory, free memory and KSM figures."""
+
+    def list_domains(self) -> list[DomainInfo]:
+        """Every domain carrying our ownership stamp, running or not (graphics left empty)."""
+
+    def get_domain(self, uuid: str) -> DomainInfo:
+        """One owned domain with its power state and its console ports (when running)."""
+
+    def state(self, uuid: str) -> PowerState:
+        """The owned domain's power state."""
+
+    def define(self, spec: DesktopSpec) -> DomainInfo:
+        """Define (or redefine, idempotently) the domain designed for `spec`, stamped as ours.
+
+        A redefinition of a running domain changes its persistent configuration only. Raises Conflict
+        when a foreign domain already has this uuid.
+        """
+
+    def undefine(self, uuid: str) -> None:
+        """Remove the owned domain's definition (disk files stay). Raises Conflict while it runs."""
+
+    def start(self, uuid: str) -> DomainInfo:
+        """Boot the domain; a running domain is left as it is."""
+
+    def shutdown(self, uuid: str, timeout: float) -> DomainInfo:
+        """Ask the guest to power off (ACPI) and wait up to `timeout` s for it to stop.
+
+        Raises GatewayTimeout when the guest is still running then: it is never destroyed silently.
+        """
+
+    def poweroff(self, uuid: str) -> DomainInfo:
+        """Pull the plug (destroy); a stopped domain is left as it is."""
+
+    def reboot(self, uuid: str) -> DomainInfo:
+        """Ask the running guest to reboot. Raises Conflict when it is not running."""
+
+    def suspend(self, uuid: str) -> DomainInfo:
+        """Pause the running domain's vCPUs (memory stays resident). Idempotent on a paused domain."""
+
+    def resume(self, uuid: str) -> DomainInfo:
+        """Resume a paused domain. Idempotent on a running one; Conflict on a stopped one."""
+
+    def migrate(self, uuid: str, dest_uri: str, migrate_uri: str | None = None) -> None:
+        """Live-migrate the running domain to the libvirt at `dest_uri` over shared storage.
+
+        The definition moves with it (persisted on the destination, undefined here); disks are not
+        copied. `migrate_uri` optionally names the address for QEMU's migration stream.
+        """
+
+    def set_ticket(self, uuid: str, password: str, valid_seconds: int) -> str:
+        """Set the console password (SPICE, and VNC's first 8 characters) valid for `valid_seconds`.
+
+        On a running domain the change is live (no restart) and also written to its configuration.
+        Returns passwdValidTo (UTC, YYYY-MM-DDTHH:MM:SS).
+        """
+
+    def screenshot(self, uuid: str, screen: int = 0) -> bytes:
+        """PNG of the running domain's `screen`. Raises Conflict when it is not running."""
+
+    def bulk_stats(self) -> list[DomainStats]:
+        """Stats of every owned domain from ONE hypervisor call.
+
+        cpu_usage is the percentage of the domain's vCPUs used since the previous bulk_stats call
+        (0 on the first sighting); mem_usage comes from the balloon driver's figures.
+        """
+
+    def guest_call(self, uuid: str, command: str, timeout: float = 5.0) -> str:
+        """Send one line to the guest agent on the domain's virtio-serial socket, return its one-line reply.
+
+        Raises GatewayTimeout when no full reply line arrives within `timeout` s, Unavailable when the
+        socket cannot be reached, Conflict when the domain is not running.
+        """
+
+    def close(self) -> None:
+        """Drop the hypervisor connection; guests are not touched."""
+
+
+class LibvirtDriver:
+    """NodeDriver over a libvirt URI (qemu:///system, qemu+ssh://..., test:///path/node.xml).
+
+    One connection per driver, shared by all threads (libvirt connections are thread-safe) and
+    reopened on the next call after it drops.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        manager_id: str = DEFAULT_MANAGER_ID,
+        domain_types: list[str] | None = None,
+        sys_root: str = "/sys",
+    ) -> None:
+        """`domain_types` restricts what capabilities() offers (e.g. ["qemu"] where KVM is broken)."""
+        if not manager_id:
+            raise Invalid("manager_id must not be empty: it is the ownership stamp on our domains")
+        self.uri = uri
+        self.manager_id = manager_id
+        self._allowed_types = list(domain_types) if domain_types else None
+        self._sys_root = sys_root
+        self._conn_lock = threading.Lock()
+        self._conn: libvirt.virConnect | None = None
+        self._ownership: dict[str, Owner | None] = {}
+        self._ownership_lock = threading.Lock()
+        self._cpu_samples: dict[str, tuple[int, int]] = {}  # uuid -> (cpu.time ns, monotonic ns)
+        self._cpu_lock = threading.Lock()
+        self._guest_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._static_caps: HostCaps | None = None
+
+    # ---- the seam ----------------------------------------------------------------------------------
+    def _run(self, action: Callable[[libvirt.virConnect], T], name: str | None = None,
+             idempotent: bool = False) -> T:
+        """Run `action` with the connection; the only place libvirtError is caught and translated.
+
+        An idempotent action that failed because the connection dropped is retried once on a new one.
+        """
+        for attempt in (1, 2):
+            try:
+                return action(self._connection())
+            except libvirt.libvirtError as exc:
+                if idempotent and attempt == 1 and self._connection_dropped():
+                    log.info("libvirt connection to %s dropped; reconnecting", self.uri)
+                    continue
+                raise _translate(exc, name) from exc
+        raise AssertionError("unreachable")
+
+    def _connection(self) -> libvirt.virConnect:
+        with self._conn_lock:
+            if self._conn is not None and self._conn.isAlive() != 1:
+                self._close_quietly(self._conn)
+                self._conn = None
+            if self._conn is None:
+                self._conn = libvirt.open(self.uri)
+            return self._conn
+
+    def _connection_dropped(self) -> bool:
+        with self._conn_lock:
+            conn = self._conn
+        try:
+            return conn is None or conn.isAlive() != 1
+        except libvirt.libvirtError:
+            return True
+
+    @staticmethod
+    def _close_quietly(conn: libvirt.virConnect) -> None:
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass  # already broken; we are discarding it
+
+    def close(self) -> None:
+        with self._conn_lock:
+            if self._conn is not None:
+                self._close_quietly(self._conn)
+                self._conn = None
+
+    # ---- ownership -------------------------------------------------------------------------------------
+    def _owner_of(self, dom: libvirt.virDomain) -> Owner | None:
+        """Our stamp on `dom`, or None. Runs inside _run; an absent stamp is an answer, not an error."""
+        try:
+            text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, VDI_NS, 0)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                return None
+            raise
+        return Owner.from_metadata_xml(text)
+
+    def _stamp(self, dom: libvirt.virDomain) -> Owner | None:
+        """_owner_of, cached per uuid: a domain's stamp only changes when we define it."""
+        uuid = dom.UUIDString()
+        with self._ownership_lock:
+            if uuid in self._ownership:
+                return self._ownership[uuid]
+        owner = self._owner_of(dom)
+        with self._ownership_lock:
+            self._ownership[uuid] = owner
+        return owner
+
+    def _is_ours(self, dom: libvirt.virDomain) -> bool:
+        owner = self._stamp(dom)
+        return owner is not None and owner.manager_id == self.manager_id
+
+    def _forget(self, uuid: str) -> None:
+        with self._ownership_lock:
+            self._ownership.pop(uuid, None)
+        with self._cpu_lock:
+            self._cpu_samples.pop(uuid, None)
+
+    def _find(self, conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain | None:
+        try:
+            return conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def _owned(self, conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain:
+        dom = self._find(conn, _checked_uuid(uuid))
+        if dom is None or not self._is_ours(dom):
+            raise DomainNotFound(name=uuid)
+        return dom
+
+    # ---- queries ---------------------------------------------------------------------------------------
+    def capabilities(self) -> HostCaps:
+        def query(conn: libvirt.virConnect) -> HostCaps:
+            if self._static_caps is None:
+                self._static_caps = self._read_static_caps(conn)
+            caps = dataclasses.replace(self._static_caps)
+            caps.free_memory_mib = _free_memory_mib(conn, caps.memory_mib)
+            ksm = hoststats.read_ksm(self._sys_root)
+            caps.ksm_running, caps.ksm_pages_shared, caps.ksm_pages_sharing = (
+                ksm.running, ksm.pages_shared, ksm.pages_sharing)
+            return caps
+
+        return self._run(query, idempotent=True)
+
+    def _read_static_caps(self, conn: libvirt.virConnect) -> HostCaps:
+        root = ET.fromstring(conn.getCapabilities())
+        arch = root.findtext("host/cpu/arch") or "x86_64"
+        cpu_model = root.findtext("host/cpu/model") or ""
+        types: list[str] = []
+        for guest in root.findall("guest"):
+            if (guest.findtext("os_type") or "") != "hvm":
+                continue
+            for dom_el in guest.findall("arch/domain"):
+                domain_type = dom_el.get("type", "")
+                if domain_type and domain_type not in types:
+                    types.append(domain_type)
+        if self._allowed_types is not None:
+            types = [t for t in types if t in self._allowed_types]
+        info = conn.getInfo()  # [model, memory MiB, cpus, MHz, nodes, sockets, cores, threads]
+        version = conn.getLibVersion()
+        return HostCaps(
+            hostname=conn.getHostname(),
+            domain_types=types,
+            cpus=int(info[2]),
+            memory_mib=int(info[1]),
+            free_memory_mib=0,
+            arch=arch,
+            cpu_model=cpu_model or str(info[0]),
+            libvirt_version=f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}",
+        )
+
+    def list_domains(self) -> list[DomainInfo]:
+        def query(conn: libvirt.virConnect) -> list[DomainInfo]:
+            out = []
+            for dom in conn.listAllDomains(0):
+                if not self._is_ours(dom):
+                    continue
+                state, reason = dom.state(0)
+                out.append(DomainInfo(uuid=dom.UUIDString(), name=dom.name(),
+                                      state=power_state(state, reason).value,
+                                      desktop_id=self._desktop_id(dom)))
+            return out
+
+        return self._run(query, idempotent=True)
+
+    def _desktop_id(self, dom: libvirt.virDomain) -> str:
+        owner = self._stamp(dom)
+        return owner.desktop_id if owner is not None else ""
+
+    def get_domain(self, uuid: str) -> DomainInfo:
+        return self._run(lambda conn: self._info(self._owned(conn, uuid)), name=uuid, idempotent=True)
+
+    def _info(self, dom: libvirt.virDomain) -> DomainInfo:
+        state, reason = dom.state(0)
+        domain = Domain.from_xml(dom.XMLDesc(0))
+        return DomainInfo(
+            uuid=domain.uuid,
+            name=domain.name,
+            state=power_state(state, reason).value,
+            desktop_id=domain.owner.desktop_id if domain.owner is not None else "",
+            graphics=[GraphicsInfo(type=g.type, listen=g.listen, port=g.port, tls_port=g.tls_port)
+                      for g in domain.devices.graphics],
+        )
+
+    def state(self, uuid: str) -> PowerState:
+        def query(conn: libvirt.virConnect) -> PowerState:
+            return power_state(*self._owned(conn, uuid).state(0))
+
+        return self._run(query, name=uuid, idempotent=True)
+
+    # ---- definition ----------------------------------------------------------------------------------
+    def define(self, spec: DesktopSpec) -> DomainInfo:
+        domain = design_domain(spec, self.capabilities())
+        domain.owner = Owner(manager_id=self.manager_id,
+                             desktop_id=domain.owner.desktop_id if domain.owner else spec.uuid)
+        xml = domain.to_xml()
+
+        def act(conn: libvirt.virConnect) -> DomainInfo:
+            existing = self._find(conn, spec.uuid)
+            if existing is not None and not self._is_ours(existing):
+                raise Conflict(f"domain {spec.uuid} on this host was not defined by manager "
+                               f"{self.manager_id!r}; refusing to replace it")
+            dom = conn.defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
+            with self._ownership_lock:
+                self._ownership[spec.uuid] = domain.owner
+            return self._info(dom)
+
+        return self._run(act, name=spec.uuid)
+
+    def undefine(self, uuid: str) -> None:
+        def act(conn: libvirt.virConnect) -> None:
+            dom = self._owned(conn, uuid)
+            if dom.isActive():
+                raise Conflict(f"domain {uuid} is running; power it off before removing its definition")
+            # the designer gives no UEFI NVRAM, so there is none to remove (nor flag to pass)
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                              | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+
+        self._run(act, name=uuid)
+        self._forget(uuid)
+
+    # ---- power -------------------------------------------------------------------------------------------
+    def start(self, uuid: str) -> DomainInfo:
+        def act(conn: libvirt.virConnect) -> DomainInfo:
+            dom = self._owned(conn, uuid)
+            if not dom.isActive():
+                dom.create()
+            return self._info(dom)
+
+        return self._run(act, name=uuid)
+
+    def shutdown(self, uuid: str, timeout: float) -> DomainInfo:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_SHUTDOWN_TIMEOUT_S:
+            raise Invalid(f"timeout must be a number of seconds in (0, {MAX_SHUTDOWN_TIMEOUT_S}], got {timeout!r}")
+
+        def ask(conn: libvirt.virConnect) -> bool:
+            dom = self._owned(conn, uuid)
+            if not dom.isActive():
+                return False
+            dom.shutdown()
+            return True
+
+        if self._run(ask, name=uuid):
+            deadline = time.monotonic() + timeout
+            while self.state(uuid) not in (PowerState.DOWN,):
+                if time.monotonic() >= deadline:
+                    raise GatewayTimeout(what=f"graceful shutdown of domain {uuid} (it is still running; "
+                                              f"power it off to force)", seconds=timeout)
+                time.sleep(_SHUTDOWN_POLL_S)
+        return self.get_domain(uuid)
+
+    def poweroff(self, uuid: str) -> DomainInfo:
+        def act(conn: libvirt.virConnect) -> DomainInfo:
+            dom = self._owned(conn, uuid)
+            if dom.isActive():
+                dom.destroy()
+            return self._info(dom)
+
+        return self._run(act, name=uuid)
+
+    def reboot(self, uuid: str) -> DomainInfo:
+        def act(conn: libvirt.virConnect) -> DomainInfo:
+            dom = self._owned(conn, uuid)
+            self._require_active(dom, uuid, "reboot")
+            dom.reboot(0)
+            return self._info(dom)
+
+        return self._run(act, name=uuid)
+
+    def suspend(self, uuid: str) -> DomainInfo:
+        def act(conn: libvirt.virConnect) -> DomainInfo:
+            dom = self._owned(conn, uuid)
+            self._require_active(dom, uuid, "suspend")
+            if dom.state(0)[0] != libvirt.VIR_DOMAIN_PAUSED:
+                dom.suspend()
+            return self._info(dom)
+
+        return self._run(act, name=uuid)
+
+    def resume(self, uuid: str) -> DomainInfo:
+        def act(conn: libvirt.virConnect) -> DomainInfo:
+            dom = self._owned(conn, uuid)
+            self._require_active(dom, uuid, "resume")
+            if dom.state(0)[0] == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
+            return self._info(dom)
+
+        return self._run(act, name=uuid)
+
+    @staticmethod
+    def _require_active(dom: libvirt.virDomain, uuid: str, action: str) -> None:
+        if not dom.isActive():
+            raise Conflict(f"domain {uuid} is not running; cannot {action} it (start it first)")
+
+    def migrate(self, uuid: str, dest_uri: str, migrate_uri: str | None = None) -> None:
+        if not isinstance(dest_uri, str) or "://" not in dest_uri:
+            raise Invalid(f"dest_uri must be a libvirt URI such as qemu+tcp://host/system, got {dest_uri!r}")
+        if migrate_uri is not None and (not isinstance(migrate_uri, str) or "://" not in migrate_uri):
+            raise Invalid(f"migrate_uri must be a URI such as tcp://10.0.0.2, got {migrate_uri!r}")
+
+        def act(conn: libvirt.virConnect) -> None:
+            dom = self._owned(conn, uuid)
+            self._require_active(dom, uuid, "live-migrate")
+            dest = libvirt.open(dest_uri)
+            try:
+                params: dict[str, Any] = {}
+                if migrate_uri is not None:
+                    params[libvirt.VIR_MIGRATE_PARAM_URI] = migrate_uri
+                # shared storage: no disk copy flags; the definition moves with the guest
+                flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
+                         | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+                dom.migrate3(dest, params, flags)
+            finally:
+                self._close_quietly(dest)
+
+        self._run(act, name=uuid)
+        self._forget(uuid)
+
+    # ---- console ---------------------------------------------------------------------------------------
+    def set_ticket(self, uuid: str, password: str, valid_seconds: int) -> str:
+        if not isinstance(password, str) or not 1 <= len(password) <= SPICE_MAX_PASSWORD:
+            raise Invalid(f"password must be a string of 1-{SPICE_MAX_PASSWORD} characters")
+        if isinstance(valid_seconds, bool) or not isinstance(valid_seconds, int) \
+                or not 1 <= valid_seconds <= MAX_TICKET_SECONDS:
+            raise Invalid(f"valid_seconds must be an integer in [1, {MAX_TICKET_SECONDS}], got {valid_seconds!r}")
+        valid_to = valid_to_in(valid_seconds)
+
+        def act(conn: libvirt.virConnect) -> str:
+            dom = self._owned(conn, uuid)
+            targets = [(libvirt.VIR_DOMAIN_AFFECT_CONFIG, libvirt.VIR_DOMAIN_XML_INACTIVE)]
+            if dom.isActive():
+                targets.insert(0, (libvirt.VIR_DOMAIN_AFFECT_LIVE, 0))
+            for affect, xml_flags in targets:
+                # Start from the device as libvirt has it (ports, listen elements): changing anything
+                # but the password would be refused on a live domain.
+                for graphics in ET.fromstring(dom.XMLDesc(xml_flags)).findall("devices/graphics"):
+                    kind = graphics.get("type")
+                    if kind not in ("spice", "vnc"):
+                        continue
+                    graphics.set("passwd", password if kind == "spice" else password[:VNC_PASSWORD_LENGTH])
+                    graphics.set("passwdValidTo", valid_to)
+                    dom.updateDeviceFlags(ET.tostring(graphics, encoding="unicode"), affect)
+            return valid_to
+
+        return self._run(act, name=uuid)
+
+    def screenshot(self, uuid: str, screen: int = 0) -> bytes:
+        if isinstance(screen, bool) or not isinstance(screen, int) or screen < 0:
+            raise Invalid(f"screen must be a non-negative integer, got {screen!r}")
+
+        def act(conn: libvirt.virConnect) -> tuple[str, bytes]:
+            dom = self._owned(conn, uuid)
+            self._require_active(dom, uuid, "take a screenshot of")
+            stream = conn.newStream(0)
+            chunks: list[bytes] = []
+            try:
+                mime = dom.screenshot(stream, screen, 0)
+                stream.recvAll(lambda _st, data, buf: buf.append(data), chunks)
+                stream.finish()
+            except libvirt.libvirtError:
+                stream.abort()
+                raise
+            return mime or "", b"".join(chunks)
+
+        mime, data = self._run(act, name=uuid)
+        return to_png(data, mime)
+
+    # ---- stats ------------------------------------------------------------------------------------------
+    def bulk_stats(self) -> list[DomainStats]:
+        wanted = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+                  | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU)
+
+        def query(conn: libvirt.virConnect) -> list[tuple[str, str, dict[str, Any]]]:
+            records = conn.getAllDomainStats(wanted, 0)
+            return [(dom.UUIDString(), dom.name(), rec) for dom, rec in records if self._is_ours(dom)]
+
+        sampled_at = time.monotonic_ns()
+        out = []
+        for uuid, name, rec in self._run(query, idempotent=True):
+            state = power_state(rec.get("state.state", 0), rec.get("state.reason", 0))
+            vcpus = int(rec.get("vcpu.current", 0))
+            cpu_time = int(rec.get("cpu.time", 0))
+            out.append(DomainStats(
+                uuid=uuid,
+                name=name,
+                state=state.value,
+                cpu_usage=self._cpu_usage(uuid, cpu_time, sampled_at, vcpus) if state == PowerState.UP else 0,
+                mem_usage=balloon_usage(rec) if state in (PowerState.UP, PowerState.PAUSED) else 0,
+                cpu_time_ns=cpu_time,
+                memory_kib=int(rec.get("balloon.current", rec.get("balloon.maximum", 0))),
+                vcpus=vcpus,
+            ))
+        return out
+
+    def _cpu_usage(self, uuid: str, cpu_time: int, now_ns: int, vcpus: int) -> int:
+        with self._cpu_lock:
+            previous = self._cpu_samples.get(uuid)
+            self._cpu_samples[uuid] = (cpu_time, now_ns)
+        if previous is None or vcpus <= 0 or cpu_time < previous[0]:
+            return 0  # first sighting, or the domain restarted and its counter began again
+        elapsed = now_ns - previous[1]
+        if elapsed <= 0:
+            return 0
+        return max(0, min(100, round(100 * (cpu_time - previous[0]) / (elapsed * vcpus))))
+
+    # ---- guest agent ------------------------------------------------------------------------------------
+    def guest_call(self, uuid: str, command: str, timeout: float = 5.0) -> str:
+        if not isinstance(command, str) or not command.strip() or "\n" in command or "\r" in command \
+                or len(command) > MAX_GUEST_COMMAND:
+            raise Invalid(f"command must be one non-empty line of at most {MAX_GUEST_COMMAND} characters")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
+            raise Invalid(f"timeout must be a number of seconds in (0, 300], got {timeout!r}")
+
+        def find_socket(conn: libvirt.virConnect) -> str | None:
+            dom = self._owned(conn, uuid)
+            self._require_active(dom, uuid, "call the guest agent of")
+            channel = Domain.from_xml(dom.XMLDesc(0)).devices.channel_named(GUEST_AGENT_CHANNEL)
+            return channel.source_path if channel is not None else None
+
+        path = self._run(find_socket, name=uuid, idempotent=True)
+        if not path:
+            raise Unavailable(what=f"the guest agent of domain {uuid}",
+                              reason=f"the domain has no {GUEST_AGENT_CHANNEL} channel socket")
+        # QEMU's chardev accepts one client at a time: serialise calls per domain.
+        with self._guest_locks[uuid]:
+            return _line_exchange(path, command, timeout, uuid)
+
+
+def _line_exchange(path: str, command: str, timeout: float, uuid: str) -> str:
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(command.encode() + b"\n")
+            reply = b""
+            while b"\n" not in reply:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                sock.settimeout(remaining)
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise Unavailable(what=f"the guest agent of domain {uuid}",
+                                      reason="it closed the channel before replying")
+                reply += chunk
+                if len(reply) > MAX_GUEST_REPLY:
+                    raise Unavailable(what=f"the guest agent of domain {uuid}",
+                                      reason=f"its reply exceeds {MAX_GUEST_REPLY} bytes without a newline")
+    except TimeoutError:
+        raise GatewayTimeout(what=f"the guest agent of domain {uuid}", seconds=timeout) from None
+    except OSError as exc:
+        raise Unavailable(what=f"the guest agent of domain {uuid}", reason=f"{path}: {exc.strerror or exc}") from None
+    return reply.split(b"\n", 1)[0].decode(errors="replace").rstrip("\r")
+
+
+def balloon_usage(rec: dict[str, Any]) -> int:
+    """Percent of the guest's memory in use from balloon stats (guest-reported figures preferred)."""
+    available = rec.get("balloon.available")
+    if available:
+        # 'usable' (what the guest could use without swapping) is the closest to free memory;
+        # 'unused' (truly free) is the fallback for guests whose driver does not report it.
+        free = rec.get("balloon.usable", rec.get("balloon.unused"))
+        if free is not None:
+            return _clamp_percent(available - free, available)
+    current = rec.get("balloon.current")
+    rss = rec.get("balloon.rss")
+    if current and rss is not None:
+        # no guest figures (no balloon driver in the guest): fall back to the host's view
+        return _clamp_percent(rss, current)
+    return 0
+
+
+def _clamp_percent(part: float, whole: float) -> int:
+    if whole <= 0:
+        return 0
+    return max(0, min(100, round(100 * part / whole)))
+
+
+def _free_memory_mib(conn: libvirt.virConnect, fallback: int) -> int:
+    """Runs inside _run. The test driver has no free-memory call: it then reports all memory free."""
+    try:
+        return int(conn.getFreeMemory() // (1024 * 1024))
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+            return fallback
+        raise
+
+
+def _checked_uuid(value: str) -> str:
+    try:
+        return str(uuid_mod.UUID(value))
+    except (ValueError, AttributeError, TypeError):
+        raise Invalid(f"{value!r} is not a domain UUID (expected e.g. {uuid_mod.UUID(int=0)})") from None
+
+
+def _translate(exc: libvirt.libvirtError, name: str | None) -> VdiError:
+    code = exc.get_error_code()
+    if code == libvirt.VIR_ERR_NO_DOMAIN:
+        return DomainNotFound(name=name or "(unknown)")
+    detail = exc.get_error_message() or str(exc)
+    log.warning("libvirt error %s on %s: %s", code, name or "host", detail)
+    error = HypervisorError(libvirt_code=code, detail=detail)
+    error.libvirt_code = code  # type: ignore[attr-defined]
+    return error
