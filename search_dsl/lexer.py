@@ -625,9 +625,9 @@ class Lexer:
             self._stop(S.SORTBY, start, "finish the field name to sort by")
             return
         fld = obj.field(self.text[start:end]) if how == "match" else None
-        if fld is None or not fld.sortable:
+        if fld is None or not fld.sortable or fld.via is not None:
             why = "has several values per row" if fld is not None else "is not a field"
-            sortable = ", ".join(f.name for f in obj.fields if f.sortable and not f.hidden)
+            sortable = ", ".join(f.name for f in obj.fields if f.sortable and not f.via and not f.hidden)
             raise self._error("INVALID_SORT_FIELD",
                               f"cannot sort by {self.text[start:end]!r}: it {why} of {obj.name}; "
                               f"sort by one of: {sortable}", start, max(end, start + 1))
