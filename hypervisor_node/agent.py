@@ -1,0 +1,441 @@
+"""The node agent: one per host, an HTTP API over the node driver plus a heartbeat to the manager.
+
+Built on starlette + uvicorn directly (this package never imports fastapi, sqlalchemy or manager).
+Every route needs `Authorization: Bearer <token>`; errors are `{"error": code, "detail": message}`
+with the status of the core.errors class. Blocking hypervisor calls run in a thread pool.
+
+Starting or stopping the agent never touches a guest: on start it lists the domains it owns and
+reports them, with their real state, in its first heartbeat; on stop it only closes its connection.
+
+Run it as `vdi node ...` (the manager's CLI calls main()) or `python -m hypervisor_node.agent`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import hmac
+import json
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from core.errors import BadRequest, Invalid, NotAuthenticated, VdiError
+from core.specs import DesktopSpec
+from hypervisor_node import hoststats
+from hypervisor_node.driver import DEFAULT_MANAGER_ID, LibvirtDriver, NodeDriver
+
+log = logging.getLogger("hypervisor_node.agent")
+
+API_PREFIX = "/v1"
+DEFAULT_HEARTBEAT_SECONDS = 5.0
+DEFAULT_SHUTDOWN_TIMEOUT_S = 60
+MAX_BODY_BYTES = 1024 * 1024
+POWER_ACTIONS = ("start", "shutdown", "poweroff", "reboot", "suspend", "resume")
+
+
+def utc_now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---- authentication ---------------------------------------------------------------------------------
+class BearerTokenMiddleware:
+    """Refuse every request without the node token (constant-time comparison) with a JSON 401."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        presented = b""
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                scheme, _, credential = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    presented = credential.strip()
+                break
+        if not hmac.compare_digest(presented, self._token):
+            error = NotAuthenticated("send the node token as 'Authorization: Bearer <token>'")
+            response = JSONResponse(error.to_dict(), status_code=error.status,
+                                    headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+# ---- error rendering -------------------------------------------------------------------------------
+async def _vdi_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, VdiError)
+    if not exc.expected or exc.status >= 500:
+        log.warning("%s: %s", exc.code, exc.message)
+    return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    detail = {404: "no such route; the agent's API lives under /v1",
+              405: "this route does not take that method"}.get(exc.status_code, str(exc.detail))
+    return JSONResponse({"error": codes.get(exc.status_code, "error"), "detail": detail},
+                        status_code=exc.status_code)
+
+
+async def _unexpected_error(_request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error in the node agent", exc_info=exc)
+    return JSONResponse({"error": "error", "detail": "internal error in the node agent; see its log"},
+                        status_code=500)
+
+
+# ---- request helpers -------------------------------------------------------------------------------
+async def _json_body(request: Request, required: bool = True) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise BadRequest(f"request body exceeds {MAX_BODY_BYTES} bytes")
+    if not raw.strip():
+        if required:
+            raise BadRequest("send a JSON object as the request body")
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    if name not in body:
+        if default is ...:
+            raise Invalid(f"field {name!r} is required")
+        return default
+    value = body[name]
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise Invalid(f"field {name!r} has the wrong type ({value!r})")
+    if not isinstance(value, kind):
+        raise Invalid(f"field {name!r} has the wrong type ({value!r})")
+    return value
+
+
+def spec_from_json(body: dict[str, Any], uuid: str) -> DesktopSpec:
+    """A DesktopSpec from a PUT body; the path's uuid wins over (and must match) the body's."""
+    data = dict(body)
+    if data.setdefault("uuid", uuid) != uuid:
+        raise Invalid(f"body uuid {data['uuid']!r} does not match the URL's {uuid!r}")
+    try:
+        return DesktopSpec.from_dict(data)
+    except TypeError:
+        missing = [name for name in ("name", "vcpus", "memory_mib", "disk_path") if name not in data]
+        raise Invalid(f"the desktop spec lacks required field(s): {', '.join(missing) or '?'}") from None
+
+
+# ---- the application --------------------------------------------------------------------------------
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def create_app(
+    driver: NodeDriver,
+    token: str,
+    *,
+    node_name: str = "node",
+    heartbeat: "Heartbeat | None" = None,
+) -> Starlette:
+    """The agent's ASGI app over `driver`; `heartbeat`, when given, runs for the app's lifetime."""
+    if not token:
+        raise Invalid("the node token must not be empty")
+    started_at = heartbeat.started_at if heartbeat is not None else utc_now_iso()
+
+    def call(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        return run_in_threadpool(fn, *args)
+
+    async def health(_request: Request) -> Response:
+        """Liveness of the agent and its hypervisor connection."""
+        caps = await call(driver.capabilities)
+        return JSONResponse({"status": "ok", "node": node_name, "agent_started_at": started_at,
+                             "hostname": caps.hostname, "libvirt_version": caps.libvirt_version})
+
+    async def capabilities(_request: Request) -> Response:
+        return JSONResponse((await call(driver.capabilities)).to_dict())
+
+    async def list_domains(_request: Request) -> Response:
+        domains = await call(driver.list_domains)
+        return JSONResponse({"domains": [{"uuid": d.uuid, "name": d.name, "state": d.state,
+                                          "desktop_id": d.desktop_id} for d in domains]})
+
+    async def get_domain(request: Request) -> Response:
+        return JSONResponse((await call(driver.get_domain, request.path_params["uuid"])).to_dict())
+
+    async def define(request: Request) -> Response:
+        spec = spec_from_json(await _json_body(request), request.path_params["uuid"])
+        return JSONResponse((await call(driver.define, spec)).to_dict())
+
+    async def undefine(request: Request) -> Response:
+        await call(driver.undefine, request.path_params["uuid"])
+        return Response(status_code=204)
+
+    async def power(request: Request) -> Response:
+        uuid, action = request.path_params["uuid"], request.path_params["action"]
+        if action not in POWER_ACTIONS:
+            raise HTTPException(404)
+        if action == "shutdown":
+            body = await _json_body(request, required=False)
+            timeout = _field(body, "timeout", (int, float), DEFAULT_SHUTDOWN_TIMEOUT_S)
+            info = await call(driver.shutdown, uuid, timeout)
+        else:
+            info = await call(getattr(driver, action), uuid)
+        return JSONResponse(info.to_dict())
+
+    async def migrate(request: Request) -> Response:
+        body = await _json_body(request)
+        uuid = request.path_params["uuid"]
+        dest_uri = _field(body, "dest_uri", str)
+        migrate_uri = _field(body, "migrate_uri", str, None)
+        await call(driver.migrate, uuid, dest_uri, migrate_uri)
+        return JSONResponse({"uuid": uuid, "dest_uri": dest_uri, "migrated": True})
+
+    async def ticket(request: Request) -> Response:
+        body = await _json_body(request)
+        password = _field(body, "password", str)
+        valid_seconds = _field(body, "valid_seconds", int, 120)
+        valid_to = await call(driver.set_ticket, request.path_params["uuid"], password, valid_seconds)
+        return JSONResponse({"valid_to": valid_to})
+
+    async def screenshot(request: Request) -> Response:
+        try:
+            screen = int(request.query_params.get("screen", "0"))
+        except ValueError:
+            raise Invalid("query parameter screen must be an integer") from None
+        png = await call(driver.screenshot, request.path_params["uuid"], screen)
+        return Response(png, media_type="image/png")
+
+    async def stats(_request: Request) -> Response:
+        return JSONResponse({"domains": [s.to_dict() for s in await call(driver.bulk_stats)]})
+
+    async def guest(request: Request) -> Response:
+        body = await _json_body(request)
+        command = _field(body, "command", str)
+        timeout = _field(body, "timeout", (int, float), 5.0)
+        reply = await call(driver.guest_call, request.path_params["uuid"], command, timeout)
+        return JSONResponse({"reply": reply})
+
+    p = API_PREFIX
+    routes = [
+        Route(f"{p}/health", health, methods=["GET"]),
+        Route(f"{p}/capabilities", capabilities, methods=["GET"]),
+        Route(f"{p}/domains", list_domains, methods=["GET"]),
+        Route(f"{p}/stats", stats, methods=["GET"]),
+        Route(f"{p}/domains/{{uuid}}", get_domain, methods=["GET"]),
+        Route(f"{p}/domains/{{uuid}}", define, methods=["PUT"]),
+        Route(f"{p}/domains/{{uuid}}", undefine, methods=["DELETE"]),
+        Route(f"{p}/domains/{{uuid}}/screenshot", screenshot, methods=["GET"]),
+        Route(f"{p}/domains/{{uuid}}/migrate", migrate, methods=["POST"]),
+        Route(f"{p}/domains/{{uuid}}/ticket", ticket, methods=["POST"]),
+        Route(f"{p}/domains/{{uuid}}/guest", guest, methods=["POST"]),
+        Route(f"{p}/domains/{{uuid}}/{{action}}", power, methods=["POST"]),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        task = None
+        if heartbeat is not None:
+            task = asyncio.create_task(heartbeat.run(), name="heartbeat")
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            # Only the connection is closed: running guests are left exactly as they are.
+            await run_in_threadpool(driver.close)
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers={VdiError: _vdi_error, HTTPException: _http_error, Exception: _unexpected_error},
+        lifespan=lifespan,
+    )
+    app.add_middleware(BearerTokenMiddleware, token=token)
+    return app
+
+
+# ---- heartbeat ------------------------------------------------------------------------------------------
+class Heartbeat:
+    """Every `interval` s, POST host and domain figures to `{manager_url}/api/v1/nodes/{node}/heartbeat`.
+
+    Body: {"seq", "agent_started_at", "caps", "cpu_usage", "mem_usage", "domains": [DomainStats...]}.
+    A manager that stops answering is logged once at WARNING, its recovery once at INFO; single
+    attempts are logged at DEBUG only. The first beat, sent at once, reports every domain we own with
+    its real state: that is how a restarted agent hands its running guests back to the manager.
+    """
+
+    def __init__(
+        self,
+        driver: NodeDriver,
+        node_name: str,
+        manager_url: str,
+        token: str,
+        interval: float = DEFAULT_HEARTBEAT_SECONDS,
+        *,
+        proc_root: str = "/proc",
+        transport: httpx.AsyncBaseTransport | None = None,
+        request_timeout: float = 10.0,
+    ) -> None:
+        if interval <= 0:
+            raise Invalid(f"heartbeat interval must be positive, got {interval}")
+        self.driver = driver
+        self.node_name = node_name
+        self.url = f"{manager_url.rstrip('/')}/api/v1/nodes/{node_name}/heartbeat"
+        self.interval = interval
+        self.started_at = utc_now_iso()
+        self.seq = 0
+        self.manager_reachable: bool | None = None  # None until the first attempt
+        self.hypervisor_reachable: bool | None = None
+        self.failures = 0
+        self._token = token
+        self._proc_root = proc_root
+        self._cpu = hoststats.HostCpuMeter(proc_root)
+        self._transport = transport
+        self._request_timeout = request_timeout
+
+    def build_payload(self) -> dict[str, Any]:
+        """One heartbeat body (blocking: calls the hypervisor). Raises VdiError when it is unreachable."""
+        caps = self.driver.capabilities()
+        domains = self.driver.bulk_stats()
+        self.seq += 1
+        return {
+            "seq": self.seq,
+            "agent_started_at": self.started_at,
+            "caps": caps.to_dict(),
+            "cpu_usage": self._cpu.usage(),
+            "mem_usage": hoststats.read_mem_usage(self._proc_root),
+            "domains": [d.to_dict() for d in domains],
+        }
+
+    async def beat(self, client: httpx.AsyncClient) -> bool:
+        """Build and send one heartbeat; True when the manager accepted it. Never raises VdiError."""
+        try:
+            payload = await run_in_threadpool(self.build_payload)
+        except VdiError as exc:
+            self._hypervisor_state(False, exc.message)
+            return False
+        self._hypervisor_state(True, "")
+        if self.seq == 1:
+            states: dict[str, int] = {}
+            for dom in payload["domains"]:
+                states[dom["state"]] = states.get(dom["state"], 0) + 1
+            log.info("reporting %d owned domain(s) to the manager: %s", len(payload["domains"]),
+                     ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none")
+        try:
+            response = await client.post(self.url, json=payload,
+                                         headers={"Authorization": f"Bearer {self._token}"})
+        except httpx.HTTPError as exc:
+            self._manager_state(False, f"{type(exc).__name__}: {exc}")
+            return False
+        if response.status_code >= 300:
+            self._manager_state(False, f"HTTP {response.status_code}: {response.text[:300]}")
+            return False
+        self._manager_state(True, "")
+        return True
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(transport=self._transport, timeout=self._request_timeout) as client:
+            while True:
+                await self.beat(client)
+                await asyncio.sleep(self.interval)
+
+    def _manager_state(self, ok: bool, reason: str) -> None:
+        if ok:
+            if self.manager_reachable is False:
+                log.info("manager at %s accepts heartbeats again after %d failed attempt(s)",
+                         self.url, self.failures)
+            self.failures = 0
+        else:
+            self.failures += 1
+            if self.manager_reachable is not False:
+                log.warning("cannot deliver heartbeats to %s (%s); retrying every %s s quietly",
+                            self.url, reason, self.interval)
+            else:
+                log.debug("heartbeat %d to %s failed: %s", self.seq, self.url, reason)
+        self.manager_reachable = ok
+
+    def _hypervisor_state(self, ok: bool, reason: str) -> None:
+        if ok and self.hypervisor_reachable is False:
+            log.info("hypervisor answers again; heartbeats resume")
+        if not ok and self.hypervisor_reachable is not False:
+            log.warning("hypervisor unavailable (%s); no heartbeat until it answers", reason)
+        self.hypervisor_reachable = ok
+
+
+# ---- entry point ------------------------------------------------------------------------------------------
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"--listen takes ADDR:PORT such as 127.0.0.1:8081, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def build_parser(prog: str = "vdi node") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Run the hypervisor node agent for one host.")
+    parser.add_argument("--name", required=True, help="this host's name as the manager knows it")
+    parser.add_argument("--libvirt-uri", default="qemu:///system", help="libvirt connection URI")
+    parser.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8081), metavar="ADDR:PORT",
+                        help="address of the agent's HTTP API (default 127.0.0.1:8081)")
+    parser.add_argument("--manager", default="", metavar="URL",
+                        help="the manager's base URL for heartbeats; empty: no heartbeat")
+    parser.add_argument("--token", default=os.environ.get("VDI_NODE_TOKEN", ""),
+                        help="bearer token shared with the manager (default: $VDI_NODE_TOKEN)")
+    parser.add_argument("--heartbeat-seconds", type=float, default=DEFAULT_HEARTBEAT_SECONDS,
+                        help=f"seconds between heartbeats (default {DEFAULT_HEARTBEAT_SECONDS:g})")
+    parser.add_argument("--manager-id", default=os.environ.get("VDI_MANAGER_ID", DEFAULT_MANAGER_ID),
+                        help="ownership stamp written into our domains' metadata "
+                             f"(default: $VDI_MANAGER_ID or {DEFAULT_MANAGER_ID!r})")
+    parser.add_argument("--domain-types", default=os.environ.get("VDI_NODE_DOMAIN_TYPES", ""),
+                        help="comma-separated domain types to offer, e.g. 'qemu' where nested KVM fails "
+                             "(default: all libvirt reports)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments and serve until interrupted. Returns the process exit status."""
+    import uvicorn
+
+    args = build_parser().parse_args(argv)
+    if not args.token:
+        print("error: give --token or set VDI_NODE_TOKEN: the agent refuses to run without one",
+              file=sys.stderr)
+        return 2
+    if args.heartbeat_seconds <= 0:
+        print("error: --heartbeat-seconds must be positive", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    domain_types = [t.strip() for t in args.domain_types.split(",") if t.strip()] or None
+    driver = LibvirtDriver(args.libvirt_uri, manager_id=args.manager_id, domain_types=domain_types)
+    heartbeat = None
+    if args.manager:
+        heartbeat = Heartbeat(driver, args.name, args.manager, args.token, args.heartbeat_seconds)
+    app = create_app(driver, args.token, node_name=args.name, heartbeat=heartbeat)
+    host, port = args.listen
+    log.info("node agent %s serving on %s:%d for %s", args.name, host, port, args.libvirt_uri)
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level.lower(), access_log=False,
+                timeout_graceful_shutdown=5)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
