@@ -102,6 +102,30 @@ def _cmd_image(args: argparse.Namespace) -> int:
     return 2
 
 
+def _cmd_directory(args: argparse.Namespace) -> int:
+    import json
+
+    from core.errors import VdiError
+    from manager import db
+    from manager.config import get_settings
+    from manager.identity.directory import Directory
+    from manager.identity.settings import get_directory_settings
+    from manager.identity.sync import sync_directory
+
+    db.configure(get_settings().effective_database_url)
+    try:
+        directory = Directory(get_directory_settings())
+        with db.session_scope() as session:
+            result = sync_directory(session, directory, full=True if args.full else None, dry_run=args.dry_run,
+                                    actor="cli")
+            summary = result.summary()
+    except VdiError as exc:
+        print(f"vdi directory sync: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vdi", description="VDI manager for KVM desktops")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -143,6 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Image tools. build-demo: build (once) and cache the tiny demo desktop template.")
     p.add_argument("action", choices=["build-demo"])
     p.set_defaults(func=_cmd_image, passthrough=True)
+
+    p = sub.add_parser("directory", help="Active Directory sync",
+                       description="Sync users, groups and memberships from the directory set by VDI_AD_*.")
+    directory_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    d = directory_sub.add_parser("sync", help="sync now (incremental unless --full or a full one is due)",
+                                 description="Sync now and print what changed as JSON.")
+    d.add_argument("--full", action="store_true", help="read every user and group (detects deletions by GUID)")
+    d.add_argument("--dry-run", action="store_true", help="print the diff (added, changed, disabled, removed); "
+                                                           "write nothing")
+    d.set_defaults(func=_cmd_directory)
     return parser
 
 

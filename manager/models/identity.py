@@ -80,6 +80,8 @@ class RoleAssignment(IdMixin, CreatedMixin, Base):
     group_id: Mapped[str | None] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), nullable=True,
                                                  index=True)
     role: Mapped[Role] = mapped_column(enum_type(Role))
+    # manual | directory (made by the AD group -> role mapping; the directory sync adds and removes those)
+    source: Mapped[str] = mapped_column(String(32), default="manual", server_default="manual")
 
 
 class Entitlement(IdMixin, CreatedMixin, Base):
