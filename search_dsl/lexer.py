@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from .errors import SearchError
-from .registry import Field, Kind, ObjectDef, Registry, XRef
+from .registry import Field, ObjectDef, Registry, XRef
 from .tokens import T, Token
 
 FORBIDDEN = "';"

@@ -5,7 +5,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import (
-    Boolean, Column, DateTime, ForeignKey, Integer, Numeric, String, Table, Uuid, func, select,
+    Boolean, Column, DateTime, ForeignKey, Numeric, String, Table, Uuid, func, select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
