@@ -1,0 +1,174 @@
+"""Handing pool desktops to users, safely under a login storm.
+
+`assign_from_pool` returns, in this order: the user's dedicated desktop in the pool, the desktop the user
+already holds in the pool, or the first free one. Guarantees, on Postgres:
+- one desktop is never handed to two users: the free desktop is picked with SELECT ... FOR UPDATE SKIP
+  LOCKED (concurrent requests take different rows instead of queueing) and claimed with a compare-and-swap
+  UPDATE ... WHERE assigned_user_id IS NULL;
+- one user never holds more than max_desktops_per_user desktops of a pool: the user's row is locked
+  (FOR NO KEY UPDATE, which does not block foreign-key checks) for the transaction, so two concurrent
+  connects of the same user are serialised and the second sees the first's desktop.
+On SQLite (the embedded default) there are no row locks: callers wrap the transaction in
+`assignment_guard(session)`, a process-wide lock held until the transaction commits; the same
+compare-and-swap keeps even several processes from double-assigning.
+The caller commits (sessions open and commit at the edges); every lock is released at that commit.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import case, exists, func, select, update
+from sqlalchemy.orm import Session
+
+from broker.errors import PoolClosed, TooManyDesktops
+from core.enums import PoolType, PowerState, TaskState
+from core.errors import PoolFull
+from manager.db import is_postgres
+from manager.models import Assignment, Desktop, Pool, User, utcnow
+
+# Desktops in these task states can be handed out (a prestart in progress is fine: the broker waits for it).
+ASSIGNABLE_TASKS = (TaskState.STARTING,)
+_sqlite_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Assigned:
+    desktop_id: str
+    desktop_name: str
+    pool_id: str | None
+    how: str  # "dedicated" | "existing" | "new"
+    lease_until: dt.datetime | None = None
+
+    @property
+    def newly_assigned(self) -> bool:
+        return self.how == "new"
+
+
+@contextlib.contextmanager
+def assignment_guard(session: Session) -> Iterator[None]:
+    """Serialise assignment transactions where the database has no row locks (SQLite). Use it around the
+    assignment AND the commit; on Postgres it does nothing (row locks do the work)."""
+    if is_postgres(session):
+        yield
+        return
+    with _sqlite_lock:
+        yield
+
+
+def lease_end(pool: Pool, now: dt.datetime) -> dt.datetime | None:
+    """When a time-based lease taken now ends: now + lease_seconds, cut at the window's end."""
+    if pool.pool_type != PoolType.TIME_BASED:
+        return None
+    ends = []
+    if pool.lease_seconds:
+        ends.append(now + dt.timedelta(seconds=pool.lease_seconds))
+    if pool.window_end is not None:
+        ends.append(pool.window_end)
+    return min(ends) if ends else None
+
+
+def check_window(pool: Pool, now: dt.datetime) -> None:
+    """Raises PoolClosed outside a time-based pool's window."""
+    if pool.window_start is not None and now < pool.window_start:
+        raise PoolClosed(pool=pool.name, reason=f"opens at {pool.window_start.isoformat()}; try again then")
+    if pool.window_end is not None and now >= pool.window_end:
+        raise PoolClosed(pool=pool.name, reason=f"closed at {pool.window_end.isoformat()}")
+
+
+def _lock_user(session: Session, user_id: str) -> None:
+    if is_postgres(session):
+        session.execute(select(User.id).where(User.id == user_id).with_for_update(key_share=True))
+
+
+def desktops_held(session: Session, user_id: str, pool_id: str) -> list[tuple[str, str, dt.datetime | None]]:
+    """(id, name, lease_until) of the pool desktops the user holds, oldest assignment first."""
+    stmt = (select(Desktop.id, Desktop.name, Desktop.lease_until)
+            .where(Desktop.pool_id == pool_id, Desktop.assigned_user_id == user_id)
+            .order_by(Desktop.assigned_at, Desktop.name))
+    return [tuple(row) for row in session.execute(stmt)]
+
+
+def pool_usage(session: Session, pool_id: str) -> tuple[int, int]:
+    """(desktops in use, desktops in the pool)."""
+    in_use, total = session.execute(
+        select(func.count(Desktop.assigned_user_id), func.count(Desktop.id)).where(Desktop.pool_id == pool_id)).one()
+    return int(in_use), int(total)
+
+
+def _free_candidates(session: Session, pool_id: str, limit: int) -> list[str]:
+    has_owner = exists().where(Assignment.desktop_id == Desktop.id)
+    stmt = (select(Desktop.id)
+            .where(Desktop.pool_id == pool_id, Desktop.assigned_user_id.is_(None),
+                   Desktop.task_state.is_(None) | Desktop.task_state.in_(ASSIGNABLE_TASKS), ~has_owner)
+            # Running desktops first (the user gets a console at once), then a stable order.
+            .order_by(case((Desktop.power_state == PowerState.UP, 0), else_=1), Desktop.name)
+            .limit(limit))
+    if is_postgres(session):
+        stmt = stmt.with_for_update(skip_locked=True)
+    return list(session.scalars(stmt))
+
+
+def assign_from_pool(session: Session, user_id: str, pool: Pool, *, new_desktop: bool = False,
+                     now: dt.datetime | None = None) -> Assigned:
+    """Give the user a desktop of `pool` (see the module docstring for the order and the guarantees).
+
+    `new_desktop=True` asks for one more desktop than the user holds. Raises PoolClosed outside a
+    time-based pool's window, TooManyDesktops past max_desktops_per_user, PoolFull when no desktop is
+    free. Flushes; the caller commits.
+    """
+    now = now or utcnow()
+    check_window(pool, now)
+    _lock_user(session, user_id)
+    if not new_desktop:
+        dedicated = session.execute(
+            select(Desktop.id, Desktop.name).join(Assignment, Assignment.desktop_id == Desktop.id)
+            .where(Assignment.user_id == user_id, Desktop.pool_id == pool.id).order_by(Desktop.name).limit(1)).first()
+        if dedicated is not None:
+            return Assigned(dedicated[0], dedicated[1], pool.id, "dedicated")
+    held = desktops_held(session, user_id, pool.id)
+    if held and not new_desktop:
+        desktop_id, name, lease_until = held[0]
+        return Assigned(desktop_id, name, pool.id, "existing", lease_until)
+    if len(held) >= pool.max_desktops_per_user:
+        raise TooManyDesktops(held=len(held), pool=pool.name, limit=pool.max_desktops_per_user)
+    lease_until = lease_end(pool, now)
+    # SKIP LOCKED hands concurrent callers different rows; the CAS below is a second, backend-neutral guard.
+    for _attempt in range(3):
+        for desktop_id in _free_candidates(session, pool.id, limit=1 if is_postgres(session) else 5):
+            claimed = session.execute(
+                update(Desktop).where(Desktop.id == desktop_id, Desktop.assigned_user_id.is_(None))
+                .values(assigned_user_id=user_id, assigned_at=now, lease_until=lease_until)
+                .execution_options(synchronize_session=False)).rowcount
+            if claimed == 1:
+                name = session.scalar(select(Desktop.name).where(Desktop.id == desktop_id))
+                return Assigned(desktop_id, name, pool.id, "new", lease_until)
+    in_use, size = pool_usage(session, pool.id)
+    raise PoolFull(pool=pool.name, in_use=in_use, size=size)
+
+
+def release(session: Session, desktop_id: str, *, user_id: str | None = None,
+            next_task: TaskState | None = None) -> bool:
+    """Take a pool desktop back from its user (compare-and-swap: only if `user_id` still holds it, when
+    given). `next_task` marks the work that must happen before anyone else gets it (reimaging,
+    deleting). Returns False when the desktop was not held (by that user)."""
+    stmt = update(Desktop).where(Desktop.id == desktop_id, Desktop.assigned_user_id.is_not(None))
+    if user_id is not None:
+        stmt = stmt.where(Desktop.assigned_user_id == user_id)
+    values: dict = {"assigned_user_id": None, "assigned_at": None, "lease_until": None}
+    if next_task is not None:
+        stmt = stmt.where(Desktop.task_state.is_(None) | Desktop.task_state.in_(ASSIGNABLE_TASKS))
+        values["task_state"] = next_task
+    return session.execute(stmt.values(**values).execution_options(synchronize_session=False)).rowcount == 1
+
+
+def assign_to_user(session: Session, desktop_id: str, user_id: str, *, now: dt.datetime | None = None) -> bool:
+    """An administrator hands a free pool desktop to a user (manual pools). CAS: False if it is taken."""
+    now = now or utcnow()
+    return session.execute(
+        update(Desktop).where(Desktop.id == desktop_id, Desktop.assigned_user_id.is_(None))
+        .values(assigned_user_id=user_id, assigned_at=now)
+        .execution_options(synchronize_session=False)).rowcount == 1

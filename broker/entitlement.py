@@ -1,0 +1,59 @@
+"""Who may use which pool or desktop: entitlements given to the user or to any group the user is in
+(nested groups included, cycle-safe through manager.identity.membership)."""
+from __future__ import annotations
+
+from sqlalchemy import exists, or_, select
+from sqlalchemy.orm import Session
+
+from broker.errors import NotEntitled
+from manager.identity.membership import group_ids_for_user
+from manager.models import Assignment, Desktop, Entitlement, Pool
+
+
+def _principal_clause(user_id: str, group_ids: set[str]):
+    return or_(Entitlement.user_id == user_id, Entitlement.group_id.in_(group_ids)) if group_ids \
+        else Entitlement.user_id == user_id
+
+
+def entitled_pool_ids(session: Session, user_id: str, group_ids: set[str] | None = None) -> set[str]:
+    """Every pool the user may draw a desktop from."""
+    groups = group_ids_for_user(session, user_id) if group_ids is None else group_ids
+    stmt = select(Entitlement.pool_id).where(Entitlement.pool_id.is_not(None), _principal_clause(user_id, groups))
+    return set(session.scalars(stmt))
+
+
+def is_entitled_to_pool(session: Session, user_id: str, pool_id: str) -> bool:
+    groups = group_ids_for_user(session, user_id)
+    stmt = select(exists().where(Entitlement.pool_id == pool_id, _principal_clause(user_id, groups)))
+    return bool(session.scalar(stmt))
+
+
+def check_pool_entitlement(session: Session, user_id: str, pool: Pool) -> None:
+    """Raises NotEntitled unless the user (or one of their groups) is entitled to the pool."""
+    if not is_entitled_to_pool(session, user_id, pool.id):
+        raise NotEntitled(target=f"pool {pool.name}")
+
+
+def reachable_desktop_ids(session: Session, user_id: str) -> set[str]:
+    """Desktops this user may open a console on: dedicated/shared assignments, desktop entitlements (user or
+    group) and pool desktops currently assigned to them. Never another user's pool desktop."""
+    groups = group_ids_for_user(session, user_id)
+    ids = set(session.scalars(select(Assignment.desktop_id).where(Assignment.user_id == user_id)))
+    ids |= set(session.scalars(select(Entitlement.desktop_id).where(
+        Entitlement.desktop_id.is_not(None), _principal_clause(user_id, groups))))
+    ids |= set(session.scalars(select(Desktop.id).where(Desktop.assigned_user_id == user_id)))
+    return ids
+
+
+def can_reach_desktop(session: Session, user_id: str, desktop: Desktop) -> bool:
+    """True when the user may connect to this particular desktop (see reachable_desktop_ids)."""
+    if desktop.assigned_user_id == user_id:
+        return True
+    if desktop.pool_id is not None and desktop.assigned_user_id is not None:
+        # A pool desktop held by someone else is theirs alone, whatever entitlements say.
+        return False
+    if session.scalar(select(exists().where(Assignment.desktop_id == desktop.id, Assignment.user_id == user_id))):
+        return True
+    groups = group_ids_for_user(session, user_id)
+    return bool(session.scalar(select(exists().where(Entitlement.desktop_id == desktop.id,
+                                                     _principal_clause(user_id, groups)))))

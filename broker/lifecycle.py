@@ -1,0 +1,142 @@
+"""What happens to pool desktops over time, by pool kind. Database decisions only: the manager carries out
+the node and disk work (reset, deprovision, prestart) as jobs after the transaction commits.
+
+- automatic: a desktop is the user's for one session; at logoff it goes back to the pool and is reset to
+  the template (task_state REIMAGING until the reset job finishes, so nobody gets a dirty desktop).
+- manual: the first connect assigns the desktop for good; only an administrator unassigns it (and then it
+  is reset before anyone else gets it).
+- time_based: a lease until now + lease_seconds (or the window's end); at expiry the desktop is reclaimed
+  by the pool's policy (reimage or deprovision), and one event tells the user and the administrators.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from broker import assignment, sessions
+from core.enums import PoolType, PowerState, ReclaimPolicy, Severity, TaskState
+from event_manager.service import emit
+from manager.models import Assignment, Desktop, DesktopSession, Pool, User, utcnow
+
+
+class AfterLogoff(str, enum.Enum):
+    RESET = "reset"  # released to the pool; the caller enqueues the reset job
+    KEEP = "keep"  # stays the user's
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    desktop_id: str
+    desktop_name: str
+    user_id: str
+    pool_id: str
+    policy: ReclaimPolicy
+
+
+def _user_label(session: Session, user_id: str | None) -> str:
+    if user_id is None:
+        return "nobody"
+    row = session.execute(select(User.username, User.domain).where(User.id == user_id)).first()
+    return f"{row[0]}@{row[1]}" if row else user_id
+
+
+def logoff(session: Session, desktop: Desktop, user_id: str, *, actor: str,
+           now: dt.datetime | None = None) -> AfterLogoff:
+    """End the user's sessions on the desktop and apply the pool kind's rule. Emits one event."""
+    now = now or utcnow()
+    sessions.end_sessions_of_desktop(session, desktop.id, now)
+    pool = session.get(Pool, desktop.pool_id) if desktop.pool_id else None
+    outcome = AfterLogoff.KEEP
+    if pool is not None and pool.pool_type == PoolType.AUTOMATIC:
+        if assignment.release(session, desktop.id, user_id=user_id, next_task=TaskState.REIMAGING):
+            outcome = AfterLogoff.RESET
+    what = "returned to pool and will be reset" if outcome == AfterLogoff.RESET else "stays assigned"
+    emit(session, "broker.logoff", f"{actor} logged off desktop {desktop.name}; the desktop {what}",
+         actor=actor, user_id=user_id, desktop_id=desktop.id, pool_id=desktop.pool_id)
+    return outcome
+
+
+def unassign(session: Session, desktop: Desktop, *, actor: str, now: dt.datetime | None = None) -> str | None:
+    """An administrator takes a pool desktop from its user. The desktop is reset before anyone else gets it.
+    Returns the former user's id, or None if it was free."""
+    former = desktop.assigned_user_id
+    if former is None:
+        return None
+    if not assignment.release(session, desktop.id, user_id=former, next_task=TaskState.REIMAGING):
+        return None
+    sessions.end_sessions_of_desktop(session, desktop.id, now)
+    emit(session, "broker.unassigned", f"{actor} took desktop {desktop.name} from {_user_label(session, former)}; "
+         "it will be reset to its template", actor=actor, user_id=former, desktop_id=desktop.id,
+         pool_id=desktop.pool_id)
+    return former
+
+
+def expire_leases(session: Session, now: dt.datetime | None = None, limit: int = 500) -> list[Reclaimed]:
+    """Reclaim every time-based desktop whose lease has ended: the user loses it (sessions end), the desktop
+    is marked for its pool's policy, and one WARNING event names the user (shown to them) for the admins."""
+    now = now or utcnow()
+    rows = session.execute(
+        select(Desktop.id, Desktop.name, Desktop.assigned_user_id, Desktop.pool_id, Pool.reclaim_policy, Pool.name)
+        .join(Pool, Pool.id == Desktop.pool_id)
+        .where(Pool.pool_type == PoolType.TIME_BASED, Desktop.assigned_user_id.is_not(None),
+               Desktop.lease_until.is_not(None), Desktop.lease_until <= now)
+        .order_by(Desktop.lease_until).limit(limit)).all()
+    out: list[Reclaimed] = []
+    for desktop_id, name, user_id, pool_id, policy, pool_name in rows:
+        next_task = TaskState.REIMAGING if policy == ReclaimPolicy.REIMAGE else TaskState.DELETING
+        if not assignment.release(session, desktop_id, user_id=user_id, next_task=next_task):
+            continue  # released meanwhile (logoff, admin): nothing to reclaim
+        sessions.end_sessions_of_desktop(session, desktop_id, now)
+        verb = "reset to its template" if policy == ReclaimPolicy.REIMAGE else "deleted"
+        emit(session, "desktop.lease_expired",
+             f"the lease of {_user_label(session, user_id)} on desktop {name} (pool {pool_name}) expired; "
+             f"the desktop was reclaimed and will be {verb}", severity=Severity.WARNING, actor="system",
+             user_id=user_id, desktop_id=desktop_id, pool_id=pool_id)
+        out.append(Reclaimed(desktop_id, name, user_id, pool_id, policy))
+    return out
+
+
+def desktops_to_prestart(session: Session, pool: Pool) -> list[str]:
+    """Free desktops to start so that `pool.prestarted` free ones are running or starting."""
+    if pool.prestarted <= 0:
+        return []
+    free = (Desktop.pool_id == pool.id, Desktop.assigned_user_id.is_(None),
+            ~select(Assignment.desktop_id).where(Assignment.desktop_id == Desktop.id).exists())
+    ready = session.scalar(select(func.count()).select_from(Desktop).where(
+        *free, (Desktop.power_state == PowerState.UP) | (Desktop.task_state == TaskState.STARTING))) or 0
+    missing = pool.prestarted - ready
+    if missing <= 0:
+        return []
+    return list(session.scalars(select(Desktop.id).where(
+        *free, Desktop.power_state == PowerState.DOWN, Desktop.task_state.is_(None))
+        .order_by(Desktop.name).limit(missing)))
+
+
+@dataclass(frozen=True)
+class ResizePlan:
+    add: int
+    remove: list[str]  # desktop ids, all free
+    kept_busy: int  # desktops that would have to go but are in use: never touched
+
+
+def plan_resize(session: Session, pool: Pool, new_size: int) -> ResizePlan:
+    """Grow by `add` new desktops, or shrink by removing free desktops only (assigned, dedicated or busy ones are
+    never touched; `kept_busy` says how many stay above the new size for that reason)."""
+    current = session.scalar(select(func.count()).select_from(Desktop).where(
+        Desktop.pool_id == pool.id, Desktop.task_state.is_distinct_from(TaskState.DELETING))) or 0
+    if new_size >= current:
+        return ResizePlan(new_size - current, [], 0)
+    excess = current - new_size
+    removable = list(session.scalars(
+        select(Desktop.id).where(Desktop.pool_id == pool.id, Desktop.assigned_user_id.is_(None),
+                                 Desktop.task_state.is_(None),
+                                 ~select(Assignment.desktop_id).where(Assignment.desktop_id == Desktop.id).exists(),
+                                 ~select(DesktopSession.id).where(DesktopSession.desktop_id == Desktop.id,
+                                                                  DesktopSession.state.in_(sessions.LIVE)).exists())
+        # stopped ones first, then the highest numbers, so the pool keeps its low names
+        .order_by((Desktop.power_state == PowerState.UP).asc(), Desktop.name.desc()).limit(excess)))
+    return ResizePlan(0, removable, excess - len(removable))

@@ -1,0 +1,59 @@
+"""Console sessions as the broker tracks them: who is on which desktop, from where, since when."""
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core.enums import SessionState
+from core.errors import Conflict, NotFound
+from manager.models import DesktopSession, utcnow
+
+LIVE = (SessionState.CONNECTED, SessionState.DISCONNECTED)
+
+
+def open_session(session: Session, *, user_id: str, desktop_id: str, pool_id: str | None, protocol: str,
+                 client_address: str, ticket_expires_at: dt.datetime | None,
+                 now: dt.datetime | None = None) -> DesktopSession:
+    """Record a connect: the user's live session on this desktop is reused (a reconnect), else a new one."""
+    now = now or utcnow()
+    row = session.scalar(select(DesktopSession).where(
+        DesktopSession.user_id == user_id, DesktopSession.desktop_id == desktop_id,
+        DesktopSession.state.in_(LIVE)).order_by(DesktopSession.created_at.desc()).limit(1))
+    if row is None:
+        row = DesktopSession(user_id=user_id, desktop_id=desktop_id, pool_id=pool_id, created_at=now)
+        session.add(row)
+    row.state = SessionState.CONNECTED
+    row.protocol = protocol
+    row.client_address = client_address
+    row.connected_at = now
+    row.disconnected_at = None
+    row.ticket_expires_at = ticket_expires_at
+    session.flush()
+    return row
+
+
+def owned_session(session: Session, session_id: str, user_id: str) -> DesktopSession:
+    """The user's own session; another user's is reported as missing (no existence leak)."""
+    row = session.get(DesktopSession, session_id)
+    if row is None or row.user_id != user_id:
+        raise NotFound(kind="session", id=session_id)
+    return row
+
+
+def mark_disconnected(session: Session, row: DesktopSession, now: dt.datetime | None = None) -> None:
+    """The client went away; the desktop stays the user's (they can reconnect)."""
+    if row.state == SessionState.ENDED:
+        raise Conflict(f"session {row.id} has already ended; connect again")
+    row.state = SessionState.DISCONNECTED
+    row.disconnected_at = now or utcnow()
+    session.flush()
+
+
+def end_sessions_of_desktop(session: Session, desktop_id: str, now: dt.datetime | None = None) -> int:
+    """End every live session on a desktop (logoff, lease expiry, reclaim). Returns how many ended."""
+    now = now or utcnow()
+    return session.execute(
+        update(DesktopSession).where(DesktopSession.desktop_id == desktop_id, DesktopSession.state.in_(LIVE))
+        .values(state=SessionState.ENDED, ended_at=now).execution_options(synchronize_session=False)).rowcount

@@ -1,0 +1,52 @@
+"""Issuing console access for one desktop: a fresh ticket set on the domain through its node, and the
+descriptor (host, port, password, expiry) that broker.console renders as a .vv or .rdp file."""
+from __future__ import annotations
+
+import datetime as dt
+from urllib.parse import urlparse
+
+from broker.console import ConsoleDescriptor, new_ticket_password
+from core.enums import Protocol
+from core.errors import Conflict, Unavailable
+from manager.models import utcnow
+from manager.provisioning import nodes
+from manager.provisioning.nodes import NodeTarget
+
+_WILDCARDS = {"", "0.0.0.0", "::", "[::]", None}
+
+
+def _parse_valid_to(value: str | None, fallback: dt.datetime) -> dt.datetime:
+    if not value:
+        return fallback
+    try:
+        parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return fallback
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def issue(target: NodeTarget, *, desktop_id: str, desktop_name: str, protocol: Protocol, valid_seconds: int,
+          guest_ip: str = "", username: str = "", fullscreen: bool = False) -> ConsoleDescriptor:
+    """A console descriptor for `protocol`. SPICE/VNC: a new random ticket valid `valid_seconds`, set on the
+    running domain (its passwdValidTo), and the display's address. RDP: the guest's address (Windows logs the
+    user in; no ticket). Raises Conflict when the domain shows no display of that kind (not running), Unavailable
+    when an RDP guest has not reported its address yet."""
+    if protocol == Protocol.RDP:
+        if not guest_ip:
+            raise Unavailable(what=f"RDP to desktop {desktop_name}",
+                              reason="the guest has not reported its IP address yet; try again in a minute")
+        return ConsoleDescriptor(Protocol.RDP, guest_ip, 3389, desktop_id, desktop_name, username=username,
+                                 fullscreen=fullscreen)
+    password = new_ticket_password()
+    valid_to = nodes.set_ticket(target, desktop_id, password, valid_seconds)
+    info = nodes.domain(target, desktop_id)
+    display = next((g for g in nodes.graphics_of(info) if g.get("type") == protocol.value), None)
+    if display is None or not display.get("port") or int(display["port"]) <= 0:
+        raise Conflict(f"desktop {desktop_name} shows no {protocol.value} display (is it running?); start it "
+                       "and connect again")
+    listen = display.get("listen")
+    host = listen if listen not in _WILDCARDS else (target.address or urlparse(target.url).hostname or "127.0.0.1")
+    expires = _parse_valid_to(valid_to, utcnow() + dt.timedelta(seconds=valid_seconds))
+    return ConsoleDescriptor(protocol, host, int(display["port"]), desktop_id, desktop_name, password=password,
+                             expires_at=expires, tls_port=display.get("tls_port") or None, username=username,
+                             fullscreen=fullscreen)

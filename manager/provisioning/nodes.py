@@ -1,0 +1,120 @@
+"""The provisioning side's only way to a host: NodeClient, one cached client per node agent.
+
+Everything that talks to a node goes through the functions here, so the broker and the power and
+provisioning services share one adapter (and one place to change if the client's surface changes).
+Node calls never happen inside a database transaction that holds row locks.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from core.enums import HostStatus, PowerState
+from core.errors import NodeUnreachable, Unavailable
+from core.specs import DesktopSpec
+from manager.models import Desktop, Host
+
+NODE_TIMEOUT_S = 30.0
+_clients: dict[tuple[str, str], Any] = {}
+_clients_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class NodeTarget:
+    """How to reach the host of one desktop (read in a transaction, used after it)."""
+
+    host_id: str
+    host_name: str
+    url: str
+    token: str = ""
+    address: str = ""
+
+    def __repr__(self) -> str:  # the token is a secret
+        return f"NodeTarget({self.host_name} at {self.url})"
+
+
+def target_of_host(host: Host) -> NodeTarget:
+    if not host.agent_url:
+        raise Unavailable(what=f"host {host.name}", reason="it has no node agent URL configured")
+    return NodeTarget(host.id, host.name, host.agent_url.rstrip("/"), host.agent_token, host.address)
+
+
+def target_of_desktop(session: Session, desktop: Desktop) -> NodeTarget:
+    """The node of a placed desktop. Raises Unavailable if it has no host or the host cannot be used."""
+    if desktop.host_id is None:
+        raise Unavailable(what=f"desktop {desktop.name}", reason="it is not placed on a host yet")
+    host = session.get(Host, desktop.host_id)
+    if host is None:
+        raise Unavailable(what=f"desktop {desktop.name}", reason="its host no longer exists")
+    if host.status in (HostStatus.MAINTENANCE, HostStatus.NON_RESPONSIVE, HostStatus.ERROR):
+        raise NodeUnreachable(host=host.name, reason=f"the host is {host.status.value}")
+    return target_of_host(host)
+
+
+def client(target: NodeTarget):
+    """The NodeClient for a node (cached: connections are reused across requests)."""
+    from manager.nodes.client import NodeClient
+
+    key = (target.url, target.token)
+    with _clients_lock:
+        found = _clients.get(key)
+        if found is None:
+            found = _clients[key] = NodeClient(target.url, target.token, timeout=NODE_TIMEOUT_S)
+        return found
+
+
+def _field(result: Any, name: str, default: Any = None) -> Any:
+    if isinstance(result, dict):
+        return result.get(name, default)
+    return getattr(result, name, default)
+
+
+def state_of(result: Any) -> PowerState:
+    value = _field(result, "state", PowerState.UNKNOWN.value)
+    value = getattr(value, "value", value)
+    try:
+        return PowerState(value)
+    except ValueError:
+        return PowerState.UNKNOWN
+
+
+def graphics_of(result: Any) -> list[dict[str, Any]]:
+    """The domain's displays as dicts: type, listen, port, tls_port."""
+    out = []
+    for g in _field(result, "graphics", []) or []:
+        out.append({k: _field(g, k) for k in ("type", "listen", "port", "tls_port")})
+    return out
+
+
+def define(target: NodeTarget, spec: DesktopSpec) -> Any:
+    return client(target).define(spec)
+
+
+def undefine(target: NodeTarget, desktop_id: str) -> None:
+    client(target).undefine(desktop_id)
+
+
+def power(target: NodeTarget, desktop_id: str, action: str, *, timeout: float | None = None) -> Any:
+    """start | shutdown | poweroff | reboot | suspend | resume; returns the domain info."""
+    c = client(target)
+    if action == "shutdown":
+        return c.shutdown(desktop_id, timeout=timeout) if timeout is not None else c.shutdown(desktop_id)
+    return getattr(c, action)(desktop_id)
+
+
+def domain(target: NodeTarget, desktop_id: str) -> Any:
+    return client(target).domain(desktop_id)
+
+
+def set_ticket(target: NodeTarget, desktop_id: str, password: str, valid_seconds: int) -> str:
+    """Set the console password on the domain; returns passwdValidTo as the node reports it."""
+    result = client(target).ticket(desktop_id, password, valid_seconds)
+    return _field(result, "valid_to", result) if not isinstance(result, str) else result
+
+
+def guest(target: NodeTarget, desktop_id: str, command: str, timeout: float = 5.0) -> str:
+    result = client(target).guest(desktop_id, command, timeout=timeout)
+    return _field(result, "reply", result) if not isinstance(result, str) else result

@@ -1,0 +1,318 @@
+"""Creating, resetting and removing desktops: database rows, qcow2 overlays, domains on nodes.
+
+Three phases, so no node call or disk write ever runs inside a transaction holding locks:
+    plan_*      (caller's transaction) rows with task_state PROVISIONING, host chosen by a placement policy
+    materialise (no transaction)       overlays made in one batch by image_manager, domains defined via NodeClient
+    finish      (caller's transaction) task_state cleared for the ones that worked, failures removed
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from core.enums import HostStatus, OsType, PowerState, TaskState
+from core.errors import DomainNotFound, Invalid, NoHostAvailable, NotFound, VdiError
+from core.specs import DesktopSpec
+from image_manager import chain, fileops, qcow2
+from manager.models import (Assignment, Desktop, Host, Pool, StorageDomain, Template, TemplateVersion, User,
+                            Volume)
+from manager.provisioning import nodes, placement
+from manager.provisioning.nodes import NodeTarget
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DesktopRequest:
+    """One desktop to create. `template_version_id` wins over `template_id` (which means its latest version)."""
+
+    name: str
+    template_id: str | None = None
+    template_version_id: str | None = None
+    cpus: int | None = None  # None: the template's
+    memory_mib: int | None = None
+    os_type: OsType | None = None
+    console_protocols: str = "spice"
+    monitors: int = 1
+    disk_size_gib: int = 0  # 0: the template's size
+    pool_id: str | None = None
+    host_id: str | None = None  # None: the placement policy decides
+    cluster_id: str | None = None
+    user_ids: list[str] = field(default_factory=list)  # dedicated (one) or shared (several)
+    description: str = ""
+
+
+@dataclass
+class Planned:
+    """What materialise needs for one desktop (plain data: safe to use after the transaction)."""
+
+    desktop_id: str
+    name: str
+    target: NodeTarget
+    spec: DesktopSpec
+    template_path: str
+    disk_path: str
+    virtual_size: int | None
+
+
+@dataclass
+class Outcome:
+    created: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # name -> reason
+
+
+# ---- template and storage ----------------------------------------------------------------------------
+def resolve_version(session: Session, *, template_id: str | None, version_id: str | None) \
+        -> tuple[Template, TemplateVersion, Volume]:
+    """The template version to build on and its image volume. Raises Invalid with what is missing."""
+    if version_id:
+        version = session.get(TemplateVersion, version_id)
+        if version is None:
+            raise Invalid(f"template_version_id: template version {version_id} does not exist")
+        template = session.get(Template, version.template_id)
+    elif template_id:
+        template = session.get(Template, template_id)
+        if template is None:
+            raise Invalid(f"template_id: template {template_id} does not exist")
+        if template.latest_version_id is None:
+            raise Invalid(f"template {template.name} has no version yet")
+        version = session.get(TemplateVersion, template.latest_version_id)
+    else:
+        raise Invalid("give template_id or template_version_id")
+    if version.volume_id is None:
+        raise Invalid(f"version {version.number} of template {template.name} has no disk image; import one first")
+    volume = session.get(Volume, version.volume_id)
+    return template, version, volume
+
+
+def desktops_dir(session: Session, template: Template, template_volume: Volume) -> Path:
+    """Where desktop overlays live: <storage domain>/desktops, else beside the template's directory."""
+    domain_id = template_volume.storage_domain_id or template.storage_domain_id
+    domain = session.get(StorageDomain, domain_id) if domain_id else None
+    base = Path(domain.path) if domain is not None else Path(template_volume.path).parent
+    return base / "desktops"
+
+
+# ---- placement -----------------------------------------------------------------------------------------
+def candidate_hosts(session: Session, cluster_id: str | None = None) -> list[placement.HostLoad]:
+    """Hosts that can take new desktops: up, with a node agent, in the cluster when one is given."""
+    counts = dict(session.execute(select(Desktop.host_id, func.count()).where(Desktop.host_id.is_not(None))
+                                  .group_by(Desktop.host_id)).all())
+    stmt = select(Host).where(Host.status == HostStatus.UP, Host.agent_url != "")
+    if cluster_id:
+        stmt = stmt.where(Host.cluster_id == cluster_id)
+    return [placement.HostLoad(h.id, h.name, h.free_memory_mib, counts.get(h.id, 0))
+            for h in session.scalars(stmt.order_by(Host.name))]
+
+
+# ---- create ----------------------------------------------------------------------------------------------
+def plan_desktops(session: Session, requests: Sequence[DesktopRequest], *, policy: str = "spread") -> list[Planned]:
+    """Insert the desktops' rows (task_state PROVISIONING) with their disk volumes and hosts. Flushes.
+
+    Raises Invalid (bad template/names/users), DuplicateName-style Invalid for a taken name, NoHostAvailable when
+    no host has the memory (naming the need and the best host's free memory)."""
+    if not requests:
+        return []
+    choose = placement.get_policy(policy)
+    names = [r.name for r in requests]
+    if len(set(names)) != len(names):
+        raise Invalid("the same desktop name is requested twice")
+    taken = set(session.scalars(select(Desktop.name).where(Desktop.name.in_(names))))
+    if taken:
+        raise Invalid(f"desktop name(s) already used: {', '.join(sorted(taken)[:10])}")
+    hosts_by_cluster: dict[str | None, list[placement.HostLoad]] = {}
+    out: list[Planned] = []
+    for req in requests:
+        template, version, template_volume = resolve_version(session, template_id=req.template_id,
+                                                             version_id=req.template_version_id)
+        cpus = req.cpus or template.cpus
+        memory = req.memory_mib or template.memory_mib
+        os_type = req.os_type or template.os_type
+        if req.host_id:
+            host = session.get(Host, req.host_id)
+            if host is None:
+                raise Invalid(f"host_id: host {req.host_id} does not exist")
+            load = placement.HostLoad(host.id, host.name, host.free_memory_mib)
+        else:
+            hosts = hosts_by_cluster.setdefault(req.cluster_id, candidate_hosts(session, req.cluster_id))
+            load = choose(hosts, memory)
+            if load is None:
+                best = max((h.free_memory_mib for h in hosts), default=0)
+                raise NoHostAvailable(what=f"desktop {req.name} ({memory} MiB)",
+                                      reason=f"{len(hosts)} host(s) up; the most free memory is {best} MiB"
+                                      if hosts else "no host is up with a node agent")
+            load.free_memory_mib -= memory
+            load.desktops += 1
+        host = session.get(Host, load.host_id)
+        desktop = Desktop(name=req.name, description=req.description, template_version_id=version.id, cpus=cpus,
+                          memory_mib=memory, os_type=os_type, console_protocols=req.console_protocols,
+                          monitors=req.monitors, disk_size_gib=req.disk_size_gib, host_id=host.id,
+                          pool_id=req.pool_id, task_state=TaskState.PROVISIONING, power_state=PowerState.DOWN)
+        session.add(desktop)
+        session.flush()
+        disk = desktops_dir(session, template, template_volume) / f"{desktop.id}.qcow2"
+        volume = Volume(storage_domain_id=template_volume.storage_domain_id, path=str(disk), format="qcow2",
+                        role="desktop", parent_id=template_volume.id, desktop_id=desktop.id,
+                        virtual_size=req.disk_size_gib * 1024 ** 3 if req.disk_size_gib else template_volume.virtual_size)
+        session.add(volume)
+        session.flush()
+        desktop.volume_id = volume.id
+        for user_id in req.user_ids:
+            if session.get(User, user_id) is None:
+                raise Invalid(f"user_ids: user {user_id} does not exist")
+            session.add(Assignment(desktop_id=desktop.id, user_id=user_id, kind="dedicated"))
+        spec = DesktopSpec(uuid=desktop.id, name=desktop.name, vcpus=cpus, memory_mib=memory, disk_path=str(disk),
+                           os_type=os_type.value, monitors=req.monitors,
+                           kernel=template.boot_kernel or None, initrd=template.boot_initrd or None,
+                           cmdline=_cmdline(template.boot_cmdline, desktop.name) if template.boot_kernel else None,
+                           serial_log=str(disk.with_suffix(".serial.log")))
+        out.append(Planned(desktop.id, desktop.name, nodes.target_of_host(host), spec, template_volume.path,
+                           str(disk), req.disk_size_gib * 1024 ** 3 if req.disk_size_gib else None))
+    session.flush()
+    return out
+
+
+def _cmdline(base: str, name: str) -> str:
+    """The template's kernel command line plus this desktop's host name (the demo image reads vdi.hostname)."""
+    hostname = "".join(c if c.isalnum() or c == "-" else "-" for c in name)[:63].strip("-") or "desktop"
+    return f"{base} vdi.hostname={hostname}".strip()
+
+
+def materialise(planned: Sequence[Planned], *, job_id: str | None = None) -> Outcome:
+    """Make the overlays (batched per template) and define the domains. No database. Idempotent: an existing
+    overlay of the same template and an existing definition are kept."""
+    outcome = Outcome()
+    by_template: dict[tuple[str, int | None], list[Planned]] = {}
+    for item in planned:
+        by_template.setdefault((item.template_path, item.virtual_size), []).append(item)
+    ready: list[Planned] = []
+    for (template_path, size), items in by_template.items():
+        try:
+            qcow2.create_overlays(template_path, [i.disk_path for i in items], virtual_size=size, job_id=job_id)
+            ready.extend(items)
+        except VdiError as exc:
+            for item in items:
+                outcome.failed[item.name] = f"disk: {exc.message}"
+    for item in ready:
+        try:
+            nodes.define(item.target, item.spec)
+            outcome.created.append(item.desktop_id)
+        except VdiError as exc:
+            outcome.failed[item.name] = f"define on {item.target.host_name}: {exc.message}"
+    return outcome
+
+
+def finish(session: Session, planned: Sequence[Planned], outcome: Outcome) -> None:
+    """Clear PROVISIONING on the desktops that exist now; remove the rows and overlays of the failed ones."""
+    ok = set(outcome.created)
+    if ok:
+        session.execute(update(Desktop).where(Desktop.id.in_(ok), Desktop.task_state == TaskState.PROVISIONING)
+                        .values(task_state=None).execution_options(synchronize_session=False))
+    failed = [p for p in planned if p.desktop_id not in ok]
+    for item in failed:
+        _remove_rows(session, item.desktop_id)
+        try:
+            fileops.remove(item.disk_path)
+        except (OSError, VdiError):
+            log.warning("could not remove the overlay of failed desktop %s", item.name)
+
+
+def _remove_rows(session: Session, desktop_id: str) -> None:
+    session.execute(update(Desktop).where(Desktop.id == desktop_id).values(volume_id=None)
+                    .execution_options(synchronize_session=False))
+    session.execute(delete(Volume).where(Volume.desktop_id == desktop_id).execution_options(synchronize_session=False))
+    session.execute(delete(Desktop).where(Desktop.id == desktop_id).execution_options(synchronize_session=False))
+
+
+# ---- reset and removal (run by jobs; the desktop is marked REIMAGING / DELETING first) --------------------
+@dataclass
+class DiskWork:
+    desktop_id: str
+    name: str
+    target: NodeTarget | None
+    disk_path: str | None
+    template_path: str | None
+    new_version_id: str | None
+    pool_id: str | None
+
+
+def disk_work(session: Session, desktop_id: str, expected: TaskState) -> DiskWork | None:
+    """What a reset/removal job must do, or None when the desktop is not (any more) in `expected` state."""
+    desktop = session.get(Desktop, desktop_id)
+    if desktop is None or desktop.task_state != expected:
+        return None
+    volume = session.get(Volume, desktop.volume_id) if desktop.volume_id else None
+    version_id = desktop.pending_template_version_id or desktop.template_version_id
+    version = session.get(TemplateVersion, version_id) if version_id else None
+    template_volume = session.get(Volume, version.volume_id) if version and version.volume_id else None
+    target = None
+    if desktop.host_id is not None:
+        host = session.get(Host, desktop.host_id)
+        target = nodes.target_of_host(host) if host is not None and host.agent_url else None
+    return DiskWork(desktop.id, desktop.name, target, volume.path if volume else None,
+                    template_volume.path if template_volume else None, version_id, desktop.pool_id)
+
+
+def power_off_quietly(work: DiskWork) -> None:
+    """Pull the plug before the disk changes; a domain that is already gone is fine."""
+    if work.target is None:
+        return
+    try:
+        nodes.power(work.target, work.desktop_id, "poweroff")
+    except DomainNotFound:
+        pass
+
+
+def reset_disk(work: DiskWork, *, job_id: str | None = None) -> None:
+    """Throw away the desktop's changes: a fresh overlay on its (possibly newer) template version."""
+    if work.disk_path is None or work.template_path is None:
+        return  # a desktop without a disk image of ours (nothing to reset)
+    chain.reimage(work.disk_path, work.template_path, job_id=job_id)
+
+
+def finish_reset(session: Session, work: DiskWork) -> bool:
+    """REIMAGING -> idle and down, on the new template version when one was pending (compare-and-swap)."""
+    return session.execute(
+        update(Desktop).where(Desktop.id == work.desktop_id, Desktop.task_state == TaskState.REIMAGING)
+        .values(task_state=None, power_state=PowerState.DOWN, template_version_id=work.new_version_id,
+                pending_template_version_id=None).execution_options(synchronize_session=False)).rowcount == 1
+
+
+def remove_everywhere(work: DiskWork) -> None:
+    """Undefine the domain and delete the overlay (the template is never touched)."""
+    if work.target is not None:
+        try:
+            nodes.undefine(work.target, work.desktop_id)
+        except DomainNotFound:
+            pass
+    if work.disk_path and os.path.lexists(work.disk_path):
+        fileops.remove(work.disk_path)
+
+
+def finish_removal(session: Session, work: DiskWork) -> bool:
+    desktop = session.get(Desktop, work.desktop_id)
+    if desktop is None or desktop.task_state != TaskState.DELETING:
+        return False
+    _remove_rows(session, work.desktop_id)
+    return True
+
+
+def get_desktop(session: Session, desktop_id: str) -> Desktop:
+    desktop = session.get(Desktop, desktop_id)
+    if desktop is None:
+        raise NotFound(kind="desktop", id=desktop_id)
+    return desktop
+
+
+def pool_or_404(session: Session, pool_ref: str) -> Pool:
+    """A pool by id or by name."""
+    pool = session.get(Pool, pool_ref) or session.scalar(select(Pool).where(Pool.name == pool_ref))
+    if pool is None:
+        raise NotFound(kind="pool", id=pool_ref)
+    return pool

@@ -1,0 +1,177 @@
+"""Jobs of provisioning and pool life cycle. Thin and idempotent: each checks the world before acting."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select, update
+
+from broker import lifecycle
+from core.enums import ReclaimPolicy, TaskState
+from core.errors import DesktopBusy, VdiError
+from event_manager.service import emit
+from manager import db
+from manager.jobs import JobContext, enqueue, task
+from manager.models import Desktop, Pool
+from manager.provisioning import names, service
+from manager.provisioning.power import PowerAction, run_power_action
+
+log = logging.getLogger(__name__)
+BATCH = 50
+
+
+def _pool_requests(session, pool: Pool, count: int) -> list[service.DesktopRequest]:
+    pattern = pool.name_pattern or f"{pool.name}-###"
+    prefix = names.parse_pattern(pattern)[0]
+    taken = session.scalars(select(Desktop.name).where(Desktop.name.like(f"{prefix}%")))
+    return [service.DesktopRequest(name=name, template_id=pool.template_id,
+                                   template_version_id=pool.template_version_id, cpus=pool.cpus,
+                                   memory_mib=pool.memory_mib, pool_id=pool.id, cluster_id=pool.cluster_id)
+            for name in names.next_names(pattern, taken, count)]
+
+
+def grow_pool(ctx: JobContext | None, pool_id: str, count: int, policy: str = "spread") -> dict[str, Any]:
+    """Create `count` desktops for the pool from its name pattern, in batches, reporting progress after each
+    (a cancelled job stops between batches; what was made stays, consistent)."""
+    created, failed = 0, {}
+    if ctx is not None:
+        ctx.progress(0, count, force=True)
+    while created + len(failed) < count:
+        todo = min(BATCH, count - created - len(failed))
+        with db.session_scope() as session:
+            pool = session.get(Pool, pool_id)
+            if pool is None:
+                raise VdiError(f"pool {pool_id} no longer exists")
+            planned = service.plan_desktops(session, _pool_requests(session, pool, todo), policy=policy)
+        outcome = service.materialise(planned, job_id=ctx.job_id if ctx else None)
+        with db.session_scope() as session:
+            service.finish(session, planned, outcome)
+        created += len(outcome.created)
+        failed.update(outcome.failed)
+        if not outcome.created:
+            first = next(iter(outcome.failed.items()))
+            raise VdiError(f"no desktop of this batch could be created ({len(outcome.failed)} failed); "
+                           f"first: {first[0]}: {first[1]}")
+        if ctx is not None:
+            ctx.progress(created + len(failed), count)
+    return {"created": created, "failed": failed}
+
+
+@task("pools.provision")
+def provision_pool(ctx: JobContext, pool_id: str, count: int | None = None, policy: str = "spread") -> dict[str, Any]:
+    """Grow the pool to its size (or by `count`)."""
+    with db.session_scope() as session:
+        pool = session.get(Pool, pool_id)
+        if pool is None:
+            return {"created": 0, "skipped": "pool gone"}
+        plan = lifecycle.plan_resize(session, pool, pool.size)
+        wanted = count if count is not None else plan.add
+        name = pool.name
+    result = grow_pool(ctx, pool_id, wanted, policy) if wanted > 0 else {"created": 0, "failed": {}}
+    with db.session_scope() as session:
+        emit(session, "pool.provisioned", f"pool {name}: {result['created']} desktop(s) created"
+             + (f", {len(result['failed'])} failed" if result["failed"] else ""), pool_id=pool_id, job_id=ctx.job_id)
+    return result
+
+
+@task("pools.resize")
+def resize_pool(ctx: JobContext, pool_id: str, policy: str = "spread") -> dict[str, Any]:
+    """Bring the pool to its size: grow from the name pattern, or remove free desktops only (never assigned)."""
+    with db.session_scope() as session:
+        pool = session.get(Pool, pool_id)
+        if pool is None:
+            return {"skipped": "pool gone"}
+        plan = lifecycle.plan_resize(session, pool, pool.size)
+        marked = []
+        for desktop_id in plan.remove:
+            # CAS: a desktop assigned or busy since the plan was made is left alone.
+            if session.execute(update(Desktop).where(Desktop.id == desktop_id, Desktop.task_state.is_(None),
+                                                     Desktop.assigned_user_id.is_(None))
+                               .values(task_state=TaskState.DELETING)
+                               .execution_options(synchronize_session=False)).rowcount:
+                marked.append(desktop_id)
+    result: dict[str, Any] = {"kept_busy": plan.kept_busy}
+    if plan.add:
+        result.update(grow_pool(ctx, pool_id, plan.add, policy))
+    removed = 0
+    for i, desktop_id in enumerate(marked):
+        removed += bool(_deprovision(desktop_id, ctx.job_id))
+        ctx.progress(i + 1, len(marked))
+    result["removed"] = removed
+    return result
+
+
+def _deprovision(desktop_id: str, job_id: str | None) -> bool:
+    with db.session_scope() as session:
+        work = service.disk_work(session, desktop_id, TaskState.DELETING)
+    if work is None:
+        return False
+    service.power_off_quietly(work)
+    service.remove_everywhere(work)
+    with db.session_scope() as session:
+        if service.finish_removal(session, work):
+            emit(session, "desktop.deprovisioned", f"desktop {work.name} was removed (domain and disk)",
+                 pool_id=work.pool_id, job_id=job_id)
+            return True
+    return False
+
+
+@task("desktops.deprovision")
+def deprovision_desktop(ctx: JobContext, desktop_id: str) -> dict[str, Any]:
+    return {"removed": _deprovision(desktop_id, ctx.job_id)}
+
+
+@task("desktops.reset")
+def reset_desktop(ctx: JobContext, desktop_id: str) -> dict[str, Any]:
+    """Power off, give the desktop a fresh overlay on its template (version), mark it idle; then top up the
+    pool's prestarted desktops."""
+    with db.session_scope() as session:
+        work = service.disk_work(session, desktop_id, TaskState.REIMAGING)
+    if work is None:
+        return {"skipped": "the desktop is not waiting for a reset"}
+    service.power_off_quietly(work)
+    service.reset_disk(work, job_id=ctx.job_id)
+    with db.session_scope() as session:
+        if service.finish_reset(session, work):
+            emit(session, "desktop.reset", f"desktop {work.name} was reset to its template", desktop_id=desktop_id,
+                 pool_id=work.pool_id, job_id=ctx.job_id)
+    started = prestart(work.pool_id) if work.pool_id else 0
+    return {"reset": True, "prestarted": started}
+
+
+def prestart(pool_id: str) -> int:
+    """Start free desktops until the pool has `prestarted` of them running. Returns how many were started."""
+    with db.session_scope() as session:
+        pool = session.get(Pool, pool_id)
+        ids = lifecycle.desktops_to_prestart(session, pool) if pool else []
+    started = 0
+    for desktop_id in ids:
+        try:
+            run_power_action(desktop_id, PowerAction.START, actor="system")
+            started += 1
+        except DesktopBusy:
+            continue
+        except VdiError as exc:
+            log.warning("prestart of desktop %s failed: %s", desktop_id, exc.message)
+    return started
+
+
+def maintain_pools(pool_id: str | None = None) -> dict[str, Any]:
+    """Expire time-based leases (reclaim jobs are enqueued) and top up prestarted desktops."""
+    with db.session_scope() as session:
+        reclaimed = lifecycle.expire_leases(session)
+        for item in reclaimed:
+            kind = "desktops.reset" if item.policy == ReclaimPolicy.REIMAGE else "desktops.deprovision"
+            enqueue(session, kind, params={"desktop_id": item.desktop_id}, target_kind="desktop",
+                    target_id=item.desktop_id, description=f"reclaim desktop {item.desktop_name} (lease expired)")
+        stmt = select(Pool.id).where(Pool.prestarted > 0)
+        if pool_id:
+            stmt = select(Pool.id).where(Pool.id == pool_id)
+        pool_ids = list(session.scalars(stmt))
+    started = sum(prestart(pid) for pid in pool_ids)
+    return {"reclaimed": len(reclaimed), "prestarted": started}
+
+
+@task("pools.maintain")
+def maintain(ctx: JobContext, pool_id: str | None = None) -> dict[str, Any]:
+    return maintain_pools(pool_id)
