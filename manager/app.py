@@ -10,7 +10,9 @@ from fastapi.responses import RedirectResponse
 from manager import db
 from manager.api.common import install_error_handlers
 from manager.api.broker import router as broker_router
+from manager.api.broker import router as broker_router
 from manager.api.crud import crud_router
+from manager.api.desktop_actions import router as desktop_actions_router
 from manager.api.desktop_actions import router as desktop_actions_router
 from manager.api.identity import router as identity_router
 from manager.api.resources import RESOURCES
@@ -45,6 +47,8 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
     install_error_handlers(app)
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(system_router)
+    api.include_router(broker_router)
+    api.include_router(desktop_actions_router)
     api.include_router(broker_router)
     api.include_router(desktop_actions_router)
     api.include_router(identity_router)
