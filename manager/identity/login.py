@@ -63,7 +63,10 @@ def split_login(login: str) -> tuple[str, str | None]:
 
 # ---- brute-force protection ------------------------------------------------------------------------------
 def _login_key(login: str) -> str:
-    return login.strip().lower()[:255]
+    """The name failures are counted under: case-folded, control characters made visible (Postgres text
+    cannot hold NUL, and no real account name contains one)."""
+    visible = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in login.strip().lower())
+    return visible[:255]
 
 
 def check_throttle(session: Session, login: str, client_address: str, settings: LoginSettings | None = None,
@@ -180,7 +183,7 @@ def authenticate_password(session: Session, login: str, password: str, *, client
     check_throttle(session, login, client_address)
     username, domain = split_login(login)
     try:
-        if not username or not password:
+        if not username or not password or not login.isprintable():
             raise NotAuthenticated(WRONG_CREDENTIALS)
         local = _local_user(session, username) if domain is None or domain.lower() == LOCAL_DOMAIN else None
         settings = directory_settings
