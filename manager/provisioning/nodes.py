@@ -106,15 +106,13 @@ def power(target: NodeTarget, desktop_id: str, action: str, *, timeout: float | 
 
 
 def domain(target: NodeTarget, desktop_id: str) -> Any:
-    return client(target).domain(desktop_id)
+    return client(target).get_domain(desktop_id)
 
 
 def set_ticket(target: NodeTarget, desktop_id: str, password: str, valid_seconds: int) -> str:
     """Set the console password on the domain; returns passwdValidTo as the node reports it."""
-    result = client(target).ticket(desktop_id, password, valid_seconds)
-    return _field(result, "valid_to", result) if not isinstance(result, str) else result
+    return client(target).set_ticket(desktop_id, password, valid_seconds)
 
 
 def guest(target: NodeTarget, desktop_id: str, command: str, timeout: float = 5.0) -> str:
-    result = client(target).guest(desktop_id, command, timeout=timeout)
-    return _field(result, "reply", result) if not isinstance(result, str) else result
+    return client(target).guest(desktop_id, command, timeout=timeout)
