@@ -99,7 +99,7 @@ def pool_usage(session: Session, pool_id: str) -> tuple[int, int]:
     return int(in_use), int(total)
 
 
-def _free_candidates(session: Session, pool_id: str, limit: int) -> list[str]:
+def _free_candidates(session: Session, pool_id: str, limit: int, *, wait: bool = False) -> list[str]:
     has_owner = exists().where(Assignment.desktop_id == Desktop.id)
     stmt = (select(Desktop.id)
             .where(Desktop.pool_id == pool_id, Desktop.assigned_user_id.is_(None),
@@ -108,7 +108,7 @@ def _free_candidates(session: Session, pool_id: str, limit: int) -> list[str]:
             .order_by(case((Desktop.power_state == PowerState.UP, 0), else_=1), Desktop.name)
             .limit(limit))
     if is_postgres(session):
-        stmt = stmt.with_for_update(skip_locked=True)
+        stmt = stmt.with_for_update(skip_locked=not wait)
     return list(session.scalars(stmt))
 
 
@@ -137,8 +137,11 @@ def assign_from_pool(session: Session, user_id: str, pool: Pool, *, new_desktop:
         raise TooManyDesktops(held=len(held), pool=pool.name, limit=pool.max_desktops_per_user)
     lease_until = lease_end(pool, now)
     # SKIP LOCKED hands concurrent callers different rows; the CAS below is a second, backend-neutral guard.
-    for _attempt in range(3):
-        for desktop_id in _free_candidates(session, pool.id, limit=1 if is_postgres(session) else 5):
+    # When every free row is locked by someone else, wait for those transactions (a blocking FOR UPDATE
+    # re-checks each row once its holder commits) so "pool full" is only said of a pool that really is.
+    for attempt in range(3):
+        wait = attempt > 0
+        for desktop_id in _free_candidates(session, pool.id, limit=1 if is_postgres(session) else 5, wait=wait):
             claimed = session.execute(
                 update(Desktop).where(Desktop.id == desktop_id, Desktop.assigned_user_id.is_(None))
                 .values(assigned_user_id=user_id, assigned_at=now, lease_until=lease_until)
