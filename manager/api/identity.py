@@ -38,7 +38,8 @@ def start_sync(payload: SyncIn, session: DbSession, response: Response,
                                 actor=who.name)
         response.status_code = 200
         return result.summary()
-    get_directory_settings()  # a wrong configuration is a clear 503 now rather than a failed job later
+    # no or a wrong configuration is a clear 503 now rather than a failed job later
+    Directory(get_directory_settings())
     job = enqueue_sync(session, full=payload.full, actor=who.name)
     out = s.JobOut.model_validate(job)
     out.eta_seconds = eta_seconds(job)
