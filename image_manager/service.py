@@ -923,9 +923,9 @@ def finish_reimage(session: Session, plan: DiskPlan, params: dict[str, Any], *, 
     desktop = session.get(Desktop, plan.desktop_id)
     active = session.get(Volume, plan.active_id)
     discarded = {vid for vid, _p in plan.discard}
+    active.parent_id = plan.template_volume_id
+    session.flush()
     if discarded:
-        session.execute(update(Snapshot).where(Snapshot.volume_id.in_(discarded)).values(status="deleting")
-                        .execution_options(synchronize_session=False))
         for snap in session.scalars(select(Snapshot).where(Snapshot.volume_id.in_(discarded))):
             session.delete(snap)
         session.flush()
@@ -934,7 +934,6 @@ def finish_reimage(session: Session, plan: DiskPlan, params: dict[str, Any], *, 
             if vol is not None:
                 session.delete(vol)
                 session.flush()
-    active.parent_id = plan.template_volume_id
     active.role = ROLE_DESKTOP
     active.actual_size = fileops.allocated_bytes(active.path)
     if plan.virtual_size:
