@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from core.enums import HostStatus, OsType, PowerState, TaskState
 from core.errors import DomainNotFound, Invalid, NoHostAvailable, NotFound, VdiError
+from core.ids import new_id
 from core.specs import DesktopSpec
 from image_manager import chain, fileops, qcow2
 from manager.models import (Assignment, Desktop, Host, Pool, StorageDomain, Template, TemplateVersion, User,
@@ -91,12 +92,16 @@ def resolve_version(session: Session, *, template_id: str | None, version_id: st
     return template, version, volume
 
 
-def desktops_dir(session: Session, template: Template, template_volume: Volume) -> Path:
-    """Where desktop overlays live: <storage domain>/desktops, else beside the template's directory."""
+def storage_layout(session: Session, template: Template, template_volume: Volume) -> fileops.StorageLayout:
+    """The storage domain the desktops of this template live on (image_manager's layout:
+    <root>/desktops/<desktop id>/<volume id>.qcow2). Without a domain row, the template file's own root."""
     domain_id = template_volume.storage_domain_id or template.storage_domain_id
     domain = session.get(StorageDomain, domain_id) if domain_id else None
-    base = Path(domain.path) if domain is not None else Path(template_volume.path).parent
-    return base / "desktops"
+    if domain is not None:
+        return fileops.StorageLayout(Path(domain.path))
+    template_path = Path(template_volume.path)
+    root = template_path.parents[2] if fileops.is_template_path(template_path) else template_path.parent
+    return fileops.StorageLayout(root)
 
 
 # ---- placement -----------------------------------------------------------------------------------------
@@ -156,8 +161,9 @@ def plan_desktops(session: Session, requests: Sequence[DesktopRequest], *, polic
                           pool_id=req.pool_id, task_state=TaskState.PROVISIONING, power_state=PowerState.DOWN)
         session.add(desktop)
         session.flush()
-        disk = desktops_dir(session, template, template_volume) / f"{desktop.id}.qcow2"
-        volume = Volume(storage_domain_id=template_volume.storage_domain_id, path=str(disk), format="qcow2",
+        volume_id = new_id()
+        disk = storage_layout(session, template, template_volume).desktop_volume_path(desktop.id, volume_id)
+        volume = Volume(id=volume_id, storage_domain_id=template_volume.storage_domain_id, path=str(disk), format="qcow2",
                         role="desktop", parent_id=template_volume.id, desktop_id=desktop.id,
                         virtual_size=req.disk_size_gib * 1024 ** 3 if req.disk_size_gib else template_volume.virtual_size)
         session.add(volume)
@@ -171,7 +177,7 @@ def plan_desktops(session: Session, requests: Sequence[DesktopRequest], *, polic
                            os_type=os_type.value, monitors=req.monitors,
                            kernel=template.boot_kernel or None, initrd=template.boot_initrd or None,
                            cmdline=_cmdline(template.boot_cmdline, desktop.name) if template.boot_kernel else None,
-                           serial_log=str(disk.with_suffix(".serial.log")))
+                           serial_log=str(disk.parent / "serial.log"))
         out.append(Planned(desktop.id, desktop.name, nodes.target_of_host(host), spec, template_volume.path,
                            str(disk), req.disk_size_gib * 1024 ** 3 if req.disk_size_gib else None))
     session.flush()
@@ -218,7 +224,7 @@ def finish(session: Session, planned: Sequence[Planned], outcome: Outcome) -> No
     for item in failed:
         _remove_rows(session, item.desktop_id)
         try:
-            fileops.remove(item.disk_path)
+            _remove_desktop_files(item.disk_path)
         except (OSError, VdiError):
             log.warning("could not remove the overlay of failed desktop %s", item.name)
 
@@ -291,8 +297,18 @@ def remove_everywhere(work: DiskWork) -> None:
             nodes.undefine(work.target, work.desktop_id)
         except DomainNotFound:
             pass
-    if work.disk_path and os.path.lexists(work.disk_path):
-        fileops.remove(work.disk_path)
+    if work.disk_path:
+        _remove_desktop_files(work.disk_path)
+
+
+def _remove_desktop_files(disk_path: str) -> None:
+    """The overlay, the serial log beside it, and the desktop's directory once empty."""
+    disk = Path(disk_path)
+    for path in (disk, disk.parent / "serial.log"):
+        if os.path.lexists(path):
+            fileops.remove(path)
+    if disk.parent.is_dir():
+        fileops.remove_dir_if_empty(disk.parent)
 
 
 def finish_removal(session: Session, work: DiskWork) -> bool:

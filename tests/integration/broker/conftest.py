@@ -94,7 +94,8 @@ def template_image(tmp_path_factory) -> Path:
     """A real (small, empty) qcow2 template made by qemu-img."""
     from image_manager import qemu_img
 
-    path = tmp_path_factory.mktemp("storage") / "templates" / "base.qcow2"
+    # laid out as image_manager stores templates: <root>/templates/<template id>/<version>.qcow2
+    path = tmp_path_factory.mktemp("storage") / "templates" / "base" / "1.qcow2"
     path.parent.mkdir(parents=True)
     qemu_img.create(path, size=64 * 1024 * 1024)
     return path

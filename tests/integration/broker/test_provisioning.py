@@ -76,6 +76,8 @@ def test_pool_grows_as_a_job_with_progress_and_shrinks_only_free_desktops(world,
         from broker.assignment import assign_to_user
         last = s.scalar(select(Desktop.id).where(Desktop.name == f"{world.prefix}-120"))
         assert assign_to_user(s, last, user)
+    with db.session_scope() as s:
+        before = set(s.scalars(select(Desktop.id).where(Desktop.pool_id == pool["id"])))
     shrink = client.post(f"{API}/pools/{pool['id']}/resize", json={"size": 10})
     assert shrink.status_code == 202
     wait_for_jobs(120)
@@ -85,6 +87,11 @@ def test_pool_grows_as_a_job_with_progress_and_shrinks_only_free_desktops(world,
         left = sorted(s.scalars(select(Desktop.name).where(Desktop.pool_id == pool["id"])))
     assert len(left) == 10 and f"{world.prefix}-120" in left  # the assigned desktop survived
     assert left[:9] == [f"{world.prefix}-{i:03d}" for i in range(1, 10)]
+    with db.session_scope() as s:
+        kept = set(s.scalars(select(Desktop.id).where(Desktop.pool_id == pool["id"])))
+    desktops_root = Path(world.template_image).parents[2] / "desktops"
+    assert all((desktops_root / d).is_dir() for d in kept)
+    assert not any((desktops_root / d).exists() for d in before - kept)  # overlays of removed desktops are gone
 
     # cancel: a big grow stops between batches, what was made stays consistent
     grow = client.post(f"{API}/pools/{pool['id']}/resize", json={"size": 2000})
