@@ -15,9 +15,11 @@ from manager.api.crud import crud_router
 from manager.api.desktop_actions import router as desktop_actions_router
 from manager.api.desktop_actions import router as desktop_actions_router
 from manager.api.identity import router as identity_router
+from manager.api.images import router as images_router
 from manager.api.resources import RESOURCES
 from manager.api.system import router as system_router
 from manager.config import Settings, get_settings
+from manager.jobs import register_task_module
 
 API_PREFIX = "/api/v1"
 
@@ -28,12 +30,16 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if configure_db:
         db.configure(settings.effective_database_url)
+    register_task_module("image_manager.tasks")
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         from manager.monitor import LivenessMonitor
 
         monitor = LivenessMonitor(settings.host_dead_after_seconds, period=min(5.0, settings.heartbeat_seconds))
         monitor.start()
+        from image_manager.reconcile import reconcile_at_startup
+
+        reconcile_at_startup(in_process_jobs=settings.embedded_jobs)
         try:
             yield
         finally:
@@ -52,6 +58,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
     api.include_router(broker_router)
     api.include_router(desktop_actions_router)
     api.include_router(identity_router)
+    api.include_router(images_router)
     for resource in RESOURCES:
         api.include_router(crud_router(resource))
     app.include_router(api)
