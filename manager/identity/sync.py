@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from core.enums import PrincipalSource
@@ -271,13 +271,25 @@ def _plan_memberships(session: Session, plan: SyncPlan, db_users: dict[str, User
 
 
 # ---- applying -----------------------------------------------------------------------------------------------
-def _free_name(session: Session, model: type, column: str, value: str, domain: str, guid: str) -> None:
-    """AD names are unique at any moment, so a row holding the name under another GUID is stale (an account
-    deleted and re-created, or a rename not synced yet). It keeps its identity under a parked name."""
-    stale = session.scalar(select(model).where(getattr(model, column) == value, model.domain == domain,
-                                               or_(model.object_guid.is_(None), model.object_guid != guid)))
-    if stale is not None:
-        setattr(stale, column, f"{value}~{(stale.object_guid or stale.id)[:8]}")
+def _make_names_free(session: Session, model: type, column: str, domain: str, existing: dict[str, Any],
+                     wanted: dict[str, str]) -> None:
+    """Before names are written: AD names are unique at any moment, so a row holding a wanted name under
+    another GUID is stale (an account deleted and re-created, or renamed in a swap). Renamed rows first move
+    to a temporary name, then stale holders are parked as "<name>~<guid prefix>" and keep their identity.
+    Flushes only when something had to move (renames are rare; the common path costs no query per row)."""
+    moving = [row for guid, row in existing.items() if guid in wanted and getattr(row, column) != wanted[guid]]
+    for row in moving:
+        setattr(row, column, f"~{row.object_guid}")
+    if moving:
+        session.flush()
+    holders = {getattr(row, column): row for row in session.scalars(select(model).where(model.domain == domain))}
+    parked = False
+    for guid, name in wanted.items():
+        holder = holders.get(name)
+        if holder is not None and holder.object_guid != guid:
+            setattr(holder, column, f"{name}~{(holder.object_guid or holder.id)[:8]}")
+            parked = True
+    if parked:
         session.flush()
 
 
@@ -314,10 +326,10 @@ def apply_plan(session: Session, plan: SyncPlan, settings: DirectorySettings, *,
         session.execute(delete(GroupGroupMembership).where(GroupGroupMembership.child_id.in_(removed_group_ids)))
     session.flush()
 
+    _make_names_free(session, User, "username", domain, users, {u.guid: u.username for u in snapshot.users})
+    _make_names_free(session, Group, "name", domain, groups, {g.guid: g.name for g in snapshot.groups})
     for dir_user in snapshot.users:
         row = users.get(dir_user.guid)
-        if row is None or row.username != dir_user.username:
-            _free_name(session, User, "username", dir_user.username, domain, dir_user.guid)
         if row is None:
             row = User(object_guid=dir_user.guid, domain=domain, source=PrincipalSource.AD)
             session.add(row)
@@ -330,8 +342,6 @@ def apply_plan(session: Session, plan: SyncPlan, settings: DirectorySettings, *,
     session.flush()
     for dir_group in snapshot.groups:
         row = groups.get(dir_group.guid)
-        if row is None or row.name != dir_group.name:
-            _free_name(session, Group, "name", dir_group.name, domain, dir_group.guid)
         if row is None:
             row = Group(object_guid=dir_group.guid, domain=domain, source=PrincipalSource.AD)
             session.add(row)
@@ -342,14 +352,24 @@ def apply_plan(session: Session, plan: SyncPlan, settings: DirectorySettings, *,
         tick()
     session.flush()
 
+    touched = [groups[g].id for g in plan.members]
+    user_rows: dict[str, set[str]] = {}
+    child_rows: dict[str, set[str]] = {}
+    for start in range(0, len(touched), 1000):
+        chunk = touched[start:start + 1000]
+        for user_id, group_id in session.execute(select(UserGroupMembership.user_id, UserGroupMembership.group_id)
+                                                 .where(UserGroupMembership.group_id.in_(chunk))):
+            user_rows.setdefault(group_id, set()).add(user_id)
+        for child_id, parent_id in session.execute(select(GroupGroupMembership.child_id,
+                                                          GroupGroupMembership.parent_id)
+                                                   .where(GroupGroupMembership.parent_id.in_(chunk))):
+            child_rows.setdefault(parent_id, set()).add(child_id)
     for group_guid, (user_guids, child_guids) in plan.members.items():
         group_id = groups[group_guid].id
         want_users = {users[g].id for g in user_guids if g in users}
         want_children = {groups[g].id for g in child_guids if g in groups}
-        have_users = set(session.scalars(select(UserGroupMembership.user_id)
-                                         .where(UserGroupMembership.group_id == group_id)))
-        have_children = set(session.scalars(select(GroupGroupMembership.child_id)
-                                            .where(GroupGroupMembership.parent_id == group_id)))
+        have_users = user_rows.get(group_id, set())
+        have_children = child_rows.get(group_id, set())
         if have_users - want_users:
             session.execute(delete(UserGroupMembership).where(UserGroupMembership.group_id == group_id,
                                                               UserGroupMembership.user_id.in_(have_users - want_users)))

@@ -178,12 +178,18 @@ def test_incremental_sync_follows_changes_renames_and_deletions(clean_db, ad_res
         assert newbie.id in member_user_ids_of_group(session, group(session, "vdi-users").id)
 
 
-def test_full_sync_detects_removal_by_guid_and_a_recreated_name_is_a_new_identity(clean_db, ad_reset, ad_settings,
+def test_full_sync_detects_removal_by_guid_recreated_names_and_swaps(clean_db, ad_reset, ad_settings,
                                                                                    ad_admin):
     ad = ad_reset
     run_sync(ad_settings, full=True)
     with db.session_scope() as session:
         old_id = user(session, "user160").id
+        id161, id162 = user(session, "user161").id, user(session, "user162").id
+    # two accounts swap their logon names (through a temporary one, as AD requires)
+    for dn, name in ((user_dn(ad, "user161"), "swap-tmp"), (user_dn(ad, "user162"), "user161"),
+                     (user_dn(ad, "user161"), "user162")):
+        ad_admin.modify(dn, {"sAMAccountName": [(MODIFY_REPLACE, [name])],
+                             "userPrincipalName": [(MODIFY_REPLACE, [f"{name}@{REALM}"])]})
     ad_admin.delete(user_dn(ad, "user160"))
     ad_admin.add(user_dn(ad, "user160"), ["top", "person", "organizationalPerson", "user"],
                  {"sAMAccountName": "user160", "userAccountControl": 512,
@@ -199,6 +205,7 @@ def test_full_sync_detects_removal_by_guid_and_a_recreated_name_is_a_new_identit
         assert new.id != old_id and not new.deleted_in_directory
         # the new account is in no group yet: the old one's memberships did not carry over
         assert group_ids_for_user(session, new.id) == set()
+        assert (session.get(User, id161).username, session.get(User, id162).username) == ("user162", "user161")
 
 
 def test_mapping_rows_follow_the_configuration_and_manual_rows_stay(clean_db, ad, ad_settings):
