@@ -131,6 +131,16 @@ def test_five_failures_lock_the_login_and_success_resets(ad, ad_env, anon_client
                               .where(LoginAttempt.login == "user012")) == 0
 
 
+@pytest.mark.xfail(reason="manager/api/common.py's VdiError handler does not send exc.headers yet "
+                          "(LoginThrottled carries Retry-After)", strict=False)
+def test_throttled_login_sends_retry_after(ad, ad_env, anon_client):
+    for _ in range(5):
+        login(anon_client, "user016", "wrong")
+    locked = login(anon_client, "user016", "wrong")
+    assert locked.status_code == 429
+    assert locked.headers.get("retry-after") == str(locked.json()["retry_after"])
+
+
 def test_too_many_failures_from_one_address_are_throttled(ad, ad_env, anon_client, monkeypatch):
     from manager.identity.settings import get_login_settings
 

@@ -252,3 +252,36 @@ def test_cli_dry_run_then_sync(clean_db, ad, ad_env, pg_url, tmp_path):
     broken = subprocess.run(vdi, env={**env, "VDI_AD_BIND_PASSWORD": "wrong"}, capture_output=True, text=True,
                             timeout=120)
     assert broken.returncode == 1 and "VDI_AD_BIND_PASSWORD" in broken.stderr and "Traceback" not in broken.stderr
+
+
+def test_api_dry_run_returns_the_diff(ad, ad_env, client):
+    response = client.post("/api/v1/directory/sync", json={"dry_run": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["dry_run"] and body["users"]["added"]["count"] >= SEEDED_USERS
+    assert client.get("/api/v1/users", params={"per_page": 1}).json()["total"] == 1  # only the local admin
+
+
+def test_scheduled_trigger_queues_one_sync_when_due(ad, ad_env, app):
+    import time
+
+    from manager.identity.sync_tasks import sync_if_due
+    from manager.models import Job
+
+    with db.session_scope() as session:
+        job = sync_if_due(session)
+        assert job is not None and job.kind == "directory.sync"
+        assert sync_if_due(session).id == job.id  # already queued: the same job, not a second one
+        job_id = job.id
+    deadline = time.monotonic() + 60
+    while True:
+        with db.session_scope() as session:
+            state = session.get(Job, job_id).state
+        if state in ("succeeded", "failed"):
+            break
+        assert time.monotonic() < deadline, "the queued sync did not finish"
+        time.sleep(0.1)
+    assert state == "succeeded"
+    with db.session_scope() as session:
+        assert sync_if_due(session) is None  # it just ran
+        assert session.scalar(select(func.count()).select_from(User).where(User.username.in_(SEEDED))) == 200
