@@ -17,6 +17,7 @@ from manager.api.desktop_actions import router as desktop_actions_router
 from manager.api.identity import router as identity_router
 from manager.api.images import router as images_router
 from manager.api.resources import RESOURCES
+from manager.api.search import router as search_router
 from manager.api.system import router as system_router
 from manager.config import Settings, get_settings
 from manager.jobs import register_task_module
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
     api.include_router(broker_router)
     api.include_router(desktop_actions_router)
     api.include_router(identity_router)
+    api.include_router(search_router)
     api.include_router(images_router)
     for resource in RESOURCES:
         api.include_router(crud_router(resource))

@@ -1,0 +1,159 @@
+"""The administrator search (oVirt's search language): run a query, complete a half-typed one, run a bookmark.
+
+The query is compiled by search_dsl against manager.search_fields.REGISTRY and executed by the database (one
+statement for the page, one for the total); nothing is filtered in Python. A bad query is a 400 naming the
+upstream error class and where in the query the problem is:
+
+    {"error": "INVALID_CONDITION_VALUE", "detail": "'running' is not a valid status; use one of: ...",
+     "position": 14, "end": 21, "query": "Vms: status = running"}
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Annotated, Any, Union
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from core.errors import BadRequest, Forbidden, GatewayTimeout, NotFound
+from manager.api import schemas as s
+from manager.api.common import DbSession
+from manager.auth import Principal, require
+from manager.models import Bookmark
+from manager.search_fields import KINDS, REGISTRY
+from search_dsl import SearchError, compile_query, complete
+
+router = APIRouter(tags=["search"])
+
+STATEMENT_TIMEOUT_SECONDS = 15
+MAX_PAGE_SIZE = 1000
+
+
+class DiskOut(s.Out):
+    id: str
+    path: str
+    format: str
+    role: str
+    status: str
+    storage_domain_id: str | None
+    parent_id: str | None
+    desktop_id: str | None
+    virtual_size: int
+    actual_size: int
+    created_at: dt.datetime
+
+
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "Vm": s.DesktopOut, "Host": s.HostOut, "Template": s.TemplateOut, "User": s.UserOut, "Group": s.GroupOut,
+    "Pool": s.PoolOut, "Event": s.EventOut, "Cluster": s.ClusterOut, "Storage": s.StorageDomainOut,
+    "Disk": DiskOut,
+}
+Item = Union[s.DesktopOut, s.HostOut, s.TemplateOut, s.UserOut, s.GroupOut, s.PoolOut, s.EventOut,  # noqa: UP007
+             s.ClusterOut, s.StorageDomainOut, DiskOut]
+
+
+class SearchPage(BaseModel):
+    object: str = Field(description="the searched object as the language names it: Vm, Host, Template, ...")
+    kind: str = Field(description="the API resource kind of the items: desktop, host, template, ...")
+    query: str
+    items: list[Item]
+    total: int
+    page: int
+    page_size: int
+    pages: int
+
+
+class CompletionOut(BaseModel):
+    start: int = Field(description="replace q[start:] (the word being typed) with a suggestion")
+    partial: str
+    suggestions: list[str]
+    error: dict[str, Any] | None = Field(None, description="set when the text before the cursor is already invalid")
+
+
+class BadSearch(BadRequest):
+    """A query the language rejects, rendered with its upstream error class and position (400)."""
+
+    def __init__(self, error: SearchError) -> None:
+        super().__init__(error.reason)
+        self.error = error
+
+    def to_dict(self) -> dict[str, Any]:
+        return _error_body(self.error)
+
+
+def _error_body(error: SearchError) -> dict[str, Any]:
+    return {"error": error.error_class, "detail": error.reason, "position": error.position, "end": error.end,
+            "query": error.query}
+
+
+def run_search(session: Session, query: str, *, page_size: int = 100, case_sensitive: bool = False) -> dict[str, Any]:
+    """Run one page of a search query and return {object, kind, query, items, total, page, page_size, pages}.
+
+    Raises BadSearch (400) for a query the language rejects and GatewayTimeout (504) when the database gives up
+    after STATEMENT_TIMEOUT_SECONDS. Items are the ORM rows of the searched object, newest page semantics as
+    the query's `page N` says.
+    """
+    now = dt.datetime.now().astimezone()
+    try:
+        compiled = compile_query(query, REGISTRY, page_size=page_size, case_sensitive=case_sensitive,
+                                 today=now.date(), tz=now.tzinfo)
+    except SearchError as exc:
+        raise BadSearch(exc) from None
+    obj = REGISTRY.get(compiled.query.object)
+    if session.get_bind().dialect.name == "postgresql":
+        # A pathological query (free text over everything, many cross-references) must not hold a backend.
+        session.execute(text(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT_SECONDS}s'"))
+    try:
+        total = session.scalar(compiled.count) or 0
+        rows = session.scalars(compiled.select).all()
+    except OperationalError as exc:
+        if "statement timeout" not in str(exc.orig):
+            raise
+        session.rollback()
+        raise GatewayTimeout(what="the search", seconds=STATEMENT_TIMEOUT_SECONDS) from None
+    schema = SCHEMAS[obj.name]
+    return {
+        "object": obj.name, "kind": KINDS[obj.name], "query": query,
+        "items": [schema.model_validate(row) for row in rows],
+        "total": total, "page": compiled.page, "page_size": compiled.page_size,
+        "pages": math.ceil(total / compiled.page_size) if total else 0,
+    }
+
+
+SearchReader = Annotated[Principal, Depends(require("search:read"))]
+BookmarkOwner = Annotated[Principal, Depends(require("bookmarks:own"))]
+PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="rows per page (the query's `page N` picks one)")]
+CaseSensitive = Annotated[bool, Query(description="compare strings with LIKE instead of ILIKE")]
+
+
+@router.get("/search", response_model=SearchPage)
+def search(session: DbSession, who: SearchReader,
+           q: Annotated[str, Query(description="e.g. `Vms: status = up and Hosts.name = h1* sortby name page 2`")],
+           page_size: PageSize = 100, case_sensitive: CaseSensitive = False) -> dict[str, Any]:
+    """Search with oVirt's language; returns one page of typed rows and the total."""
+    return run_search(session, q, page_size=page_size, case_sensitive=case_sensitive)
+
+
+@router.get("/search/complete", response_model=CompletionOut)
+def complete_query(who: SearchReader, q: Annotated[str, Query(description="the query typed so far")] = "") \
+        -> dict[str, Any]:
+    """Suggestions for the next word of a partly typed query."""
+    result = complete(q, REGISTRY)
+    return {"start": result.start, "partial": result.partial, "suggestions": list(result.suggestions),
+            "error": _error_body(result.error) if result.error is not None else None}
+
+
+@router.get("/bookmarks/{bookmark_id}/run", response_model=SearchPage, tags=["bookmarks"])
+def run_bookmark(bookmark_id: str, session: DbSession, who: BookmarkOwner, page_size: PageSize = 100,
+                 case_sensitive: CaseSensitive = False) -> dict[str, Any]:
+    """Run a saved search (your own bookmarks only)."""
+    bookmark = session.get(Bookmark, bookmark_id)
+    if bookmark is None or bookmark.owner_id != who.user_id:
+        raise NotFound(kind="bookmark", id=bookmark_id)
+    if not who.can("search:read"):
+        raise Forbidden(action="search")
+    return run_search(session, bookmark.query, page_size=page_size, case_sensitive=case_sensitive)
