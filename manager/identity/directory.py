@@ -290,13 +290,6 @@ class Directory:
             return None
         return user_from_entry(found[0])
 
-    def find_user_by_guid(self, conn: Connection, guid: str) -> DirectoryUser | None:
-        """Looks a user up by objectGUID (AD accepts <GUID=...> as a search base)."""
-        with directory_errors("reading a user"):
-            ok = conn.search(f"<GUID={uuid.UUID(guid)}>", self.settings.user_filter, BASE, attributes=USER_ATTRIBUTES)
-            entries = [e for e in conn.response or [] if e.get("type") == "searchResEntry"] if ok else []
-        return user_from_entry(entries[0]) if entries else None
-
     # ---- passwords ------------------------------------------------------------------------------------------
     def check_password(self, user_dn: str, password: str) -> BindOutcome:
         """Bind as the user (by the DN the search found, never by the text the user typed). An empty password

@@ -91,8 +91,10 @@ def check_throttle(session: Session, login: str, client_address: str, settings: 
 
 
 def record_failure(login: str, client_address: str) -> None:
-    """Committed on its own: the request's transaction is rolled back by the error that follows."""
+    """Committed on its own: the request's transaction is rolled back by the error that follows. Also drops
+    failures older than a day, which no window needs (names that never log in would otherwise pile up)."""
     with db.session_scope() as session:
+        prune_attempts(session)
         session.add(LoginAttempt(login=_login_key(login), client_address=client_address[:255], succeeded=False))
 
 
@@ -101,7 +103,7 @@ def clear_failures(session: Session, login: str) -> None:
 
 
 def prune_attempts(session: Session, older_than: dt.timedelta = dt.timedelta(days=1)) -> int:
-    """Drop attempts no window can need any more (call from a periodic job)."""
+    """Drop attempts no window can need any more."""
     return session.execute(delete(LoginAttempt).where(LoginAttempt.created_at < utcnow() - older_than)).rowcount or 0
 
 

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 from ldap3 import MODIFY_ADD, MODIFY_REPLACE
 from sqlalchemy import func, select
 
