@@ -123,16 +123,20 @@ def assign_from_pool(session: Session, user_id: str, pool: Pool, *, new_desktop:
     now = now or utcnow()
     check_window(pool, now)
     _lock_user(session, user_id)
+    # One query for both: the user's dedicated desktops in the pool and the ones they hold.
+    dedicated = select(Assignment.desktop_id).where(Assignment.user_id == user_id)
+    rows = session.execute(
+        select(Desktop.id, Desktop.name, Desktop.lease_until, Desktop.assigned_user_id == user_id)
+        .where(Desktop.pool_id == pool.id, (Desktop.assigned_user_id == user_id) | Desktop.id.in_(dedicated))
+        .order_by(Desktop.assigned_at, Desktop.name)).all()
+    held = [(r[0], r[1], r[2]) for r in rows if r[3]]
     if not new_desktop:
-        dedicated = session.execute(
-            select(Desktop.id, Desktop.name).join(Assignment, Assignment.desktop_id == Desktop.id)
-            .where(Assignment.user_id == user_id, Desktop.pool_id == pool.id).order_by(Desktop.name).limit(1)).first()
-        if dedicated is not None:
-            return Assigned(dedicated[0], dedicated[1], pool.id, "dedicated")
-    held = desktops_held(session, user_id, pool.id)
-    if held and not new_desktop:
-        desktop_id, name, lease_until = held[0]
-        return Assigned(desktop_id, name, pool.id, "existing", lease_until)
+        own = next((r for r in rows if not r[3]), None)
+        if own is not None:
+            return Assigned(own[0], own[1], pool.id, "dedicated")
+        if held:
+            desktop_id, name, lease_until = held[0]
+            return Assigned(desktop_id, name, pool.id, "existing", lease_until)
     if len(held) >= pool.max_desktops_per_user:
         raise TooManyDesktops(held=len(held), pool=pool.name, limit=pool.max_desktops_per_user)
     lease_until = lease_end(pool, now)
@@ -142,12 +146,11 @@ def assign_from_pool(session: Session, user_id: str, pool: Pool, *, new_desktop:
     for attempt in range(3):
         wait = attempt > 0
         for desktop_id in _free_candidates(session, pool.id, limit=1 if is_postgres(session) else 5, wait=wait):
-            claimed = session.execute(
+            name = session.scalar(
                 update(Desktop).where(Desktop.id == desktop_id, Desktop.assigned_user_id.is_(None))
                 .values(assigned_user_id=user_id, assigned_at=now, lease_until=lease_until)
-                .execution_options(synchronize_session=False)).rowcount
-            if claimed == 1:
-                name = session.scalar(select(Desktop.name).where(Desktop.id == desktop_id))
+                .returning(Desktop.name).execution_options(synchronize_session=False))
+            if name is not None:
                 return Assigned(desktop_id, name, pool.id, "new", lease_until)
     in_use, size = pool_usage(session, pool.id)
     raise PoolFull(pool=pool.name, in_use=in_use, size=size)

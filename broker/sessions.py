@@ -15,10 +15,11 @@ LIVE = (SessionState.CONNECTED, SessionState.DISCONNECTED)
 
 def open_session(session: Session, *, user_id: str, desktop_id: str, pool_id: str | None, protocol: str,
                  client_address: str, ticket_expires_at: dt.datetime | None,
-                 now: dt.datetime | None = None) -> DesktopSession:
-    """Record a connect: the user's live session on this desktop is reused (a reconnect), else a new one."""
+                 now: dt.datetime | None = None, fresh: bool = False) -> DesktopSession:
+    """Record a connect: the user's live session on this desktop is reused (a reconnect), else a new one.
+    `fresh` says the desktop was just assigned, so there is no earlier session to look for."""
     now = now or utcnow()
-    row = session.scalar(select(DesktopSession).where(
+    row = None if fresh else session.scalar(select(DesktopSession).where(
         DesktopSession.user_id == user_id, DesktopSession.desktop_id == desktop_id,
         DesktopSession.state.in_(LIVE)).order_by(DesktopSession.created_at.desc()).limit(1))
     if row is None:

@@ -163,7 +163,8 @@ def _reachable_desktop(session: Session, user_id: str, desktop_id: str) -> Deskt
 def issue_console(session: Session, desktop: Desktop, protocol: Protocol, *, username: str,
                   fullscreen: bool = False) -> ConsoleDescriptor:
     """Read where the desktop runs, then (outside any lock) set a ticket on it through its node."""
-    target = nodes.target_of_desktop(session, desktop)
+    # RDP goes to the guest itself: no node call, so no need to look the host up.
+    target = None if protocol == Protocol.RDP else nodes.target_of_desktop(session, desktop)
     return consoles.issue(target, desktop_id=desktop.id, desktop_name=desktop.name, protocol=protocol,
                           valid_seconds=get_settings().ticket_seconds, guest_ip=desktop.ip, username=username,
                           fullscreen=fullscreen)
@@ -201,7 +202,7 @@ def connect(payload: ConnectIn, request: Request, session: DbSession, who: Conne
                 emit(session, "broker.assigned", f"desktop {desktop.name} of pool {pool.name} assigned to "
                      f"{who.name}{lease}", actor=who.name, user_id=who.user_id, desktop_id=desktop.id,
                      pool_id=pool.id)
-            session.commit()
+            session.commit()  # releases the row locks before any node call
     else:
         choice = choose_protocol(os_type=desktop.os_type, desktop_protocols=parse_protocols(desktop.console_protocols),
                                  client_protocols=client_protocols, policy=policy, preferred=payload.client.prefer,
@@ -215,7 +216,7 @@ def connect(payload: ConnectIn, request: Request, session: DbSession, who: Conne
     address = _client_address(payload, request)
     row = sessions.open_session(session, user_id=who.user_id, desktop_id=desktop.id, pool_id=desktop.pool_id,
                                 protocol=choice.protocol.value, client_address=address,
-                                ticket_expires_at=desc.expires_at, now=now)
+                                ticket_expires_at=desc.expires_at, now=now, fresh=assigned.newly_assigned)
     emit(session, "broker.connected", f"{who.name} connected to desktop {desktop.name} over {choice.protocol.value} "
          f"from {address or 'an unknown address'} ({assigned.how} desktop; {choice.reason})", actor=who.name,
          user_id=who.user_id, desktop_id=desktop.id, pool_id=desktop.pool_id, correlation_id=row.id)

@@ -25,7 +25,7 @@ def _parse_valid_to(value: str | None, fallback: dt.datetime) -> dt.datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
-def issue(target: NodeTarget, *, desktop_id: str, desktop_name: str, protocol: Protocol, valid_seconds: int,
+def issue(target: NodeTarget | None, *, desktop_id: str, desktop_name: str, protocol: Protocol, valid_seconds: int,
           guest_ip: str = "", username: str = "", fullscreen: bool = False) -> ConsoleDescriptor:
     """A console descriptor for `protocol`. SPICE/VNC: a new random ticket valid `valid_seconds`, set on the
     running domain (its passwdValidTo), and the display's address. RDP: the guest's address (Windows logs the
@@ -37,6 +37,8 @@ def issue(target: NodeTarget, *, desktop_id: str, desktop_name: str, protocol: P
                               reason="the guest has not reported its IP address yet; try again in a minute")
         return ConsoleDescriptor(Protocol.RDP, guest_ip, 3389, desktop_id, desktop_name, username=username,
                                  fullscreen=fullscreen)
+    if target is None:
+        raise Unavailable(what=f"the console of desktop {desktop_name}", reason="it is not placed on a host")
     password = new_ticket_password()
     valid_to = nodes.set_ticket(target, desktop_id, password, valid_seconds)
     info = nodes.domain(target, desktop_id)

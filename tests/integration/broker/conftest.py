@@ -4,10 +4,12 @@ libvirt test-driver hypervisors, a real qcow2 template, users with API tokens, p
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +23,13 @@ REPO = Path(__file__).resolve().parents[3]
 API = "/api/v1"
 # Free memory a test-driver host reports is 0; tests give hosts the figures a heartbeat would.
 TEST_HOST_MEMORY_MIB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True)
+def hosts_without_heartbeats(monkeypatch):
+    """The test-driver agents here send no heartbeats (their free memory reads 0, which a heartbeat would store):
+    tell the manager's liveness monitor not to expect any during a test."""
+    monkeypatch.setenv("VDI_HOST_DEAD_AFTER_SECONDS", "86400")
 
 
 def free_port() -> int:
@@ -76,9 +85,19 @@ def start_agent(name: str, directory: Path, timeout: float = 30.0) -> Agent:
 
 
 @pytest.fixture(scope="session")
-def node_agents(tmp_path_factory) -> Iterator[list[Agent]]:
+def work_dir() -> Iterator[Path]:
+    """A private directory for the session. Not under pytest's numbered temp dirs: other pytest sessions
+    running at the same time (as the same user) prune those, which would pull files from under our agents."""
+    path = Path(tempfile.mkdtemp(prefix="vdi-broker-tests-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def node_agents(work_dir) -> Iterator[list[Agent]]:
     """Three node agents on test-driver hypervisors for the whole session (desktops get unique names)."""
-    directory = tmp_path_factory.mktemp("nodes")
+    directory = work_dir / "nodes"
+    directory.mkdir()
     agents = []
     try:
         for i in range(3):
@@ -90,12 +109,12 @@ def node_agents(tmp_path_factory) -> Iterator[list[Agent]]:
 
 
 @pytest.fixture(scope="session")
-def template_image(tmp_path_factory) -> Path:
+def template_image(work_dir) -> Path:
     """A real (small, empty) qcow2 template made by qemu-img."""
     from image_manager import qemu_img
 
     # laid out as image_manager stores templates: <root>/templates/<template id>/<version>.qcow2
-    path = tmp_path_factory.mktemp("storage") / "templates" / "base" / "1.qcow2"
+    path = work_dir / "storage" / "templates" / "base" / "1.qcow2"
     path.parent.mkdir(parents=True)
     qemu_img.create(path, size=64 * 1024 * 1024)
     return path
@@ -259,9 +278,10 @@ class Server:
 
 
 @pytest.fixture
-def api_server(settings_env, tmp_path) -> Iterator[Server]:
+def api_server(settings_env, work_dir) -> Iterator[Server]:
     """The manager as a real uvicorn process on a free port, against the test database."""
     port = free_port()
+    tmp_path = Path(tempfile.mkdtemp(prefix="server-", dir=work_dir))
     env = dict(os.environ, VDI_DATABASE_URL=settings_env.effective_database_url,
                VDI_DATA_DIR=str(tmp_path / "server-data"), VDI_LOG_LEVEL="WARNING")
     env.pop("VDI_REDIS_URL", None)

@@ -63,7 +63,8 @@ def test_500_concurrent_connects_on_a_300_desktop_pool(world, api_server):
         results = list(pool.map(connect, users))
 
     statuses = Counter(status for _u, status, _b in results)
-    assert statuses == {200: DESKTOPS, 409: USERS - DESKTOPS}, statuses
+    odd = [body for _u, status, body in results if status not in (200, 409)][:3]
+    assert statuses == {200: DESKTOPS, 409: USERS - DESKTOPS}, (statuses, odd)
     granted = {u: body["desktop_id"] for u, status, body in results if status == 200}
     assert len(set(granted.values())) == DESKTOPS  # no desktop handed out twice
     refusals = [body for _u, status, body in results if status == 409]

@@ -1,0 +1,265 @@
+"""Login storm: N users connect at once to an N-desktop pool; prints one JSON object.
+
+Real parts: a fresh Postgres database migrated by Alembic, the manager as a uvicorn process, three node agents on
+libvirt test-driver hypervisors holding the desktops (overlays written by image_manager, domains defined and
+started through NodeClient, so every desktop is running before the storm), API tokens (token lookup is a hash;
+password logins are deliberately slow and not what is measured here).
+
+Clients ask for RDP: the libvirt test driver cannot change a running domain's graphics password
+(virDomainUpdateDeviceFlags is unsupported), so a SPICE ticket cannot be set on these hosts; the RDP path
+does every broker step (entitlement through a group, SKIP LOCKED assignment, session, events) without it.
+
+    {"assignments", "per_second", "p50_ms", "p95_ms", "p99_ms", "double_assignments", "errors", ...}
+
+Usage: python bench/login_storm.py [--users 2000] [--desktops 2000] [--clients 64] [--workers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from sqlalchemy import func, select, text
+
+REPO = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("VDI_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, what: str, headers: dict | None = None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, headers=headers, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer within {timeout} s")
+        time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def start_agents(count: int, work: Path, procs: list) -> list[tuple[str, str, str]]:
+    agents = []
+    for i in range(count):
+        node = work / f"node{i}.xml"
+        node.write_text("<node/>\n")
+        port, token = free_port(), uuid.uuid4().hex
+        log = open(work / f"node{i}.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "hypervisor_node.agent", "--name", f"node{i}",
+                                 "--libvirt-uri", f"test://{node}", "--listen", f"127.0.0.1:{port}", "--token", token,
+                                 "--log-level", "WARNING"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/v1/health", proc, f"agent node{i}", {"Authorization": f"Bearer {token}"})
+        agents.append((f"node{i}", url, token))
+    return agents
+
+
+def setup_world(agents, template: Path, users: int, desktops: int) -> tuple[str, list[str]]:
+    """Hosts, a template, a pool of running desktops, users in an entitled group; returns (pool id, tokens)."""
+    from core.enums import HostStatus, OsType, PoolType
+    from manager import db
+    from manager.auth import issue_token
+    from manager.models import (Cluster, Desktop, Entitlement, Group, Host, Pool, Template, TemplateVersion, User,
+                                UserGroupMembership, Volume)
+    from manager.provisioning.power import PowerAction, run_power_action
+    from manager.provisioning.tasks import grow_pool
+
+    with db.session_scope() as s:
+        cluster = Cluster(name="bench")
+        s.add(cluster)
+        s.flush()
+        for name, url, token in agents:
+            s.add(Host(name=name, cluster_id=cluster.id, agent_url=url, agent_token=token, address="127.0.0.1",
+                       status=HostStatus.UP, memory_mib=1 << 20, free_memory_mib=1 << 20))
+        tpl = Template(name="bench-win", os_type=OsType.WINDOWS_11, cpus=1, memory_mib=256)
+        s.add(tpl)
+        s.flush()
+        vol = Volume(path=str(template), role="template", virtual_size=64 << 20)
+        s.add(vol)
+        s.flush()
+        version = TemplateVersion(template_id=tpl.id, number=1, volume_id=vol.id)
+        s.add(version)
+        s.flush()
+        tpl.latest_version_id = version.id
+        pool = Pool(name="storm", pool_type=PoolType.AUTOMATIC, template_id=tpl.id, size=desktops,
+                    name_pattern="storm-#####", prestarted=desktops)
+        s.add(pool)
+        s.flush()
+        pool_id = pool.id
+    created = grow_pool(None, pool_id, desktops)
+    if created["created"] != desktops:
+        raise RuntimeError(f"provisioning failed: {created}")
+    with db.session_scope() as s:
+        ids = list(s.scalars(select(Desktop.id).where(Desktop.pool_id == pool_id)))
+        s.execute(text("UPDATE desktops SET console_protocols='spice,rdp', "
+                       "ip='10.' || (abs(hashtext(id)) % 250)::text || '.0.1' WHERE pool_id=:p"), {"p": pool_id})
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:  # prestart every desktop through its node
+        list(ex.map(lambda d: run_power_action(d, PowerAction.START, actor="bench"), ids))
+    tokens = []
+    with db.session_scope() as s:
+        group = Group(name="storm-users")
+        s.add(group)
+        s.flush()
+        s.add(Entitlement(group_id=group.id, pool_id=pool_id))
+        people = [User(username=f"user{i:05d}") for i in range(users)]
+        s.add_all(people)
+        s.flush()
+        s.add_all([UserGroupMembership(user_id=u.id, group_id=group.id) for u in people])
+        for u in people:
+            tokens.append(issue_token(s, u, name="bench"))
+    return pool_id, tokens
+
+
+def storm(base_url: str, tokens: list[str], clients: int) -> tuple[list[float], list[int], float]:
+    latencies: list[float] = []
+    statuses: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients)
+    slices = [tokens[i::clients] for i in range(clients)]
+    body = {"pool": "storm", "client": {"protocols": ["rdp"], "address": "192.0.2.1"}}
+
+    def run(mine: list[str]) -> None:
+        with httpx.Client(base_url=base_url, timeout=120) as http:
+            http.get("/api/v1/health")  # open the connection before the start line
+            barrier.wait()
+            for token in mine:
+                t0 = time.perf_counter()
+                r = http.post("/api/v1/broker/connect", json=body, headers={"Authorization": f"Bearer {token}"})
+                elapsed = time.perf_counter() - t0
+                with lock:
+                    latencies.append(elapsed)
+                    statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in slices]
+    for t in threads:
+        t.start()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return latencies, statuses, time.perf_counter() - start
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--desktops", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument("--agents", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    from image_manager import qemu_img
+    from manager import db
+    from manager.db import make_engine
+    from manager.migrate import upgrade
+    from manager.models import Desktop, DesktopSession
+
+    work = Path(tempfile.mkdtemp(prefix="vdi-bench-"))
+    dbname = f"vdi_bench_{os.getpid()}"
+    admin = make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{dbname}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
+    procs: list[subprocess.Popen] = []
+    try:
+        upgrade(url)
+        db.configure(url)
+        template = work / "storage" / "templates" / "bench" / "1.qcow2"
+        template.parent.mkdir(parents=True)
+        qemu_img.create(template, size=64 << 20)
+        agents = start_agents(args.agents, work, procs)
+        t0 = time.perf_counter()
+        pool_id, tokens = setup_world(agents, template, args.users, args.desktops)
+        setup_seconds = time.perf_counter() - t0
+
+        port = free_port()
+        # The test-driver agents send no heartbeats (a beat would store their free memory of 0 MiB).
+        env = dict(os.environ, VDI_DATABASE_URL=url, VDI_DATA_DIR=str(work / "data"), VDI_LOG_LEVEL="WARNING",
+                   VDI_HOST_DEAD_AFTER_SECONDS="86400")
+        env.pop("VDI_REDIS_URL", None)
+        server = subprocess.Popen([sys.executable, "-m", "uvicorn", "manager.app:create_app", "--factory",
+                                   "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers),
+                                   "--log-level", "warning", "--no-access-log"], cwd=REPO, env=env,
+                                  stdout=open(work / "uvicorn.log", "wb"), stderr=subprocess.STDOUT)
+        procs.append(server)
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/api/v1/health", server, "uvicorn")
+
+        latencies, statuses, wall = storm(base, tokens, args.clients)
+        ok = sum(1 for s in statuses if s == 200)
+        full = sum(1 for s in statuses if s == 409)
+        with db.session_scope() as s:
+            per_user = s.execute(select(Desktop.assigned_user_id).where(Desktop.pool_id == pool_id,
+                                                                        Desktop.assigned_user_id.is_not(None))
+                                 .group_by(Desktop.assigned_user_id).having(func.count() > 1)).all()
+            per_desktop = s.execute(select(DesktopSession.desktop_id).group_by(DesktopSession.desktop_id)
+                                    .having(func.count(func.distinct(DesktopSession.user_id)) > 1)).all()
+            assigned = s.scalar(select(func.count()).select_from(Desktop).where(Desktop.pool_id == pool_id,
+                                                                                  Desktop.assigned_user_id.is_not(None)))
+        expected_full = max(0, args.users - args.desktops)
+        print(json.dumps({
+            "assignments": ok,
+            "per_second": round(ok / wall, 1) if wall else None,
+            "p50_ms": round(statistics.median(latencies) * 1000, 1),
+            "p95_ms": round(percentile(latencies, 95) * 1000, 1),
+            "p99_ms": round(percentile(latencies, 99) * 1000, 1),
+            "double_assignments": len(per_user) + len(per_desktop),
+            "errors": len(statuses) - ok - min(full, expected_full),
+            "pool_full": full,
+            "assigned_in_db": assigned,
+            "requests": len(statuses),
+            "wall_seconds": round(wall, 2),
+            "users": args.users, "desktops": args.desktops, "clients": args.clients, "workers": args.workers,
+            "node_agents": args.agents, "hosts": "libvirt test driver (desktops running before the storm)",
+            "protocol": "rdp", "setup_seconds": round(setup_seconds, 1),
+        }))
+        return 0
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        db.get_engine().dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+        admin.dispose()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
