@@ -12,7 +12,7 @@ Cross-references that go through a link table (which users hold a desktop, which
 belongs to, the tags of an object) are declared on *link views*: the target table joined to its link columns,
 so the join to the searching row is one equality. Postgres turns such an EXISTS into a semi-join instead of
 re-running a subquery for every row (bench/search.py measures it). A link view is a non-searchable ObjectDef
-with the same fields as the object it stands for, named "<Target> of <Source>".
+with the same fields as the object it stands for, named "<Target> (of <Source>)".
 
 "Hold" (oVirt's VM<->User permission relation): a user holds a desktop when it is assigned to them
 (`desktops.assigned_user_id`), when an Assignment row links them, or when a direct user Entitlement names the
@@ -344,7 +344,7 @@ POOLS = ObjectDef("Pool", Pool, (
       ops=STRING_OPS),
     # ours
     I("size"), I("prestarted"), I("max_desktops_per_user"), I("vcpus", "cpus"), I("memory", "memory_mib"),
-    S("name_pattern"), E("protocol_policy", PROTOCOL_POLICIES, _text("protocol_policy")),
+    S("pattern", "name_pattern"), E("protocol_policy", PROTOCOL_POLICIES, _text("protocol_policy")),
     I("lease_seconds"), D("window_start", "window_start"), D("window_end", "window_end"),
     E("reclaim_policy", RECLAIM_POLICIES, _text("reclaim_policy")),
     S("template", "name", via="template"), D("creationdate", "created_at"), U("id", hidden=True),
@@ -416,7 +416,7 @@ DISKS = ObjectDef("Disk", Volume, (
     # ours
     S("format"), S("role"),
 ), relations=(Relation("desktop", Desktop, lambda volume, desktop: col(desktop, "id") == col(volume, "desktop_id")),),
-    xrefs=(XRef("Storage", "Storage of Disk", lambda volume, sd: col(sd, "id") == col(volume, "storage_domain_id")),),
+    xrefs=(XRef("Storage", "Storage (of Disk)", lambda volume, sd: col(sd, "id") == col(volume, "storage_domain_id")),),
     default_sort=(("path", "asc"),))
 
 
@@ -474,62 +474,62 @@ def _equal(outer_column: str, inner_column: str) -> Callable[[Any, Any], Any]:
 
 
 VMS = _vm("Vm", Desktop, searchable=True, xrefs=(
-    XRef("Host", "Host of Vm", _equal("host_id", "id")),
-    XRef("Template", "Template of Vm", _by_link("template_version_id")),
-    XRef("Event", "Event of Vm", _equal("id", "desktop_id")),
-    XRef("User", "User of Vm", _by_link("id")),
-    XRef("Storage", "Storage of Vm", _by_link("id")),
+    XRef("Host", "Host (of Vm)", _equal("host_id", "id")),
+    XRef("Template", "Template (of Vm)", _by_link("template_version_id")),
+    XRef("Event", "Event (of Vm)", _equal("id", "desktop_id")),
+    XRef("User", "User (of Vm)", _by_link("id")),
+    XRef("Storage", "Storage (of Vm)", _by_link("id")),
 ))
 HOSTS = _host("Host", Host, searchable=True, xrefs=(
-    XRef("Vm", "Vm of Host", _equal("id", "host_id")),
-    XRef("Template", "Template of Host", _by_link("id")),
-    XRef("Event", "Event of Host", _equal("id", "host_id")),
-    XRef("User", "User of Host", _by_link("id")),
-    XRef("Storage", "Storage of Host", _shared),
+    XRef("Vm", "Vm (of Host)", _equal("id", "host_id")),
+    XRef("Template", "Template (of Host)", _by_link("id")),
+    XRef("Event", "Event (of Host)", _equal("id", "host_id")),
+    XRef("User", "User (of Host)", _by_link("id")),
+    XRef("Storage", "Storage (of Host)", _shared),
 ))
 TEMPLATES = _template("Template", Template, searchable=True, xrefs=(
-    XRef("Vm", "Vm of Template", _by_link("id")),
-    XRef("Host", "Host of Template", _by_link("id")),
-    XRef("Event", "Event of Template", _by_link("id")),
-    XRef("User", "User of Template", _by_link("id")),
-    XRef("Storage", "Storage of Template", _equal("storage_domain_id", "id")),
+    XRef("Vm", "Vm (of Template)", _by_link("id")),
+    XRef("Host", "Host (of Template)", _by_link("id")),
+    XRef("Event", "Event (of Template)", _by_link("id")),
+    XRef("User", "User (of Template)", _by_link("id")),
+    XRef("Storage", "Storage (of Template)", _equal("storage_domain_id", "id")),
 ))
 USERS = _user("User", User, searchable=True, xrefs=(
-    XRef("Vm", "Vm of User", _by_link("id")),
-    XRef("Host", "Host of User", _by_link("id")),
-    XRef("Template", "Template of User", _by_link("id")),
-    XRef("Event", "Event of User", _equal("id", "user_id")),
+    XRef("Vm", "Vm (of User)", _by_link("id")),
+    XRef("Host", "Host (of User)", _by_link("id")),
+    XRef("Template", "Template (of User)", _by_link("id")),
+    XRef("Event", "Event (of User)", _equal("id", "user_id")),
 ))
 EVENTS = _event("Event", Event, searchable=True, xrefs=(
-    XRef("Vm", "Vm of Event", _equal("desktop_id", "id")),
-    XRef("Host", "Host of Event", _equal("host_id", "id")),
-    XRef("Template", "Template of Event", _by_link("desktop_id")),  # via the event's desktop, as oVirt
-    XRef("User", "User of Event", _equal("user_id", "id")),
-    XRef("Cluster", "Cluster of Event", _by_link("host_id")),
+    XRef("Vm", "Vm (of Event)", _equal("desktop_id", "id")),
+    XRef("Host", "Host (of Event)", _equal("host_id", "id")),
+    XRef("Template", "Template (of Event)", _by_link("desktop_id")),  # via the event's desktop, as oVirt
+    XRef("User", "User (of Event)", _equal("user_id", "id")),
+    XRef("Cluster", "Cluster (of Event)", _by_link("host_id")),
 ))
 
 LINK_VIEWS = (
-    _host("Host of Vm", Host), _template("Template of Vm", TEMPLATES_BY_VERSION),
-    _event("Event of Vm", Event), _user("User of Vm", USERS_BY_DESKTOP),
-    _storage("Storage of Vm", STORAGE_BY_DESKTOP),
-    _vm("Vm of Host", Desktop), _template("Template of Host", TEMPLATES_BY_HOST), _event("Event of Host", Event),
-    _user("User of Host", USERS_BY_HOST),
-    _vm("Vm of Template", DESKTOPS_BY_TEMPLATE), _host("Host of Template", HOSTS_BY_TEMPLATE),
-    _event("Event of Template", EVENTS_BY_TEMPLATE), _user("User of Template", USERS_BY_TEMPLATE),
-    _storage("Storage of Template", StorageDomain),
-    _vm("Vm of User", DESKTOPS_BY_USER), _host("Host of User", HOSTS_BY_USER),
-    _template("Template of User", TEMPLATES_BY_USER), _event("Event of User", Event),
-    _vm("Vm of Event", Desktop), _host("Host of Event", Host), _template("Template of Event", TEMPLATES_BY_DESKTOP),
-    _user("User of Event", User), _cluster("Cluster of Event", CLUSTERS_BY_HOST),
-    _storage("Storage of Disk", StorageDomain), _storage("Storage of Host", StorageDomain),
-    _storage("Storage of Cluster", StorageDomain), _host("Host of Storage", Host),
-    _cluster("Cluster of Storage", Cluster),
+    _host("Host (of Vm)", Host), _template("Template (of Vm)", TEMPLATES_BY_VERSION),
+    _event("Event (of Vm)", Event), _user("User (of Vm)", USERS_BY_DESKTOP),
+    _storage("Storage (of Vm)", STORAGE_BY_DESKTOP),
+    _vm("Vm (of Host)", Desktop), _template("Template (of Host)", TEMPLATES_BY_HOST), _event("Event (of Host)", Event),
+    _user("User (of Host)", USERS_BY_HOST),
+    _vm("Vm (of Template)", DESKTOPS_BY_TEMPLATE), _host("Host (of Template)", HOSTS_BY_TEMPLATE),
+    _event("Event (of Template)", EVENTS_BY_TEMPLATE), _user("User (of Template)", USERS_BY_TEMPLATE),
+    _storage("Storage (of Template)", StorageDomain),
+    _vm("Vm (of User)", DESKTOPS_BY_USER), _host("Host (of User)", HOSTS_BY_USER),
+    _template("Template (of User)", TEMPLATES_BY_USER), _event("Event (of User)", Event),
+    _vm("Vm (of Event)", Desktop), _host("Host (of Event)", Host), _template("Template (of Event)", TEMPLATES_BY_DESKTOP),
+    _user("User (of Event)", User), _cluster("Cluster (of Event)", CLUSTERS_BY_HOST),
+    _storage("Storage (of Disk)", StorageDomain), _storage("Storage (of Host)", StorageDomain),
+    _storage("Storage (of Cluster)", StorageDomain), _host("Host (of Storage)", Host),
+    _cluster("Cluster (of Storage)", Cluster),
 )
 
-CLUSTERS = ObjectDef("Cluster", Cluster, CLUSTER_FIELDS, xrefs=(XRef("Storage", "Storage of Cluster", _shared),),
+CLUSTERS = ObjectDef("Cluster", Cluster, CLUSTER_FIELDS, xrefs=(XRef("Storage", "Storage (of Cluster)", _shared),),
                      default_sort=(("name", "asc"),))
 STORAGE = ObjectDef("Storage", StorageDomain, STORAGE_FIELDS, xrefs=(
-    XRef("Host", "Host of Storage", _shared), XRef("Cluster", "Cluster of Storage", _shared),
+    XRef("Host", "Host (of Storage)", _shared), XRef("Cluster", "Cluster (of Storage)", _shared),
 ), default_sort=(("name", "asc"),))
 
 REGISTRY = Registry([VMS, HOSTS, TEMPLATES, USERS, GROUPS, POOLS, EVENTS, CLUSTERS, STORAGE, DISKS, *LINK_VIEWS])
@@ -586,9 +586,7 @@ EXEMPT: dict[type, dict[str, str]] = {
     Pool: {
         "template_version_id": "a pinned version; search the template with template = <name>",
     },
-    Event: {
-        "id": "the order key (results come newest first)",
-    },
+    Event: {},
     Cluster: {},
     StorageDomain: {},
     Volume: {
