@@ -13,11 +13,12 @@ from sqlalchemy import func, select
 
 from core.enums import PrincipalSource, Role
 from manager import db
+from manager.auth import issue_token
 from manager.identity.directory import Directory
 from manager.identity.membership import group_ids_for_user, member_user_ids_of_group
 from manager.identity.sync import sync_directory
-from manager.models import (DirectorySyncState, Entitlement, Group, GroupGroupMembership, Pool, RoleAssignment,
-                            Template, User, UserGroupMembership)
+from manager.models import (ApiToken, DirectorySyncState, Entitlement, Event, Group, GroupGroupMembership, Pool,
+                            RoleAssignment, Template, User, UserGroupMembership)
 from tests.integration.identity.conftest import REALM, SEEDED_USERS, group_dn, user_dn
 
 SEEDED = [f"user{i:03d}" for i in range(1, SEEDED_USERS + 1)]
@@ -184,6 +185,7 @@ def test_full_sync_detects_removal_by_guid_recreated_names_and_swaps(clean_db, a
     with db.session_scope() as session:
         old_id = user(session, "user160").id
         id161, id162 = user(session, "user161").id, user(session, "user162").id
+        issue_token(session, user(session, "user160"), name="script")
     # two accounts swap their logon names (through a temporary one, as AD requires)
     for dn, name in ((user_dn(ad, "user161"), "swap-tmp"), (user_dn(ad, "user162"), "user161"),
                      (user_dn(ad, "user161"), "user162")):
@@ -196,10 +198,14 @@ def test_full_sync_detects_removal_by_guid_recreated_names_and_swaps(clean_db, a
 
     summary = run_sync(ad_settings, full=True)
     assert summary["users"]["removed"]["names"] == ["user160"]
+    assert summary["revoked"] == {"users": 1, "tokens": 1, "sessions": 0}
     assert summary["users"]["added"]["names"] == ["user160"]
     with db.session_scope() as session:
         old = session.get(User, old_id)
         assert old.deleted_in_directory and old.username.startswith("user160~")
+        assert session.scalar(select(func.count()).select_from(ApiToken).where(ApiToken.user_id == old_id)) == 0
+        revoked = session.scalar(select(Event).where(Event.code == "user.access_revoked", Event.user_id == old_id))
+        assert "removed from the directory" in revoked.message
         new = user(session, "user160")
         assert new.id != old_id and not new.deleted_in_directory
         # the new account is in no group yet: the old one's memberships did not carry over
