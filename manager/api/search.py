@@ -98,6 +98,9 @@ def run_search(session: Session, query: str, *, page_size: int = 100, case_sensi
     the query's `page N` says.
     """
     now = dt.datetime.now().astimezone()
+    if "\x00" in query:  # no database takes a NUL inside a string
+        raise BadSearch(SearchError("INVALID_CHARECTER", "remove the NUL character from the query", query,
+                                    query.index("\x00")))
     try:
         compiled = compile_query(query, REGISTRY, page_size=page_size, case_sensitive=case_sensitive,
                                  today=now.date(), tz=now.tzinfo)
