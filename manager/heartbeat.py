@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from core.enums import HostStatus, PowerState, Severity
@@ -63,12 +63,28 @@ def ingest_heartbeat(session: Session, host: Host, payload: dict[str, Any]) -> d
                  f"(was {old_state.value})", severity=Severity.NORMAL, actor=host.name, desktop_id=desktop_id,
                  host_id=host.id)
         rows.append(row)
-    if rows:
-        # Rows with and without a state change have different keys; executemany needs uniform batches.
-        for keys in {tuple(sorted(r)) for r in rows}:
-            batch = [r for r in rows if tuple(sorted(r)) == keys]
-            session.execute(update(Desktop), batch)
+    _write_stats(session, [r for r in rows if "power_state" not in r])
+    for row in (r for r in rows if "power_state" in r):  # transitions are rare: one statement each is fine
+        session.execute(update(Desktop).where(Desktop.id == row.pop("id")).values(**row))
     return {"desktops": len(rows), "transitions": transitions, "unknown": len(by_id) - len(known)}
+
+
+# One constant statement (compiled once, cached) taking the figures as arrays: no per-row SQL.
+_PG_WRITE_STATS = text(
+    "UPDATE desktops AS d SET cpu_usage = r.cpu_usage, mem_usage = r.mem_usage, host_id = :host_id "
+    "FROM unnest(CAST(:ids AS varchar[]), CAST(:cpu AS integer[]), CAST(:mem AS integer[])) "
+    "AS r(id, cpu_usage, mem_usage) WHERE d.id = r.id")
+
+
+def _write_stats(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Figures of many desktops in one statement on Postgres; executemany elsewhere (the embedded SQLite)."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(update(Desktop), rows)
+        return
+    session.execute(_PG_WRITE_STATS, {"host_id": rows[0]["host_id"], "ids": [r["id"] for r in rows],
+                                      "cpu": [r["cpu_usage"] for r in rows], "mem": [r["mem_usage"] for r in rows]})
 
 
 def _percent(value: Any) -> int:
