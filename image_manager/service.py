@@ -56,8 +56,6 @@ SNAPSHOT_IN_PREVIEW = "in_preview"
 
 LIVE_SESSION_STATES = (SessionState.CONNECTED, SessionState.DISCONNECTED)
 
-# The jobs this module enqueues live there; registering here makes them known wherever the service is used.
-jobs.register_task_module("image_manager.tasks")
 IMPORT_FORMATS = ("qcow2", "raw")
 
 

@@ -10,9 +10,7 @@ from fastapi.responses import RedirectResponse
 from manager import db
 from manager.api.common import install_error_handlers
 from manager.api.broker import router as broker_router
-from manager.api.broker import router as broker_router
 from manager.api.crud import crud_router
-from manager.api.desktop_actions import router as desktop_actions_router
 from manager.api.desktop_actions import router as desktop_actions_router
 from manager.api.identity import router as identity_router
 from manager.api.images import router as images_router
@@ -20,7 +18,6 @@ from manager.api.resources import RESOURCES
 from manager.api.search import router as search_router
 from manager.api.system import router as system_router
 from manager.config import Settings, get_settings
-from manager.jobs import register_task_module
 
 API_PREFIX = "/api/v1"
 
@@ -31,7 +28,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if configure_db:
         db.configure(settings.effective_database_url)
-    register_task_module("image_manager.tasks")
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         from manager.monitor import LivenessMonitor
@@ -54,8 +51,6 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
     install_error_handlers(app)
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(system_router)
-    api.include_router(broker_router)
-    api.include_router(desktop_actions_router)
     api.include_router(broker_router)
     api.include_router(desktop_actions_router)
     api.include_router(identity_router)

@@ -29,8 +29,14 @@ from manager.models import Job, utcnow
 
 log = logging.getLogger(__name__)
 
-# Modules whose import registers tasks. Workers import them all before taking work.
-TASK_MODULES = ["manager.storage_tasks"]
+# Every module whose import registers tasks. Any runner (a Celery worker, the in-process pool) imports them
+# all before taking work, so a job kind is known wherever it runs.
+TASK_MODULES = [
+    "manager.storage_tasks",
+    "manager.identity.sync_tasks",
+    "manager.provisioning.tasks",
+    "image_manager.tasks",
+]
 
 TaskFn = Callable[..., dict[str, Any] | None]
 _TASKS: dict[str, TaskFn] = {}
@@ -47,12 +53,6 @@ def task(kind: str) -> Callable[[TaskFn], TaskFn]:
 def load_task_modules() -> None:
     for name in TASK_MODULES:
         importlib.import_module(name)
-
-
-def register_task_module(module: str) -> None:
-    """Packages outside the manager (image_manager, broker, ...) add their task modules here at wiring time."""
-    if module not in TASK_MODULES:
-        TASK_MODULES.append(module)
 
 
 class JobCancelled(Exception):

@@ -85,7 +85,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _vdi_error(_request: Request, exc: VdiError) -> JSONResponse:
         if exc.status >= 500 and not exc.expected:
             log.error("unexpected %s: %s", exc.code, exc.message)
-        return JSONResponse(exc.to_dict(), status_code=exc.status)
+        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,5 +1,2 @@
 """Provisioning: desktops from template versions (placement, overlays, domains), power actions as
 compare-and-swap, pool growth/shrink, resets and lease reclaim. See service.py, power.py, tasks.py."""
-from manager.jobs import register_task_module
-
-register_task_module("manager.provisioning.tasks")

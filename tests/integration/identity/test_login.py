@@ -135,8 +135,6 @@ def test_five_failures_lock_the_login_and_success_resets(ad, ad_env, anon_client
         assert set(session.scalars(select(LoginAttempt.login))) == {"user012"}
 
 
-@pytest.mark.xfail(reason="manager/api/common.py's VdiError handler does not send exc.headers yet "
-                          "(LoginThrottled carries Retry-After)", strict=False)
 def test_throttled_login_sends_retry_after(ad, ad_env, anon_client):
     for _ in range(5):
         login(anon_client, "user016", "wrong")
