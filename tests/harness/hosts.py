@@ -12,7 +12,8 @@ namespaces plus a network namespace of its own, wired to a bridge in the root na
                                                                  agent listens on <that address>:8470
 
 So `agent_url(name)` is reachable from the tests, and a manager the agents should reach listens on
-`cluster.manager_address` (the bridge address; root-namespace programs reach it too).
+`cluster.manager_address` (the bridge address; root-namespace programs reach it too): make the
+cluster, start the manager on that address, set `cluster.manager_url`, then start the hosts.
 `partition_host()` takes the host's link down: neither side can reach the other, while the host's
 guests and libvirtd carry on. Addresses come from 198.18.0.0/15 (reserved for network testing) and
 exist only on the bridge and veth pairs the cluster creates; traffic never leaves this machine.
@@ -125,6 +126,8 @@ class HostCluster:
         manager_url: str | None = None,
         network: bool = True,
         agent_argv: Callable[["HostCluster", Host], list[str]] | None = None,
+        agent_options: list[str] | None = None,
+        domain_types: str = os.environ.get("VDI_NODE_DOMAIN_TYPES", "qemu"),
         python: str = sys.executable,
     ) -> None:
         """Prepare an empty cluster (no host runs yet).
@@ -132,10 +135,15 @@ class HostCluster:
         base_dir: where host state and shared storage go (default: a new /tmp/vdi-cluster-* directory,
             world-traversable because QEMU runs as its own user and must reach the shared images).
         agents: start a node agent per host; None = when hypervisor_node.agent is importable.
-        manager_url: passed to the agents as --manager (default http://<manager_address>:8400).
+        manager_url: passed to the agents as --manager; None = agents send no heartbeat. A manager the
+            agents must reach listens on `manager_address` (the cluster's bridge address).
         network: give each agent its own network namespace (needed by partition_host); when False the
             agents listen on free 127.0.0.1 ports instead.
         agent_argv: build a different agent command line (e.g. to plug in a test server).
+        agent_options: extra agent arguments, e.g. ["--heartbeat-seconds", "1"].
+        domain_types: the agents' --domain-types ("qemu": TCG, because nested KVM fails on these
+            machines; see docs/real-hypervisors.md). The shared directory is a local directory libvirt
+            cannot recognise as shared, so agents also get --trust-shared-storage (live migration).
         """
         _require_root_tools()
         if base_dir is None:
@@ -152,6 +160,8 @@ class HostCluster:
         self.python = python
         self.agents = agents if agents is not None else agent_module_available()
         self.agent_argv = agent_argv
+        self.agent_options = list(agent_options or [])
+        self.domain_types = domain_types
         self.network = network
         self._hosts: dict[str, Host] = {}
         self._closed = False
@@ -161,7 +171,7 @@ class HostCluster:
         if network:
             _clean_stale_clusters()
             self._create_bridge()
-        self.manager_url = manager_url or f"http://{self.manager_address}:8400"
+        self.manager_url = manager_url
 
     # ---- context manager ------------------------------------------------------------------------
     def __enter__(self) -> "HostCluster":
@@ -295,6 +305,11 @@ class HostCluster:
         for pid in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        if host.agent_process is not None and host.agent_process.poll() is None:
+            # nsenter (outside the host, our child) stops itself when the agent is stopped; wake it so
+            # it reaps the dead agent, or the PID namespace can never finish dying.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(host.agent_process.pid, signal.SIGCONT)
         self._reap_init(host, timeout=30.0)
         if host.agent_process is not None:
             _wait_process(host.agent_process, 10.0)
@@ -428,9 +443,14 @@ class HostCluster:
         return host
 
     def _default_agent_argv(self, host: Host) -> list[str]:
-        return [self.python, "-m", "hypervisor_node.agent", "--name", host.name,
+        argv = [self.python, "-m", "hypervisor_node.agent", "--name", host.name,
                 "--libvirt-uri", self.uri(host.name), "--listen", f"{host.address}:{host.agent_port}",
-                "--manager", self.manager_url, "--token", host.token]
+                "--token", host.token, "--trust-shared-storage"]
+        if self.domain_types:
+            argv += ["--domain-types", self.domain_types]
+        if self.manager_url:
+            argv += ["--manager", self.manager_url]
+        return argv + self.agent_options
 
     def _start_agent(self, host: Host) -> None:
         argv = (self.agent_argv or HostCluster._default_agent_argv)(self, host)
@@ -523,16 +543,14 @@ def _used_subnets() -> set[str]:
 
 
 def _copy_qemu_config(target: Path) -> None:
-    """A private /etc/libvirt/qemu, without autostarted networks (they would all fight for virbr0)."""
-    if any(target.iterdir()):
-        return
-    source = Path("/etc/libvirt/qemu")
+    """A private /etc/libvirt/qemu for a new host: the network definitions of this machine, but none
+    of its domains (a fresh host has none) and no autostarted network (all hosts would fight for virbr0)."""
+    networks = target / "networks"
+    (networks / "autostart").mkdir(parents=True, exist_ok=True)
+    source = Path("/etc/libvirt/qemu/networks")
     if source.is_dir():
-        shutil.copytree(source, target, dirs_exist_ok=True, symlinks=True)
-    autostart = target / "networks" / "autostart"
-    if autostart.is_dir():
-        for link in autostart.iterdir():
-            link.unlink()
+        for definition in source.glob("*.xml"):
+            shutil.copy2(definition, networks / definition.name)
 
 
 def _read(path: str) -> str:

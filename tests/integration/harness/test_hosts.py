@@ -194,13 +194,21 @@ def test_power_off_takes_the_agent_down_and_restart_brings_it_back(host_cluster_
 
 
 @pytest.mark.skipif(not agent_module_available(), reason="hypervisor_node.agent does not exist yet")
-def test_real_node_agents_answer_and_can_be_partitioned(host_cluster_factory):
+def test_real_node_agents_run_on_their_hosts_and_can_be_partitioned(host_cluster_factory):
     cluster = host_cluster_factory(hosts=2)
     assert cluster.agents
     for name in ("host1", "host2"):
-        response = httpx.get(cluster.agent_url(name), headers={"Authorization": f"Bearer {cluster.token(name)}"},
-                             timeout=5.0)
-        assert response.status_code < 500
+        url = f"{cluster.agent_url(name)}/v1/health"
+        assert httpx.get(url, timeout=10.0).status_code == 401  # the token is required
+        health = httpx.get(url, headers={"Authorization": f"Bearer {cluster.token(name)}"}, timeout=10.0)
+        assert health.status_code == 200, health.text
+        assert health.json()["node"] == name
+    # host1's token does not open host2's agent
+    wrong = httpx.get(f"{cluster.agent_url('host2')}/v1/health",
+                      headers={"Authorization": f"Bearer {cluster.token('host1')}"}, timeout=10.0)
+    assert wrong.status_code == 401
+    assert cluster.pids("host1").agent and cluster.pids("host1").agent != cluster.pids("host2").agent
+
     cluster.partition_host("host1")
     assert not _reachable(cluster.agent_url("host1")) and _reachable(cluster.agent_url("host2"))
     cluster.heal_host("host1")
@@ -208,6 +216,82 @@ def test_real_node_agents_answer_and_can_be_partitioned(host_cluster_factory):
     while not _reachable(cluster.agent_url("host1")) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _reachable(cluster.agent_url("host1"))
+
+    agent_pid = cluster.pids("host1").agent
+    cluster.kill_host("host1")
+    assert not _alive(agent_pid) and not _reachable(cluster.agent_url("host1"))
+    cluster.start_host("host1")
+    health = httpx.get(f"{cluster.agent_url('host1')}/v1/health",
+                       headers={"Authorization": f"Bearer {cluster.token('host1')}"}, timeout=10.0)
+    assert health.status_code == 200
+
+
+class _HeartbeatSink:
+    """Stands where the manager would: records which node's heartbeat POSTs arrive, and when."""
+
+    def __init__(self, address: str) -> None:
+        import http.server
+        import threading
+
+        self.seen: list[tuple[str, float]] = []
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.seen.append((self.path, time.monotonic()))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((address, 0), Handler)
+        self.url = f"http://{address}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def count(self, node: str, since: float = 0.0) -> int:
+        return sum(1 for path, at in self.seen if f"/nodes/{node}/" in path and at >= since)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.skipif(not agent_module_available(), reason="hypervisor_node.agent does not exist yet")
+def test_agents_reach_a_manager_on_the_bridge_until_partitioned():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with HostCluster(agent_options=["--heartbeat-seconds", "0.5"]) as probe_cluster:
+        sink = _HeartbeatSink(probe_cluster.manager_address)
+        try:
+            probe_cluster.manager_url = sink.url
+            for name in ("host1", "host2"):
+                probe_cluster.start_host(name)
+            _wait_until(lambda: sink.count("host1") and sink.count("host2"), 30)
+
+            probe_cluster.partition_host("host1")
+            time.sleep(2)  # let an in-flight heartbeat land
+            cut = time.monotonic()
+            time.sleep(3)
+            assert sink.count("host1", since=cut) == 0
+            assert sink.count("host2", since=cut) > 0
+
+            probe_cluster.heal_host("host1")
+            healed = time.monotonic()
+            _wait_until(lambda: sink.count("host1", since=healed), 30)
+        finally:
+            sink.close()
+
+
+def _wait_until(condition, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {seconds} s")
+        time.sleep(0.2)
 
 
 def test_cluster_cleans_up_everything_it_made():
