@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import libvirt
@@ -226,6 +227,21 @@ def test_real_node_agents_run_on_their_hosts_and_can_be_partitioned(host_cluster
     assert health.status_code == 200
 
 
+@pytest.mark.skipif(not agent_module_available(), reason="hypervisor_node.agent does not exist yet")
+def test_without_network_namespaces_agents_listen_on_loopback(host_cluster_factory):
+    from tests.harness.hosts import HarnessError
+
+    cluster = host_cluster_factory(hosts=2, network=False)
+    urls = [cluster.agent_url(name) for name in ("host1", "host2")]
+    assert all(url.startswith("http://127.0.0.1:") for url in urls) and urls[0] != urls[1]
+    for name in ("host1", "host2"):
+        health = httpx.get(f"{cluster.agent_url(name)}/v1/health",
+                           headers={"Authorization": f"Bearer {cluster.token(name)}"}, timeout=10.0)
+        assert health.status_code == 200 and health.json()["node"] == name
+    with pytest.raises(HarnessError, match="network namespace"):
+        cluster.partition_host("host1")
+
+
 class _HeartbeatSink:
     """Stands where the manager would: records which node's heartbeat POSTs arrive, and when."""
 
@@ -307,3 +323,27 @@ def test_cluster_cleans_up_everything_it_made():
     assert not any(_alive(pid) for pid in pids)
     assert netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0
+
+
+def test_host_paths_names_and_uris_without_starting_anything(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from tests.harness.hosts import HarnessError
+
+    with HostCluster(tmp_path / "cluster", agents=False, network=False) as cluster:
+        host = cluster._new_host("host1")
+        assert cluster.uri("host1") == f"qemu:///system?socket={host.base}/run/libvirt/libvirt-sock"
+        channel = "/var/lib/libvirt/qemu/channel/target/domain-1-d/org.vdi.guest_agent.0"
+        assert cluster.host_path("host1", channel) == host.base / "lib/qemu/channel/target/domain-1-d/org.vdi.guest_agent.0"
+        assert cluster.host_path("host1", "/run/libvirt/libvirt-sock") == host.base / "run/libvirt/libvirt-sock"
+        assert cluster.host_path("host1", "/etc/libvirt/qemu/d.xml") == host.base / "etc-qemu/d.xml"
+        assert cluster.host_path("host1", "/var/lib/libvirtx") == Path("/var/lib/libvirtx")
+        assert list((host.base / "etc-qemu").glob("*.xml")) == []  # no domains copied from this machine
+        assert 'host_uuid = "' in (host.base / "libvirtd.conf").read_text()
+        assert cluster.pids("host1").all() == [] and not cluster.is_running("host1")
+        for bad in ("Host1", "1host", "a" * 17, "a/b"):
+            with pytest.raises(HarnessError, match="host name"):
+                cluster.start_host(bad)
+        with pytest.raises(HarnessError, match="no host named"):
+            cluster.uri("absent")
+    assert (tmp_path / "cluster").is_dir()  # a directory the caller gave is not deleted
