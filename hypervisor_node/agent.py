@@ -407,6 +407,9 @@ def build_parser(prog: str = "vdi node") -> argparse.ArgumentParser:
     parser.add_argument("--domain-types", default=os.environ.get("VDI_NODE_DOMAIN_TYPES", ""),
                         help="comma-separated domain types to offer, e.g. 'qemu' where nested KVM fails "
                              "(default: all libvirt reports)")
+    parser.add_argument("--trust-shared-storage", action="store_true",
+                        help="the image directory is shared storage libvirt cannot recognise (not NFS/GFS2/"
+                             "Ceph): allow live migration anyway")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -425,7 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     domain_types = [t.strip() for t in args.domain_types.split(",") if t.strip()] or None
-    driver = LibvirtDriver(args.libvirt_uri, manager_id=args.manager_id, domain_types=domain_types)
+    driver = LibvirtDriver(args.libvirt_uri, manager_id=args.manager_id, domain_types=domain_types,
+                           trust_shared_storage=args.trust_shared_storage)
     heartbeat = None
     if args.manager:
         heartbeat = Heartbeat(driver, args.name, args.manager, args.token, args.heartbeat_seconds)

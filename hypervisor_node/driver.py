@@ -193,8 +193,15 @@ class LibvirtDriver:
         manager_id: str = DEFAULT_MANAGER_ID,
         domain_types: list[str] | None = None,
         sys_root: str = "/sys",
+        trust_shared_storage: bool = False,
     ) -> None:
-        """`domain_types` restricts what capabilities() offers (e.g. ["qemu"] where KVM is broken)."""
+        """`domain_types` restricts what capabilities() offers (e.g. ["qemu"] where KVM is broken).
+
+        `trust_shared_storage`: libvirt recognises shared storage by file-system type (NFS, GFS2, Ceph...)
+        and refuses a live migration it cannot prove safe. Set it on hosts whose image directory IS
+        shared but not recognisable (a bind-mounted or cluster directory): migrations then pass
+        VIR_MIGRATE_UNSAFE. Disks are never copied either way.
+        """
         if not manager_id:
             raise Invalid("manager_id must not be empty: it is the ownership stamp on our domains")
         self.uri = uri
@@ -209,6 +216,7 @@ class LibvirtDriver:
         self._cpu_lock = threading.Lock()
         self._guest_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._static_caps: HostCaps | None = None
+        self.trust_shared_storage = trust_shared_storage
 
     # ---- the seam ----------------------------------------------------------------------------------
     def _run(self, action: Callable[[libvirt.virConnect], T], name: str | None = None,
@@ -504,6 +512,8 @@ class LibvirtDriver:
                 # shared storage: no disk copy flags; the definition moves with the guest
                 flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
                          | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+                if self.trust_shared_storage:
+                    flags |= libvirt.VIR_MIGRATE_UNSAFE
                 dom.migrate3(dest, params, flags)
             finally:
                 self._close_quietly(dest)

@@ -1,0 +1,284 @@
+"""Fixtures for the node agent against real libvirt: the system libvirtd, shared storage, demo guests,
+agent processes and a heartbeat receiver standing in for the manager's endpoint.
+
+`system_libvirtd` is reusable by any area: it connects to qemu:///system, starting virtlogd and libvirtd
+first when they are not running (as docs/real-hypervisors.md describes). It leaves them running at the
+end, like the Postgres and Redis servers the suite also expects: other test sessions may be using them.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core.specs import DesktopSpec
+from tests.unit.node.conftest import private_test_uri
+
+REPO = Path(__file__).resolve().parents[3]
+SYSTEM_URI = "qemu:///system"
+LIBVIRTD_SOCKET = Path("/var/run/libvirt/libvirt-sock")
+# Somewhere QEMU (running as libvirt-qemu) can reach: pytest's tmp dirs are private to root.
+SHARED_ROOT = Path(os.environ.get("VDI_TEST_SHARED_DIR", "/var/tmp/vdi-node-tests"))
+
+
+def _libvirt_answers(uri: str = SYSTEM_URI) -> bool:
+    result = subprocess.run(["virsh", "-c", uri, "version"], capture_output=True, timeout=30)
+    return result.returncode == 0
+
+
+def ensure_kvm_device_group() -> None:
+    """Give /dev/kvm the owner udev gives it on Debian (root:kvm 0660) where no udev ran (containers).
+
+    With /dev/kvm root-only, libvirt 9.0 probes QEMU as root (KVM usable) but then checks KVM as the
+    libvirt-qemu user (not usable), decides its capability cache is stale and probes again on EVERY
+    call: each define or start then takes seconds to minutes. Guests stay TCG either way (designer).
+    """
+    import grp
+    import stat
+
+    try:
+        info = os.stat("/dev/kvm")
+        kvm_gid = grp.getgrnam("kvm").gr_gid
+    except (FileNotFoundError, KeyError):
+        return
+    if os.geteuid() == 0 and (info.st_gid != kvm_gid or not info.st_mode & stat.S_IRWXG):
+        os.chown("/dev/kvm", 0, kvm_gid)
+        os.chmod("/dev/kvm", 0o660)
+
+
+def ensure_system_libvirtd(timeout: float = 60.0) -> None:
+    """Make qemu:///system answer, starting virtlogd and libvirtd (daemonised) if needed."""
+    ensure_kvm_device_group()
+    missing = [t for t in ("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "qemu-img") if not shutil.which(t)]
+    if missing:
+        pytest.skip(f"missing {missing}: install libvirt-daemon-system, libvirt-clients, qemu-system-x86, qemu-utils")
+    if _libvirt_answers():
+        return
+    if os.geteuid() != 0:
+        pytest.skip("qemu:///system does not answer and only root can start libvirtd")
+    for directory in ("/var/log/libvirt", "/var/run/libvirt"):
+        os.makedirs(directory, exist_ok=True)
+    if subprocess.run(["pgrep", "-x", "virtlogd"], capture_output=True).returncode != 0:
+        subprocess.run(["virtlogd", "-d"], check=True)
+    if subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode != 0:
+        subprocess.run(["libvirtd", "-d"], check=True)
+    deadline = time.monotonic() + timeout
+    while not _libvirt_answers():
+        if time.monotonic() > deadline:
+            pytest.fail(f"libvirtd did not answer on {SYSTEM_URI} within {timeout} s")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def system_libvirtd() -> str:
+    """The URI of the machine's real libvirtd (qemu:///system), started if it was not running."""
+    ensure_system_libvirtd()
+    return SYSTEM_URI
+
+
+@pytest.fixture(scope="session")
+def shared_storage() -> Iterator[Path]:
+    """A directory playing the shared image store, readable by QEMU's user; removed at the end."""
+    base = SHARED_ROOT / f"run-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    base.mkdir(parents=True)
+    for directory in (SHARED_ROOT, base):
+        os.chmod(directory, 0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def published_demo_image(shared_storage):
+    """The demo desktop (image_manager.demo_image) copied onto the test's shared storage."""
+    from image_manager.demo_image import ensure_demo_image
+
+    return ensure_demo_image().publish(shared_storage / "templates")
+
+
+def make_overlay(template: Path, path: Path) -> Path:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(template), "-F", "qcow2", str(path)],
+                   check=True)
+    return path
+
+
+def make_blank_disk(path: Path) -> Path:
+    """An empty disk: the guest sits in the BIOS ('no bootable device') and ignores ACPI power buttons."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
+    return path
+
+
+def unique_manager_id(prefix: str = "node-tests") -> str:
+    """A manager id of its own, so this test sees only its domains on the shared system libvirtd."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_owned_domains(driver) -> None:
+    """Power off and undefine every domain `driver` owns (test clean-up; never touches other domains)."""
+    for info in driver.list_domains():
+        try:
+            driver.poweroff(info.uuid)
+            driver.undefine(info.uuid)
+        except Exception as exc:  # clean-up must go on; the next test would show a leftover
+            print(f"clean-up of {info.uuid} failed: {exc}", file=sys.stderr)
+
+
+def demo_spec(image, disk: Path, serial_log: Path, name: str | None = None, **overrides) -> DesktopSpec:
+    name = name or f"node-it-{uuid.uuid4().hex[:8]}"
+    fields = dict(uuid=str(uuid.uuid4()), name=name, vcpus=1, memory_mib=192, disk_path=str(disk),
+                  kernel=str(image.kernel), initrd=str(image.initrd), cmdline=image.cmdline(hostname=name),
+                  serial_log=str(serial_log), sound=False, spice_password="first-ticket",
+                  spice_password_valid_to="2099-01-01T00:00:00", domain_type="qemu")
+    fields.update(overrides)
+    return DesktopSpec(**fields)
+
+
+# ---- processes ------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class AgentProcess:
+    """`python -m hypervisor_node.agent` as a real process on loopback; stopped by its own pid."""
+
+    def __init__(self, libvirt_uri: str, token: str, *, manager_url: str = "", manager_id: str = "",
+                 heartbeat_seconds: float = 0.5, log_path: Path | None = None) -> None:
+        self.libvirt_uri = libvirt_uri
+        self.token = token
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.manager_url = manager_url
+        self.manager_id = manager_id
+        self.heartbeat_seconds = heartbeat_seconds
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> "AgentProcess":
+        argv = [sys.executable, "-m", "hypervisor_node.agent", "--name", "node-it",
+                "--libvirt-uri", self.libvirt_uri, "--listen", f"127.0.0.1:{self.port}",
+                "--heartbeat-seconds", str(self.heartbeat_seconds), "--domain-types", "qemu,test"]
+        if self.manager_url:
+            argv += ["--manager", self.manager_url]
+        if self.manager_id:
+            argv += ["--manager-id", self.manager_id]
+        env = dict(os.environ, VDI_NODE_TOKEN=self.token)
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the agent exited with {self.process.returncode} while starting")
+            try:
+                httpx.get(f"{self.url}/v1/health", timeout=2)  # any answer (even 401) means it serves
+                return self
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the agent did not listen on {self.url} within {timeout} s") from None
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL: the agent dies without any chance to clean up."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> int:
+        """SIGTERM, the orderly stop; returns the exit status."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def agent_processes() -> Iterator[list[AgentProcess]]:
+    """Agents a test starts (append them); each is stopped by pid at the end."""
+    started: list[AgentProcess] = []
+    yield started
+    for agent in started:
+        agent.stop()
+
+
+@dataclass
+class Beat:
+    path: str
+    authorization: str
+    body: dict
+
+
+class HeartbeatReceiver:
+    """An HTTP endpoint on loopback that accepts heartbeats the way the manager's does, and keeps them."""
+
+    def __init__(self) -> None:
+        self.beats: list[Beat] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length))
+                with receiver._lock:
+                    receiver.beats.append(Beat(self.path, self.headers.get("Authorization", ""), body))
+                payload = b'{"ok": true}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def received(self) -> list[Beat]:
+        with self._lock:
+            return list(self.beats)
+
+    def wait_for(self, predicate, timeout: float = 30.0) -> Beat:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for beat in self.received():
+                if predicate(beat):
+                    return beat
+            time.sleep(0.1)
+        raise TimeoutError(f"no matching heartbeat within {timeout} s ({len(self.received())} received)")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def heartbeat_receiver() -> Iterator[HeartbeatReceiver]:
+    receiver = HeartbeatReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def test_driver_uri(tmp_path) -> str:
+    return private_test_uri(tmp_path)
