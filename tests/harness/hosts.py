@@ -146,6 +146,7 @@ class HostCluster:
             cannot recognise as shared, so agents also get --trust-shared-storage (live migration).
         """
         _require_root_tools()
+        ensure_kvm_device_group()
         if base_dir is None:
             base_dir = tempfile.mkdtemp(prefix="vdi-cluster-", dir="/tmp")
             self._owns_base = True
@@ -520,6 +521,26 @@ def agent_module_available() -> bool:
         return importlib.util.find_spec("hypervisor_node.agent") is not None
     except ModuleNotFoundError:
         return False
+
+
+def ensure_kvm_device_group() -> None:
+    """Give /dev/kvm the owner udev gives it on Debian (root:kvm 0660) where no udev ran (containers).
+
+    With /dev/kvm root-only, libvirt 9.0 probes QEMU's capabilities as root but then checks KVM as the
+    libvirt-qemu user, decides its cache is stale and re-probes QEMU on every define/start (seconds each,
+    per host). Guests stay TCG either way: the designer picks the domain type.
+    """
+    import grp
+    import stat
+
+    try:
+        info = os.stat("/dev/kvm")
+        kvm_gid = grp.getgrnam("kvm").gr_gid
+    except (FileNotFoundError, KeyError):
+        return
+    if os.geteuid() == 0 and (info.st_gid != kvm_gid or not info.st_mode & stat.S_IRWXG):
+        os.chown("/dev/kvm", 0, kvm_gid)
+        os.chmod("/dev/kvm", 0o660)
 
 
 def _require_root_tools() -> None:
