@@ -6,6 +6,7 @@ Node calls never happen inside a database transaction that holds row locks.
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,8 @@ from core.errors import NodeUnreachable, Unavailable
 from core.specs import DesktopSpec
 from manager.models import Desktop, Host
 
-NODE_TIMEOUT_S = 30.0
+# A busy libvirtd can take tens of seconds for one call (capability probing); slow calls get more on top.
+NODE_TIMEOUT_S = float(os.environ.get("VDI_NODE_TIMEOUT_SECONDS", "60"))
 _clients: dict[tuple[str, str], Any] = {}
 _clients_lock = threading.Lock()
 

@@ -1,0 +1,322 @@
+"""Acceptance on real guests (QEMU under the machine's libvirtd, the demo desktop image, a node agent process):
+- automatic pool: a user connects over SPICE, writes a file in the guest, logs off; the next user gets a clean
+  desktop (the file is gone: the overlay was reset to the template);
+- manual pool: the same user finds the file again, even after the desktop was powered off and started;
+- time-based pool: the lease expires, the desktop is reclaimed and its overlay is fresh again;
+- tickets: each connect sets a new SPICE password on the running domain with passwdValidTo = its expiry
+  (read back from the live XML), and the password is never written to the event log or the logs.
+At most one guest runs at a time."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from tests.integration.broker.conftest import API, Agent, bearer, free_port, wait_for_jobs
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
+SYSTEM_URI = "qemu:///system"
+SHARED_ROOT = Path(os.environ.get("VDI_TEST_SHARED_DIR", "/var/tmp/vdi-broker-tests"))
+SPICE = {"protocols": ["spice"], "address": "127.0.0.1"}
+
+
+def virsh(*args: str) -> str:
+    return subprocess.run(["virsh", "-c", SYSTEM_URI, *args], capture_output=True, text=True, check=True,
+                          timeout=60).stdout
+
+
+@pytest.fixture(scope="module")
+def real_node() -> Agent:
+    """A node agent on the real libvirtd, seeing only the domains it defines (its own manager id)."""
+    from manager.provisioning import nodes
+
+    # The machine's libvirtd is shared and can be slow (seconds to a minute per call under load).
+    saved_timeout, nodes.NODE_TIMEOUT_S = nodes.NODE_TIMEOUT_S, 300.0
+    if not shutil.which("virsh") or subprocess.run(["virsh", "-c", SYSTEM_URI, "version"], capture_output=True,
+                                                   timeout=30).returncode != 0:
+        pytest.skip("qemu:///system does not answer: start libvirtd (see docs/real-hypervisors.md)")
+    SHARED_ROOT.mkdir(parents=True, exist_ok=True)
+    os.chmod(SHARED_ROOT, 0o755)
+    work = SHARED_ROOT / f"run-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    work.mkdir()
+    os.chmod(work, 0o755)
+    port, token = free_port(), f"tok-{uuid.uuid4().hex}"
+    log = work / "agent.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "hypervisor_node.agent", "--name", "real1", "--libvirt-uri",
+                                 SYSTEM_URI, "--listen", f"127.0.0.1:{port}", "--token", token, "--manager-id",
+                                 f"broker-tests-{uuid.uuid4().hex[:8]}", "--log-level", "WARNING",
+                                 # nested KVM cannot run these guests here (real-hypervisors.md): TCG
+                                 "--domain-types", os.environ.get("VDI_NODE_DOMAIN_TYPES", "qemu")],
+                                cwd=Path(__file__).resolve().parents[3], stdout=out, stderr=subprocess.STDOUT)
+    agent = Agent("real1", f"http://127.0.0.1:{port}", token, proc, log)
+    deadline = time.monotonic() + 180  # the first libvirt call can be slow on a busy machine
+    while True:
+        try:
+            if httpx.get(f"{agent.url}/v1/health", headers=bearer(token), timeout=60).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            agent.stop()
+            text = log.read_text()[-2000:]
+            shutil.rmtree(work, ignore_errors=True)
+            pytest.fail(f"the node agent did not start: {text}")
+        time.sleep(0.2)
+    agent.work = work  # type: ignore[attr-defined]
+    yield agent
+    # remove whatever domains we left (powered off first), then the files
+    domains = httpx.get(f"{agent.url}/v1/domains", headers=bearer(token)).json()["domains"]
+    for d in domains:
+        httpx.post(f"{agent.url}/v1/domains/{d['uuid']}/poweroff", headers=bearer(token), timeout=60)
+        httpx.delete(f"{agent.url}/v1/domains/{d['uuid']}", headers=bearer(token), timeout=60)
+    agent.stop()
+    shutil.rmtree(work, ignore_errors=True)
+    nodes.NODE_TIMEOUT_S = saved_timeout
+
+
+@pytest.fixture(scope="module")
+def published_image(real_node):
+    from image_manager.demo_image import ensure_demo_image
+
+    return ensure_demo_image().publish(real_node.work / "templates")
+
+
+def setup_pool(real_node, image, pool_type: str, **fields) -> str:
+    """A one-desktop pool on the real host, provisioned through the manager's own code."""
+    from core.enums import HostStatus, OsType, PoolType
+    from manager import db
+    from manager.models import Cluster, Host, Pool, Template, TemplateVersion, Volume
+    from manager.provisioning.tasks import grow_pool
+
+    tag = uuid.uuid4().hex[:6]
+    with db.session_scope() as s:
+        host = s.scalar(select(Host).where(Host.name == "real1"))
+        if host is None:
+            cluster = Cluster(name=f"real-{tag}")
+            s.add(cluster)
+            s.flush()
+            s.add(Host(name="real1", cluster_id=cluster.id, agent_url=real_node.url, agent_token=real_node.token,
+                       address="127.0.0.1", status=HostStatus.UP, memory_mib=8192, free_memory_mib=4096))
+        volume = s.scalar(select(Volume).where(Volume.path == str(image.template)))
+        if volume is None:
+            volume = Volume(path=str(image.template), role="template", virtual_size=64 << 20)
+            s.add(volume)
+            s.flush()
+        tpl = Template(name=f"demo-{tag}", os_type=OsType.OTHER_LINUX, memory_mib=256, boot_kernel=str(image.kernel),
+                       boot_initrd=str(image.initrd), boot_cmdline=image.cmdline())
+        s.add(tpl)
+        s.flush()
+        version = TemplateVersion(template_id=tpl.id, number=1, volume_id=volume.id)
+        s.add(version)
+        s.flush()
+        tpl.latest_version_id = version.id
+        pool = Pool(name=f"{pool_type}-{tag}", pool_type=PoolType(pool_type), template_id=tpl.id, size=1,
+                    name_pattern=f"{pool_type[:4]}{tag}-##", memory_mib=256, **fields)
+        s.add(pool)
+        s.flush()
+        pool_id = pool.id
+    assert grow_pool(None, pool_id, 1)["created"] == 1
+    return pool_id
+
+
+def guest(agent: Agent, desktop_id: str, command: str, timeout: float = 10.0) -> str:
+    from manager.nodes.client import NodeClient
+
+    with NodeClient(agent.url, agent.token, timeout=timeout + 5) as client:
+        return client.guest(desktop_id, command, timeout=timeout)
+
+
+def wait_guest_ready(agent: Agent, desktop_id: str, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            last = guest(agent, desktop_id, "ping", timeout=5)
+            if last == "pong":
+                return
+        except Exception as exc:  # the agent is not up yet (no reply, socket not ready): keep asking
+            last = str(exc)
+        time.sleep(2)
+    raise AssertionError(f"the guest agent of {desktop_id} did not answer within {timeout} s: {last}")
+
+
+def live_graphics(desktop_id: str) -> dict[str, dict[str, str]]:
+    xml = ET.fromstring(virsh("dumpxml", "--security-info", desktop_id))
+    return {g.get("type"): dict(g.attrib) for g in xml.findall("devices/graphics")}
+
+
+def connect(client, token, pool_id):
+    r = client.post(f"{API}/broker/connect", json={"pool_id": pool_id, "client": SPICE}, headers=bearer(token))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def logoff(client, token, session_id):
+    r = client.post(f"{API}/broker/logoff", json={"session_id": session_id}, headers=bearer(token))
+    assert r.status_code == 200, r.text
+
+
+def test_pools_on_real_guests(real_node, published_image, world, anon_client, client, caplog):
+    from image_manager import qcow2
+    from manager import db
+    from manager.models import Desktop, Event, Volume
+
+    caplog.set_level(logging.DEBUG)
+    ann, ann_token = world.user("ann")
+    ben, ben_token = world.user("ben")
+
+    # ---- automatic: ann writes a file, logs off; ben gets the same desktop, clean --------------------------------
+    auto = setup_pool(real_node, published_image, "automatic")
+    for user in (ann, ben):
+        world.entitle(pool_id=auto, user_id=user)
+    first = connect(anon_client, ann_token, auto)
+    desktop_id = first["desktop_id"]
+    console = first["console"]
+    assert first["protocol"] == "spice" and console["port"] and console["password"]
+    vv = first["file"]["content"]
+    assert f"port={console['port']}" in vv and f"password={console['password']}" in vv
+    spice = live_graphics(desktop_id)["spice"]
+    assert spice["passwd"] == console["password"]  # the ticket is set on the running guest
+    expires = dt.datetime.fromisoformat(console["expires_at"])
+    assert spice["passwdValidTo"] == expires.strftime("%Y-%m-%dT%H:%M:%S")
+    assert dt.timedelta(seconds=100) < expires - dt.datetime.now(dt.timezone.utc) <= dt.timedelta(seconds=121)
+    assert live_graphics(desktop_id)["vnc"]["passwd"] == console["password"][:8]
+
+    wait_guest_ready(real_node, desktop_id)
+    assert guest(real_node, desktop_id, "write /home/user/notes.txt written by ann").startswith("ok")
+    assert guest(real_node, desktop_id, "read /home/user/notes.txt") == "written by ann"
+    logoff(anon_client, ann_token, first["session_id"])
+    wait_for_jobs(180)
+    with db.session_scope() as s:
+        d = s.get(Desktop, desktop_id)
+        assert d.assigned_user_id is None and d.task_state is None and d.power_state.value == "down"
+        disk = s.get(Volume, d.volume_id).path
+    assert qcow2.is_empty(disk)  # a fresh overlay: ann's changes are gone
+
+    second = connect(anon_client, ben_token, auto)
+    assert second["desktop_id"] == desktop_id
+    assert second["console"]["password"] != console["password"]  # a new ticket for a new connect
+    assert live_graphics(desktop_id)["spice"]["passwd"] == second["console"]["password"]
+    wait_guest_ready(real_node, desktop_id)
+    assert guest(real_node, desktop_id, "read /home/user/notes.txt").startswith("ERR no such file")
+    logoff(anon_client, ben_token, second["session_id"])
+    wait_for_jobs(180)
+
+    # ---- manual: the same user keeps the file, across a power cycle ------------------------------------------------
+    manual = setup_pool(real_node, published_image, "manual")
+    world.entitle(pool_id=manual, user_id=ann)
+    mine = connect(anon_client, ann_token, manual)
+    wait_guest_ready(real_node, mine["desktop_id"])
+    assert guest(real_node, mine["desktop_id"], "write /home/user/keep.txt still here").startswith("ok")
+    logoff(anon_client, ann_token, mine["session_id"])
+    wait_for_jobs(60)
+    off = client.post(f"{API}/desktops/{mine['desktop_id']}/poweroff")
+    assert off.status_code == 200 and off.json()["power_state"] == "down"
+    again = connect(anon_client, ann_token, manual)  # starts it again
+    assert again["desktop_id"] == mine["desktop_id"] and again["assignment"] == "existing"
+    wait_guest_ready(real_node, mine["desktop_id"])
+    assert guest(real_node, mine["desktop_id"], "read /home/user/keep.txt") == "still here"
+    client.post(f"{API}/desktops/{mine['desktop_id']}/poweroff")
+
+    # ---- time-based: the lease expires, the desktop is reclaimed and reset ---------------------------------------------
+    timed = setup_pool(real_node, published_image, "time_based", lease_seconds=3600)
+    world.entitle(pool_id=timed, user_id=ben)
+    lease = connect(anon_client, ben_token, timed)
+    wait_guest_ready(real_node, lease["desktop_id"])
+    assert guest(real_node, lease["desktop_id"], "write /home/user/lease.txt mine for now").startswith("ok")
+    with db.session_scope() as s:
+        s.get(Desktop, lease["desktop_id"]).lease_until = dt.datetime.now(dt.timezone.utc)
+    assert client.post(f"{API}/pools/{timed}/maintain").status_code == 202
+    wait_for_jobs(180)
+    with db.session_scope() as s:
+        d = s.get(Desktop, lease["desktop_id"])
+        assert d.assigned_user_id is None and d.power_state.value == "down" and d.task_state is None
+        assert qcow2.is_empty(s.get(Volume, d.volume_id).path)
+        expired = s.scalars(select(Event).where(Event.code == "desktop.lease_expired")).all()
+        assert [e.user_id for e in expired] == [ben]
+        # no ticket password ever reached the event log
+        messages = " ".join(s.scalars(select(Event.message)))
+    for password in (console["password"], second["console"]["password"], again["console"]["password"]):
+        assert password not in messages
+        assert password not in caplog.text
+
+
+def _des_ecb(key: bytes, data: bytes) -> bytes:
+    """DES as VNC authentication needs it, through the openssl command (no DES in Python's standard library)."""
+    out = subprocess.run(["openssl", "enc", "-des-ecb", "-K", key.hex(), "-nopad", "-provider", "legacy",
+                          "-provider", "default"], input=data, capture_output=True, check=True, timeout=10)
+    return out.stdout
+
+
+def vnc_password_accepted(port: int, password: str) -> bool:
+    """Run the RFB 3.8 handshake with VNC authentication against QEMU's display; True when QEMU accepts."""
+    import socket
+    import struct
+
+    def read(sock, n):
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("the VNC server closed the connection")
+            data += chunk
+        return data
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert read(sock, 12).startswith(b"RFB 003.")
+        sock.sendall(b"RFB 003.008\n")
+        count = read(sock, 1)[0]
+        types = read(sock, count)
+        assert 2 in types, f"VNC authentication not offered: {list(types)}"
+        sock.sendall(b"\x02")
+        challenge = read(sock, 16)
+        # VNC's DES key: the password's first 8 bytes, NUL-padded, each byte's bits reversed.
+        key = bytes(int(f"{b:08b}"[::-1], 2) for b in password.encode()[:8].ljust(8, b"\0"))
+        sock.sendall(_des_ecb(key, challenge))
+        return struct.unpack(">I", read(sock, 4))[0] == 0
+
+
+def test_a_ticket_works_only_before_its_expiry(real_node, published_image, world, anon_client, monkeypatch):
+    """A 5-second ticket: the live XML carries passwdValidTo 5 s ahead; QEMU's display accepts the password
+    before that and refuses the very same password after it; a fresh console file sets a new, working one."""
+    from manager.config import get_settings
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is needed to compute the VNC authentication response")
+    monkeypatch.setattr(get_settings(), "ticket_seconds", 5)
+    pool_id = setup_pool(real_node, published_image, "automatic")
+    user, token = world.user("tina")
+    world.entitle(pool_id=pool_id, user_id=user)
+    got = connect(anon_client, token, pool_id)
+    live = live_graphics(got["desktop_id"])
+    valid_to = dt.datetime.strptime(live["spice"]["passwdValidTo"], "%Y-%m-%dT%H:%M:%S").replace(
+        tzinfo=dt.timezone.utc)
+    now = dt.datetime.now(dt.timezone.utc)
+    assert now < valid_to <= now + dt.timedelta(seconds=6)
+    assert dt.datetime.fromisoformat(got["console"]["expires_at"]) == valid_to
+    vnc_port = int(live["vnc"]["port"])
+    password = got["console"]["password"]
+    assert vnc_password_accepted(vnc_port, password)
+    assert not vnc_password_accepted(vnc_port, "wrong-pw")
+    time.sleep(max(0.0, (valid_to - dt.datetime.now(dt.timezone.utc)).total_seconds()) + 2)
+    assert not vnc_password_accepted(vnc_port, password)  # expired: the same ticket opens nothing
+    renewed = anon_client.get(f"{API}/broker/sessions/{got['session_id']}/console-file", headers=bearer(token))
+    assert renewed.status_code == 200
+    new_password = re.search(r"^password=(.+)$", renewed.text, re.M).group(1)
+    assert live_graphics(got["desktop_id"])["spice"]["passwd"] == new_password != password
+    assert vnc_password_accepted(vnc_port, new_password)
+    anon_client.post(f"{API}/broker/logoff", json={"session_id": got["session_id"]}, headers=bearer(token))
+    wait_for_jobs(120)
