@@ -1,0 +1,168 @@
+"""The node driver and agent with a real QEMU (TCG) demo desktop booted from a qcow2 overlay.
+
+One guest for the module (the machine has 2 cores): it boots once and the tests look at it in turn.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import httpx
+import libvirt
+import pytest
+
+from core.errors import Conflict
+from hypervisor_node.driver import LibvirtDriver
+from tests.harness.guests import SerialLog
+
+from .conftest import AgentProcess, demo_spec, make_overlay, remove_owned_domains, unique_manager_id
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
+
+TOKEN = "real-guest-agent-token"
+
+
+class RunningDesktop:
+    def __init__(self, driver: LibvirtDriver, spec, serial: SerialLog, disk: Path, image) -> None:
+        self.driver = driver
+        self.spec = spec
+        self.serial = serial
+        self.disk = disk
+        self.image = image
+
+    @property
+    def uuid(self) -> str:
+        return self.spec.uuid
+
+    def live_xml(self, flags: int = 0) -> ET.Element:
+        return ET.fromstring(self.driver._run(lambda conn: conn.lookupByUUIDString(self.uuid).XMLDesc(flags)))
+
+    def qemu_pid(self) -> int:
+        return int(Path(f"/var/run/libvirt/qemu/{self.spec.name}.pid").read_text().strip())
+
+
+@pytest.fixture(scope="module")
+def desktop(system_libvirtd, shared_storage, published_demo_image):
+    manager_id = unique_manager_id("node-real")
+    driver = LibvirtDriver(system_libvirtd, manager_id=manager_id, domain_types=["qemu"])
+    workdir = shared_storage / manager_id
+    workdir.mkdir()
+    os.chmod(workdir, 0o755)
+    disk = make_overlay(published_demo_image.template, workdir / "desk.qcow2")
+    serial = SerialLog(workdir / "serial.log")
+    spec = demo_spec(published_demo_image, disk, serial.path)
+    driver.define(spec)
+    driver.start(spec.uuid)
+    serial.wait_for(r"VDI-AGENT ready", timeout=240)
+    yield RunningDesktop(driver, spec, serial, disk, published_demo_image)
+    remove_owned_domains(driver)
+    driver.close()
+
+
+def test_guest_boots_from_an_overlay_of_the_template(desktop):
+    boot = desktop.serial.wait_for(r"VDI-BOOT template=(\S+) hostname=(\S+)")[0]
+    # /template-id exists only in the template: reading it proves the overlay's backing chain works
+    assert boot.group(1) == desktop.image.template_id
+    assert boot.group(2) == desktop.spec.name
+    disk = desktop.live_xml().find("devices/disk")
+    assert disk.find("source").get("file") == str(desktop.disk)
+    assert disk.find("driver").get("type") == "qcow2"
+    assert disk.find("backingStore/source").get("file") == str(desktop.image.template)
+
+
+def test_guest_agent_answers_over_the_virtio_serial_socket(desktop):
+    assert desktop.driver.guest_call(desktop.uuid, "ping", timeout=30) == "pong"
+    assert desktop.driver.guest_call(desktop.uuid, "apps", timeout=30).split(",") == desktop.image.apps
+    assert desktop.driver.guest_call(desktop.uuid, "hostname", timeout=30) == desktop.spec.name
+
+
+def test_ticket_changes_the_spice_password_live_without_a_restart(desktop):
+    domain_id = desktop.live_xml().get("id")
+    qemu_pid = desktop.qemu_pid()
+    before = desktop.live_xml(libvirt.VIR_DOMAIN_XML_SECURE).find("devices/graphics[@type='spice']")
+    assert before.get("passwd") == "first-ticket"
+
+    valid_to = desktop.driver.set_ticket(desktop.uuid, "second-ticket", 120)
+
+    live = desktop.live_xml(libvirt.VIR_DOMAIN_XML_SECURE)
+    spice = live.find("devices/graphics[@type='spice']")
+    assert (spice.get("passwd"), spice.get("passwdValidTo")) == ("second-ticket", valid_to)
+    assert spice.get("port") == before.get("port")
+    assert live.find("devices/graphics[@type='vnc']").get("passwd") == "second-t"
+    # the same QEMU process, still running: no restart happened
+    assert (live.get("id"), desktop.qemu_pid()) == (domain_id, qemu_pid)
+    assert desktop.driver.state(desktop.uuid).value == "up"
+    # and the next boot keeps it (CONFIG as well as LIVE)
+    config = desktop.live_xml(libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert config.find("devices/graphics[@type='spice']").get("passwd") == "second-ticket"
+    # without SECURE the password never leaves libvirt
+    assert desktop.live_xml().find("devices/graphics[@type='spice']").get("passwd") is None
+
+
+def test_bulk_stats_report_cpu_and_memory_of_the_running_guest(desktop):
+    desktop.driver.bulk_stats()  # the baseline sample for the CPU delta
+    assert desktop.driver.guest_call(desktop.uuid, "run cpu", timeout=120).startswith("cpu ")
+    stats = {s.uuid: s for s in desktop.driver.bulk_stats()}
+    mine = stats[desktop.uuid]
+    assert mine.state == "up" and mine.vcpus == 1
+    assert mine.memory_kib == desktop.spec.memory_mib * 1024
+    assert mine.cpu_time_ns > 0
+    assert 0 < mine.cpu_usage <= 100  # the guest just hashed 8 MiB under TCG
+    assert 0 < mine.mem_usage < 100  # from the guest's balloon driver
+
+
+def test_screenshot_of_the_console(desktop):
+    png = desktop.driver.screenshot(desktop.uuid)
+    assert png.startswith(b"\x89PNG") and len(png) > 100
+
+
+def test_killing_and_restarting_the_agent_leaves_the_guest_running(desktop, heartbeat_receiver,
+                                                                    agent_processes, tmp_path):
+    qemu_pid = desktop.qemu_pid()
+
+    def start_agent() -> AgentProcess:
+        agent = AgentProcess(desktop.driver.uri, TOKEN, manager_url=heartbeat_receiver.url,
+                             manager_id=desktop.driver.manager_id, heartbeat_seconds=0.5,
+                             log_path=tmp_path / "agent.log")
+        agent_processes.append(agent)
+        return agent.start()
+
+    def our_guest_up(beat) -> bool:
+        return any(d["uuid"] == desktop.uuid and d["state"] == "up" for d in beat.body["domains"])
+
+    first = start_agent()
+    beat = heartbeat_receiver.wait_for(our_guest_up)
+    assert beat.path == "/api/v1/nodes/node-it/heartbeat" and beat.authorization == f"Bearer {TOKEN}"
+    first.kill()
+    assert desktop.driver.state(desktop.uuid).value == "up"
+    assert desktop.qemu_pid() == qemu_pid
+
+    second = start_agent()
+    started_at = httpx.get(f"{second.url}/v1/health", headers={"Authorization": f"Bearer {TOKEN}"}) \
+        .json()["agent_started_at"]
+    recovered = heartbeat_receiver.wait_for(lambda b: b.body["agent_started_at"] == started_at)
+    # the restarted agent's very first heartbeat already reports the running guest
+    assert recovered.body["seq"] == 1 and our_guest_up(recovered)
+    listed = httpx.get(f"{second.url}/v1/domains", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert {"uuid": desktop.uuid, "name": desktop.spec.name, "state": "up",
+            "desktop_id": desktop.uuid} in listed["domains"]
+
+    # an orderly stop (SIGTERM; uvicorn re-raises it after its graceful shutdown) leaves guests alone too
+    assert second.stop() in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in (tmp_path / "agent.log").read_text()
+    assert desktop.driver.state(desktop.uuid).value == "up"
+    assert desktop.qemu_pid() == qemu_pid
+    assert desktop.driver.guest_call(desktop.uuid, "ping", timeout=30) == "pong"
+
+
+def test_suspend_resume_and_a_graceful_shutdown_the_guest_obeys(desktop):
+    # last in the module: it stops the shared guest
+    assert desktop.driver.suspend(desktop.uuid).state == "paused"
+    with pytest.raises(Conflict):
+        desktop.driver.undefine(desktop.uuid)
+    assert desktop.driver.resume(desktop.uuid).state == "up"
+    assert desktop.driver.guest_call(desktop.uuid, "ping", timeout=30) == "pong"
+    assert desktop.driver.shutdown(desktop.uuid, timeout=120).state == "down"
+    desktop.serial.wait_for(r"VDI-SHUTDOWN poweroff", timeout=5)
