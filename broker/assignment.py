@@ -99,7 +99,7 @@ def pool_usage(session: Session, pool_id: str) -> tuple[int, int]:
     return int(in_use), int(total)
 
 
-def _free_candidates(session: Session, pool_id: str, limit: int, *, wait: bool = False) -> list[str]:
+def _free_query(session: Session, pool_id: str, limit: int, *, wait: bool = False):
     has_owner = exists().where(Assignment.desktop_id == Desktop.id)
     stmt = (select(Desktop.id)
             .where(Desktop.pool_id == pool_id, Desktop.assigned_user_id.is_(None),
@@ -109,7 +109,17 @@ def _free_candidates(session: Session, pool_id: str, limit: int, *, wait: bool =
             .limit(limit))
     if is_postgres(session):
         stmt = stmt.with_for_update(skip_locked=not wait)
-    return list(session.scalars(stmt))
+    return stmt
+
+
+def _claim(session: Session, desktop_filter, user_id: str, now: dt.datetime,
+           lease_until: dt.datetime | None) -> tuple[str, str] | None:
+    """Compare-and-swap one desktop to the user; (id, name) or None if it was taken meanwhile."""
+    row = session.execute(
+        update(Desktop).where(desktop_filter, Desktop.assigned_user_id.is_(None))
+        .values(assigned_user_id=user_id, assigned_at=now, lease_until=lease_until)
+        .returning(Desktop.id, Desktop.name).execution_options(synchronize_session=False)).first()
+    return (row[0], row[1]) if row else None
 
 
 def assign_from_pool(session: Session, user_id: str, pool: Pool, *, new_desktop: bool = False,
@@ -145,13 +155,17 @@ def assign_from_pool(session: Session, user_id: str, pool: Pool, *, new_desktop:
     # re-checks each row once its holder commits) so "pool full" is only said of a pool that really is.
     for attempt in range(3):
         wait = attempt > 0
-        for desktop_id in _free_candidates(session, pool.id, limit=1 if is_postgres(session) else 5, wait=wait):
-            name = session.scalar(
-                update(Desktop).where(Desktop.id == desktop_id, Desktop.assigned_user_id.is_(None))
-                .values(assigned_user_id=user_id, assigned_at=now, lease_until=lease_until)
-                .returning(Desktop.name).execution_options(synchronize_session=False))
-            if name is not None:
-                return Assigned(desktop_id, name, pool.id, "new", lease_until)
+        if is_postgres(session):
+            # One round trip: UPDATE ... WHERE id = (SELECT ... LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING
+            picked = _free_query(session, pool.id, 1, wait=wait).scalar_subquery()
+            claimed = _claim(session, Desktop.id == picked, user_id, now, lease_until)
+            if claimed is not None:
+                return Assigned(claimed[0], claimed[1], pool.id, "new", lease_until)
+            continue
+        for desktop_id in session.scalars(_free_query(session, pool.id, 5)):
+            claimed = _claim(session, Desktop.id == desktop_id, user_id, now, lease_until)
+            if claimed is not None:
+                return Assigned(claimed[0], claimed[1], pool.id, "new", lease_until)
     in_use, size = pool_usage(session, pool.id)
     raise PoolFull(pool=pool.name, in_use=in_use, size=size)
 

@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from broker.errors import NotEntitled
 from manager.identity.membership import group_ids_for_user
-from manager.models import Assignment, Desktop, Entitlement, Pool
+from manager.models import Assignment, Desktop, Entitlement, GroupGroupMembership, Pool, UserGroupMembership
 
 
 def _principal_clause(user_id: str, group_ids: set[str]):
@@ -22,9 +22,20 @@ def entitled_pool_ids(session: Session, user_id: str, group_ids: set[str] | None
     return set(session.scalars(stmt))
 
 
+def _user_groups_cte(user_id: str):
+    """Every group of the user, nested included, as a recursive CTE (UNION stops on cycles), so that a check
+    and the group walk run as ONE statement (manager.identity.membership does the same walk as a set)."""
+    direct = select(UserGroupMembership.group_id.label("group_id")).where(UserGroupMembership.user_id == user_id)
+    closure = direct.cte("entitled_groups", recursive=True)
+    return closure.union(select(GroupGroupMembership.parent_id).join(
+        closure, GroupGroupMembership.child_id == closure.c.group_id))
+
+
 def is_entitled_to_pool(session: Session, user_id: str, pool_id: str) -> bool:
-    groups = group_ids_for_user(session, user_id)
-    stmt = select(exists().where(Entitlement.pool_id == pool_id, _principal_clause(user_id, groups)))
+    """One round trip: a direct entitlement or one through any of the user's (nested) groups."""
+    groups = _user_groups_cte(user_id)
+    stmt = select(exists().where(Entitlement.pool_id == pool_id, or_(
+        Entitlement.user_id == user_id, Entitlement.group_id.in_(select(groups.c.group_id)))))
     return bool(session.scalar(stmt))
 
 

@@ -25,6 +25,7 @@ from manager.api import schemas as s
 from manager.api.common import DbSession, Page, Paging, paginate
 from manager.auth import Principal, require
 from manager.config import get_settings
+from manager.db import is_postgres
 from manager.jobs import enqueue
 from manager.models import Desktop, DesktopSession, Event, Pool, User, utcnow
 from manager.provisioning import consoles, nodes
@@ -202,7 +203,12 @@ def connect(payload: ConnectIn, request: Request, session: DbSession, who: Conne
                 emit(session, "broker.assigned", f"desktop {desktop.name} of pool {pool.name} assigned to "
                      f"{who.name}{lease}", actor=who.name, user_id=who.user_id, desktop_id=desktop.id,
                      pool_id=pool.id)
-            session.commit()  # releases the row locks before any node call
+            # Release the row locks before any node call (and, on SQLite, before leaving the guard). Without a
+            # node call ahead (RDP to a running desktop) the request's own commit does it, one round trip less.
+            needs_node = desktop.power_state != PowerState.UP or desktop.task_state is not None \
+                or choice.protocol != Protocol.RDP
+            if needs_node or not is_postgres(session):
+                session.commit()
     else:
         choice = choose_protocol(os_type=desktop.os_type, desktop_protocols=parse_protocols(desktop.console_protocols),
                                  client_protocols=client_protocols, policy=policy, preferred=payload.client.prefer,
