@@ -410,6 +410,8 @@ def build_parser(prog: str = "vdi node") -> argparse.ArgumentParser:
     parser.add_argument("--trust-shared-storage", action="store_true",
                         help="the image directory is shared storage libvirt cannot recognise (not NFS/GFS2/"
                              "Ceph): allow live migration anyway")
+    parser.add_argument("--validate-xml", action="store_true",
+                        help="have libvirt validate every domain XML against its schema (slower defines)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -429,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     domain_types = [t.strip() for t in args.domain_types.split(",") if t.strip()] or None
     driver = LibvirtDriver(args.libvirt_uri, manager_id=args.manager_id, domain_types=domain_types,
-                           trust_shared_storage=args.trust_shared_storage)
+                           trust_shared_storage=args.trust_shared_storage, validate_xml=args.validate_xml)
     heartbeat = None
     if args.manager:
         heartbeat = Heartbeat(driver, args.name, args.manager, args.token, args.heartbeat_seconds)

@@ -50,7 +50,16 @@ ensure_redis() {
     log "Redis did not start"; exit 1
 }
 
+ensure_kvm_device() {
+    # Without udev (containers, CI), /dev/kvm stays root:root 0600; libvirt then probes QEMU as root and as
+    # libvirt-qemu, sees two answers, and re-probes on every call (minutes per define). udev's rule is this:
+    [ -e /dev/kvm ] || return 0
+    getent group kvm >/dev/null || return 0
+    [ "$(stat -c %G:%a /dev/kvm)" = "kvm:660" ] || { $SUDO chgrp kvm /dev/kvm && $SUDO chmod 660 /dev/kvm; }
+}
+
 ensure_libvirtd() {
+    ensure_kvm_device
     virsh -c qemu:///system version >/dev/null 2>&1 && return 0
     command -v libvirtd >/dev/null || apt_install libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
     log "starting libvirtd"
