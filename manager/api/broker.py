@@ -2,8 +2,10 @@
 (/me/...). A user only ever sees and reaches their own desktops and sessions; others' are reported missing."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -29,9 +31,24 @@ from manager.db import is_postgres
 from manager.jobs import enqueue
 from manager.models import Desktop, DesktopSession, Event, Pool, User, utcnow
 from manager.provisioning import consoles, nodes
+from manager.provisioning.maintenance import PoolMaintainer, configured_period
 from manager.provisioning.power import ensure_running
 
-router = APIRouter(tags=["broker"])
+@contextlib.asynccontextmanager
+async def _pool_maintenance(_app) -> AsyncIterator[None]:
+    """While the manager runs, leases expire and prestarted desktops are topped up without anyone asking."""
+    period = configured_period()
+    maintainer = PoolMaintainer(period) if period > 0 else None
+    if maintainer is not None:
+        maintainer.start()
+    try:
+        yield
+    finally:
+        if maintainer is not None:
+            maintainer.stop()
+
+
+router = APIRouter(tags=["broker"], lifespan=_pool_maintenance)
 Connector = Annotated[Principal, Depends(require("self:connect"))]
 SelfReader = Annotated[Principal, Depends(require("self:read"))]
 

@@ -30,6 +30,8 @@ def hosts_without_heartbeats(monkeypatch):
     """The test-driver agents here send no heartbeats (their free memory reads 0, which a heartbeat would store):
     tell the manager's liveness monitor not to expect any during a test."""
     monkeypatch.setenv("VDI_HOST_DEAD_AFTER_SECONDS", "86400")
+    # Tests drive pool maintenance through the API; the background loop has a test of its own.
+    monkeypatch.setenv("VDI_POOL_MAINTENANCE_SECONDS", "0")
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from sqlalchemy import select
 
@@ -160,3 +161,28 @@ def test_full_pool_and_per_user_limit(world, anon_client):
     full = connect(anon_client, b_token, pool="eng")
     assert full.status_code == 409
     assert full.json() == {"error": "pool_full", "detail": "pool eng is full: 2 of 2 desktops in use"}
+
+
+def test_the_maintenance_loop_reclaims_expired_leases_by_itself(world, app, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from manager import db
+    from manager.models import Desktop
+
+    world.hosts(1)
+    pool_id = world.pool(1, pool_type="time_based", os_type="windows_11", protocols="rdp", ip_prefix="10.3",
+                         lease_seconds=600)
+    user, token = world.user("quinn")
+    world.entitle(pool_id=pool_id, user_id=user)
+    monkeypatch.setenv("VDI_POOL_MAINTENANCE_SECONDS", "0.5")
+    with TestClient(app) as running:  # the manager's lifespan starts the loop
+        got = connect(running, token, pool_id=pool_id).json()
+        with db.session_scope() as s:
+            s.get(Desktop, got["desktop_id"]).lease_until = dt.datetime.now(dt.timezone.utc)
+        deadline = time.monotonic() + 30
+        while desktop_row(got["desktop_id"])["assigned"] is not None:
+            assert time.monotonic() < deadline, "the loop did not reclaim the expired lease"
+            time.sleep(0.2)
+        wait_for_jobs()
+    assert [e[0] for e in events("desktop.lease_expired")] == [user]
+    assert desktop_row(got["desktop_id"])["task"] is None
