@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from core.errors import BadRequest, Invalid, NotAuthenticated, VdiError
 from core.specs import DesktopSpec
 from hypervisor_node import hoststats
-from hypervisor_node.driver import DEFAULT_MANAGER_ID, LibvirtDriver, NodeDriver
+from hypervisor_node.driver import DEFAULT_BLOCK_JOB_TIMEOUT_S, DEFAULT_MANAGER_ID, LibvirtDriver, NodeDriver
 
 log = logging.getLogger("hypervisor_node.agent")
 
@@ -233,6 +233,20 @@ def create_app(
         reply = await call(driver.guest_call, request.path_params["uuid"], command, timeout)
         return JSONResponse({"reply": reply})
 
+    async def snapshot(request: Request) -> Response:
+        body = await _json_body(request)
+        overlay = _field(body, "overlay", str)
+        chain = await call(driver.snapshot_disk, request.path_params["uuid"], overlay)
+        return JSONResponse({"chain": chain})
+
+    async def blockcommit(request: Request) -> Response:
+        body = await _json_body(request, required=False)
+        top = _field(body, "top", (str, type(None)), None)
+        base = _field(body, "base", (str, type(None)), None)
+        timeout = _field(body, "timeout", (int, float), DEFAULT_BLOCK_JOB_TIMEOUT_S)
+        chain = await call(driver.block_commit, request.path_params["uuid"], top, base, timeout)
+        return JSONResponse({"chain": chain})
+
     p = API_PREFIX
     routes = [
         Route(f"{p}/health", health, methods=["GET"]),
@@ -246,6 +260,8 @@ def create_app(
         Route(f"{p}/domains/{{uuid}}/migrate", migrate, methods=["POST"]),
         Route(f"{p}/domains/{{uuid}}/ticket", ticket, methods=["POST"]),
         Route(f"{p}/domains/{{uuid}}/guest", guest, methods=["POST"]),
+        Route(f"{p}/domains/{{uuid}}/snapshot", snapshot, methods=["POST"]),
+        Route(f"{p}/domains/{{uuid}}/blockcommit", blockcommit, methods=["POST"]),
         Route(f"{p}/domains/{{uuid}}/{{action}}", power, methods=["POST"]),
     ]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import socket
 import threading
 import time
@@ -50,6 +51,14 @@ MAX_TICKET_SECONDS = 24 * 3600
 MAX_GUEST_COMMAND = 4096
 MAX_GUEST_REPLY = 64 * 1024
 _SHUTDOWN_POLL_S = 0.25
+DEFAULT_BLOCK_JOB_TIMEOUT_S = 600.0
+MAX_BLOCK_JOB_TIMEOUT_S = 6 * 3600.0
+_BLOCK_JOB_POLL_S = 0.2
+# Disk-only: no RAM state (a desktop snapshot is its disk); no libvirt metadata: the manager's database
+# records snapshots, and metadata would make libvirt refuse to undefine the domain later; atomic: on a
+# failure no disk of the domain switched to a new file. No QUIESCE: it needs qemu-guest-agent in the guest.
+_LIVE_SNAPSHOT_FLAGS = (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+                        | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
 
 _STATE_MAP = {
     libvirt.VIR_DOMAIN_NOSTATE: PowerState.UNKNOWN,
@@ -176,6 +185,32 @@ class NodeDriver(Protocol):
         socket cannot be reached, Conflict when the domain is not running.
         """
 
+    def snapshot_disk(self, uuid: str, new_overlay_path: str) -> list[str]:
+        """Live external disk-only snapshot: the running domain's disk continues in a NEW empty qcow2
+        overlay created at `new_overlay_path` (absolute, must not exist), backed by the file it wrote
+        until now, which is never written again. The guest keeps running (not quiesced: crash-consistent).
+
+        libvirt rewrites both the live and the persistent definition to the new file. Returns the disk's
+        chain afterwards, top first. Idempotent: when the disk already is `new_overlay_path` (a re-run)
+        nothing is done. Raises Invalid for a bad path, Conflict when the domain is not running or the
+        file exists, HypervisorError when libvirt/QEMU refuse (nothing changed then: the call is atomic).
+        """
+
+    def block_commit(self, uuid: str, top: str | None = None, base: str | None = None,
+                     timeout: float = DEFAULT_BLOCK_JOB_TIMEOUT_S) -> list[str]:
+        """Live merge: write the data of chain member `top` (default: the active file) down into `base`
+        (default: top's IMMEDIATE backing file, never the bottom of the chain), then drop the layers
+        above base up to top from the running chain, waiting up to `timeout` s for the block job.
+
+        Committing the active file is an active commit that pivots: the domain then writes into `base`.
+        Committing an inner file rewrites its child's backing file to `base`. What the guest reads never
+        changes; the files dropped from the chain are left on disk for the caller to delete. Both the live
+        and the persistent definition follow. Returns the chain afterwards, top first.
+        Raises Invalid when top/base are not (in that order) in the running chain, Conflict when the domain
+        is not running or another block job runs on the disk, GatewayTimeout (after cancelling the job:
+        the chain is as before, `base` may hold some of top's data) when it takes longer than `timeout`.
+        """
+
     def close(self) -> None:
         """Drop the hypervisor connection; guests are not touched."""
 
@@ -297,6 +332,15 @@ class LibvirtDriver:
         owner = self._stamp(dom)
         return owner is not None and owner.manager_id == self.manager_id
 
+    def _is_ours_if_present(self, dom: libvirt.virDomain) -> bool:
+        """_is_ours, False for a domain undefined by someone else since it was listed."""
+        try:
+            return self._is_ours(dom)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise
+
     def _forget(self, uuid: str) -> None:
         with self._ownership_lock:
             self._ownership.pop(uuid, None)
@@ -362,9 +406,14 @@ class LibvirtDriver:
         def query(conn: libvirt.virConnect) -> list[DomainInfo]:
             out = []
             for dom in conn.listAllDomains(0):
-                if not self._is_ours(dom):
+                if not self._is_ours_if_present(dom):
                     continue
-                state, reason = dom.state(0)
+                try:
+                    state, reason = dom.state(0)
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        continue  # undefined by someone else between the listing and this look
+                    raise
                 out.append(DomainInfo(uuid=dom.UUIDString(), name=dom.name(),
                                       state=power_state(state, reason).value,
                                       desktop_id=self._desktop_id(dom)))
@@ -583,7 +632,7 @@ class LibvirtDriver:
 
         def query(conn: libvirt.virConnect) -> list[tuple[str, str, dict[str, Any]]]:
             records = conn.getAllDomainStats(wanted, 0)
-            return [(dom.UUIDString(), dom.name(), rec) for dom, rec in records if self._is_ours(dom)]
+            return [(dom.UUIDString(), dom.name(), rec) for dom, rec in records if self._is_ours_if_present(dom)]
 
         sampled_at = time.monotonic_ns()
         out = []
@@ -635,6 +684,97 @@ class LibvirtDriver:
         # QEMU's chardev accepts one client at a time: serialise calls per domain.
         with self._guest_locks[uuid]:
             return _line_exchange(path, command, timeout, uuid)
+
+    # ---- live disk snapshots and merges ----------------------------------------------------------------
+    def snapshot_disk(self, uuid: str, new_overlay_path: str) -> list[str]:
+        _checked_image_path("new_overlay_path", new_overlay_path)
+
+        def act(conn: libvirt.virConnect) -> list[str]:
+            dom = self._owned(conn, uuid)
+            active = dom.isActive()
+            view = _disk_view(dom.XMLDesc(0 if active else libvirt.VIR_DOMAIN_XML_INACTIVE), uuid)
+            if view.chain and view.chain[0] == new_overlay_path:
+                return view.chain  # a re-run after the snapshot was taken
+            self._require_active(dom, uuid, "take a live disk snapshot of")
+            if new_overlay_path in view.chain:
+                raise Invalid(f"{new_overlay_path} is already in the disk chain of domain {uuid}: "
+                              "a live snapshot needs a new file")
+            if os.path.lexists(new_overlay_path):
+                raise Conflict(f"{new_overlay_path} already exists; a live snapshot creates a new file there")
+            dom.snapshotCreateXML(_snapshot_xml(view, new_overlay_path), _LIVE_SNAPSHOT_FLAGS)
+            return _disk_view(dom.XMLDesc(0), uuid).chain
+
+        return self._run(act, name=uuid)
+
+    def block_commit(self, uuid: str, top: str | None = None, base: str | None = None,
+                     timeout: float = DEFAULT_BLOCK_JOB_TIMEOUT_S) -> list[str]:
+        for label, value in (("top", top), ("base", base)):
+            if value is not None:
+                _checked_image_path(label, value)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not 0 < timeout <= MAX_BLOCK_JOB_TIMEOUT_S:
+            raise Invalid(f"timeout must be a number of seconds in (0, {MAX_BLOCK_JOB_TIMEOUT_S:g}], got {timeout!r}")
+
+        def begin(conn: libvirt.virConnect) -> tuple[str, str, str, bool]:
+            dom = self._owned(conn, uuid)
+            self._require_active(dom, uuid, "live-merge the disk of")
+            view = _disk_view(dom.XMLDesc(0), uuid)
+            top_path = top or view.chain[0]
+            if top_path not in view.chain:
+                raise Invalid(f"top {top_path} is not in the disk chain of domain {uuid} "
+                              f"({' <- '.join(reversed(view.chain))})")
+            below = view.chain[view.chain.index(top_path) + 1:]
+            if not below:
+                raise Invalid(f"{top_path} has no backing file to commit into")
+            # Always name the base: libvirt's own default is the BOTTOM of the chain, i.e. the template.
+            base_path = base or below[0]
+            if base_path not in below:
+                raise Invalid(f"base {base_path} is not below {top_path} in the disk chain of domain {uuid} "
+                              f"({' <- '.join(reversed(view.chain))})")
+            if dom.blockJobInfo(view.target, 0):
+                raise Conflict(f"a block job already runs on disk {view.target} of domain {uuid}; wait for it")
+            is_active = top_path == view.chain[0]
+            flags = libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE if is_active else 0
+            dom.blockCommit(view.target, base_path, top_path, 0, flags)
+            return view.target, top_path, base_path, is_active
+
+        target, top_path, base_path, is_active = self._run(begin, name=uuid)
+        what = f"block commit of {top_path} into {base_path} on domain {uuid}"
+        deadline = time.monotonic() + timeout
+
+        def step(conn: libvirt.virConnect) -> list[str] | None:
+            """One look at the job: the chain when it is over, None while it runs."""
+            dom = self._owned(conn, uuid)
+            if not dom.isActive():
+                raise Conflict(f"domain {uuid} stopped during the {what}; its chain is as the job left it")
+            info = dom.blockJobInfo(target, 0)
+            if is_active and info and info.get("cur") == info.get("end"):
+                try:
+                    dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() == libvirt.VIR_ERR_BLOCK_COPY_ACTIVE:
+                        return None  # all copied but QEMU has not said "ready" yet
+                    raise
+                info = {}
+            if info:
+                return None
+            chain = _disk_view(dom.XMLDesc(0), uuid).chain
+            if top_path in chain:
+                error = HypervisorError(libvirt_code=libvirt.VIR_ERR_OPERATION_FAILED,
+                                        detail=f"the {what} ended without removing {top_path} from the chain "
+                                               "(cancelled or failed; see the libvirtd log)")
+                error.libvirt_code = libvirt.VIR_ERR_OPERATION_FAILED  # type: ignore[attr-defined]
+                raise error
+            return chain
+
+        while True:
+            chain = self._run(step, name=uuid)
+            if chain is not None:
+                return chain
+            if time.monotonic() >= deadline:
+                self._run(lambda conn: _cancel_block_job(self._owned(conn, uuid), target), name=uuid)
+                raise GatewayTimeout(what=f"{what} (cancelled: the chain is as before)", seconds=timeout)
+            time.sleep(_BLOCK_JOB_POLL_S)
 
 
 def _line_exchange(path: str, command: str, timeout: float, uuid: str) -> str:
@@ -689,13 +829,73 @@ def _clamp_percent(part: float, whole: float) -> int:
 
 
 def _free_memory_mib(conn: libvirt.virConnect, fallback: int) -> int:
-    """Runs inside _run. The test driver has no free-memory call: it then reports all memory free."""
+    """Runs inside _run. libvirt's test driver reports a fixed toy figure; there free memory is modelled as the
+    total minus what its running domains were given, so placement on test-driver hosts behaves like on real ones."""
+    if conn.getType().upper() == "TEST":
+        active = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        return max(0, fallback - sum(dom.info()[2] for dom in active) // 1024)
     try:
         return int(conn.getFreeMemory() // (1024 * 1024))
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
             return fallback
         raise
+
+
+@dataclass(frozen=True)
+class _DiskView:
+    """The domain's main disk as its XML shows it."""
+
+    target: str  # e.g. vda
+    chain: list[str]  # files, top (the one written) first; a stopped domain shows only what its XML lists
+    other_targets: list[str]  # the domain's other disks (CD-ROMs...), left out of snapshots
+
+
+def _disk_view(xml: str, uuid: str) -> _DiskView:
+    """The first file-backed disk device (the designer gives a desktop exactly one) and its chain."""
+    disks = ET.fromstring(xml).findall("devices/disk")
+    main = next((d for d in disks if d.get("device", "disk") == "disk" and d.get("type", "file") == "file"
+                 and d.find("target") is not None), None)
+    if main is None:
+        raise Conflict(f"domain {uuid} has no file-backed disk")
+    chain: list[str] = []
+    node: ET.Element | None = main
+    while node is not None:
+        source = node.find("source")
+        if source is None or not source.get("file"):
+            break
+        chain.append(source.get("file", ""))
+        node = node.find("backingStore")
+    if not chain:
+        raise Conflict(f"domain {uuid}'s disk has no source file")
+    others = [d.find("target").get("dev", "") for d in disks  # type: ignore[union-attr]
+              if d is not main and d.find("target") is not None]
+    return _DiskView(main.find("target").get("dev", ""), chain, others)  # type: ignore[union-attr]
+
+
+def _snapshot_xml(view: _DiskView, new_overlay_path: str) -> str:
+    root = ET.Element("domainsnapshot")
+    disks = ET.SubElement(root, "disks")
+    disk = ET.SubElement(disks, "disk", name=view.target, snapshot="external", type="file")
+    ET.SubElement(disk, "driver", type="qcow2")
+    ET.SubElement(disk, "source", file=new_overlay_path)
+    for other in view.other_targets:
+        ET.SubElement(disks, "disk", name=other, snapshot="no")
+    return ET.tostring(root, encoding="unicode")
+
+
+def _cancel_block_job(dom: libvirt.virDomain, target: str) -> None:
+    """Runs inside _run: cancel (never pivot) the disk's block job, if one still runs."""
+    if dom.blockJobInfo(target, 0):
+        dom.blockJobAbort(target, 0)
+
+
+def _checked_image_path(label: str, value: object) -> str:
+    if not isinstance(value, str) or not value or not os.path.isabs(value) or os.path.normpath(value) != value \
+            or "\n" in value:
+        raise Invalid(f"{label} must be an absolute, normalised file path such as /images/desk/1.qcow2, "
+                      f"got {value!r}")
+    return value
 
 
 def _checked_uuid(value: str) -> str:

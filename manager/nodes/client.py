@@ -19,6 +19,7 @@ CONNECT_TIMEOUT_S = 3.0
 # Operations that legitimately take long get this much on top of their own duration.
 SLOW_CALL_MARGIN_S = 30.0
 MIGRATE_TIMEOUT_S = 600.0
+BLOCK_COMMIT_TIMEOUT_S = 600.0
 
 
 class NodeClient:
@@ -148,6 +149,20 @@ class NodeClient:
         body = {"command": command, "timeout": timeout}
         return str(self._json("POST", f"/domains/{uuid}/guest", json=body,
                               timeout=timeout + SLOW_CALL_MARGIN_S)["reply"])
+
+    def snapshot_disk(self, uuid: str, overlay: str) -> list[str]:
+        """POST /v1/domains/{uuid}/snapshot {"overlay"}: live disk-only snapshot; the running domain continues
+        in the new file `overlay`. Returns the disk chain afterwards, top first. Idempotent (a re-run is a no-op)."""
+        return list(self._json("POST", f"/domains/{uuid}/snapshot", json={"overlay": overlay},
+                               timeout=self.timeout + SLOW_CALL_MARGIN_S)["chain"])
+
+    def block_commit(self, uuid: str, top: str | None = None, base: str | None = None,
+                     timeout: float = BLOCK_COMMIT_TIMEOUT_S) -> list[str]:
+        """POST /v1/domains/{uuid}/blockcommit {"top", "base", "timeout"}: live merge of `top` (default: the active
+        file, then pivot) into `base` (default: top's immediate backing file). Returns the chain afterwards."""
+        body = {"top": top, "base": base, "timeout": timeout}
+        return list(self._json("POST", f"/domains/{uuid}/blockcommit", json=body,
+                               timeout=timeout + SLOW_CALL_MARGIN_S)["chain"])
 
 
 def _error_from_response(response: httpx.Response) -> VdiError:
