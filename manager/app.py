@@ -35,12 +35,19 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
 
         monitor = LivenessMonitor(settings.host_dead_after_seconds, period=min(5.0, settings.heartbeat_seconds))
         monitor.start()
+        nodes = contextlib.ExitStack()
+        if settings.embedded_nodes:
+            from manager.embedded_nodes import EmbeddedNodes
+
+            nodes.enter_context(EmbeddedNodes(settings.data_dir, settings.effective_public_url,
+                                              heartbeat_seconds=settings.heartbeat_seconds))
         from image_manager.reconcile import reconcile_at_startup
 
         reconcile_at_startup(in_process_jobs=settings.embedded_jobs)
         try:
             yield
         finally:
+            nodes.close()
             monitor.stop()
 
     app = FastAPI(title="VDI manager", version="0.1.0", lifespan=lifespan,

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     ticket_seconds: int = Field(default=120, ge=5, le=86400)
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     host_dead_after_seconds: float = Field(default=30.0, gt=0)
+    embedded_nodes: bool = Field(default=True, description="run the node agents listed in "
+                                 "<data_dir>/embedded-nodes.json (written by `vdi demo`) inside `vdi serve`")
     log_level: str = "INFO"
 
     @field_validator("data_dir", "cache_dir", mode="after")

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from core.enums import HostStatus, PowerState, Severity
 from core.specs import DomainStats, HostCaps
 from event_manager.service import emit
+from manager.jobs import enqueue
 from manager.models import Desktop, Host, utcnow
 
 _STATES = {s.value for s in PowerState}
@@ -38,7 +39,12 @@ def ingest_heartbeat(session: Session, host: Host, payload: dict[str, Any]) -> d
     host.last_heartbeat_at, host.heartbeat_seq = now, seq
     started = payload.get("agent_started_at")
     if started:
-        host.agent_started_at = dt.datetime.fromisoformat(str(started).replace("Z", "+00:00"))
+        started_at = dt.datetime.fromisoformat(str(started).replace("Z", "+00:00"))
+        if host.agent_started_at != started_at:
+            # A new agent process: compare what it hosts with what the database intends, once.
+            host.agent_started_at = started_at
+            enqueue(session, "hosts.reconcile", params={"host_id": host.id}, target_kind="host",
+                    target_id=host.id, description=f"reconcile host {host.name} after its agent started")
     host.active_desktops = sum(1 for d in domains if d.state == PowerState.UP.value)
     if not was_up and host.status != HostStatus.MAINTENANCE:
         host.status = HostStatus.UP

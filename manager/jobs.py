@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # all before taking work, so a job kind is known wherever it runs.
 TASK_MODULES = [
     "manager.storage_tasks",
+    "manager.node_reconcile",
     "manager.identity.sync_tasks",
     "manager.provisioning.tasks",
     "image_manager.tasks",

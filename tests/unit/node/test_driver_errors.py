@@ -158,3 +158,22 @@ def test_cpu_usage_is_computed_from_cpu_time_deltas(driver):
     assert driver._cpu_usage("u", cpu_time=6 * second, now_ns=102 * second, vcpus=2) == 25
     # counter went back (the guest restarted): no bogus figure
     assert driver._cpu_usage("u", cpu_time=1 * second, now_ns=103 * second, vcpus=2) == 0
+
+
+def test_free_memory_on_the_test_driver_is_total_minus_running_domains(tmp_path):
+    from core.specs import DesktopSpec
+    from hypervisor_node.driver import LibvirtDriver
+    from manager.embedded_nodes import libvirt_test_driver_uri
+
+    driver = LibvirtDriver(libvirt_test_driver_uri(tmp_path / "node.xml"))
+    try:
+        total = driver.capabilities().memory_mib
+        assert driver.capabilities().free_memory_mib == total
+        spec = DesktopSpec(uuid="6d1f3a5e-0000-4000-8000-000000000001", name="m", vcpus=1, memory_mib=512,
+                           disk_path="/nonexistent.qcow2")
+        driver.define(spec)
+        assert driver.capabilities().free_memory_mib == total, "a defined, stopped domain uses no memory"
+        driver.start(spec.uuid)
+        assert driver.capabilities().free_memory_mib == total - 512
+    finally:
+        driver.close()

@@ -1,0 +1,84 @@
+"""Reconcile a host after its node agent (re)starts: the database decides intent, libvirt decides power state.
+
+- A desktop the database places on the host but libvirt does not know (a host reinstalled, a test-driver host
+  restarted, a definition lost) is defined again from the database: one event per desktop fixed.
+- A domain carrying our ownership stamp that the database does not know is reported (one event) and left alone:
+  a manager never destroys what it cannot account for.
+- Power states come in with every heartbeat (manager.heartbeat) and are not touched here.
+Runs as the job "hosts.reconcile", which the heartbeat ingest enqueues when it sees a new agent start time.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.enums import Severity
+from core.errors import VdiError
+from event_manager.service import emit
+from manager import db
+from manager.jobs import JobContext, task
+from manager.models import Desktop, Host, Template, TemplateVersion, Volume
+from manager.provisioning import nodes
+from manager.provisioning.service import desktop_spec
+
+log = logging.getLogger(__name__)
+
+
+def _intended_specs(session: Session, host: Host) -> dict[str, Any]:
+    """Specs of the settled desktops placed on `host` (those being provisioned or deleted are left to their jobs)."""
+    rows = session.execute(
+        select(Desktop, Template, Volume.path)
+        .join(TemplateVersion, Desktop.template_version_id == TemplateVersion.id)
+        .join(Template, TemplateVersion.template_id == Template.id)
+        .join(Volume, Desktop.volume_id == Volume.id)
+        .where(Desktop.host_id == host.id, Desktop.task_state.is_(None))).all()
+    return {desktop.id: desktop_spec(desktop, template, path) for desktop, template, path in rows}
+
+
+def reconcile_host(host_id: str) -> dict[str, Any]:
+    """Bring one host in line with the database. Returns what was fixed and what was found."""
+    with db.session_scope() as session:
+        host = session.get(Host, host_id)
+        if host is None:
+            return {"redefined": [], "unknown": []}
+        target = nodes.target_of_host(host)
+        intended = _intended_specs(session, host)
+        host_name = host.name
+    reported = {d["uuid"] if isinstance(d, dict) else d.uuid: d for d in nodes.client(target).list_domains()}
+    redefined, failed = [], {}
+    for desktop_id, spec in intended.items():
+        if desktop_id in reported:
+            continue
+        try:
+            nodes.define(target, spec)
+            redefined.append((desktop_id, spec.name))
+        except VdiError as exc:
+            failed[spec.name] = exc.message
+    unknown_ids = set(reported) - set(intended)
+    with db.session_scope() as session:
+        known_elsewhere = set(session.scalars(select(Desktop.id).where(Desktop.id.in_(unknown_ids)))) \
+            if unknown_ids else set()
+        unknown = sorted(unknown_ids - known_elsewhere)
+        for desktop_id, name in redefined:
+            emit(session, "desktop.redefined", f"desktop {name} was missing on host {host_name}; defined it again "
+                 "from the database", severity=Severity.WARNING, actor="manager", desktop_id=desktop_id,
+                 host_id=host_id)
+        for name, reason in failed.items():
+            emit(session, "desktop.redefine_failed", f"desktop {name} is missing on host {host_name} and could not "
+                 f"be defined again: {reason}", severity=Severity.ERROR, actor="manager", host_id=host_id)
+        for domain_id in unknown:
+            emit(session, "host.unknown_domain", f"host {host_name} runs domain {domain_id} stamped by this "
+                 "manager but unknown to the database; left untouched", severity=Severity.WARNING,
+                 actor="manager", host_id=host_id)
+    if redefined or failed or unknown:
+        log.warning("reconciled host %s: %d redefined, %d failed, %d unknown", host_name, len(redefined),
+                    len(failed), len(unknown))
+    return {"redefined": [name for _, name in redefined], "failed": failed, "unknown": unknown}
+
+
+@task("hosts.reconcile")
+def reconcile_host_job(ctx: JobContext, host_id: str) -> dict[str, Any]:
+    return reconcile_host(host_id)
