@@ -21,19 +21,26 @@ desktop. Group entitlements do not count (oVirt's Users cross-reference also lis
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, String, case, func, literal, or_, select, true, type_coerce, union_all
+from sqlalchemy import (BigInteger, Boolean, String, and_, case, func, literal, not_, or_, select, true, tuple_, type_coerce,
+                        union_all)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import UserDefinedType
 
 from core.enums import HostStatus, OsType, PoolType, PowerState, PrincipalSource, ProtocolPolicy
-from core.enums import ReclaimPolicy, Severity, TaskState
+from core.enums import ReclaimPolicy, TaskState
 from manager.models import (ApiToken, Assignment, Bookmark, Cluster, Desktop, DesktopSession, DirectorySyncState,
                             Entitlement, Event, Group, GroupGroupMembership, Host, Job, LoginAttempt, Pool,
                             RoleAssignment, Snapshot, StorageDomain, Tag, TagAssignment, Template, TemplateVersion,
                             User, UserGroupMembership, Volume)
+from manager.models.search_indexes import DESKTOP_TEXT_COLUMNS, SEVERITY_CODES, joined_text, severity_code
 from search_dsl import Field, Kind, ObjectDef, Registry, Relation, TagTree, XRef
 from search_dsl.compiler import column_of as col
 from search_dsl.registry import DATE_OPS, NUMERIC_OPS, STRING_OPS
@@ -83,6 +90,149 @@ def _constant(value: str) -> Callable[[Any], Any]:
     return lambda entity: literal(value, String)
 
 
+# ---- values on a related row ----------------------------------------------------------------------------------
+class Related(UserDefinedType):
+    """A value on a related row (a desktop's host name, an event's desktop name, an object's tag names).
+
+    A field declares it over the searching row's key columns: `type_coerce(desktop.host_id,
+    Related("desktop.host"))`. Any comparison `x <op> v` then means "some related row's value <op> v" and
+    compiles to `key IN (SELECT <keys of related rows> WHERE value <op> v)`; `x IS NULL` means "no related row".
+    Postgres runs such an uncorrelated IN once, as a hashed subplan, also inside OR (free text over many
+    columns) - where a correlated EXISTS would run once per row (bench/search.py shows the difference). Use it
+    for single-valued relations; multi-valued fields that must hold on the same related row (tag hierarchy,
+    template versions) stay on a search_dsl Relation.
+    """
+
+    cache_ok = True
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def get_col_spec(self, **kw: Any) -> str:  # pragma: no cover - never rendered as a column type
+        return "TEXT"
+
+    class comparator_factory(UserDefinedType.Comparator):
+        def operate(self, op: Any, *other: Any, **kw: Any) -> Any:
+            keys = self.expr.clause
+            lookup = RELATED[self.type.path]
+            if op in (operators.is_, operators.is_not) and other and other[0] is None:
+                missing = lookup.missing(keys)
+                return missing if op is operators.is_ else not_(missing)
+            return lookup.matching(keys, lambda value: op(value, *other, **kw))
+
+        def reverse_operate(self, op: Any, other: Any, **kw: Any) -> Any:  # pragma: no cover
+            raise TypeError(f"{self.type.path} cannot be the right side of {op}")
+
+
+class InSelect(ColumnElement):
+    """`key IN (SELECT ...)`; on Postgres `key = ANY(ARRAY(SELECT ...))`.
+
+    The array is computed once (an InitPlan) and `= ANY(array)` is an index condition, so several of these
+    OR-ed with trigram conditions (free text) become one BitmapOr instead of a sequential scan.
+    """
+
+    type = Boolean()
+    inherit_cache = False
+    _is_implicitly_boolean = True
+    _traverse_internals = [("key", InternalTraversal.dp_clauseelement),
+                           ("select", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, key: Any, select_: Any) -> None:
+        self.key = key
+        self.select = select_.scalar_subquery()
+
+
+@compiles(InSelect)
+def _in_select(element: InSelect, compiler: Any, **kw: Any) -> str:
+    return f"{compiler.process(element.key, **kw)} IN {compiler.process(element.select, **kw)}"
+
+
+@compiles(InSelect, "postgresql")
+def _in_select_pg(element: InSelect, compiler: Any, **kw: Any) -> str:
+    return f"{compiler.process(element.key, **kw)} = ANY(ARRAY{compiler.process(element.select, **kw)})"
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """How to find the related rows of a `Related` path: `matching(keys, predicate)` and `missing(keys)`."""
+
+    matching: Callable[[Any, Callable[[Any], Any]], Any]
+    missing: Callable[[Any], Any]
+
+
+def _related(path: str, *keys: str) -> Callable[[Any], Any]:
+    """A column spec: the value of `path` on the rows related to the entity's `keys`."""
+    if len(keys) == 1:
+        return lambda entity: type_coerce(col(entity, keys[0]), Related(path))
+    return lambda entity: type_coerce(tuple_(*(col(entity, k) for k in keys)), Related(path))
+
+
+def _by_foreign_key(model: type, value: str) -> Lookup:
+    """The related row is `model` with id = the searching row's foreign key."""
+    def matching(key: Any, predicate: Callable[[Any], Any]) -> Any:
+        other = aliased(model)
+        return InSelect(key, select(other.id).where(predicate(getattr(other, value))))
+    return Lookup(matching, lambda key: key.is_(None))
+
+
+def _tag_names(kind: str) -> Lookup:
+    def tagged(predicate: Callable[[Any], Any] | None = None) -> Any:
+        tag, link = aliased(Tag), aliased(TagAssignment)
+        stmt = select(link.object_id).join(tag, tag.id == link.tag_id).where(link.object_kind == kind)
+        return stmt.where(predicate(tag.name)) if predicate is not None else stmt
+    return Lookup(lambda key, predicate: InSelect(key, tagged(predicate)), lambda key: not_(InSelect(key, tagged())))
+
+
+def _desktop_cluster() -> Lookup:
+    """A desktop's cluster is its host's, or (when it is not placed on a host) its pool's."""
+    def matching(keys: Any, predicate: Callable[[Any], Any]) -> Any:
+        host_id, pool_id = keys.clauses
+        host, pool, cluster = aliased(Host), aliased(Pool), aliased(Cluster)
+        clusters = select(cluster.id).where(predicate(cluster.name))
+        return or_(InSelect(host_id, select(host.id).where(host.cluster_id.in_(clusters))),
+                   and_(host_id.is_(None), InSelect(pool_id, select(pool.id).where(pool.cluster_id.in_(clusters)))))
+
+    def missing(keys: Any) -> Any:
+        host_id, pool_id = keys.clauses
+        pool = aliased(Pool)
+        return and_(host_id.is_(None), or_(pool_id.is_(None), InSelect(pool_id, select(pool.id).where(
+            pool.cluster_id.is_(None)))))
+    return Lookup(matching, missing)
+
+
+def _user_pool_names() -> Lookup:
+    def entitled(predicate: Callable[[Any], Any] | None = None) -> Any:
+        pool, grant = aliased(Pool), aliased(Entitlement)
+        stmt = select(grant.user_id).join(pool, pool.id == grant.pool_id).where(grant.user_id.is_not(None))
+        return stmt.where(predicate(pool.name)) if predicate is not None else stmt
+    return Lookup(lambda key, predicate: InSelect(key, entitled(predicate)),
+                  lambda key: not_(InSelect(key, entitled())))
+
+
+RELATED: dict[str, Lookup] = {
+    "host": _by_foreign_key(Host, "name"),
+    "desktop": _by_foreign_key(Desktop, "name"),
+    "pool": _by_foreign_key(Pool, "name"),
+    "cluster": _by_foreign_key(Cluster, "name"),
+    "template": _by_foreign_key(Template, "name"),
+    "desktop.cluster": _desktop_cluster(),
+    "user.pools": _user_pool_names(),
+    **{f"{kind}.tags": _tag_names(kind) for kind in ("desktop", "host", "template", "user")},
+}
+
+
+def _tag_text(kind: str) -> Field:
+    """The names of an object's tags, for free text only (`tag = x` is the TAG field, with descendants)."""
+    return Field("_tag_names", Kind.STRING, _related(f"{kind}.tags", "id"), hidden=True, operators=(),
+                 sortable=False)
+
+
+def _names(*fields: Field) -> tuple[str, ...]:
+    """Free-text fields: every visible string field that is not a TAG (tag names come via _tag_names)."""
+    return tuple(f.name for f in fields if f.in_free_text and not f.hidden and f.kind is not Kind.TAG) + \
+        tuple(f.name for f in fields if f.name.startswith("_") and f.name.endswith("_names"))
+
+
 # ---- enum names: oVirt's spelling -> our stored value -------------------------------------------------------
 NO_MATCH = "(none)"  # a stored value no row has: oVirt states we never record are valid names that match nothing
 VM_STATUS = {
@@ -108,18 +258,16 @@ TEMPLATE_STATUS = {"OK": "ok", "Locked": "locked", "Illegal": "illegal"}
 DISK_STATUS = {"Unassigned": NO_MATCH, "OK": "ok", "LOCKED": "locked", "ILLEGAL": "illegal"}
 POOL_TYPE = {"AUTOMATIC": PoolType.AUTOMATIC.value, "MANUAL": PoolType.MANUAL.value,
              "TIME_BASED": PoolType.TIME_BASED.value}  # TIME_BASED: ours
-SEVERITY_CODE = {Severity.NORMAL.value: 0, Severity.WARNING.value: 1, Severity.ERROR.value: 2,
-                 Severity.ALERT.value: 10}
-SEVERITY = {"NORMAL": 0, "WARNING": 1, "ERROR": 2, "ALERT": 10}
+SEVERITY = {name.upper(): code for name, code in SEVERITY_CODES.items()}  # compared in oVirt's order
 TASKS = {t.value: t.value for t in TaskState}
 SOURCES = {s.value: s.value for s in PrincipalSource}
 PROTOCOL_POLICIES = {p.value: p.value for p in ProtocolPolicy}
 RECLAIM_POLICIES = {p.value: p.value for p in ReclaimPolicy}
 
 
-def severity_code(event: Any) -> Any:
-    """oVirt's numeric severity (NORMAL 0, WARNING 1, ERROR 2, ALERT 10), so `severity >= warning` works."""
-    return case(SEVERITY_CODE, value=type_coerce(col(event, "severity"), String(32)), else_=None)
+def _severity_code(event: Any) -> Any:
+    """Severity as a number in oVirt's order (NORMAL < WARNING < ERROR < ALERT), so `severity >= warning` works."""
+    return severity_code(type_coerce(col(event, "severity"), String(32)))
 
 
 # ---- field helpers -----------------------------------------------------------------------------------------
@@ -163,14 +311,22 @@ def _subquery(stmt: Any, name: str) -> Any:
     return stmt.subquery(name)
 
 
-HOLDINGS = _subquery(union_all(
-    select(Desktop.id.label("desktop_id"), Desktop.assigned_user_id.label("user_id"))
-    .where(Desktop.assigned_user_id.is_not(None)),
-    select(Assignment.desktop_id.label("desktop_id"), Assignment.user_id.label("user_id")),
-    select(Entitlement.desktop_id.label("desktop_id"), Entitlement.user_id.label("user_id"))
-    .where(Entitlement.desktop_id.is_not(None), Entitlement.user_id.is_not(None)),
-), "holdings")
-"""(desktop_id, user_id): every way a user holds a desktop."""
+def _holdings() -> list[tuple[Any, Any, Any, tuple[Any, ...]]]:
+    """(link table, its desktop id, its user id, conditions): every way a user holds a desktop."""
+    assigned = aliased(Desktop, name="assigned_desktop")
+    return [
+        (assigned, assigned.id, assigned.assigned_user_id, (assigned.assigned_user_id.is_not(None),)),
+        (Assignment, Assignment.desktop_id, Assignment.user_id, ()),
+        (Entitlement, Entitlement.desktop_id, Entitlement.user_id,
+         (Entitlement.desktop_id.is_not(None), Entitlement.user_id.is_not(None))),
+    ]
+
+
+def _held(name: str, branch: Callable[[Any, Any, Any], Any]) -> Any:
+    """A link view over holdings: one UNION ALL branch per kind of holding, each a plain join, so a condition
+    on the view (a user name, a desktop name) reaches the indexes of every branch."""
+    return _subquery(union_all(*(branch(link, desktop_id, user_id).where(*conditions)
+                                 for link, desktop_id, user_id, conditions in _holdings())), name)
 
 
 def _tagged(kind: str) -> Any:
@@ -194,38 +350,19 @@ def _tags_relation(kind: str) -> Relation:
     return Relation("tags", view, lambda obj, tag: tag.c.object_id == col(obj, "id"))
 
 
-# Plain (single-valued) relations: a desktop's host, pool and cluster; a host's or a pool's cluster.
-def _host_of(desktop: Any, host: Any) -> Any:
-    return col(host, "id") == col(desktop, "host_id")
-
-
-def _pool_of(desktop: Any, pool: Any) -> Any:
-    return col(pool, "id") == col(desktop, "pool_id")
-
-
-def _desktop_cluster(desktop: Any, cluster: Any) -> Any:
-    """A desktop's cluster: its host's, or (when it is not placed) its pool's."""
-    host, pool = aliased(Host), aliased(Pool)
-    return or_(col(cluster, "id").in_(select(host.cluster_id).where(host.id == col(desktop, "host_id"))),
-               col(cluster, "id").in_(select(pool.cluster_id).where(pool.id == col(desktop, "pool_id"))))
-
-
-def _cluster_of(obj: Any, cluster: Any) -> Any:
-    return col(cluster, "id") == col(obj, "cluster_id")
-
-
 # ---- Vms (desktops) ------------------------------------------------------------------------------------------
 VM_FIELDS = (
     S("name"), S("comment"), S("description"),
     E("status", VM_STATUS, _text("power_state")),
     S("ip"), S("fqdn", "guest_hostname"), S("address", "guest_hostname"),
-    S("on_host", "name", via="host"),
+    S("on_host", _related("host", "host_id"), sortable=False),
     Field("uptime", Kind.TIMESPAN, _uptime),
     E("os", OS_NAMES, _text("os_type"), case_sensitive_values=True, free_text=False),
     D("creationdate", "created_at"),
     I("cpu_usage"), I("mem_usage"), I("memory", "memory_mib"), I("vcpus", "cpus"),
     Field("apps", Kind.SUBSTRING, "installed_apps", free_text=False),
-    S("cluster", "name", via="cluster"), S("pool", "name", via="pool"),
+    S("cluster", _related("desktop.cluster", "host_id", "pool_id"), sortable=False),
+    S("pool", _related("pool", "pool_id"), sortable=False),
     S("loggedinuser", "logged_in_user"), TAG(),
     E("type", {"desktop": "desktop", "server": "server", "highperformance": "highperformance"},
       _constant("desktop")),  # every one of ours is a desktop
@@ -233,35 +370,38 @@ VM_FIELDS = (
     # ours
     I("disk_size", "disk_size_gib"), I("monitors"), B("ha_enabled"), I("ha_priority"),
     Field("protocols", Kind.LIST, "console_protocols", free_text=False), E("task", TASKS, _text("task_state")),
+    _tag_text("desktop"),
+    # free text reads the desktop's own text columns as one indexed expression (manager/models/search_indexes.py)
+    Field("_text", Kind.STRING, lambda desktop: joined_text(desktop, DESKTOP_TEXT_COLUMNS), hidden=True,
+          operators=(), sortable=False),
 )
-VM_RELATIONS = (
-    Relation("host", Host, _host_of), Relation("pool", Pool, _pool_of),
-    Relation("cluster", Cluster, _desktop_cluster), _tags_relation("desktop"),
-)
+VM_FREE_TEXT = ("_text", "on_host", "cluster", "pool", "_tag_names")
+VM_RELATIONS = (_tags_relation("desktop"),)
 
 
 def _vm(name: str, entity: Any, xrefs: tuple[XRef, ...] = (), searchable: bool = False) -> ObjectDef:
     return ObjectDef(name, entity, VM_FIELDS, aliases=("Desktop",) if searchable else (), xrefs=xrefs,
-                     relations=VM_RELATIONS, default_sort=(("name", "asc"),), searchable=searchable)
+                     relations=VM_RELATIONS, free_text=VM_FREE_TEXT, default_sort=(("name", "asc"),),
+                     searchable=searchable)
 
 
 # ---- Hosts -----------------------------------------------------------------------------------------------------
 HOST_FIELDS = (
     S("name"), S("comment"), E("status", HOST_STATUS, _text("status")),
-    S("cluster", "name", via="cluster"), S("address"),
+    S("cluster", _related("cluster", "cluster_id"), sortable=False), S("address"),
     I("cpu_usage"), I("mem_usage"), S("version", "libvirt_version"), I("cpus"), I("memory", "memory_mib"),
     S("cpu_model"), I("active_vms", "active_desktops"), TAG(), I("ha_score", ops=STRING_OPS),
     U("id", hidden=True),
     # ours
     I("free_memory", "free_memory_mib"), B("ksm", "ksm_running"), D("last_heartbeat", "last_heartbeat_at"),
-    D("creationdate", "created_at"),
+    D("creationdate", "created_at"), _tag_text("host"),
 )
-HOST_RELATIONS = (Relation("cluster", Cluster, _cluster_of), _tags_relation("host"))
+HOST_RELATIONS = (_tags_relation("host"),)
 
 
 def _host(name: str, entity: Any, xrefs: tuple[XRef, ...] = (), searchable: bool = False) -> ObjectDef:
     return ObjectDef(name, entity, HOST_FIELDS, xrefs=xrefs, relations=HOST_RELATIONS,
-                     default_sort=(("name", "asc"),), searchable=searchable)
+                     free_text=_names(*HOST_FIELDS), default_sort=(("name", "asc"),), searchable=searchable)
 
 
 # ---- Templates -------------------------------------------------------------------------------------------------
@@ -281,7 +421,7 @@ TEMPLATE_FIELDS = (
     U("_vmt_id", hidden=True),
     # ours
     I("version_number", "number", via="versions"), I("vcpus", "cpus"),
-    Field("apps", Kind.SUBSTRING, "installed_apps", free_text=False),
+    Field("apps", Kind.SUBSTRING, "installed_apps", free_text=False), _tag_text("template"),
 )
 TEMPLATE_RELATIONS = (
     Relation("versions", TemplateVersion, lambda template, version: col(version, "template_id") == col(template, "id")),
@@ -291,7 +431,7 @@ TEMPLATE_RELATIONS = (
 
 def _template(name: str, entity: Any, xrefs: tuple[XRef, ...] = (), searchable: bool = False) -> ObjectDef:
     return ObjectDef(name, entity, TEMPLATE_FIELDS, xrefs=xrefs, relations=TEMPLATE_RELATIONS,
-                     default_sort=(("name", "asc"),), searchable=searchable)
+                     free_text=_names(*TEMPLATE_FIELDS), default_sort=(("name", "asc"),), searchable=searchable)
 
 
 # ---- Users and Groups ------------------------------------------------------------------------------------------
@@ -306,7 +446,8 @@ USER_FIELDS = (
     U("id", hidden=True),
     # ours
     S("email"), S("displayname", "display_name"), S("upn"), E("source", SOURCES, _text("source")),
-    S("dn"), B("enabled"), B("deleted_in_directory"),
+    S("dn"), B("enabled"), B("deleted_in_directory"), _tag_text("user"),
+    Field("_pool_names", Kind.STRING, _related("user.pools", "id"), hidden=True, operators=(), sortable=False),
 )
 USER_RELATIONS = (
     Relation("pools", USER_POOLS, lambda user, pool: pool.c.user_id == col(user, "id")),
@@ -316,7 +457,7 @@ USER_RELATIONS = (
 
 def _user(name: str, entity: Any, xrefs: tuple[XRef, ...] = (), searchable: bool = False) -> ObjectDef:
     return ObjectDef(name, entity, USER_FIELDS, xrefs=xrefs, relations=USER_RELATIONS,
-                     default_sort=(("username", "asc"), ("domain", "asc")), searchable=searchable)
+                     free_text=tuple(n for n in _names(*USER_FIELDS) if n != "pool"), default_sort=(("username", "asc"), ("domain", "asc")), searchable=searchable)
 
 
 GROUPS = ObjectDef("Group", Group, (
@@ -338,7 +479,7 @@ def _pool_count(*where: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 POOLS = ObjectDef("Pool", Pool, (
     S("name"), S("description"), S("comment"), E("type", POOL_TYPE, _text("pool_type")),
-    S("cluster", "name", via="cluster"),
+    S("cluster", _related("cluster", "cluster_id"), sortable=False),
     I("assigned_vm_count", _pool_count(lambda d: d.assigned_user_id.is_not(None)), ops=STRING_OPS),
     I("running_vm_count", _pool_count(lambda d: type_coerce(d.power_state, String(32)) == PowerState.UP.value),
       ops=STRING_OPS),
@@ -347,40 +488,33 @@ POOLS = ObjectDef("Pool", Pool, (
     S("pattern", "name_pattern"), E("protocol_policy", PROTOCOL_POLICIES, _text("protocol_policy")),
     I("lease_seconds"), D("window_start", "window_start"), D("window_end", "window_end"),
     E("reclaim_policy", RECLAIM_POLICIES, _text("reclaim_policy")),
-    S("template", "name", via="template"), D("creationdate", "created_at"), U("id", hidden=True),
-), relations=(
-    Relation("cluster", Cluster, _cluster_of),
-    Relation("template", Template, lambda pool, template: col(template, "id") == col(pool, "template_id")),
+    S("template", _related("template", "template_id"), sortable=False), D("creationdate", "created_at"),
+    U("id", hidden=True),
 ), default_sort=(("name", "asc"),))
 
 
 # ---- Events ------------------------------------------------------------------------------------------------------
 EVENT_FIELDS = (
     S("type", "code"),  # oVirt: a numeric event type; ours is a dotted code such as desktop.created
-    E("severity", SEVERITY, severity_code, operators=NUMERIC_OPS),
+    E("severity", SEVERITY, _severity_code, operators=NUMERIC_OPS),
     S("message"),
     D("time", "time", operators=DATE_OPS, symbolic_dates=True),
     S("usrname", "actor"),  # "user@domain", or the host/system that did it
-    S("event_host", "name", via="host"), S("event_vm", "name", via="desktop"),
-    S("event_template", "name", via="template"), S("correlation_id"),
+    S("event_host", _related("host", "host_id"), sortable=False),
+    S("event_vm", _related("desktop", "desktop_id"), sortable=False),
+    S("event_template", _related("template", "template_id"), sortable=False), S("correlation_id"),
     S("origin", "actor", free_text=False),
     B("deleted"),
     S("_event_vm_id", "desktop_id", hidden=True), S("_event_template_id", "template_id", hidden=True),
     S("_event_host_id", "host_id", hidden=True), S("usrid", "user_id", hidden=True, operators=()),
     # ours
-    S("event_pool", "name", via="pool"), S("_event_pool_id", "pool_id", hidden=True),
+    S("event_pool", _related("pool", "pool_id"), sortable=False), S("_event_pool_id", "pool_id", hidden=True),
     S("_event_job_id", "job_id", hidden=True),
-)
-EVENT_RELATIONS = (
-    Relation("host", Host, lambda event, host: col(host, "id") == col(event, "host_id")),
-    Relation("desktop", Desktop, lambda event, desktop: col(desktop, "id") == col(event, "desktop_id")),
-    Relation("template", Template, lambda event, template: col(template, "id") == col(event, "template_id")),
-    Relation("pool", Pool, lambda event, pool: col(pool, "id") == col(event, "pool_id")),
 )
 
 
 def _event(name: str, entity: Any, xrefs: tuple[XRef, ...] = (), searchable: bool = False) -> ObjectDef:
-    return ObjectDef(name, entity, EVENT_FIELDS, xrefs=xrefs, relations=EVENT_RELATIONS,
+    return ObjectDef(name, entity, EVENT_FIELDS, xrefs=xrefs,
                      default_sort=(("id", "desc"),), base_filter=lambda event: col(event, "deleted").is_(False),
                      searchable=searchable)
 
@@ -423,10 +557,10 @@ DISKS = ObjectDef("Disk", Volume, (
 # ---- link views and cross-references (search-language.md 5.1/5.2, intended meanings) ----------------------------------
 _V, _TV = aliased(Desktop, name="linked_desktop"), aliased(TemplateVersion, name="linked_version")
 
-USERS_BY_DESKTOP = _with_link(User, HOLDINGS.c.desktop_id, (HOLDINGS, HOLDINGS.c.user_id == User.id),
-                              "users_by_desktop")
-DESKTOPS_BY_USER = _with_link(Desktop, HOLDINGS.c.user_id, (HOLDINGS, HOLDINGS.c.desktop_id == Desktop.id),
-                              "desktops_by_user")
+USERS_BY_DESKTOP = _held("users_by_desktop", lambda link, desktop_id, user_id: select(
+    *User.__table__.columns, desktop_id.label("link_id")).select_from(User).join(link, user_id == User.id))
+DESKTOPS_BY_USER = _held("desktops_by_user", lambda link, desktop_id, user_id: select(
+    *Desktop.__table__.columns, user_id.label("link_id")).select_from(Desktop).join(link, desktop_id == Desktop.id))
 TEMPLATES_BY_VERSION = _with_link(Template, TemplateVersion.id, (TemplateVersion, TemplateVersion.template_id == Template.id),
                                   "templates_by_version")
 DESKTOPS_BY_TEMPLATE = _with_link(Desktop, TemplateVersion.template_id,
@@ -439,20 +573,19 @@ TEMPLATES_BY_HOST = _subquery(
 HOSTS_BY_TEMPLATE = _subquery(
     select(*Host.__table__.columns, _TV.template_id.label("link_id")).select_from(Host)
     .join(_V, _V.host_id == Host.id).join(_TV, _TV.id == _V.template_version_id), "hosts_by_template")
-USERS_BY_HOST = _subquery(
-    select(*User.__table__.columns, _V.host_id.label("link_id")).select_from(User)
-    .join(HOLDINGS, HOLDINGS.c.user_id == User.id).join(_V, _V.id == HOLDINGS.c.desktop_id), "users_by_host")
-HOSTS_BY_USER = _subquery(
-    select(*Host.__table__.columns, HOLDINGS.c.user_id.label("link_id")).select_from(Host)
-    .join(_V, _V.host_id == Host.id).join(HOLDINGS, HOLDINGS.c.desktop_id == _V.id), "hosts_by_user")
-USERS_BY_TEMPLATE = _subquery(
-    select(*User.__table__.columns, _TV.template_id.label("link_id")).select_from(User)
-    .join(HOLDINGS, HOLDINGS.c.user_id == User.id).join(_V, _V.id == HOLDINGS.c.desktop_id)
-    .join(_TV, _TV.id == _V.template_version_id), "users_by_template")
-TEMPLATES_BY_USER = _subquery(
-    select(*Template.__table__.columns, HOLDINGS.c.user_id.label("link_id")).select_from(Template)
+USERS_BY_HOST = _held("users_by_host", lambda link, desktop_id, user_id: select(
+    *User.__table__.columns, _V.host_id.label("link_id")).select_from(User).join(link, user_id == User.id)
+    .join(_V, _V.id == desktop_id))
+HOSTS_BY_USER = _held("hosts_by_user", lambda link, desktop_id, user_id: select(
+    *Host.__table__.columns, user_id.label("link_id")).select_from(Host).join(_V, _V.host_id == Host.id)
+    .join(link, desktop_id == _V.id))
+USERS_BY_TEMPLATE = _held("users_by_template", lambda link, desktop_id, user_id: select(
+    *User.__table__.columns, _TV.template_id.label("link_id")).select_from(User).join(link, user_id == User.id)
+    .join(_V, _V.id == desktop_id).join(_TV, _TV.id == _V.template_version_id))
+TEMPLATES_BY_USER = _held("templates_by_user", lambda link, desktop_id, user_id: select(
+    *Template.__table__.columns, user_id.label("link_id")).select_from(Template)
     .join(_TV, _TV.template_id == Template.id).join(_V, _V.template_version_id == _TV.id)
-    .join(HOLDINGS, HOLDINGS.c.desktop_id == _V.id), "templates_by_user")
+    .join(link, desktop_id == _V.id))
 EVENTS_BY_TEMPLATE = _subquery(
     select(*Event.__table__.columns, _TV.template_id.label("link_id")).select_from(Event)
     .join(_V, _V.id == Event.desktop_id).join(_TV, _TV.id == _V.template_version_id), "events_by_template")

@@ -110,9 +110,19 @@ def run_search(session: Session, query: str, *, page_size: int = 100, case_sensi
     if session.get_bind().dialect.name == "postgresql":
         # A pathological query (free text over everything, many cross-references) must not hold a backend.
         session.execute(text(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT_SECONDS}s'"))
+        # JIT compiles these short queries for longer than they run (hundreds of ms on 100k desktops).
+        session.execute(text("SET LOCAL jit = off"))
+        # The page is ORDER BY <sort key>, <primary key> LIMIT n. With incremental sort the planner may walk the
+        # whole sort-key index hoping to meet n matches early; when its row estimate is too high (free text,
+        # `= ANY(...)` lookups) that reads every row to find none. Sorting the matches is bounded instead.
+        session.execute(text("SET LOCAL enable_incremental_sort = off"))
+        session.execute(text("SET LOCAL work_mem = '64MB'"))  # sort a deep page in memory, not on disk
     try:
-        total = session.scalar(compiled.count) or 0
         rows = session.scalars(compiled.select).all()
+        if len(rows) < compiled.page_size and (rows or not compiled.offset):
+            total = compiled.offset + len(rows)  # the last page: no need to count
+        else:
+            total = session.scalar(compiled.count) or 0
     except OperationalError as exc:
         if "statement timeout" not in str(exc.orig):
             raise

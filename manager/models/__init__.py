@@ -6,6 +6,7 @@ from manager.models.identity import (ApiToken, Assignment, DesktopSession, Direc
 from manager.models.images import Snapshot, Template, TemplateVersion, Volume
 from manager.models.infra import Cluster, Host, StorageDomain
 from manager.models.ops import Bookmark, Event, Job, Tag, TagAssignment
+from manager.models import search_indexes  # noqa: E402,F401  (the search's indexes join the metadata)
 
 __all__ = [
     "ApiToken", "Assignment", "Base", "Bookmark", "Cluster", "Desktop", "DesktopSession", "DirectorySyncState",

@@ -162,6 +162,12 @@ MORE = [
     ("Vms: Default", {"web1", "web2", "db1", "vm1"}),  # cluster names take part in free text
     ("Vms: cluster = eu-west", {"testdesktop", "stale1"}),
     ("Vms: pool = eng-pool", {"web2", "db1"}),
+    # != on a related value also matches rows with no related row (upstream's `IS NULL OR`)
+    ("Vms: pool != eng-pool", ALL_VMS - {"web2", "db1"}),
+    ("Vms: on_host != host1", ALL_VMS - {"web2", "vm1"}),
+    ("Vms: cluster != Default", {"testdesktop", "stale1", "my vm", "50%"}),
+    ("Vms: Hosts.cluster = eu*", {"testdesktop", "stale1"}),
+    ("Vms: paris", {"testdesktop"}),  # tag names take part in free text
     ("Vms: tag = prod", {"web1", "db1"}),
     ("Vms: tag != prod", ALL_VMS - {"web1"}),
     ("Vms: loggedinuser = bob", {"vm1"}),

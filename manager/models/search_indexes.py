@@ -1,0 +1,93 @@
+"""Indexes for the administrator search (manager/search_fields.py), declared beside the models they index.
+
+* Trigram GIN indexes (Postgres pg_trgm) serve `name = *x*`, `name = x*` and free text: oVirt's string
+  comparisons are ILIKE with wildcards anywhere, which a b-tree cannot serve. SQLite has no GIN: there they are
+  plain indexes, which the migration creates too so models and migrations stay identical.
+* one trigram GIN index over a desktop's free-text columns joined (`joined_text`): free text searches that one
+  expression (search_fields), so `Vms: web` is one index scan instead of an ILIKE per column per row.
+* `events` severity as a number in oVirt's order (normal < warning < error < alert), so `severity >= warning`
+  is an index range; the search compares exactly this expression (`severity_code`).
+bench/search.py measures what they buy.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import DDL, Index, Integer, event, literal_column
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+
+from manager.models.base import Base
+from manager.models.desktops import Desktop
+from manager.models.identity import User
+from manager.models.ops import Event
+
+SEVERITIES = "normal warning error alert"
+"""Severities in oVirt's order; a severity's code is its position in this text (normal 1 ... alert 22)."""
+SEVERITY_CODES = {name: SEVERITIES.index(name) + 1 for name in SEVERITIES.split()}
+# Joins the free-text columns of a row; a unit separator, so a typed value never spans two columns.
+SEPARATOR = "\x1f"
+DESKTOP_TEXT_COLUMNS = ("name", "comment", "description", "ip", "guest_hostname", "logged_in_user")
+
+
+class text_position(FunctionElement):
+    """1-based position of `needle` in `haystack` (0 when absent): strpos on Postgres, instr on SQLite."""
+
+    type = Integer()
+    name = "text_position"
+    inherit_cache = True
+
+
+@compiles(text_position)
+def _strpos(element: text_position, compiler: Any, **kw: Any) -> str:
+    return f"strpos({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(text_position, "sqlite")
+def _instr(element: text_position, compiler: Any, **kw: Any) -> str:
+    return f"instr({compiler.process(element.clauses, **kw)})"
+
+
+def severity_code(severity: Any) -> Any:
+    """An events.severity column as a number that orders like oVirt's codes (the literal stays inline: the
+    index is on exactly this expression)."""
+    return text_position(literal_column(f"'{SEVERITIES}'"), severity)
+
+
+def joined_text(entity: Any, columns: tuple[str, ...]) -> Any:
+    """`a || <US> || b || ...` over an entity's text columns (all NOT NULL): what free text searches."""
+    from search_dsl.compiler import column_of
+
+    expression = column_of(entity, columns[0])
+    for name in columns[1:]:
+        expression = expression + literal_column(f"'{SEPARATOR}'") + column_of(entity, name)
+    return expression
+
+
+def joined_text_sql(columns: tuple[str, ...]) -> str:
+    """The same expression as SQL text, grouped as Postgres prints an index back (so Alembic sees no drift)."""
+    sql = columns[0]
+    for name in columns[1:]:
+        sql = f"(({sql} || '{SEPARATOR}') || {name})"
+    return sql
+
+
+def _trigram(name: str, column: Any) -> Index:
+    return Index(name, column, postgresql_using="gin", postgresql_ops={column.key: "gin_trgm_ops"})
+
+
+TRIGRAM_INDEXES = (
+    _trigram("ix_desktops_name_trgm", Desktop.name),
+    _trigram("ix_users_username_trgm", User.username),
+)
+Index("ix_desktops_text_trgm", literal_column(joined_text_sql(DESKTOP_TEXT_COLUMNS)).label("desktop_text"),
+      postgresql_using="gin", postgresql_ops={"desktop_text": "gin_trgm_ops"}, _table=Desktop.__table__)
+Index("ix_events_severity_code", severity_code(Event.severity), _table=Event.__table__)
+# Page order: the search sorts by the sort key, then the primary key (stable pages); without this a page of
+# `Vms:` sorts every desktop. (An explicit `sortby name asc` is oVirt's ASC NULLS FIRST, which an index could
+# serve only with NULLS FIRST in its definition - SQLite cannot declare that; such pages sort their matches.)
+Index("ix_desktops_name_id", Desktop.name, Desktop.id)
+
+# metadata.create_all on Postgres needs the operator class; Alembic's revision 0003 creates it there.
+event.listen(Base.metadata, "before_create", DDL("CREATE EXTENSION IF NOT EXISTS pg_trgm").execute_if(
+    dialect="postgresql"))
