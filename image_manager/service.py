@@ -6,16 +6,31 @@ commits, in image_manager.tasks. Every job is tied to its files by its id: tempo
 `.tmp-<job_id>-…`, and a re-run with the same id finishes the work (see image_manager.fileops), which
 is what image_manager.reconcile relies on after a crash.
 
-Model of a desktop disk (all offline; the desktop must be powered off for disk changes):
-- the *active* volume (Desktop.volume_id) keeps ONE path for the desktop's whole life, so the domain
-  definition on its host never changes: snapshots, previews and re-images swap the file under that
-  path atomically (hard link to keep the old content, then rename a new overlay over the path);
+Model of a desktop disk:
+- the *active* volume (Desktop.volume_id) is the file the desktop writes. OFFLINE operations keep its
+  path, so the domain definition on its host does not change: snapshots, previews and re-images swap the
+  file under that path atomically (hard link to keep the old content, then rename a new overlay over the
+  path);
 - a snapshot is a frozen volume (role "snapshot"); volumes form a tree through Volume.parent_id whose
   roots are template versions (role "template") or full clones (role "clone");
 - a snapshot preview keeps the pre-preview disk as a "stash" volume until it is committed or undone.
 
-Live (running-desktop) snapshots are not offered: the node agent has no disk-only snapshot route, so
-every disk operation here raises DesktopBusy while the desktop is not down.
+Running desktops (power state up or paused, placed on a host): files under a running QEMU cannot be
+swapped, so the two LIVE operations move the active volume to another file instead, through the node
+(libvirt rewrites the domain's live AND persistent definition to the new file in the same call, so the
+host and the database agree; Desktop.volume_id moves to the volume of that file):
+- create_snapshot: the node takes an external disk-only snapshot into a NEW overlay
+  (<desktop dir>/<new volume id>.qcow2). The file written until then is frozen in place and becomes the
+  snapshot's volume (same row, role "snapshot"); the new overlay's volume becomes the desktop's active
+  volume. Crash-consistent only: the demo guests have no qemu-guest-agent to quiesce file systems.
+- delete_snapshot: a block commit through the node. The snapshot's only child is merged DOWN into the
+  snapshot's own file, which then replaces that child in the chain: an active commit + pivot when the
+  child is the active volume (the desktop then writes the snapshot's former file, which becomes its
+  active volume), an inner commit when the child is a newer snapshot (whose snapshot row then points at
+  the merged file). Templates are never written: the commit base is always the deleted snapshot's file.
+  Snapshots outside the running chain or with several children (branches left by reverts) need the
+  offline delete: DesktopBusy says so.
+- revert, preview and re-image stay offline (as in oVirt): DesktopBusy "power it off first".
 """
 from __future__ import annotations
 
@@ -53,8 +68,11 @@ VOLUME_ILLEGAL = "illegal"  # missing or corrupt: found by reconcile or a check
 # Snapshot.status values
 SNAPSHOT_OK = "ok"
 SNAPSHOT_IN_PREVIEW = "in_preview"
+SNAPSHOT_MERGE_FAILED = "merge_failed"  # a live delete stopped part-way: its file holds newer data; delete only
 
 LIVE_SESSION_STATES = (SessionState.CONNECTED, SessionState.DISCONNECTED)
+# power states in which snapshots and merges go through the node (the QEMU process is there)
+RUNNING_STATES = (PowerState.UP, PowerState.PAUSED)
 
 IMPORT_FORMATS = ("qcow2", "raw")
 
@@ -537,9 +555,11 @@ def _preview_of(session: Session, desktop: Desktop) -> Snapshot | None:
 
 def create_snapshot(session: Session, desktop: Desktop, name: str, *, description: str = "",
                     actor: str = "system") -> tuple[Snapshot, Job]:
-    """Freeze the desktop's disk as snapshot `name` and give it a fresh overlay on top (a job; offline: the
-    desktop must be down). Raises DuplicateName, DesktopBusy (running, or another action), Conflict while a
-    snapshot is in preview."""
+    """Freeze the desktop's disk as snapshot `name` and give it a fresh overlay on top (a job). A powered-off
+    desktop's snapshot is made on files (the active path stays); a running (up or paused) one's is taken live
+    by its node, and the desktop continues in a new active file (see the module docstring). Raises
+    DuplicateName, DesktopBusy (starting, stopping, migrating..., or another action holds it), Unavailable /
+    NodeUnreachable when a running desktop's host cannot be used, Conflict while a snapshot is in preview."""
     name = (name or "").strip()
     if not name or len(name) > 255:
         raise Invalid("a snapshot needs a name of 1-255 characters")
@@ -548,6 +568,8 @@ def create_snapshot(session: Session, desktop: Desktop, name: str, *, descriptio
     if _preview_of(session, desktop) is not None:
         raise Conflict(f"desktop {desktop.name} is previewing a snapshot; commit or undo the preview first")
     active = active_volume(session, desktop)
+    if desktop.power_state != PowerState.DOWN:
+        return _create_live_snapshot(session, desktop, active, name, description, actor)
     _claim(session, desktop, TaskState.SNAPSHOTTING, "take a snapshot")
     frozen_id = new_id()
     frozen_path = desktop_dir_for(active.path, desktop.id) / f"{frozen_id}{fileops.IMAGE_SUFFIX}"
@@ -565,6 +587,103 @@ def create_snapshot(session: Session, desktop: Desktop, name: str, *, descriptio
     job = _enqueue(session, "image.snapshot", params, actor=actor, target_kind="desktop", target_id=desktop.id,
                    description=f"snapshot {name} of desktop {desktop.name}")
     return snap, job
+
+
+def _require_running_on_a_node(session: Session, desktop: Desktop, action: str) -> None:
+    """For a live operation: the desktop is up or paused on a usable host (else DesktopBusy / Unavailable)."""
+    if desktop.power_state not in RUNNING_STATES:
+        raise DesktopBusy(desktop_id=desktop.name, state=desktop.power_state.value,
+                          action=f"{action}: wait until it is up, or power it off")
+    from manager.provisioning import nodes  # the provisioning side's one adapter to NodeClient
+
+    nodes.target_of_desktop(session, desktop)  # fails early and clearly when the host cannot be used
+
+
+def _create_live_snapshot(session: Session, desktop: Desktop, active: Volume, name: str, description: str,
+                          actor: str) -> tuple[Snapshot, Job]:
+    _require_running_on_a_node(session, desktop, "take a live snapshot")
+    if active.status != VOLUME_OK:
+        raise Conflict(f"the disk of desktop {desktop.name} is {active.status}; wait for its job or run a reconcile")
+    _claim(session, desktop, TaskState.SNAPSHOTTING, "take a snapshot", require_down=False)
+    new_active_id = new_id()
+    new_active_path = desktop_dir_for(active.path, desktop.id) / f"{new_active_id}{fileops.IMAGE_SUFFIX}"
+    # The overlay the node will create; it becomes the active volume when the job has taken the snapshot.
+    session.add(Volume(id=new_active_id, storage_domain_id=active.storage_domain_id, path=str(new_active_path),
+                       format="qcow2", role=active.role, parent_id=active.id, desktop_id=desktop.id,
+                       virtual_size=active.virtual_size, status=VOLUME_LOCKED))
+    session.flush()
+    snap = Snapshot(id=new_id(), desktop_id=desktop.id, volume_id=active.id, name=name, description=description,
+                    status="locked")
+    session.add(snap)
+    session.flush()
+    # frozen_*: the file written until now, frozen in place; active_path / volume_id: where the desktop goes on.
+    params = {"desktop_id": desktop.id, "snapshot_id": snap.id, "live": True, "frozen_id": active.id,
+              "frozen_path": active.path, "volume_id": new_active_id, "active_path": str(new_active_path)}
+    job = _enqueue(session, "image.snapshot", params, actor=actor, target_kind="desktop", target_id=desktop.id,
+                   description=f"live snapshot {name} of running desktop {desktop.name}")
+    return snap, job
+
+
+def take_live_snapshot(target: Any, params: dict[str, Any]) -> list[str]:
+    """The node side of a live snapshot (no database): the desktop's domain continues in params["active_path"].
+    Idempotent (the node answers a re-run from the domain's current disk). Returns the disk chain, top first."""
+    from manager.provisioning import nodes
+
+    return nodes.client(target).snapshot_disk(params["desktop_id"], params["active_path"])
+
+
+def live_snapshot_target(session: Session, params: dict[str, Any]) -> Any:
+    """The node of the desktop a live snapshot job works on (read when the job runs: the desktop may have moved)."""
+    from manager.provisioning import nodes
+
+    return nodes.target_of_desktop(session, get_desktop(session, params["desktop_id"]))
+
+
+def finish_live_snapshot(session: Session, params: dict[str, Any], *, job_id: str | None, actor: str) -> None:
+    """Record a live snapshot the node has taken: the old active volume is the snapshot, the new overlay is
+    the desktop's active volume (the domain's definitions already point at it)."""
+    desktop = session.get(Desktop, params["desktop_id"])
+    frozen = session.get(Volume, params["frozen_id"])
+    new_active = session.get(Volume, params["volume_id"])
+    snap = session.get(Snapshot, params["snapshot_id"])
+    if desktop is None or frozen is None or new_active is None or snap is None:
+        return
+    frozen.role = ROLE_SNAPSHOT
+    frozen.actual_size = fileops.allocated_bytes(frozen.path)
+    new_active.status = VOLUME_OK
+    new_active.actual_size = fileops.allocated_bytes(new_active.path)
+    snap.status = SNAPSHOT_OK
+    session.flush()
+    session.execute(update(Desktop).where(Desktop.id == desktop.id, Desktop.task_state == TaskState.SNAPSHOTTING)
+                    .values(task_state=None, volume_id=new_active.id).execution_options(synchronize_session=False))
+    session.refresh(desktop)
+    emit(session, "desktop.snapshot_created", f"{actor} took live snapshot {snap.name} of running desktop "
+         f"{desktop.name}; it now writes {new_active.path}", actor=actor, desktop_id=desktop.id, job_id=job_id)
+
+
+def abandon_live_snapshot(session: Session, params: dict[str, Any], *, reason: str, job_id: str | None,
+                          actor: str = "system") -> list[str]:
+    """Undo the rows of a live snapshot the node could not take. If the new overlay exists on top of the frozen
+    file, the node did take it (libvirt's atomic snapshot deletes the file it made when it fails) and the
+    snapshot is recorded instead: the domain writes that file now, so it must never be deleted."""
+    active, frozen = Path(params["active_path"]), Path(params["frozen_path"])
+    if _is_overlay_of(active, frozen):
+        finish_live_snapshot(session, params, job_id=job_id, actor=actor)
+        return ["completed the snapshot (the node had taken it)"]
+    cleaned: list[str] = []
+    snap = session.get(Snapshot, params["snapshot_id"])
+    if snap is not None:
+        session.delete(snap)
+        session.flush()
+    vol = session.get(Volume, params["volume_id"])
+    if vol is not None:
+        session.delete(vol)
+        cleaned.append(f"volume row {vol.id}")
+    session.flush()
+    release_desktop(session, params["desktop_id"], TaskState.SNAPSHOTTING)
+    emit(session, "desktop.snapshot_failed", f"live snapshot of desktop {params['desktop_id']} failed: {reason}",
+         severity=_warning(), actor=actor, desktop_id=params["desktop_id"], job_id=job_id)
+    return cleaned
 
 
 def freeze_active(active_path: str | os.PathLike[str], frozen_path: str | os.PathLike[str], *,
@@ -677,18 +796,84 @@ def commit_preview(session: Session, desktop: Desktop, *, actor: str = "system")
 
 
 def delete_snapshot(session: Session, desktop: Desktop, snap: Snapshot, *, actor: str = "system") -> Job:
-    """Delete a snapshot: its data is merged into every volume built on it (qemu-img rebase, so what they read
-    does not change), then its file is deleted. A job; offline. Raises Conflict while it is previewed."""
+    """Delete a snapshot without changing what any volume reads, as a job. Powered off: its data is merged into
+    every volume built on it (qemu-img rebase), then its file is deleted. Running (up or paused): a live block
+    commit through the node (see the module docstring; the chain gets one file shorter, the guest keeps running).
+    Raises Conflict while it is previewed, DesktopBusy while another action holds the desktop, or when it runs and
+    the snapshot cannot be merged live (power it off first), Unavailable / NodeUnreachable for an unusable host."""
     if snap.status == SNAPSHOT_IN_PREVIEW:
         raise Conflict(f"snapshot {snap.name} is being previewed; commit or undo the preview first")
+    if desktop.power_state != PowerState.DOWN:
+        return _delete_snapshot_live(session, desktop, snap, actor)
     return _simple_disk_job(session, desktop, snap, "image.delete_snapshot", "delete a snapshot", actor)
+
+
+@dataclass(frozen=True)
+class LiveMerge:
+    """What a live delete of a snapshot commits: `top` (the snapshot's only child) into `base` (the snapshot's
+    own file). `active` when top is the file the domain writes (an active commit with a pivot)."""
+
+    top_id: str
+    top_path: str
+    base_id: str
+    base_path: str
+    active: bool
+
+
+def plan_live_merge(session: Session, desktop: Desktop, snap: Snapshot) -> LiveMerge | None:
+    """How to delete `snap` while `desktop` runs: a LiveMerge, or None when nothing reads the snapshot's file
+    (no volume is built on it: deleting the file is enough). Raises DesktopBusy when only an offline delete
+    can do it (the snapshot is outside the running chain or has several children)."""
+    vol = session.get(Volume, snap.volume_id)
+    active = active_volume(session, desktop)
+    if vol is None or vol.role != ROLE_SNAPSHOT:
+        raise Invalid(f"snapshot {snap.name} has no snapshot volume; run a reconcile")
+    children = list(session.scalars(select(Volume).where(Volume.parent_id == vol.id)))
+    if not children:
+        return None
+    running_chain = []
+    current: Volume | None = active
+    while current is not None:
+        running_chain.append(current)
+        current = session.get(Volume, current.parent_id) if current.parent_id else None
+    ids = [v.id for v in running_chain]
+    offline = "delete it: power the desktop off first (the offline delete rebases every volume built on it)"
+    if vol.id not in ids:
+        raise DesktopBusy(desktop_id=desktop.name, state=f"{desktop.power_state.value} (snapshot {snap.name} is "
+                          "not in the running disk chain)", action=offline)
+    top = running_chain[ids.index(vol.id) - 1]
+    if len(children) != 1:
+        raise DesktopBusy(desktop_id=desktop.name, state=f"{desktop.power_state.value} ({len(children)} volumes are "
+                          f"built on snapshot {snap.name})", action=offline)
+    if top.id != active.id:
+        grandchildren = session.scalar(select(func.count()).select_from(Volume).where(Volume.parent_id == top.id))
+        if grandchildren != 1:
+            raise DesktopBusy(desktop_id=desktop.name, state=f"{desktop.power_state.value} (the snapshot above "
+                              f"{snap.name} has {grandchildren} volumes built on it)", action=offline)
+    return LiveMerge(top.id, top.path, vol.id, vol.path, top.id == active.id)
+
+
+def _delete_snapshot_live(session: Session, desktop: Desktop, snap: Snapshot, actor: str) -> Job:
+    _require_running_on_a_node(session, desktop, "delete a snapshot live")
+    if snap.status not in (SNAPSHOT_OK, SNAPSHOT_MERGE_FAILED):
+        raise Conflict(f"snapshot {snap.name} is {snap.status}; wait for its job")
+    merge = plan_live_merge(session, desktop, snap)
+    _claim(session, desktop, TaskState.SNAPSHOTTING, "delete a snapshot", require_down=False)
+    params: dict[str, Any] = {"desktop_id": desktop.id, "snapshot_id": snap.id, "live": True}
+    how = "live block commit" if merge is not None else "file removal (nothing reads it)"
+    return _enqueue(session, "image.delete_snapshot", params, actor=actor, target_kind="desktop",
+                    target_id=desktop.id, description=f"delete snapshot {snap.name} of running desktop "
+                                                      f"{desktop.name} ({how})")
 
 
 def _simple_disk_job(session: Session, desktop: Desktop, snap: Snapshot, kind: str, action: str, actor: str, *,
                      refuse_during_preview: bool = False) -> Job:
     if refuse_during_preview and _preview_of(session, desktop) is not None:
         raise Conflict(f"desktop {desktop.name} is previewing a snapshot; commit or undo the preview first")
-    if snap.status not in (SNAPSHOT_OK, SNAPSHOT_IN_PREVIEW):
+    if snap.status == SNAPSHOT_MERGE_FAILED and kind != "image.delete_snapshot":
+        raise Conflict(f"snapshot {snap.name} was partly merged by a live delete that failed: it no longer holds "
+                       "its point in time; delete it again")
+    if snap.status not in (SNAPSHOT_OK, SNAPSHOT_IN_PREVIEW, SNAPSHOT_MERGE_FAILED):
         raise Conflict(f"snapshot {snap.name} is {snap.status}; wait for its job")
     active_volume(session, desktop)
     _claim(session, desktop, TaskState.SNAPSHOTTING, action)
@@ -725,6 +910,9 @@ class DiskPlan:
     version_id: str | None = None
     virtual_size: int | None = None
     power_off: Any = None  # a node target when a running desktop must be powered off first
+    live_merge: LiveMerge | None = None  # a live delete: what the node commits
+    node: Any = None  # a live delete: the desktop's node target
+    live: bool = False
 
 
 def plan_disk_job(session: Session, kind: str, params: dict[str, Any]) -> DiskPlan | None:
@@ -746,6 +934,12 @@ def plan_disk_job(session: Session, kind: str, params: dict[str, Any]) -> DiskPl
         plan.snapshot_parent_path = parent.path if parent else None
         plan.children = [(v.id, v.path) for v in session.scalars(select(Volume).where(Volume.parent_id == vol.id)
                                                                    .order_by(Volume.role, Volume.path))]
+    if kind == "image.delete_snapshot" and params.get("live"):
+        from manager.provisioning import nodes
+
+        plan.live = True
+        plan.node = nodes.target_of_desktop(session, desktop)
+        plan.live_merge = plan_live_merge(session, desktop, snap)
     if kind == "image.preview":
         plan.stash_id, plan.stash_path = params["stash_id"], params["stash_path"]
     if kind in ("image.undo_preview", "image.commit_preview"):
@@ -788,6 +982,10 @@ def finish_disk_job(session: Session, kind: str, plan: DiskPlan, params: dict[st
             snap.status = SNAPSHOT_OK
         message = (f"{actor} kept the preview of snapshot {plan.snapshot_name} on desktop {plan.desktop_name} "
                    "(reverted to it)")
+    elif kind == "image.delete_snapshot" and plan.live_merge is not None:
+        _record_live_merge(session, desktop, snap, plan.live_merge)
+        message = (f"{actor} deleted snapshot {plan.snapshot_name} of running desktop {plan.desktop_name} "
+                   f"(block commit of {plan.live_merge.top_path} into {plan.live_merge.base_path})")
     elif kind == "image.delete_snapshot":
         for child_id, _path in plan.children:
             child = session.get(Volume, child_id)
@@ -812,6 +1010,70 @@ def finish_disk_job(session: Session, kind: str, plan: DiskPlan, params: dict[st
          job_id=job_id)
 
 
+def _record_live_merge(session: Session, desktop: Desktop, snap: Snapshot | None, merge: LiveMerge) -> None:
+    """The rows after the node committed merge.top into merge.base: base's file holds what top read and takes
+    top's place in the chain; top's row goes (its file was deleted by the job)."""
+    top = session.get(Volume, merge.top_id)
+    base = session.get(Volume, merge.base_id)
+    if snap is not None:
+        session.delete(snap)
+        session.flush()
+    if merge.active:
+        base.role = top.role  # desktop (or clone): the domain writes it now
+        desktop.volume_id = base.id
+    else:
+        for other in session.scalars(select(Snapshot).where(Snapshot.volume_id == top.id)):
+            other.volume_id = base.id  # the newer snapshot's content now lives in base's file
+    for child in session.scalars(select(Volume).where(Volume.parent_id == top.id)):
+        child.parent_id = base.id
+    session.flush()
+    session.delete(top)
+    session.flush()
+    base.actual_size = fileops.allocated_bytes(base.path)
+
+
+def live_merge(plan: DiskPlan, *, timeout: float = qemu_img.COPY_TIMEOUT) -> None:
+    """The node side of a live snapshot delete (no database), idempotent: block commit, then delete the file that
+    left the chain. A re-run after the commit (the top file gone, or no longer in the domain's chain) only
+    finishes the file removal."""
+    from manager.provisioning import nodes
+
+    merge = plan.live_merge
+    if merge is None:  # nothing was built on the snapshot: its file is read by nobody
+        fileops.remove(plan.snapshot_path)
+        return
+    if os.path.lexists(merge.top_path):
+        try:
+            nodes.client(plan.node).block_commit(plan.desktop_id, top=merge.top_path, base=merge.base_path,
+                                                 timeout=min(timeout, 6 * 3600.0))
+        except Invalid as exc:
+            if "is not in the disk chain" not in exc.message:
+                raise
+            # an earlier run committed it; the domain no longer reads the file
+        fileops.remove(merge.top_path)
+
+
+def record_failed_live_merge(session: Session, plan: DiskPlan, error: BaseException) -> bool:
+    """After a live delete failed: when the commit may have started (it was not refused up front), the snapshot's
+    file may hold some of the newer layer's data, so the snapshot is marked merge_failed: it can only be deleted
+    (again), never reverted to or previewed. What every volume reads is unchanged either way. Returns whether
+    it was marked."""
+    from core.errors import DomainNotFound
+
+    if plan.live_merge is None or plan.snapshot_id is None:
+        return False
+    refused_up_front = isinstance(error, (Invalid, DomainNotFound)) or (
+        isinstance(error, Conflict) and "stopped during" not in str(error))
+    if refused_up_front:
+        return False
+    snap = session.get(Snapshot, plan.snapshot_id)
+    if snap is None:
+        return False
+    snap.status = SNAPSHOT_MERGE_FAILED
+    session.flush()
+    return True
+
+
 def do_disk_work(kind: str, plan: DiskPlan, *, job_id: str | None,
                  progress: Callable[[float], None] | None = None) -> None:
     """The file side of a desktop disk job (no database). Each branch is idempotent: a re-run with the same job
@@ -834,6 +1096,8 @@ def do_disk_work(kind: str, plan: DiskPlan, *, job_id: str | None,
     elif kind == "image.commit_preview":
         if plan.stash_path:
             fileops.remove(plan.stash_path)
+    elif kind == "image.delete_snapshot" and plan.live:
+        live_merge(plan)
     elif kind == "image.delete_snapshot":
         base = plan.snapshot_parent_path
         children = [path for _id, path in plan.children]

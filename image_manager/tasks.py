@@ -117,6 +117,8 @@ def _run_disk_job(ctx: JobContext, kind: str, params: dict[str, Any]) -> dict[st
     except BaseException as exc:
         reason = exc.message if isinstance(exc, VdiError) else f"{type(exc).__name__}: {exc}"
         with db.session_scope() as session:
+            if getattr(plan, "live", False):
+                service.record_failed_live_merge(session, plan, exc)
             service.release_desktop(session, params["desktop_id"], expected)
             emit(session, f"desktop.{kind.removeprefix('image.')}_failed",
                  f"{kind.removeprefix('image.').replace('_', ' ')} of desktop {plan.desktop_name} failed: {reason}",
@@ -129,7 +131,9 @@ def _run_disk_job(ctx: JobContext, kind: str, params: dict[str, Any]) -> dict[st
 
 @task("image.snapshot")
 def take_snapshot(ctx: JobContext, *, desktop_id: str, snapshot_id: str, active_path: str, frozen_id: str,
-                  frozen_path: str) -> dict[str, Any]:
+                  frozen_path: str, live: bool = False, volume_id: str | None = None) -> dict[str, Any]:
+    """Offline: freeze the active file under a new name (files only). Live: the desktop's node snapshots the
+    running domain into `active_path` (a new file), which becomes the active volume."""
     params = dict(desktop_id=desktop_id, snapshot_id=snapshot_id, active_path=active_path, frozen_id=frozen_id,
                   frozen_path=frozen_path)
     actor = _actor(ctx.job_id)
@@ -137,6 +141,8 @@ def take_snapshot(ctx: JobContext, *, desktop_id: str, snapshot_id: str, active_
         desktop = session.get(service.Desktop, desktop_id)
         if desktop is None or desktop.task_state != TaskState.SNAPSHOTTING:
             return {"skipped": "the desktop is no longer waiting for this job"}
+    if live:
+        return _take_live_snapshot(ctx, dict(params, live=True, volume_id=volume_id), actor)
     try:
         service.freeze_active(active_path, frozen_path, job_id=ctx.job_id)
     except BaseException as exc:
@@ -147,6 +153,22 @@ def take_snapshot(ctx: JobContext, *, desktop_id: str, snapshot_id: str, active_
     with db.session_scope() as session:
         service.finish_snapshot(session, params, job_id=ctx.job_id, actor=actor)
     return {"snapshot_id": snapshot_id, "path": frozen_path}
+
+
+def _take_live_snapshot(ctx: JobContext, params: dict[str, Any], actor: str) -> dict[str, Any]:
+    try:
+        with db.session_scope() as session:
+            target = service.live_snapshot_target(session, params)
+        chain = service.take_live_snapshot(target, params)
+    except BaseException as exc:
+        reason = exc.message if isinstance(exc, VdiError) else f"{type(exc).__name__}: {exc}"
+        with db.session_scope() as session:
+            service.abandon_live_snapshot(session, params, reason=reason, job_id=ctx.job_id, actor=actor)
+        raise
+    with db.session_scope() as session:
+        service.finish_live_snapshot(session, params, job_id=ctx.job_id, actor=actor)
+    return {"snapshot_id": params["snapshot_id"], "path": params["frozen_path"], "active_path": params["active_path"],
+            "chain": chain}
 
 
 def _disk_task(kind: str):
