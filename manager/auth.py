@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from core.enums import Role
 from core.errors import Forbidden, NotAuthenticated
 from manager.db import request_session
-from manager.identity.membership import group_ids_for_user
+from manager.identity.membership import user_groups_select
 from manager.models import ApiToken, RoleAssignment, User, utcnow
 
 SESSION_COOKIE = "vdi_session"
@@ -108,9 +108,9 @@ def issue_token(session: Session, user: User, *, name: str = "", kind: str = "ap
 
 
 def roles_of(session: Session, user: User) -> set[Role]:
-    group_ids = group_ids_for_user(session, user.id)
+    """The user's roles, held directly or through any group (nested included): one query."""
     stmt = select(RoleAssignment.role).where(
-        or_(RoleAssignment.user_id == user.id, RoleAssignment.group_id.in_(group_ids) if group_ids else False))
+        or_(RoleAssignment.user_id == user.id, RoleAssignment.group_id.in_(user_groups_select(user.id))))
     roles = set(session.scalars(stmt))
     roles.add(Role.USER)  # everyone who can log in may use the self-service portal
     return roles
@@ -134,12 +134,13 @@ def authenticate(request: Request, session: Session) -> Principal:
     secret = _presented_secret(request)
     if not secret:
         raise NotAuthenticated()
-    token = session.scalar(select(ApiToken).where(ApiToken.token_hash == token_digest(secret)))
+    found = session.execute(select(ApiToken, User).join(User, User.id == ApiToken.user_id)
+                            .where(ApiToken.token_hash == token_digest(secret))).first()
     now = utcnow()
+    token, user = found if found is not None else (None, None)
     if token is None or (token.expires_at is not None and token.expires_at <= now):
         raise NotAuthenticated("your session or token is unknown or expired; log in again")
-    user = session.get(User, token.user_id)
-    if user is None or not user.enabled or user.deleted_in_directory:
+    if not user.enabled or user.deleted_in_directory:
         raise Forbidden("this account is disabled")
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
         token.last_used_at = now

@@ -2,20 +2,25 @@
 group appears, so AD's allowed cycles (loop-a <-> loop-b) terminate."""
 from __future__ import annotations
 
-from sqlalchemy import literal, select
+from sqlalchemy import Select, literal, select
 from sqlalchemy.orm import Session
 
 from manager.models import GroupGroupMembership, UserGroupMembership
 
 
-def group_ids_for_user(session: Session, user_id: str) -> set[str]:
-    """Every group the user belongs to, directly or through nested groups."""
+def user_groups_select(user_id) -> Select:
+    """SELECT of every group id the user belongs to (nested included), to embed in a larger query."""
     direct = select(UserGroupMembership.group_id.label("group_id")).where(UserGroupMembership.user_id == user_id)
     closure = direct.cte("user_groups", recursive=True)
     parents = select(GroupGroupMembership.parent_id).join(
         closure, GroupGroupMembership.child_id == closure.c.group_id)
     closure = closure.union(parents)
-    return set(session.scalars(select(closure.c.group_id)))
+    return select(closure.c.group_id)
+
+
+def group_ids_for_user(session: Session, user_id: str) -> set[str]:
+    """Every group the user belongs to, directly or through nested groups."""
+    return set(session.scalars(user_groups_select(user_id)))
 
 
 def member_user_ids_of_group(session: Session, group_id: str) -> set[str]:
@@ -29,4 +34,4 @@ def member_user_ids_of_group(session: Session, group_id: str) -> set[str]:
     return set(session.scalars(stmt))
 
 
-__all__ = ["group_ids_for_user", "member_user_ids_of_group"]
+__all__ = ["group_ids_for_user", "member_user_ids_of_group", "user_groups_select"]
