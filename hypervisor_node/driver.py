@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 import threading
 import time
 import uuid as uuid_mod
@@ -28,7 +27,7 @@ import libvirt
 from core.enums import PowerState
 from core.errors import Conflict, DomainNotFound, GatewayTimeout, HypervisorError, Invalid, Unavailable, VdiError
 from core.specs import DesktopSpec, DomainStats, HostCaps
-from hypervisor_node import hoststats
+from hypervisor_node import guest_agent, hoststats
 from hypervisor_node.domxml.designer import (
     GUEST_AGENT_CHANNEL,
     SPICE_MAX_PASSWORD,
@@ -48,8 +47,6 @@ libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 DEFAULT_MANAGER_ID = "vdi"
 MAX_SHUTDOWN_TIMEOUT_S = 3600
 MAX_TICKET_SECONDS = 24 * 3600
-MAX_GUEST_COMMAND = 4096
-MAX_GUEST_REPLY = 64 * 1024
 _SHUTDOWN_POLL_S = 0.25
 DEFAULT_BLOCK_JOB_TIMEOUT_S = 600.0
 MAX_BLOCK_JOB_TIMEOUT_S = 6 * 3600.0
@@ -181,8 +178,11 @@ class NodeDriver(Protocol):
     def guest_call(self, uuid: str, command: str, timeout: float = 5.0) -> str:
         """Send one line to the guest agent on the domain's virtio-serial socket, return its one-line reply.
 
-        Raises GatewayTimeout when no full reply line arrives within `timeout` s, Unavailable when the
-        socket cannot be reached, Conflict when the domain is not running.
+        The request carries a fresh id (hypervisor_node.guest_agent): a late reply to an earlier call
+        that timed out is skipped, never returned as this call's answer. Raises Invalid for a command
+        that is not one line (or starts with the id mark '@'), GatewayTimeout when the reply has not
+        arrived within `timeout` s, Unavailable when the socket cannot be reached, Conflict when the
+        domain is not running.
         """
 
     def snapshot_disk(self, uuid: str, new_overlay_path: str) -> list[str]:
@@ -665,9 +665,7 @@ class LibvirtDriver:
 
     # ---- guest agent ------------------------------------------------------------------------------------
     def guest_call(self, uuid: str, command: str, timeout: float = 5.0) -> str:
-        if not isinstance(command, str) or not command.strip() or "\n" in command or "\r" in command \
-                or len(command) > MAX_GUEST_COMMAND:
-            raise Invalid(f"command must be one non-empty line of at most {MAX_GUEST_COMMAND} characters")
+        guest_agent.check_command(command)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
             raise Invalid(f"timeout must be a number of seconds in (0, 300], got {timeout!r}")
 
@@ -683,7 +681,7 @@ class LibvirtDriver:
                               reason=f"the domain has no {GUEST_AGENT_CHANNEL} channel socket")
         # QEMU's chardev accepts one client at a time: serialise calls per domain.
         with self._guest_locks[uuid]:
-            return _line_exchange(path, command, timeout, uuid)
+            return guest_agent.call(path, command, timeout, what=f"the guest agent of domain {uuid}")
 
     # ---- live disk snapshots and merges ----------------------------------------------------------------
     def snapshot_disk(self, uuid: str, new_overlay_path: str) -> list[str]:
@@ -775,34 +773,6 @@ class LibvirtDriver:
                 self._run(lambda conn: _cancel_block_job(self._owned(conn, uuid), target), name=uuid)
                 raise GatewayTimeout(what=f"{what} (cancelled: the chain is as before)", seconds=timeout)
             time.sleep(_BLOCK_JOB_POLL_S)
-
-
-def _line_exchange(path: str, command: str, timeout: float, uuid: str) -> str:
-    deadline = time.monotonic() + timeout
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(path)
-            sock.sendall(command.encode() + b"\n")
-            reply = b""
-            while b"\n" not in reply:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                sock.settimeout(remaining)
-                chunk = sock.recv(4096)
-                if not chunk:
-                    raise Unavailable(what=f"the guest agent of domain {uuid}",
-                                      reason="it closed the channel before replying")
-                reply += chunk
-                if len(reply) > MAX_GUEST_REPLY:
-                    raise Unavailable(what=f"the guest agent of domain {uuid}",
-                                      reason=f"its reply exceeds {MAX_GUEST_REPLY} bytes without a newline")
-    except TimeoutError:
-        raise GatewayTimeout(what=f"the guest agent of domain {uuid}", seconds=timeout) from None
-    except OSError as exc:
-        raise Unavailable(what=f"the guest agent of domain {uuid}", reason=f"{path}: {exc.strerror or exc}") from None
-    return reply.split(b"\n", 1)[0].decode(errors="replace").rstrip("\r")
 
 
 def balloon_usage(rec: dict[str, Any]) -> int:

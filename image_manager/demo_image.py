@@ -23,8 +23,11 @@ The guest agent speaks one line per request on the virtio-serial port named
     write PATH TEXT -> ok <bytes>     (writes TEXT and a newline into PATH, then syncs)
     read PATH -> <content>            (newlines shown as the two characters \\n)
     run OP -> OP <milliseconds>       (OP: cpu, disk, compress, memory; a bounded amount of work)
+    sleep SECONDS -> ok               (answers after SECONDS, 0-600: a slow command on purpose)
     reboot -> ok / poweroff -> ok     (then the guest syncs and reboots or powers off)
     anything else -> ERR <what to do instead>
+A request `@ID COMMAND` (ID: 1-64 letters, digits, '-' or '_') is answered `@ID REPLY`, so a client can
+tell its reply from a late one to an earlier request; hypervisor_node.guest_agent is that client.
 
 `ensure_demo_image()` builds all this once per recipe (the cache key is a hash of everything that
 shapes the result) and returns the cached files on later calls; `DemoImage.publish()` copies them to
@@ -167,9 +170,8 @@ POWER_BUTTON_SCRIPT = """#!/bin/busybox sh
 exec /usr/sbin/vdi-shutdown poweroff
 """
 
-AGENT_SCRIPT = r"""#!/bin/busybox sh
-# The guest agent: one request line in, one answer line out, on the virtio-serial port @PORTNAME@.
-export PATH=/run/bin
+# The guest agent's shell functions; answer_line is its whole protocol (unit-tested with the host's busybox).
+AGENT_FUNCTIONS = r"""
 find_port() {
     for name_file in /sys/class/virtio-ports/*/name; do
         [ -r "$name_file" ] || continue
@@ -227,16 +229,49 @@ handle() {
             fi
             ;;
         run) run_op "$rest" ;;
+        sleep)
+            case "$rest" in
+                ""|*[!0-9]*) echo "ERR usage: sleep SECONDS (a whole number from 0 to 600)"; return ;;
+            esac
+            if [ "${#rest}" -gt 3 ] || [ "$rest" -gt 600 ]; then
+                echo "ERR usage: sleep SECONDS (a whole number from 0 to 600)"; return
+            fi
+            sleep "$rest"; echo ok
+            ;;
         reboot|poweroff)
             echo ok
             ( sleep 1; /usr/sbin/vdi-shutdown "$command" ) < /dev/null > /dev/null 2>&1 &
             ;;
-        help) echo "commands: ping hostname uptime apps sync write read run reboot poweroff help" ;;
+        help) echo "commands: ping hostname uptime apps sync write read run sleep reboot poweroff help; prefix @ID to get @ID before the answer" ;;
         "") echo "ERR empty request: send a command such as ping" ;;
         *) echo "ERR unknown command '$command': send help for the list" ;;
     esac
 }
 
+# answer_line REQUEST: print the one reply line. "@ID COMMAND" is answered "@ID ANSWER", so the host can
+# tell the reply to ITS request from a late reply to an earlier one; a bare COMMAND gets a bare ANSWER.
+answer_line() {
+    request=$(printf '%s' "$1" | tr -d '\r')
+    tag=
+    case "$request" in
+        @*) tag=${request%% *}; request=${request#"$tag"}; request=${request# } ;;
+    esac
+    case "${tag#@}" in
+        *[!A-Za-z0-9_-]*) answer="ERR a request id is 1-64 letters, digits, '-' or '_' after @" ;;
+        *) if [ "$tag" = @ ] || [ "${#tag}" -gt 65 ]; then
+               answer="ERR a request id is 1-64 letters, digits, '-' or '_' after @"
+           else
+               answer=$(handle "$request" 2>&1 | tr '\n' ' ' | sed 's/ $//')
+           fi ;;
+    esac
+    if [ -n "$tag" ]; then printf '%s %s\n' "$tag" "$answer"; else printf '%s\n' "$answer"; fi
+}
+"""
+
+AGENT_SCRIPT = r"""#!/bin/busybox sh
+# The guest agent: one request line in, one answer line out, on the virtio-serial port @PORTNAME@.
+export PATH=/run/bin
+""" + AGENT_FUNCTIONS + r"""
 port=
 tries=0
 until port=$(find_port); do
@@ -252,9 +287,7 @@ echo "VDI-AGENT ready port=$port" > /dev/console
 while true; do
     # read returns EOF at once while no host program is connected to the channel: poll until one is.
     while IFS= read -r request <&3; do
-        request=$(printf '%s' "$request" | tr -d '\r')
-        answer=$(handle "$request" 2>&1 | tr '\n' ' ' | sed 's/ $//')
-        printf '%s\n' "$answer" >&3
+        answer_line "$request" >&3
     done
     sleep 0.5
 done

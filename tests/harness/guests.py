@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from core.errors import GatewayTimeout, Unavailable
 from core.specs import DesktopSpec, HostCaps
+from hypervisor_node import guest_agent
 from hypervisor_node.domxml.designer import GUEST_AGENT_CHANNEL, design_domain
 from image_manager import qemu_img
 from image_manager.demo_image import DemoImage
@@ -62,24 +63,17 @@ def agent_channel_path(live_xml: str) -> str:
 
 
 class GuestAgent:
-    """A client for the demo guest agent: one request line, one answer line."""
+    """A client for the demo guest agent at a channel socket the test can reach (e.g. through a harness
+    host's private paths); it speaks through hypervisor_node.guest_agent, like the node driver does."""
 
     def __init__(self, socket_path: str | os.PathLike[str], timeout: float = 60.0) -> None:
         self.socket_path = str(socket_path)
         self.timeout = timeout
 
     def request(self, line: str, timeout: float | None = None) -> str:
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.settimeout(timeout or self.timeout)
-            sock.connect(self.socket_path)
-            sock.sendall(line.encode() + b"\n")
-            answer = b""
-            while not answer.endswith(b"\n"):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    raise ConnectionError(f"the guest agent closed the channel before answering {line!r}")
-                answer += chunk
-        return answer.decode(errors="replace").rstrip("\n")
+        """The agent's reply to `line`; raises GatewayTimeout or Unavailable like guest_agent.call."""
+        return guest_agent.call(self.socket_path, line, timeout or self.timeout,
+                                what=f"the guest agent at {self.socket_path}")
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Wait until the agent answers ping (the guest has booted and opened its port)."""
@@ -89,7 +83,7 @@ class GuestAgent:
             try:
                 if self.request("ping", timeout=min(10.0, max(1.0, deadline - time.monotonic()))) == "pong":
                     return
-            except OSError as exc:
+            except (GatewayTimeout, Unavailable) as exc:
                 last = exc
             time.sleep(0.5)
         raise TimeoutError(f"the guest agent at {self.socket_path} did not answer ping within {timeout} s ({last})")

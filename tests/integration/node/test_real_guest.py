@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import httpx
 import libvirt
 import pytest
 
-from core.errors import Conflict
+from core.errors import Conflict, GatewayTimeout
+from hypervisor_node import guest_agent
 from hypervisor_node.driver import LibvirtDriver
-from tests.harness.guests import SerialLog
+from tests.harness.guests import SerialLog, agent_channel_path
 
 from .conftest import AgentProcess, demo_spec, make_overlay, remove_owned_domains, unique_manager_id
 
@@ -76,6 +78,30 @@ def test_guest_agent_answers_over_the_virtio_serial_socket(desktop):
     assert desktop.driver.guest_call(desktop.uuid, "ping", timeout=30) == "pong"
     assert desktop.driver.guest_call(desktop.uuid, "apps", timeout=30).split(",") == desktop.image.apps
     assert desktop.driver.guest_call(desktop.uuid, "hostname", timeout=30) == desktop.spec.name
+
+
+def test_a_late_reply_to_a_timed_out_call_is_never_the_next_calls_answer(desktop):
+    """The stale-reply case, made deterministic: `sleep 10` times out after 2 s; the guest writes its late
+    `ok` while the next call is connected and waiting for `ping`'s reply. That call must skip it."""
+    with pytest.raises(GatewayTimeout):
+        desktop.driver.guest_call(desktop.uuid, "sleep 10", timeout=2)
+    assert desktop.driver.guest_call(desktop.uuid, "ping", timeout=120) == "pong"
+    assert desktop.driver.guest_call(desktop.uuid, "hostname", timeout=60) == desktop.spec.name
+
+
+def test_a_person_can_still_send_plain_commands(desktop):
+    """Untagged requests (socat on the channel socket) get untagged replies; lines tagged for other callers
+    (late replies to their requests) are the only other thing that may come first."""
+    path = agent_channel_path(ET.tostring(desktop.live_xml(), encoding="unicode"))
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(120)
+        sock.connect(path)
+        sock.sendall(b"hostname\n")
+        with sock.makefile("rb") as replies:
+            line = replies.readline().decode().rstrip("\n")
+            while guest_agent.parse_reply(line)[0] is not None:
+                line = replies.readline().decode().rstrip("\n")
+    assert line == desktop.spec.name
 
 
 def test_ticket_changes_the_spice_password_live_without_a_restart(desktop):
