@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import (BigInteger, Boolean, String, and_, case, func, literal, not_, or_, select, true, tuple_, type_coerce,
-                        union_all)
+from sqlalchemy import (BigInteger, Boolean, String, and_, case, func, literal, literal_column, not_, or_, select,
+                        true, tuple_, type_coerce, union_all)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql import operators
@@ -40,7 +40,7 @@ from manager.models import (ApiToken, Assignment, Bookmark, Cluster, Desktop, De
                             Entitlement, Event, Group, GroupGroupMembership, Host, Job, LoginAttempt, Pool,
                             RoleAssignment, Snapshot, StorageDomain, Tag, TagAssignment, Template, TemplateVersion,
                             User, UserGroupMembership, Volume)
-from manager.models.search_indexes import DESKTOP_TEXT_COLUMNS, SEVERITY_CODES, joined_text, severity_code
+from manager.models.search_indexes import DESKTOP_TEXT_COLUMNS, SEPARATOR, SEVERITY_CODES, severity_code
 from search_dsl import Field, Kind, ObjectDef, Registry, Relation, TagTree, XRef
 from search_dsl.compiler import column_of as col
 from search_dsl.registry import DATE_OPS, NUMERIC_OPS, STRING_OPS
@@ -76,6 +76,17 @@ def _uptime(desktop: Any) -> Any:
     # started_at keeps the last start after a stop; a desktop that is down has been up for 0 seconds.
     return case((type_coerce(col(desktop, "power_state"), String(32)) == PowerState.DOWN.value, literal(0)),
                 else_=seconds_since(col(desktop, "started_at")))
+
+
+def joined_text(entity: Any, columns: tuple[str, ...]) -> Any:
+    """`a || <US> || b || ...`: the expression ix_desktops_text_trgm indexes (manager/models/search_indexes.py).
+
+    Free text then means "one of these columns contains v" (the separator is never typed, so a plain value
+    cannot match across two columns; a value with `*` could)."""
+    expression = col(entity, columns[0])
+    for name in columns[1:]:
+        expression = expression + literal_column(f"'{SEPARATOR}'") + col(entity, name)
+    return expression
 
 
 def _user_and_domain(user: Any) -> Any:
@@ -457,7 +468,8 @@ USER_RELATIONS = (
 
 def _user(name: str, entity: Any, xrefs: tuple[XRef, ...] = (), searchable: bool = False) -> ObjectDef:
     return ObjectDef(name, entity, USER_FIELDS, xrefs=xrefs, relations=USER_RELATIONS,
-                     free_text=tuple(n for n in _names(*USER_FIELDS) if n != "pool"), default_sort=(("username", "asc"), ("domain", "asc")), searchable=searchable)
+                     free_text=tuple(n for n in _names(*USER_FIELDS) if n != "pool"),
+                     default_sort=(("username", "asc"), ("domain", "asc")), searchable=searchable)
 
 
 GROUPS = ObjectDef("Group", Group, (
@@ -554,14 +566,15 @@ DISKS = ObjectDef("Disk", Volume, (
     default_sort=(("path", "asc"),))
 
 
-# ---- link views and cross-references (search-language.md 5.1/5.2, intended meanings) ----------------------------------
+# ---- link views and cross-references (search-language.md 5.1/5.2, intended meanings) ---------------------------
 _V, _TV = aliased(Desktop, name="linked_desktop"), aliased(TemplateVersion, name="linked_version")
 
 USERS_BY_DESKTOP = _held("users_by_desktop", lambda link, desktop_id, user_id: select(
     *User.__table__.columns, desktop_id.label("link_id")).select_from(User).join(link, user_id == User.id))
 DESKTOPS_BY_USER = _held("desktops_by_user", lambda link, desktop_id, user_id: select(
     *Desktop.__table__.columns, user_id.label("link_id")).select_from(Desktop).join(link, desktop_id == Desktop.id))
-TEMPLATES_BY_VERSION = _with_link(Template, TemplateVersion.id, (TemplateVersion, TemplateVersion.template_id == Template.id),
+TEMPLATES_BY_VERSION = _with_link(Template, TemplateVersion.id,
+                                  (TemplateVersion, TemplateVersion.template_id == Template.id),
                                   "templates_by_version")
 DESKTOPS_BY_TEMPLATE = _with_link(Desktop, TemplateVersion.template_id,
                                   (TemplateVersion, TemplateVersion.id == Desktop.template_version_id),
@@ -593,7 +606,8 @@ TEMPLATES_BY_DESKTOP = _subquery(
     select(*Template.__table__.columns, _V.id.label("link_id")).select_from(Template)
     .join(_TV, _TV.template_id == Template.id).join(_V, _V.template_version_id == _TV.id), "templates_by_desktop")
 CLUSTERS_BY_HOST = _with_link(Cluster, Host.id, (Host, Host.cluster_id == Cluster.id), "clusters_by_host")
-STORAGE_BY_DESKTOP = _with_link(StorageDomain, Volume.desktop_id, (Volume, Volume.storage_domain_id == StorageDomain.id),
+STORAGE_BY_DESKTOP = _with_link(StorageDomain, Volume.desktop_id,
+                                (Volume, Volume.storage_domain_id == StorageDomain.id),
                                 "storage_by_desktop")
 
 
@@ -652,7 +666,8 @@ LINK_VIEWS = (
     _storage("Storage (of Template)", StorageDomain),
     _vm("Vm (of User)", DESKTOPS_BY_USER), _host("Host (of User)", HOSTS_BY_USER),
     _template("Template (of User)", TEMPLATES_BY_USER), _event("Event (of User)", Event),
-    _vm("Vm (of Event)", Desktop), _host("Host (of Event)", Host), _template("Template (of Event)", TEMPLATES_BY_DESKTOP),
+    _vm("Vm (of Event)", Desktop), _host("Host (of Event)", Host),
+    _template("Template (of Event)", TEMPLATES_BY_DESKTOP),
     _user("User (of Event)", User), _cluster("Cluster (of Event)", CLUSTERS_BY_HOST),
     _storage("Storage (of Disk)", StorageDomain), _storage("Storage (of Host)", StorageDomain),
     _storage("Storage (of Cluster)", StorageDomain), _host("Host (of Storage)", Host),

@@ -15,9 +15,10 @@ from typing import Annotated, Any, Union
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.util import ClauseAdapter
 
 from core.errors import BadRequest, Forbidden, GatewayTimeout, NotFound
 from manager.api import schemas as s
@@ -25,12 +26,13 @@ from manager.api.common import DbSession
 from manager.auth import Principal, require
 from manager.models import Bookmark
 from manager.search_fields import KINDS, REGISTRY
-from search_dsl import SearchError, compile_query, complete
+from search_dsl import CompiledSearch, SearchError, compile_query, complete
 
 router = APIRouter(tags=["search"])
 
 STATEMENT_TIMEOUT_SECONDS = 15
 MAX_PAGE_SIZE = 1000
+FEW_MATCHES = 2_000  # up to this many matches a page is cut from the sorted matches (one statement)
 
 
 class DiskOut(s.Out):
@@ -112,16 +114,15 @@ def run_search(session: Session, query: str, *, page_size: int = 100, case_sensi
         session.execute(text(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT_SECONDS}s'"))
         # JIT compiles these short queries for longer than they run (hundreds of ms on 100k desktops).
         session.execute(text("SET LOCAL jit = off"))
-        # The page is ORDER BY <sort key>, <primary key> LIMIT n. With incremental sort the planner may walk the
-        # whole sort-key index hoping to meet n matches early; when its row estimate is too high (free text,
-        # `= ANY(...)` lookups) that reads every row to find none. Sorting the matches is bounded instead.
+        # Never let the planner walk a sort-key index "until n matches": see _page_of_few_matches.
         session.execute(text("SET LOCAL enable_incremental_sort = off"))
         session.execute(text("SET LOCAL work_mem = '64MB'"))  # sort a deep page in memory, not on disk
     try:
-        rows = session.scalars(compiled.select).all()
-        if len(rows) < compiled.page_size and (rows or not compiled.offset):
-            total = compiled.offset + len(rows)  # the last page: no need to count
+        found = _page_of_few_matches(session, compiled, obj.entity)
+        if found is not None:
+            rows, total = found
         else:
+            rows = session.scalars(compiled.select).all()
             total = session.scalar(compiled.count) or 0
     except OperationalError as exc:
         if "statement timeout" not in str(exc.orig):
@@ -135,6 +136,41 @@ def run_search(session: Session, query: str, *, page_size: int = 100, case_sensi
         "total": total, "page": compiled.page, "page_size": compiled.page_size,
         "pages": math.ceil(total / compiled.page_size) if total else 0,
     }
+
+
+def few_matches_statement(compiled: CompiledSearch, entity: Any) -> tuple[Any, Any]:
+    """(page with a `search_total` column, the capped matches subquery) for _page_of_few_matches."""
+    matches = compiled.select.order_by(None).offset(None).limit(FEW_MATCHES + 1).subquery("matches")
+    rows_of = aliased(entity, matches)
+    adapter = ClauseAdapter(matches)
+    # The compiler's order (sort key, default sort, primary key), re-pointed at the matches.
+    order = [adapter.traverse(clause) for clause in compiled.select._order_by_clauses]
+    page = (select(rows_of, func.count().over().label("search_total")).order_by(*order)
+            .offset(compiled.offset).limit(compiled.page_size))
+    return page, matches
+
+
+def _page_of_few_matches(session: Session, compiled: CompiledSearch, entity: Any) -> tuple[list[Any], int] | None:
+    """The page and the total in one statement when the query matches at most FEW_MATCHES rows, else None.
+
+    The compiled page is `... WHERE <filter> ORDER BY <sort key>, <primary key> LIMIT n`. For it the planner
+    may walk the sort-key index hoping to meet n matches early - fast when matches are dense, a read of every
+    row when they are rare and its estimate was too high (free text, `= ANY(...)` lookups, cross-references).
+    So first take up to FEW_MATCHES + 1 matches in whatever order is cheapest (a bitmap scan for selective
+    filters; a scan that stops early for dense ones) and sort and count those; only when there are more does
+    the index walk (dense matches, so it stops early) and a separate count run.
+    """
+    page, matches = few_matches_statement(compiled, entity)
+    result = session.execute(page).all()
+    if result:
+        total = result[0].search_total
+    elif compiled.offset:
+        total = session.scalar(select(func.count()).select_from(matches))  # a page past the end
+    else:
+        total = 0
+    if total > FEW_MATCHES:
+        return None
+    return [row[0] for row in result], total
 
 
 SearchReader = Annotated[Principal, Depends(require("search:read"))]

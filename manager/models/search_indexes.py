@@ -3,8 +3,8 @@
 * Trigram GIN indexes (Postgres pg_trgm) serve `name = *x*`, `name = x*` and free text: oVirt's string
   comparisons are ILIKE with wildcards anywhere, which a b-tree cannot serve. SQLite has no GIN: there they are
   plain indexes, which the migration creates too so models and migrations stay identical.
-* one trigram GIN index over a desktop's free-text columns joined (`joined_text`): free text searches that one
-  expression (search_fields), so `Vms: web` is one index scan instead of an ILIKE per column per row.
+* one trigram GIN index over a desktop's free-text columns joined (`joined_text_sql`): free text searches that
+  one expression (search_fields.joined_text), so `Vms: web` is one index scan instead of an ILIKE per column per row.
 * `events` severity as a number in oVirt's order (normal < warning < error < alert), so `severity >= warning`
   is an index range; the search compares exactly this expression (`severity_code`).
 bench/search.py measures what they buy.
@@ -54,18 +54,9 @@ def severity_code(severity: Any) -> Any:
     return text_position(literal_column(f"'{SEVERITIES}'"), severity)
 
 
-def joined_text(entity: Any, columns: tuple[str, ...]) -> Any:
-    """`a || <US> || b || ...` over an entity's text columns (all NOT NULL): what free text searches."""
-    from search_dsl.compiler import column_of
-
-    expression = column_of(entity, columns[0])
-    for name in columns[1:]:
-        expression = expression + literal_column(f"'{SEPARATOR}'") + column_of(entity, name)
-    return expression
-
-
 def joined_text_sql(columns: tuple[str, ...]) -> str:
-    """The same expression as SQL text, grouped as Postgres prints an index back (so Alembic sees no drift)."""
+    """`((a || <US>) || b) || ...` over a table's text columns (all NOT NULL), grouped as Postgres prints an
+    index back (so Alembic sees no drift). The search compares the same expression (search_fields.joined_text)."""
     sql = columns[0]
     for name in columns[1:]:
         sql = f"(({sql} || '{SEPARATOR}') || {name})"

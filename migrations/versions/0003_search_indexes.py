@@ -10,7 +10,6 @@ has no GIN); they exist there too so that models and migrations are the same on 
 from __future__ import annotations
 
 from alembic import op
-import sqlalchemy as sa
 
 
 revision = '0003_search_indexes'

@@ -323,3 +323,13 @@ def test_case_sensitive_flag(api):
     assert labels(api.get("/api/v1/search", params={"q": "Vms: name = WEB1"}).json()) == ["web1"]
     body = api.get("/api/v1/search", params={"q": "Vms: name = WEB1", "case_sensitive": "true"}).json()
     assert body["items"] == []
+
+
+@pytest.mark.parametrize("query, page_size", [("Vms: sortby name asc page 2", 3), ("Vms: tag != nothing page 3", 3),
+                                              ("Events: severity >= normal", 100), ("Vms: page 9", 1)])
+def test_many_matches_take_the_index_path_with_the_same_answer(api, monkeypatch, query, page_size):
+    few = search(api, query, page_size).json()
+    monkeypatch.setattr("manager.api.search.FEW_MATCHES", 2)  # every result below counts as "many"
+    many = search(api, query, page_size).json()
+    assert many == few
+    assert few["total"] > 2
