@@ -30,7 +30,9 @@ def qemu_io(path: Path | str, *commands: str, fmt: str = "qcow2") -> str:
 def content_digest(path: Path | str, tmp_dir: Path) -> str:
     """sha256 of everything the guest would read through `path` and its backing chain."""
     raw = tmp_dir / f"digest-{Path(path).name}.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(path), str(raw)], check=True, timeout=300)
+    proc = subprocess.run(["qemu-img", "convert", "-O", "raw", str(path), str(raw)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, f"qemu-img convert of {path} failed: {proc.stderr}"
     digest = hashlib.sha256()
     with open(raw, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from image_manager import chain, fileops, qcow2, qemu_img
+from tests.harness.processes import kill_process_tree
 
 from .conftest import MiB, content_digest, qemu_io
 
@@ -45,23 +46,6 @@ def run_and_crash(statement: str, at: str, *, nth: int = 1, when: str = "before"
     proc = subprocess.run([sys.executable, "-c", _CRASH_RUNNER, module_name, attr, str(nth), when, statement],
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[3])
     assert proc.returncode == -signal.SIGKILL, f"the crash point was never reached: {proc.stderr}"
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL a process we started and its children (qemu-img runs in a session of its own)."""
-    children = []
-    try:
-        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as fh:
-            children = [int(pid) for pid in fh.read().split()]
-    except FileNotFoundError:
-        pass
-    proc.kill()
-    for pid in children:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
 
 
 def files_of(root: Path) -> list[Path]:
@@ -130,7 +114,7 @@ def test_safe_rebase_killed_mid_copy_is_resumable(tmp_path, make_base):
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert proc.poll() is None, "the rebase finished before it could be interrupted"
-    kill_tree(proc)
+    kill_process_tree(proc)
     assert content_digest(child, tmp_path) == expected
     chain.delete_snapshot(snap, child)
     assert chain.chain_paths(child) == [child, base] and content_digest(child, tmp_path) == expected
@@ -179,7 +163,7 @@ def test_flatten_killed_mid_copy_leaves_only_a_temporary_that_the_rerun_replaces
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert proc.poll() is None, "the copy finished before it could be interrupted"
-    kill_tree(proc)
+    kill_process_tree(proc)
     assert not dest.exists()
     assert [o.reason for o in fileops.find_orphans(layout.root, files_of(layout.root))] == ["temporary"]
     chain.flatten(disk, dest, job_id="flat9")
