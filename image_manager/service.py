@@ -1169,15 +1169,10 @@ def plan_reimage(session: Session, params: dict[str, Any]) -> DiskPlan | None:
 
 
 def power_off_for_disk_work(plan: DiskPlan) -> None:
-    if plan.power_off is None:
-        return
-    from core.errors import DomainNotFound
-    from manager.provisioning import nodes
+    if plan.power_off is not None:
+        from manager.provisioning import nodes
 
-    try:
-        nodes.power(plan.power_off, plan.desktop_id, "poweroff")
-    except DomainNotFound:
-        pass
+        nodes.power_off_if_defined(plan.power_off, plan.desktop_id)
 
 
 def finish_reimage(session: Session, plan: DiskPlan, params: dict[str, Any], *, job_id: str | None,

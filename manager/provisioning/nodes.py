@@ -107,6 +107,16 @@ def power(target: NodeTarget, desktop_id: str, action: str, *, timeout: float | 
     return getattr(c, action)(desktop_id)
 
 
+def power_off_if_defined(target: NodeTarget, desktop_id: str) -> None:
+    """Pull the plug before disk work; a domain that is already gone is fine."""
+    from core.errors import DomainNotFound
+
+    try:
+        power(target, desktop_id, "poweroff")
+    except DomainNotFound:
+        pass
+
+
 def domain(target: NodeTarget, desktop_id: str) -> Any:
     return client(target).get_domain(desktop_id)
 

@@ -272,12 +272,8 @@ def disk_work(session: Session, desktop_id: str, expected: TaskState) -> DiskWor
 
 def power_off_quietly(work: DiskWork) -> None:
     """Pull the plug before the disk changes; a domain that is already gone is fine."""
-    if work.target is None:
-        return
-    try:
-        nodes.power(work.target, work.desktop_id, "poweroff")
-    except DomainNotFound:
-        pass
+    if work.target is not None:
+        nodes.power_off_if_defined(work.target, work.desktop_id)
 
 
 def reset_disk(work: DiskWork, *, job_id: str | None = None) -> None:
