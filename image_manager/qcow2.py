@@ -340,13 +340,15 @@ def create_overlays(backing: str | os.PathLike[str], paths: Sequence[str | os.Pa
 
     todo: list[tuple[Path, Path, OverlayLayout]] = []
     for target in targets:
-        if not replace and _existing_overlay_matches(target, backing_path, backing_format, virtual_size):
-            continue
+        # Lay out first: impossible input is refused whatever is on disk, even where an existing file
+        # would make this a no-op.
         name = os.path.relpath(backing_path, target.parent) if relative_backing else str(backing_path)
         layout = layouts.get(name)
         if layout is None:
             layout = layouts[name] = layout_overlay(name, size, cluster_size=cluster_size,
                                                     backing_format=backing_format)
+        if not replace and _existing_overlay_matches(target, backing_path, backing_format, virtual_size):
+            continue
         todo.append((target, fileops.tmp_path_for(target, job_id), layout))
     if not todo:
         return targets

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -205,7 +206,8 @@ def test_overlay_on_overlay_chain(tmp_path, make_base):
     assert [link.path for link in qcow2.backing_chain(top)] == [top, mid, base]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     virtual_size=st.integers(min_value=1, max_value=4 * 1024 * GiB),
     cluster_bits=st.integers(min_value=9, max_value=21),
@@ -214,13 +216,16 @@ def test_property_every_size_and_cluster_size_checks_clean(tmp_path, make_base, 
     base = tmp_path / "prop-base.qcow2"
     if not base.exists():
         make_base("prop-base.qcow2", size=1 * MiB)
-    overlay = tmp_path / "prop.qcow2"
+    # tmp_path is shared by every example: each needs a path of its own, or an earlier example's overlay
+    # turns this one into an idempotent no-op.
+    overlay = tmp_path / f"prop-{uuid.uuid4().hex}.qcow2"
     cluster_size = 1 << cluster_bits
     if virtual_size > (qcow2.MAX_L1_TABLE_BYTES // 8) * cluster_size * (cluster_size // 8):
         with pytest.raises(Invalid, match="larger cluster size"):
             qcow2.create_overlay(overlay, base, virtual_size=virtual_size, cluster_size=cluster_size)
+        assert not overlay.exists()
         return
-    qcow2.create_overlay(overlay, base, virtual_size=virtual_size, cluster_size=1 << cluster_bits, replace=True)
+    qcow2.create_overlay(overlay, base, virtual_size=virtual_size, cluster_size=1 << cluster_bits)
     expected = -(-virtual_size // 512) * 512
     assert_clean_overlay(overlay, base, expected, 1 << cluster_bits)
     # Writing at the very end of the disk must work too (the L1 table really covers the size).
@@ -228,3 +233,24 @@ def test_property_every_size_and_cluster_size_checks_clean(tmp_path, make_base, 
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert qemu_img.check(overlay).ok
+    overlay.unlink()
+
+
+def test_an_impossible_size_is_refused_even_where_a_file_would_make_the_call_a_no_op(tmp_path, make_base):
+    """Found by the property above: an overlay of the same size (made with larger clusters) was at the path,
+    and the idempotent shortcut skipped the size check. 128 GiB + 1 byte needs an L1 table just over QEMU's
+    32 MiB limit with 512-byte clusters; 128 GiB fits exactly. qemu-img draws the line at the same place."""
+    base = make_base(size=1 * MiB)
+    too_big, largest = 128 * GiB + 1, 128 * GiB
+    for size, accepted in ((too_big, False), (largest, True)):
+        proc = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512",
+                               str(tmp_path / f"qemu-{size}.qcow2"), str(size)], capture_output=True, text=True,
+                              timeout=60)
+        assert (proc.returncode == 0) == accepted and ("too large" in proc.stderr) != accepted, proc.stderr
+
+    overlay = tmp_path / "o.qcow2"
+    qcow2.create_overlay(overlay, base, virtual_size=too_big, cluster_size=1024)
+    with pytest.raises(Invalid, match="larger cluster size"):
+        qcow2.create_overlay(overlay, base, virtual_size=too_big, cluster_size=512)
+    assert qcow2.create_overlay(tmp_path / "fits.qcow2", base, virtual_size=largest, cluster_size=512)
+    assert_clean_overlay(tmp_path / "fits.qcow2", base, largest, 512)
