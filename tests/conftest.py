@@ -6,7 +6,14 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 from sqlalchemy import text
+
+# Hypothesis' per-example deadline and its too_slow health check are wall-clock assertions: on a loaded
+# machine they fail correct code. This suite has none (speed is measured by bench/*.py), so every @given
+# runs without them; tests/unit/test_hypothesis_settings.py keeps it that way.
+settings.register_profile("vdi", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("vdi")
 
 PG_ADMIN_URL = os.environ.get("VDI_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("VDI_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")

@@ -129,7 +129,8 @@ queries = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(query=queries)
 def test_no_query_gets_a_500(api, query):
     response = api.get("/api/v1/search", params={"q": query, "page_size": 5})
