@@ -1,0 +1,108 @@
+"""Three real guests on two harness hosts at once; their cpu_usage and mem_usage reach the manager's database by
+heartbeat. The manager is a real `vdi serve` process on the test database; each host's node agent pushes its bulk
+stats to it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from core.enums import PowerState
+from core.specs import DesktopSpec
+from image_manager import qcow2
+from manager import db
+from manager.embedded_nodes import free_port
+from manager.models import Cluster, Desktop, Host
+from manager.nodes.client import NodeClient
+from tests.harness.fixtures import demo_image, host_cluster_factory  # noqa: F401
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
+PLACEMENT = {"g1": "host1", "g2": "host1", "g3": "host2"}
+
+
+@pytest.fixture
+def manager_process(pg_url, tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VDI_")}
+    env.update(VDI_DATABASE_URL=pg_url, VDI_PORT=str(port), VDI_DATA_DIR=str(tmp_path / "manager"),
+               VDI_LOG_LEVEL="WARNING", VDI_HOST_DEAD_AFTER_SECONDS="3600")
+    proc = subprocess.Popen([sys.executable, "-m", "manager.cli", "serve", "--no-upgrade"], env=env,
+                            stdout=open(tmp_path / "manager.log", "wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "vdi serve did not come up"
+        time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_three_guests_on_two_hosts_report_their_stats_by_heartbeat(host_cluster_factory, demo_image,  # noqa: F811
+                                                                   manager_process, clean_db):
+    cluster = host_cluster_factory(hosts=2, network=False, manager_url=manager_process,
+                                   agent_options=["--heartbeat-seconds", "1"])
+    image = demo_image.publish(cluster.shared_dir / "demo")
+    ids = {name: str(uuid.uuid4()) for name in PLACEMENT}
+    with db.session_scope() as session:
+        group = Cluster(name="c1")
+        session.add(group)
+        session.flush()
+        host_ids = {}
+        for name in ("host1", "host2"):
+            host = Host(name=name, cluster_id=group.id, agent_url=cluster.agent_url(name),
+                        agent_token=cluster.token(name))
+            session.add(host)
+            session.flush()
+            host_ids[name] = host.id
+        for name, desktop_id in ids.items():
+            session.add(Desktop(id=desktop_id, name=name, memory_mib=192))
+    clients = {name: NodeClient(cluster.agent_url(name), cluster.token(name), timeout=120)
+               for name in ("host1", "host2")}
+    try:
+        for name, host in PLACEMENT.items():
+            disk = cluster.shared_dir / "disks" / f"{name}.qcow2"
+            disk.parent.mkdir(exist_ok=True)
+            qcow2.create_overlay(disk, image.template)
+            os.chmod(disk, 0o666)
+            clients[host].define(DesktopSpec(uuid=ids[name], name=name, vcpus=1, memory_mib=192, disk_path=str(disk),
+                                             kernel=str(image.kernel), initrd=str(image.initrd),
+                                             cmdline=image.cmdline(name), serial_log=str(disk.with_suffix(".log"))))
+            clients[host].start(ids[name])
+
+        seen_cpu: set[str] = set()
+        deadline = time.monotonic() + 300
+        while True:
+            with db.session_scope() as session:
+                rows = {d.name: d for d in session.scalars(select(Desktop))}
+                hosts = {h.name: h for h in session.scalars(select(Host))}
+            seen_cpu |= {name for name, d in rows.items() if d.cpu_usage > 0}
+            done = all(rows[name].power_state == PowerState.UP and rows[name].host_id == host_ids[host]
+                       and rows[name].mem_usage > 0 for name, host in PLACEMENT.items()) and seen_cpu == set(PLACEMENT)
+            if done:
+                break
+            assert time.monotonic() < deadline, (
+                f"stats did not arrive: { {n: (d.power_state, d.cpu_usage, d.mem_usage) for n, d in rows.items()} }")
+            time.sleep(0.5)
+        assert all(h.last_heartbeat_at is not None and h.active_desktops == sum(
+            1 for host in PLACEMENT.values() if host == name) for name, h in hosts.items())
+    finally:
+        for name, host in PLACEMENT.items():
+            try:
+                clients[host].poweroff(ids[name])
+                clients[host].undefine(ids[name])
+            except Exception:  # the cluster teardown kills whatever is left
+                pass
+        for client in clients.values():
+            client.close()
