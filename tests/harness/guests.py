@@ -12,13 +12,17 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from core.errors import GatewayTimeout, Unavailable
+from core.errors import DomainNotFound, GatewayTimeout, Unavailable
 from core.specs import DesktopSpec, HostCaps
 from hypervisor_node import guest_agent
 from hypervisor_node.domxml.designer import GUEST_AGENT_CHANNEL, design_domain
 from image_manager import qemu_img
 from image_manager.demo_image import DemoImage
+
+if TYPE_CHECKING:
+    from hypervisor_node.driver import LibvirtDriver
 
 DEMO_MEMORY_MIB = 192
 
@@ -47,6 +51,27 @@ def demo_domain_xml(image: DemoImage, name: str, disk: Path, serial_log: Path, *
     caps = HostCaps(hostname=host_name, domain_types=["qemu"], cpus=os.cpu_count() or 1,
                     memory_mib=1024, free_memory_mib=1024)
     return design_domain(spec, caps).to_xml()
+
+
+def remove_owned_domains(driver: "LibvirtDriver") -> None:
+    """Power off and undefine every domain `driver` owns (test clean-up; never touches other domains).
+
+    Every domain is tried; then AssertionError names any that is still defined: a domain left on the
+    machine's libvirtd is a bug to see (in the test's teardown), not to hide in a log.
+    """
+    failures = []
+    for info in driver.list_domains():
+        try:
+            driver.poweroff(info.uuid)
+            driver.undefine(info.uuid)
+        except DomainNotFound:
+            pass  # undefined meanwhile: gone is what we want
+        except Exception as exc:  # noqa: BLE001 (clean-up goes on; the assertion below reports it)
+            failures.append(f"{info.name} ({info.uuid}): {exc}")
+    leftover = [f"{info.name} ({info.uuid})" for info in driver.list_domains()]
+    if leftover:
+        raise AssertionError(f"domains of {driver.manager_id} left on {driver.uri}: {leftover}; "
+                             f"errors while removing them: {failures or 'none'}")
 
 
 def agent_channel_path(live_xml: str) -> str:

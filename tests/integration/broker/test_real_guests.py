@@ -24,6 +24,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from hypervisor_node.driver import LibvirtDriver
+from tests.harness.guests import remove_owned_domains
 from tests.integration.broker.conftest import API, Agent, bearer, free_port, wait_for_jobs
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
@@ -42,8 +44,6 @@ def real_node() -> Agent:
     """A node agent on the real libvirtd, seeing only the domains it defines (its own manager id)."""
     from manager.provisioning import nodes
 
-    # The machine's libvirtd is shared and can be slow (seconds to a minute per call under load).
-    saved_timeout, nodes.NODE_TIMEOUT_S = nodes.NODE_TIMEOUT_S, 300.0
     if not shutil.which("virsh") or subprocess.run(["virsh", "-c", SYSTEM_URI, "version"], capture_output=True,
                                                    timeout=30).returncode != 0:
         pytest.skip("qemu:///system does not answer: start libvirtd (see docs/real-hypervisors.md)")
@@ -53,11 +53,12 @@ def real_node() -> Agent:
     work.mkdir()
     os.chmod(work, 0o755)
     port, token = free_port(), f"tok-{uuid.uuid4().hex}"
+    manager_id = f"broker-tests-{uuid.uuid4().hex[:8]}"
     log = work / "agent.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "hypervisor_node.agent", "--name", "real1", "--libvirt-uri",
                                  SYSTEM_URI, "--listen", f"127.0.0.1:{port}", "--token", token, "--manager-id",
-                                 f"broker-tests-{uuid.uuid4().hex[:8]}", "--log-level", "WARNING",
+                                 manager_id, "--log-level", "WARNING",
                                  # nested KVM cannot run these guests here (real-hypervisors.md): TCG
                                  "--domain-types", os.environ.get("VDI_NODE_DOMAIN_TYPES", "qemu")],
                                 cwd=Path(__file__).resolve().parents[3], stdout=out, stderr=subprocess.STDOUT)
@@ -76,15 +77,22 @@ def real_node() -> Agent:
             pytest.fail(f"the node agent did not start: {text}")
         time.sleep(0.2)
     agent.work = work  # type: ignore[attr-defined]
-    yield agent
-    # remove whatever domains we left (powered off first), then the files
-    domains = httpx.get(f"{agent.url}/v1/domains", headers=bearer(token)).json()["domains"]
-    for d in domains:
-        httpx.post(f"{agent.url}/v1/domains/{d['uuid']}/poweroff", headers=bearer(token), timeout=60)
-        httpx.delete(f"{agent.url}/v1/domains/{d['uuid']}", headers=bearer(token), timeout=60)
-    agent.stop()
-    shutil.rmtree(work, ignore_errors=True)
-    nodes.NODE_TIMEOUT_S = saved_timeout
+    # The machine's libvirtd is shared and can be slow (seconds to a minute per call under load).
+    saved_timeout, nodes.NODE_TIMEOUT_S = nodes.NODE_TIMEOUT_S, 300.0
+    try:
+        yield agent
+    finally:
+        # The agent stops first, so no job still running in this process can define a domain through it
+        # after the clean-up; the domains are then removed straight through libvirt under the agent's
+        # manager id (HTTP calls to an agent that is slow or dead after a failed test left them behind).
+        agent.stop()
+        driver = LibvirtDriver(SYSTEM_URI, manager_id=manager_id)
+        try:
+            remove_owned_domains(driver)
+        finally:
+            driver.close()
+            shutil.rmtree(work, ignore_errors=True)
+            nodes.NODE_TIMEOUT_S = saved_timeout
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from core.specs import DesktopSpec
+from tests.harness.guests import remove_owned_domains  # noqa: F401 (the node tests import it from here)
 from tests.unit.node.conftest import private_test_uri
 
 REPO = Path(__file__).resolve().parents[3]
@@ -124,16 +125,6 @@ def make_blank_disk(path: Path) -> Path:
 def unique_manager_id(prefix: str = "node-tests") -> str:
     """A manager id of its own, so this test sees only its domains on the shared system libvirtd."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def remove_owned_domains(driver) -> None:
-    """Power off and undefine every domain `driver` owns (test clean-up; never touches other domains)."""
-    for info in driver.list_domains():
-        try:
-            driver.poweroff(info.uuid)
-            driver.undefine(info.uuid)
-        except Exception as exc:  # clean-up must go on; the next test would show a leftover
-            print(f"clean-up of {info.uuid} failed: {exc}", file=sys.stderr)
 
 
 def demo_spec(image, disk: Path, serial_log: Path, name: str | None = None, **overrides) -> DesktopSpec:

@@ -55,12 +55,16 @@ def desktop(system_libvirtd, shared_storage, published_demo_image):
     disk = make_overlay(published_demo_image.template, workdir / "desk.qcow2")
     serial = SerialLog(workdir / "serial.log")
     spec = demo_spec(published_demo_image, disk, serial.path)
-    driver.define(spec)
-    driver.start(spec.uuid)
-    serial.wait_for(r"VDI-AGENT ready", timeout=240)
-    yield RunningDesktop(driver, spec, serial, disk, published_demo_image)
-    remove_owned_domains(driver)
-    driver.close()
+    try:  # a boot that fails or times out must not leave the domain behind either
+        driver.define(spec)
+        driver.start(spec.uuid)
+        serial.wait_for(r"VDI-AGENT ready", timeout=240)
+        yield RunningDesktop(driver, spec, serial, disk, published_demo_image)
+    finally:
+        try:
+            remove_owned_domains(driver)
+        finally:
+            driver.close()
 
 
 def test_guest_boots_from_an_overlay_of_the_template(desktop):
