@@ -103,6 +103,7 @@ def reconcile(*, dead_after_seconds: float = DEAD_AFTER_SECONDS, min_age_seconds
     touched_volumes: set[str] = set()
     _settle_dead_jobs(report, touched_volumes, dead_after_seconds, started_before, current_job_id)
     with db.session_scope() as session:
+        _read_one_snapshot(session)
         active_jobs = list(session.scalars(select(Job).where(Job.state.in_((JobState.PENDING, JobState.RUNNING)))))
         active_ids = [j.id for j in active_jobs if j.id != current_job_id]
         busy_volumes, busy_paths, busy_desktops, busy_templates = _held_by(active_jobs, current_job_id)
@@ -123,6 +124,18 @@ def reconcile(*, dead_after_seconds: float = DEAD_AFTER_SECONDS, min_age_seconds
                  severity=Severity.WARNING if report.changed else Severity.NORMAL, actor=actor,
                  job_id=current_job_id)
     return report
+
+
+def _read_one_snapshot(session: Session) -> None:
+    """Make every statement of `session`'s (not yet begun) transaction read the same snapshot.
+
+    Rows are judged together (a template volume is unused when no version refers to it): under Postgres'
+    READ COMMITTED each statement would see newer commits, so a volume and its version committed together
+    between two statements looked like an orphan and its file was deleted. SQLite transactions already
+    read one snapshot.
+    """
+    if db.is_postgres(session):
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 
 
 def _settle_dead_jobs(report: ReconcileReport, touched: set[str], dead_after: float,
@@ -225,7 +238,9 @@ def _clean_rows(session: Session, report: ReconcileReport, busy_volumes: set[str
             session.delete(snap)
         session.flush()
         if os.path.lexists(vol.path):
-            fileops.remove(vol.path)
+            # only once the row's removal is committed: a pass that fails (e.g. a serialization conflict with
+            # a transaction that just started using the volume) must not have deleted the file
+            db.after_commit(session, lambda path=vol.path: fileops.remove(path))
             report.removed_files.append(vol.path)
         session.delete(vol)
         session.flush()
