@@ -51,6 +51,9 @@ class HostInit:
             subprocess.run(["mount", "--bind", source, target], check=True)
         for path in ("/run/libvirt", "/var/lib/libvirt/qemu", "/var/lib/libvirt/images"):
             os.makedirs(path, exist_ok=True)
+        qemu_conf = os.path.join(self.base, "qemu.conf")  # the host's own display port range
+        if os.path.exists(qemu_conf) and os.path.exists("/etc/libvirt/qemu.conf"):
+            subprocess.run(["mount", "--bind", qemu_conf, "/etc/libvirt/qemu.conf"], check=True)
 
     def start_virtlogd(self) -> None:
         log = open("/var/log/libvirt/virtlogd.stderr", "ab")

@@ -391,6 +391,7 @@ class HostCluster:
             f'host_uuid = "{host.host_uuid}"\n'
             'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
         )
+        (base / "qemu.conf").write_text(_qemu_conf(index))
         if self.network and self.agents:
             self._create_host_network(host)
         elif self.agents:
@@ -446,7 +447,7 @@ class HostCluster:
     def _default_agent_argv(self, host: Host) -> list[str]:
         argv = [self.python, "-m", "hypervisor_node.agent", "--name", host.name,
                 "--libvirt-uri", self.uri(host.name), "--listen", f"{host.address}:{host.agent_port}",
-                "--token", host.token, "--trust-shared-storage"]
+                f"--token={host.token}", "--trust-shared-storage"]  # one word: a token may start with '-' 
         if self.domain_types:
             argv += ["--domain-types", self.domain_types]
         if self.manager_url:
@@ -561,6 +562,22 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def _used_subnets() -> set[str]:
     text = _ip("-o", "-4", "addr", "show", check=False).stdout
     return {".".join(match.split(".")[:3]) for match in re.findall(r"inet (\d+\.\d+\.\d+\.\d+)", text)}
+
+
+DISPLAY_PORTS_PER_HOST = 100
+
+
+def _qemu_conf(index: int) -> str:
+    """This machine's qemu.conf with a display port range of the host's own. Harness hosts have private mount
+    and PID namespaces, but their QEMU processes share the machine's network namespace: two libvirtds each
+    allocating SPICE ports from 5900 would collide ("binding socket to 127.0.0.1:5901 failed")."""
+    system = Path("/etc/libvirt/qemu.conf")
+    own = ("remote_display_port_min", "remote_display_port_max")
+    lines = [line for line in (system.read_text().splitlines() if system.exists() else [])
+             if not line.strip().startswith(own)]
+    first = 5900 + DISPLAY_PORTS_PER_HOST * index  # 5900-5999 stays with the machine's own libvirtd
+    lines += [f"remote_display_port_min = {first}", f"remote_display_port_max = {first + DISPLAY_PORTS_PER_HOST - 1}"]
+    return "\n".join(lines) + "\n"
 
 
 def _copy_qemu_config(target: Path) -> None:
