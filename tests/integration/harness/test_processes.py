@@ -18,11 +18,13 @@ from tests.harness.processes import kill_process_tree
 pytestmark = pytest.mark.skipif(shutil.which("qemu-io") is None, reason="qemu-io is not installed (qemu-utils)")
 
 # A parent that starts a lock holder in a session of its own (as image_manager.qemu_img starts qemu-img),
-# says so, and waits.
+# says so, and waits. The holder is qemu-io reading commands from a pipe the parent never writes to: it holds
+# the image until it is killed (qemu-io's own "sleep" command runs on the wall clock, which may jump).
 PARENT = textwrap.dedent("""
     import subprocess, sys, time
-    holder = subprocess.Popen(["qemu-io", "-c", "sleep 600000", sys.argv[1]], start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(sys.argv[2], "wb") as log:
+        holder = subprocess.Popen(["qemu-io", sys.argv[1]], start_new_session=True, stdin=subprocess.PIPE,
+                                  stdout=log, stderr=log)
     print(holder.pid, flush=True)
     time.sleep(600)
 """)
@@ -38,16 +40,19 @@ def exited(pid: int) -> bool:
 
 def test_the_tree_is_gone_and_the_image_lock_released_when_it_returns(tmp_path):
     image = qemu_img.create(tmp_path / "held.qcow2", size=16 << 20)
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(image)], stdout=subprocess.PIPE, text=True)
+    holder_log = tmp_path / "holder.log"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(image), str(holder_log)], stdout=subprocess.PIPE,
+                              text=True)
     holder_pid = int(parent.stdout.readline())
+    # qemu-io prompts once it has the image open (a lock probe before that could make ITS open fail)
     deadline = time.monotonic() + 60
-    while True:  # until the holder has the image open and locked
-        try:
-            qemu_img.info(image)
-        except ImageInUse:
-            break
-        assert time.monotonic() < deadline, "qemu-io never locked the image"
+    while "qemu-io>" not in holder_log.read_text():
+        if time.monotonic() > deadline or exited(holder_pid):
+            kill_process_tree(parent)
+            pytest.fail(f"qemu-io did not open the image: {holder_log.read_text()!r}")
         time.sleep(0.05)
+    with pytest.raises(ImageInUse):
+        qemu_img.info(image)
 
     killed = kill_process_tree(parent)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -152,22 +151,25 @@ def test_missing_and_bad_files_are_typed_errors(tmp_path, make_base):
 
 def test_an_image_held_open_is_in_use_but_readable_with_force_share(tmp_path, make_base):
     base = make_base()
-    holder = subprocess.Popen(["qemu-io", "-c", "sleep 20000", str(base)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # qemu-io holds the image while it waits for commands on a pipe we never write to. Its prompt says it has
+    # opened the image; probing the lock before that could make qemu-io's own open fail on OUR probe's lock.
+    holder = subprocess.Popen(["qemu-io", str(base)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                qemu_img.info(base)
-            except ImageInUse as exc:
-                assert exc.status == 409 and "lock" in exc.message
-                break
-            assert time.monotonic() < deadline, "qemu-io never took the lock"
-            time.sleep(0.05)
+        said = b""
+        while b"qemu-io>" not in said:
+            chunk = os.read(holder.stdout.fileno(), 4096)
+            assert chunk, f"qemu-io exited without opening the image: {said.decode(errors='replace')}"
+            said += chunk
+        with pytest.raises(ImageInUse) as exc:
+            qemu_img.info(base)
+        assert exc.value.status == 409 and "lock" in exc.value.message
         assert qemu_img.info(base, force_share=True).virtual_size == 64 * MiB
     finally:
         holder.kill()
         holder.wait()
+        holder.stdin.close()
+        holder.stdout.close()
 
 
 def test_timeout_kills_qemu_img_and_raises(tmp_path, make_base):
