@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.enums import OsType, PowerState
+
+
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    """The fields a from_dict accepts (unknown keys from a newer peer are ignored); computed once per class."""
+    return frozenset(f.name for f in dataclasses.fields(cls))
 
 
 @dataclass
@@ -37,7 +44,7 @@ class DesktopSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DesktopSpec":
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = _field_names(cls)
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
@@ -66,7 +73,7 @@ class HostCaps:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HostCaps":
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = _field_names(cls)
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
@@ -88,5 +95,5 @@ class DomainStats:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DomainStats":
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = _field_names(cls)
         return cls(**{k: v for k, v in data.items() if k in names})
