@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from core.enums import JobState
 from image_manager import fileops, qcow2, reconcile, service
 from manager import db, jobs
 from manager.models import Event, Job, Snapshot, Template, TemplateVersion, Volume
+from tests.harness.processes import kill_process_tree
 from tests.integration.image_service.conftest import MiB, active_path, ok_job, qemu_io, reads_pattern, sha256
 
 WORKER = """
@@ -26,20 +26,6 @@ import image_manager.tasks
 from manager.jobs import run_job
 run_job(sys.argv[2])
 """
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid:
-                    out.append(int(entry))
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-    return out
 
 
 @pytest.fixture
@@ -83,11 +69,7 @@ def test_sigkilled_worker_mid_import_is_undone_by_reconcile(env, pg_url, no_disp
         assert worker.poll() is None, "the worker ended before it could be killed"
         assert time.monotonic() < deadline, "the import never started writing"
         time.sleep(0.1)
-    victims = [worker.pid, *_children(worker.pid)]
-    for pid in victims:
-        os.kill(pid, signal.SIGKILL)
-    worker.wait(timeout=30)
-    time.sleep(0.3)
+    kill_process_tree(worker)  # returns once the worker and its qemu-img have really exited
 
     with db.session_scope() as session:
         assert session.get(Job, job_id).state == JobState.RUNNING
