@@ -28,6 +28,7 @@ import pytest
 from core.specs import DesktopSpec
 from tests.harness.guests import remove_owned_domains  # noqa: F401 (the node tests import it from here)
 from tests.unit.node.conftest import private_test_uri
+from tests.harness.hosts import ensure_kvm_device_group
 
 REPO = Path(__file__).resolve().parents[3]
 SYSTEM_URI = "qemu:///system"
@@ -39,26 +40,6 @@ SHARED_ROOT = Path(os.environ.get("VDI_TEST_SHARED_DIR", "/var/tmp/vdi-node-test
 def _libvirt_answers(uri: str = SYSTEM_URI) -> bool:
     result = subprocess.run(["virsh", "-c", uri, "version"], capture_output=True, timeout=30)
     return result.returncode == 0
-
-
-def ensure_kvm_device_group() -> None:
-    """Give /dev/kvm the owner udev gives it on Debian (root:kvm 0660) where no udev ran (containers).
-
-    With /dev/kvm root-only, libvirt 9.0 probes QEMU as root (KVM usable) but then checks KVM as the
-    libvirt-qemu user (not usable), decides its capability cache is stale and probes again on EVERY
-    call: each define or start then takes seconds to minutes. Guests stay TCG either way (designer).
-    """
-    import grp
-    import stat
-
-    try:
-        info = os.stat("/dev/kvm")
-        kvm_gid = grp.getgrnam("kvm").gr_gid
-    except (FileNotFoundError, KeyError):
-        return
-    if os.geteuid() == 0 and (info.st_gid != kvm_gid or not info.st_mode & stat.S_IRWXG):
-        os.chown("/dev/kvm", 0, kvm_gid)
-        os.chmod("/dev/kvm", 0o660)
 
 
 def ensure_system_libvirtd(timeout: float = 60.0) -> None:
