@@ -79,10 +79,7 @@ IMPORT_FORMATS = ("qcow2", "raw")
 
 # ---- look-ups ------------------------------------------------------------------------------------------
 def get_template(session: Session, template_id: str) -> Template:
-    template = session.get(Template, template_id)
-    if template is None:
-        raise NotFound(kind="template", id=template_id)
-    return template
+    return db.get_or_404(session, Template, template_id, "template")
 
 
 def get_version(session: Session, template: Template, version_id: str) -> TemplateVersion:
@@ -93,10 +90,7 @@ def get_version(session: Session, template: Template, version_id: str) -> Templa
 
 
 def get_desktop(session: Session, desktop_id: str) -> Desktop:
-    desktop = session.get(Desktop, desktop_id)
-    if desktop is None:
-        raise NotFound(kind="desktop", id=desktop_id)
-    return desktop
+    return db.get_or_404(session, Desktop, desktop_id, "desktop")
 
 
 def get_snapshot(session: Session, desktop: Desktop, snapshot_id: str) -> Snapshot:

@@ -114,6 +114,16 @@ def request_session() -> Iterator[Session]:
         yield session
 
 
+def get_or_404(session: Session, model: type, obj_id, kind: str):
+    """The row of `model` with this primary key; NotFound (404) naming `kind` and the id otherwise."""
+    from core.errors import NotFound
+
+    obj = session.get(model, obj_id)
+    if obj is None:
+        raise NotFound(kind=kind, id=obj_id)
+    return obj
+
+
 def is_postgres(session_or_engine) -> bool:
     bind = session_or_engine.get_bind() if isinstance(session_or_engine, Session) else session_or_engine
     return bind.dialect.name == "postgresql"

@@ -52,13 +52,6 @@ def check_unique(session: Session, model: type, kind: str, fields: tuple[str, ..
             raise DuplicateName(kind=kind, name=values[name])
 
 
-def get_or_404(session: Session, model: type, obj_id: Any, kind: str) -> Any:
-    obj = session.get(model, obj_id)
-    if obj is None:
-        raise NotFound(kind=kind, id=obj_id)
-    return obj
-
-
 @dataclass
 class CrudResource:
     path: str  # URL segment, e.g. "storage-domains"

@@ -21,6 +21,7 @@ from core.errors import DomainNotFound, Invalid, NoHostAvailable, NotFound, VdiE
 from core.ids import new_id
 from core.specs import DesktopSpec
 from image_manager import chain, fileops, qcow2
+from manager.db import get_or_404
 from manager.models import (Assignment, Desktop, Host, Pool, StorageDomain, Template, TemplateVersion, User,
                             Volume)
 from manager.provisioning import nodes, placement
@@ -321,10 +322,7 @@ def finish_removal(session: Session, work: DiskWork) -> bool:
 
 
 def get_desktop(session: Session, desktop_id: str) -> Desktop:
-    desktop = session.get(Desktop, desktop_id)
-    if desktop is None:
-        raise NotFound(kind="desktop", id=desktop_id)
-    return desktop
+    return get_or_404(session, Desktop, desktop_id, "desktop")
 
 
 def pool_or_404(session: Session, pool_ref: str) -> Pool:
