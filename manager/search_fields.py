@@ -178,43 +178,60 @@ def _related(path: str, *keys: str) -> Callable[[Any], Any]:
     return lambda entity: type_coerce(tuple_(*(col(entity, k) for k in keys)), Related(path))
 
 
+def _lookup_alias(model: type) -> Any:
+    """The one alias of `model` every lookup subquery selects from.
+
+    Lookups are uncorrelated (`.correlate(None)`), so one alias serves every subquery of a statement, nested
+    ones included (SQL resolves a name to the innermost FROM). Made once: an alias builds its column
+    collection on first use, which costs more than the rest of compiling a query (free text uses seven lookups).
+    """
+    return aliased(model, name=f"lookup_{model.__tablename__}")
+
+
+def _lookup(*columns: Any) -> Any:
+    return select(*columns).correlate(None)
+
+
 def _by_foreign_key(model: type, value: str) -> Lookup:
     """The related row is `model` with id = the searching row's foreign key."""
+    other = _lookup_alias(model)
+
     def matching(key: Any, predicate: Callable[[Any], Any]) -> Any:
-        other = aliased(model)
-        return InSelect(key, select(other.id).where(predicate(getattr(other, value))))
+        return InSelect(key, _lookup(other.id).where(predicate(getattr(other, value))))
     return Lookup(matching, lambda key: key.is_(None))
 
 
 def _tag_names(kind: str) -> Lookup:
+    tag, link = _lookup_alias(Tag), _lookup_alias(TagAssignment)
+
     def tagged(predicate: Callable[[Any], Any] | None = None) -> Any:
-        tag, link = aliased(Tag), aliased(TagAssignment)
-        stmt = select(link.object_id).join(tag, tag.id == link.tag_id).where(link.object_kind == kind)
+        stmt = _lookup(link.object_id).join(tag, tag.id == link.tag_id).where(link.object_kind == kind)
         return stmt.where(predicate(tag.name)) if predicate is not None else stmt
     return Lookup(lambda key, predicate: InSelect(key, tagged(predicate)), lambda key: not_(InSelect(key, tagged())))
 
 
 def _desktop_cluster() -> Lookup:
     """A desktop's cluster is its host's, or (when it is not placed on a host) its pool's."""
+    host, pool, cluster = _lookup_alias(Host), _lookup_alias(Pool), _lookup_alias(Cluster)
+
     def matching(keys: Any, predicate: Callable[[Any], Any]) -> Any:
         host_id, pool_id = keys.clauses
-        host, pool, cluster = aliased(Host), aliased(Pool), aliased(Cluster)
-        clusters = select(cluster.id).where(predicate(cluster.name))
-        return or_(InSelect(host_id, select(host.id).where(host.cluster_id.in_(clusters))),
-                   and_(host_id.is_(None), InSelect(pool_id, select(pool.id).where(pool.cluster_id.in_(clusters)))))
+        clusters = _lookup(cluster.id).where(predicate(cluster.name))
+        return or_(InSelect(host_id, _lookup(host.id).where(host.cluster_id.in_(clusters))),
+                   and_(host_id.is_(None), InSelect(pool_id, _lookup(pool.id).where(pool.cluster_id.in_(clusters)))))
 
     def missing(keys: Any) -> Any:
         host_id, pool_id = keys.clauses
-        pool = aliased(Pool)
-        return and_(host_id.is_(None), or_(pool_id.is_(None), InSelect(pool_id, select(pool.id).where(
+        return and_(host_id.is_(None), or_(pool_id.is_(None), InSelect(pool_id, _lookup(pool.id).where(
             pool.cluster_id.is_(None)))))
     return Lookup(matching, missing)
 
 
 def _user_pool_names() -> Lookup:
+    pool, grant = _lookup_alias(Pool), _lookup_alias(Entitlement)
+
     def entitled(predicate: Callable[[Any], Any] | None = None) -> Any:
-        pool, grant = aliased(Pool), aliased(Entitlement)
-        stmt = select(grant.user_id).join(pool, pool.id == grant.pool_id).where(grant.user_id.is_not(None))
+        stmt = _lookup(grant.user_id).join(pool, pool.id == grant.pool_id).where(grant.user_id.is_not(None))
         return stmt.where(predicate(pool.name)) if predicate is not None else stmt
     return Lookup(lambda key, predicate: InSelect(key, entitled(predicate)),
                   lambda key: not_(InSelect(key, entitled())))

@@ -106,10 +106,20 @@ def column_of(entity: Any, spec: ColumnSpec) -> Any:
     return getattr(entity, spec)
 
 
-def alias_of(entity: Any) -> Any:
-    if isinstance(entity, FromClause):
-        return entity.alias()
-    return aliased(entity)
+def alias_of(entity: Any, registry: Registry | None = None, nth: int = 0) -> Any:
+    """An anonymous alias of `entity`; with a registry, its `nth` alias, made once and then reused.
+
+    Building an alias's column collection costs more than the rest of compiling a query, so the compiler
+    reuses them. One alias may appear in several subqueries of a statement, even nested ones: each EXISTS
+    selects FROM its own aliases (SQL resolves a name to the innermost FROM) and correlates only to the
+    scope it is handed; `nth` keeps two relations to the same entity in one FROM apart.
+    """
+    if registry is None:
+        return entity.alias() if isinstance(entity, FromClause) else aliased(entity)
+    made = registry.aliases.setdefault(entity, [])
+    while len(made) <= nth:
+        made.append(alias_of(entity))
+    return made[nth]
 
 
 def _same_spec(a: ColumnSpec, b: ColumnSpec) -> bool:
@@ -137,13 +147,8 @@ class _Compiler:
         page = query.page or 1
         offset = (page - 1) * page_size
         rows = select(main).where(*conditions).order_by(*self._order(query)).offset(offset).limit(page_size)
-        # The count is built separately so its CTE/alias names are its own.
-        count_conditions = []
-        if query.where is not None:
-            count_conditions.append(self._quantify(query.where, {(): main}))
-        if self.obj.base_filter is not None:
-            count_conditions.append(self.obj.base_filter(main))
-        count = select(func.count()).select_from(main).where(*count_conditions)
+        # The same filter: the two are separate statements, so each renders its own WITH for a tag CTE.
+        count = select(func.count()).select_from(main).where(*conditions)
         return CompiledSearch(query, rows, count, page, page_size, offset)
 
     def _order(self, query: Query) -> list[Any]:
@@ -279,9 +284,12 @@ class _Compiler:
         new = sorted({k[:i] for k in keys for i in range(1, len(k) + 1)} - set(env), key=len)
         scope = dict(env)
         joins = []
+        uses: dict[Any, int] = {}
         for key in new:
             entity, on = self._entity_and_join(key)
-            scope[key] = alias_of(entity)
+            nth = uses.get(entity, 0)
+            uses[entity] = nth + 1
+            scope[key] = alias_of(entity, self.registry, nth)
             joins.append((key, _correlated(on(scope[key[:-1]], scope[key]), scope[key[:-1]], scope[key])))
         body = and_(*(self._bound(child, scope) for child in group))
         plain = {key for key in new
@@ -401,12 +409,12 @@ class _Compiler:
         tree = fld.tags
         assert tree is not None
         pattern = value.replace("\\", "")
-        tags = alias_of(tree.entity)
+        tags = alias_of(tree.entity, self.registry)
         name = column_of(tags, tree.name)
         matches = name.like(like_pattern(pattern), escape="\\") if "*" in pattern else name == pattern
         found = select(column_of(tags, tree.id).label("id"), name.label("name")).where(matches) \
             .cte(f"search_tags_{next(self.names)}", recursive=True)
-        children = alias_of(tree.entity)
+        children = alias_of(tree.entity, self.registry, 1)
         found = found.union(select(column_of(children, tree.id), column_of(children, tree.name))
                             .where(column_of(children, tree.parent) == found.c.id))
         return col.in_(select(found.c.name))

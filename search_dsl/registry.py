@@ -277,6 +277,8 @@ class Registry:
     def __init__(self, objects: Iterable[ObjectDef]) -> None:
         self.objects: dict[str, ObjectDef] = {}
         self._spellings: dict[str, ObjectDef] = {}
+        self.aliases: dict[Any, list[Any]] = {}
+        """Aliases of the declared entities, made once and reused by every compiled query (compiler.alias_of)."""
         for obj in objects:
             if obj.name.upper() in self.objects:
                 raise ValueError(f"object {obj.name!r} declared twice")
