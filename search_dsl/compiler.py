@@ -38,7 +38,7 @@ from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import (
-    Date, DateTime, Select, String, Uuid, and_, false, func, literal, literal_column, not_, or_, select,
+    Column, Date, DateTime, Select, String, Table, Uuid, and_, false, func, literal, literal_column, not_, or_, select,
     true,
 )
 from sqlalchemy.orm import aliased
@@ -122,6 +122,12 @@ def alias_of(entity: Any, registry: Registry | None = None, nth: int = 0) -> Any
     return made[nth]
 
 
+def _never_null(col: Any) -> bool:
+    """Whether `col` is a table column declared NOT NULL (then NULLS FIRST/LAST cannot change an order)."""
+    col = getattr(col, "expression", col)  # an ORM attribute's column
+    return isinstance(col, Column) and isinstance(col.table, Table) and not col.nullable
+
+
 def _same_spec(a: ColumnSpec, b: ColumnSpec) -> bool:
     return a == b if isinstance(a, str) and isinstance(b, str) else a is b
 
@@ -160,7 +166,10 @@ class _Compiler:
             assert fld is not None
             for spec in fld.sort_keys or (fld.column_spec,):
                 col = column_of(main, spec)
-                clauses.append(col.desc().nulls_last() if query.sort.descending else col.asc().nulls_first())
+                if _never_null(col):  # the same order; an index on the plain column serves it
+                    clauses.append(col.desc() if query.sort.descending else col.asc())
+                else:
+                    clauses.append(col.desc().nulls_last() if query.sort.descending else col.asc().nulls_first())
                 used.append(spec)
         for spec, direction in self.obj.default_sort:
             if not any(_same_spec(spec, u) for u in used):

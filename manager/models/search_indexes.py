@@ -75,8 +75,8 @@ Index("ix_desktops_text_trgm", literal_column(joined_text_sql(DESKTOP_TEXT_COLUM
       postgresql_using="gin", postgresql_ops={"desktop_text": "gin_trgm_ops"}, _table=Desktop.__table__)
 Index("ix_events_severity_code", severity_code(Event.severity), _table=Event.__table__)
 # Page order: the search sorts by the sort key, then the primary key (stable pages); without this a page of
-# `Vms:` sorts every desktop. (An explicit `sortby name asc` is oVirt's ASC NULLS FIRST, which an index could
-# serve only with NULLS FIRST in its definition - SQLite cannot declare that; such pages sort their matches.)
+# `Vms:` sorts every desktop. (An explicit `sortby name asc` is oVirt's ASC NULLS FIRST; names are NOT NULL, so
+# the compiler writes plain ASC there and this index serves it too.)
 Index("ix_desktops_name_id", Desktop.name, Desktop.id)
 
 # metadata.create_all on Postgres needs the operator class; Alembic's revision 0003 creates it there.

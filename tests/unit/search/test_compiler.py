@@ -203,6 +203,9 @@ def test_postgres_sql_shape():
     assert pg_sql("Vms: Hosts.name = a and Users.name = b").count("EXISTS") == 2
     assert "WITH RECURSIVE" in pg_sql("Vms: tag = prod")
     assert "ORDER BY vms.description ASC NULLS FIRST" in pg_sql("Vms: sortby description")
+    # a NOT NULL column has no NULLs to place: the plain order, which an index on the column serves
+    assert "ORDER BY vms.name ASC, vms.id ASC" in pg_sql("Vms: sortby name asc")
+    assert "ORDER BY vms.name DESC, vms.id ASC" in pg_sql("Vms: sortby name desc")
     assert ")) IS NOT true" in pg_sql("Vms: not (Hosts.name = a)")
 
 
