@@ -24,13 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import (BigInteger, Boolean, String, and_, case, func, literal, literal_column, not_, or_, select,
+from sqlalchemy import (BigInteger, String, and_, case, func, literal, literal_column, not_, or_, select,
                         true, tuple_, type_coerce, union_all)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql import operators
-from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import UserDefinedType
 
@@ -42,7 +40,7 @@ from manager.models import (ApiToken, Assignment, Bookmark, Cluster, Desktop, De
                             User, UserGroupMembership, Volume)
 from manager.models.search_indexes import DESKTOP_TEXT_COLUMNS, SEPARATOR, SEVERITY_CODES, severity_code
 from search_dsl import Field, Kind, ObjectDef, Registry, Relation, TagTree, XRef
-from search_dsl.compiler import column_of as col
+from search_dsl.compiler import InSelect, column_of as col
 from search_dsl.registry import DATE_OPS, NUMERIC_OPS, STRING_OPS
 
 GIB = 1024 ** 3
@@ -133,34 +131,6 @@ class Related(UserDefinedType):
 
         def reverse_operate(self, op: Any, other: Any, **kw: Any) -> Any:  # pragma: no cover
             raise TypeError(f"{self.type.path} cannot be the right side of {op}")
-
-
-class InSelect(ColumnElement):
-    """`key IN (SELECT ...)`; on Postgres `key = ANY(ARRAY(SELECT ...))`.
-
-    The array is computed once (an InitPlan) and `= ANY(array)` is an index condition, so several of these
-    OR-ed with trigram conditions (free text) become one BitmapOr instead of a sequential scan.
-    """
-
-    type = Boolean()
-    inherit_cache = False
-    _is_implicitly_boolean = True
-    _traverse_internals = [("key", InternalTraversal.dp_clauseelement),
-                           ("select", InternalTraversal.dp_clauseelement)]
-
-    def __init__(self, key: Any, select_: Any) -> None:
-        self.key = key
-        self.select = select_.scalar_subquery()
-
-
-@compiles(InSelect)
-def _in_select(element: InSelect, compiler: Any, **kw: Any) -> str:
-    return f"{compiler.process(element.key, **kw)} IN {compiler.process(element.select, **kw)}"
-
-
-@compiles(InSelect, "postgresql")
-def _in_select_pg(element: InSelect, compiler: Any, **kw: Any) -> str:
-    return f"{compiler.process(element.key, **kw)} = ANY(ARRAY{compiler.process(element.select, **kw)})"
 
 
 @dataclass(frozen=True)

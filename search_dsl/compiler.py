@@ -38,12 +38,14 @@ from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import (
-    Column, Date, DateTime, Select, String, Table, Uuid, and_, false, func, literal, literal_column, not_, or_, select,
-    true,
+    Boolean, Column, Date, DateTime, Select, String, Table, Uuid, and_, false, func, literal, literal_column, not_,
+    or_, select, true,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.expression import ColumnElement, FromClause
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from core.errors import Invalid
 
@@ -426,7 +428,36 @@ class _Compiler:
         children = alias_of(tree.entity, self.registry, 1)
         found = found.union(select(column_of(children, tree.id), column_of(children, tree.name))
                             .where(column_of(children, tree.parent) == found.c.id))
-        return col.in_(select(found.c.name))
+        return InSelect(col, select(found.c.name))
+
+
+class InSelect(ColumnElement):
+    """`key IN (SELECT ...)` for an uncorrelated subquery; on Postgres `key = ANY(ARRAY(SELECT ...))`.
+
+    The array is computed once (an InitPlan) and `= ANY(array)` is an index condition, so several of these
+    OR-ed with trigram conditions (free text) become one BitmapOr instead of a sequential scan. Its planner
+    estimate is a few elements, not the subquery's guess (a recursive CTE of tags is guessed at 171 rows).
+    """
+
+    type = Boolean()
+    inherit_cache = False
+    _is_implicitly_boolean = True
+    _traverse_internals = [("key", InternalTraversal.dp_clauseelement),
+                           ("select", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, key: Any, select_: Any) -> None:
+        self.key = key
+        self.select = select_.scalar_subquery()
+
+
+@compiles(InSelect)
+def _in_select(element: InSelect, compiler: Any, **kw: Any) -> str:
+    return f"{compiler.process(element.key, **kw)} IN {compiler.process(element.select, **kw)}"
+
+
+@compiles(InSelect, "postgresql")
+def _in_select_pg(element: InSelect, compiler: Any, **kw: Any) -> str:
+    return f"{compiler.process(element.key, **kw)} = ANY(ARRAY{compiler.process(element.select, **kw)})"
 
 
 def _correlated(clause: Any, *froms: Any) -> Any:
