@@ -25,7 +25,7 @@ import uuid
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from manager.api.search import few_matches_statement, run_search
+from manager.api.search import SEARCH_SETTINGS, few_matches_statement, many_matches_statement, run_search
 from manager.db import make_engine
 from manager.migrate import upgrade
 from manager.models import Base
@@ -221,17 +221,19 @@ def time_sequential(engine, query: str, runs: int) -> list[float]:
 
 
 def explain(engine, query: str) -> str:
-    """EXPLAIN ANALYZE of the page and the count, with the parameters bound as the search binds them."""
+    """EXPLAIN (ANALYZE, BUFFERS) of the statements a search may run (the few-matches page with its total, and
+    for more matches the index-walking page with its count), under the search's settings and parameters."""
     compiled = compile_query(query, REGISTRY)
-    few, _ = few_matches_statement(compiled, REGISTRY.get(compiled.query.object).entity)
+    entity = REGISTRY.get(compiled.query.object).entity
+    few, _ = few_matches_statement(compiled, entity)
     out = []
     with engine.connect() as conn:
-        for setting in ("jit = off", "enable_incremental_sort = off", "work_mem = '64MB'"):
-            conn.exec_driver_sql(f"SET {setting}")
-        for label, statement in (("few matches", few), ("page", compiled.select), ("count", compiled.count)):
+        conn.execute(SEARCH_SETTINGS)
+        for label, statement in (("few matches", few), ("many matches", many_matches_statement(compiled, entity))):
             sql = statement.compile(engine)
-            plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE) {sql}", sql.params).scalars().all()
+            plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", sql.params).scalars().all()
             out.append(f"[{label}]\n" + "\n".join(plan))
+        conn.rollback()
     return "\n".join(out)
 
 
@@ -240,7 +242,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--seq-runs", type=int, default=5, help="runs of the sequential-scan comparison")
     parser.add_argument("--keep", action="store_true", help="keep the database for reruns")
-    parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of each count to stderr")
+    parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of each search to stderr")
     args = parser.parse_args()
 
     admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")

@@ -15,9 +15,10 @@ from typing import Annotated, Any, Union
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select, true
+from sqlalchemy import Column, and_, func, inspect, select, true
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import visitors
 from sqlalchemy.sql.util import ClauseAdapter
 
 from core.errors import BadRequest, Forbidden, GatewayTimeout, NotFound
@@ -32,7 +33,7 @@ router = APIRouter(tags=["search"])
 
 STATEMENT_TIMEOUT_SECONDS = 15
 MAX_PAGE_SIZE = 1000
-FEW_MATCHES = 2_000  # up to this many matches a page is cut from the sorted matches (one statement)
+FEW_MATCHES = 5_000  # up to this many matches a page is cut from the sorted matches (one statement)
 
 
 # Planner and executor settings for the search's transaction (set_config(..., true) is SET LOCAL).
@@ -136,8 +137,10 @@ def run_search(session: Session, query: str, *, page_size: int = 100, case_sensi
         if found is not None:
             rows, total = found
         else:
-            rows = session.scalars(compiled.select).all()
-            total = session.scalar(compiled.count) or 0
+            result = session.execute(many_matches_statement(compiled, obj.entity)).all()
+            rows = [row[0] for row in result]
+            # a page past the end of many matches has no row to carry the total
+            total = result[0].search_total if result else session.scalar(compiled.count) or 0
     except OperationalError as exc:
         if "statement timeout" not in str(exc.orig):
             raise
@@ -153,15 +156,47 @@ def run_search(session: Session, query: str, *, page_size: int = 100, case_sensi
 
 
 def few_matches_statement(compiled: CompiledSearch, entity: Any) -> tuple[Any, Any]:
-    """(page with a `search_total` column, the capped matches subquery) for _page_of_few_matches."""
-    matches = compiled.select.order_by(None).offset(None).limit(FEW_MATCHES + 1).subquery("matches")
-    rows_of = aliased(entity, matches)
+    """(the page with a `search_total` column, the capped matches CTE) for _page_of_few_matches.
+
+        WITH matches AS (SELECT <primary key>, <columns the order reads> FROM <entity> WHERE <filter>
+                         LIMIT FEW_MATCHES + 1),
+             total AS (SELECT count(*) AS n FROM matches)
+        SELECT <entity>.*, total.n AS search_total
+        FROM total
+        LEFT JOIN (SELECT * FROM matches WHERE (SELECT n FROM total) <= FEW_MATCHES
+                   ORDER BY <order> OFFSET o LIMIT n) AS page ON true
+        LEFT JOIN <entity> ON <entity>.<primary key> = page.<primary key>
+        ORDER BY <order>
+
+    The matches are narrow (a key and the sort columns), so counting and sorting them moves little; the
+    sort runs only when they are few (the comparison with FEW_MATCHES is a one-time filter); there is always
+    one row, so the total of a page past the end comes with it; only the page's rows are read whole.
+    """
+    mapper = inspect(entity)
+    table = mapper.local_table
+    keys = list(mapper.primary_key)
+    order = list(compiled.select._order_by_clauses)
+    needed = {c.key: table.c[c.key] for clause in order for c in visitors.iterate(clause)
+              if isinstance(c, Column) and c.table is table}
+    for key in keys:
+        needed.pop(key.key, None)
+    matches = (compiled.select.with_only_columns(*keys, *needed.values(), maintain_column_froms=False)
+               .order_by(None).offset(None).limit(FEW_MATCHES + 1).cte("search_matches"))
+    total = select(func.count().label("n")).select_from(matches).cte("search_total")
     adapter = ClauseAdapter(matches)
-    # The compiler's order (sort key, default sort, primary key), re-pointed at the matches.
-    order = [adapter.traverse(clause) for clause in compiled.select._order_by_clauses]
-    page = (select(rows_of, func.count().over().label("search_total")).order_by(*order)
-            .offset(compiled.offset).limit(compiled.page_size))
-    return page, matches
+    few = select(total.c.n).scalar_subquery() <= FEW_MATCHES
+    page = (select(matches).where(few).order_by(*(adapter.traverse(c) for c in order))
+            .offset(compiled.offset).limit(compiled.page_size).subquery("search_page"))
+    joined = total.outerjoin(page, true()).outerjoin(table, and_(*(key == page.c[key.key] for key in keys)))
+    statement = (select(entity, total.c.n.label("search_total")).select_from(joined).order_by(*order))
+    return statement, matches
+
+
+def many_matches_statement(compiled: CompiledSearch, entity: Any) -> Any:
+    """The page and a `search_total` column, for more than FEW_MATCHES matches: the compiled page (the planner
+    walks the sort-key index, which meets a page of dense matches early) with the count as an InitPlan."""
+    total = compiled.count.correlate(None).scalar_subquery().label("search_total")
+    return compiled.select.add_columns(total)
 
 
 def _page_of_few_matches(session: Session, compiled: CompiledSearch, entity: Any) -> tuple[list[Any], int] | None:
@@ -172,19 +207,15 @@ def _page_of_few_matches(session: Session, compiled: CompiledSearch, entity: Any
     row when they are rare and its estimate was too high (free text, `= ANY(...)` lookups, cross-references).
     So first take up to FEW_MATCHES + 1 matches in whatever order is cheapest (a bitmap scan for selective
     filters; a scan that stops early for dense ones) and sort and count those; only when there are more does
-    the index walk (dense matches, so it stops early) and a separate count run.
+    the index walk (dense matches, so it stops early) and a separate count run. Sorting a few thousand narrow
+    matches costs a few milliseconds; more than FEW_MATCHES and walking the index is cheaper.
     """
-    page, matches = few_matches_statement(compiled, entity)
-    result = session.execute(page).all()
-    if result:
-        total = result[0].search_total
-    elif compiled.offset:
-        total = session.scalar(select(func.count()).select_from(matches))  # a page past the end
-    else:
-        total = 0
+    statement, _ = few_matches_statement(compiled, entity)
+    result = session.execute(statement).all()
+    total = result[0].search_total
     if total > FEW_MATCHES:
         return None
-    return [row[0] for row in result], total
+    return [row[0] for row in result if row[0] is not None], total
 
 
 SearchReader = Annotated[Principal, Depends(require("search:read"))]

@@ -326,7 +326,11 @@ def test_case_sensitive_flag(api):
 
 
 @pytest.mark.parametrize("query, page_size", [("Vms: sortby name asc page 2", 3), ("Vms: tag != nothing page 3", 3),
-                                              ("Events: severity >= normal", 100), ("Vms: page 9", 1)])
+                                              ("Events: severity >= normal", 100), ("Vms: page 9", 1),
+                                              # sort keys that are expressions over several columns
+                                              ("Vms: sortby uptime desc page 2", 3),
+                                              ("Events: sortby severity desc", 4),
+                                              ("Hosts: sortby cpu_usage desc page 2", 1)])
 def test_many_matches_take_the_index_path_with_the_same_answer(api, monkeypatch, query, page_size):
     few = search(api, query, page_size).json()
     monkeypatch.setattr("manager.api.search.FEW_MATCHES", 2)  # every result below counts as "many"
