@@ -117,8 +117,8 @@ def run_search(session: Session, query: str, *, page_size: int = 100, case_sensi
     """Run one page of a search query and return {object, kind, query, items, total, page, page_size, pages}.
 
     Raises BadSearch (400) for a query the language rejects and GatewayTimeout (504) when the database gives up
-    after STATEMENT_TIMEOUT_SECONDS. Items are the ORM rows of the searched object, newest page semantics as
-    the query's `page N` says.
+    after STATEMENT_TIMEOUT_SECONDS. Items are the rows of the searched object's table (read as plain rows, not
+    ORM objects: nothing here writes them back), the page the query's `page N` says.
     """
     now = dt.datetime.now().astimezone()
     if "\x00" in query:  # no database takes a NUL inside a string
@@ -137,10 +137,9 @@ def run_search(session: Session, query: str, *, page_size: int = 100, case_sensi
         if found is not None:
             rows, total = found
         else:
-            result = session.execute(many_matches_statement(compiled, obj.entity)).all()
-            rows = [row[0] for row in result]
+            rows = session.execute(many_matches_statement(compiled, obj.entity)).all()
             # a page past the end of many matches has no row to carry the total
-            total = result[0].search_total if result else session.scalar(compiled.count) or 0
+            total = rows[0].search_total if rows else session.scalar(compiled.count) or 0
     except OperationalError as exc:
         if "statement timeout" not in str(exc.orig):
             raise
@@ -149,7 +148,7 @@ def run_search(session: Session, query: str, *, page_size: int = 100, case_sensi
     schema = SCHEMAS[obj.name]
     return {
         "object": obj.name, "kind": KINDS[obj.name], "query": query,
-        "items": [schema.model_validate(row) for row in rows],
+        "items": [schema.model_validate(dict(row._mapping)) for row in rows],  # a dict validates fastest
         "total": total, "page": compiled.page, "page_size": compiled.page_size,
         "pages": math.ceil(total / compiled.page_size) if total else 0,
     }
@@ -188,7 +187,7 @@ def few_matches_statement(compiled: CompiledSearch, entity: Any) -> tuple[Any, A
     page = (select(matches).where(few).order_by(*(adapter.traverse(c) for c in order))
             .offset(compiled.offset).limit(compiled.page_size).subquery("search_page"))
     joined = total.outerjoin(page, true()).outerjoin(table, and_(*(key == page.c[key.key] for key in keys)))
-    statement = (select(entity, total.c.n.label("search_total")).select_from(joined).order_by(*order))
+    statement = select(*table.c, total.c.n.label("search_total")).select_from(joined).order_by(*order)
     return statement, matches
 
 
@@ -196,7 +195,7 @@ def many_matches_statement(compiled: CompiledSearch, entity: Any) -> Any:
     """The page and a `search_total` column, for more than FEW_MATCHES matches: the compiled page (the planner
     walks the sort-key index, which meets a page of dense matches early) with the count as an InitPlan."""
     total = compiled.count.correlate(None).scalar_subquery().label("search_total")
-    return compiled.select.add_columns(total)
+    return compiled.select.with_only_columns(*inspect(entity).local_table.c, total)
 
 
 def _page_of_few_matches(session: Session, compiled: CompiledSearch, entity: Any) -> tuple[list[Any], int] | None:
@@ -215,7 +214,8 @@ def _page_of_few_matches(session: Session, compiled: CompiledSearch, entity: Any
     total = result[0].search_total
     if total > FEW_MATCHES:
         return None
-    return [row[0] for row in result if row[0] is not None], total
+    key = inspect(entity).primary_key[0].key
+    return [row for row in result if getattr(row, key) is not None], total
 
 
 SearchReader = Annotated[Principal, Depends(require("search:read"))]
