@@ -33,7 +33,7 @@ router = APIRouter(tags=["search"])
 
 STATEMENT_TIMEOUT_SECONDS = 15
 MAX_PAGE_SIZE = 1000
-FEW_MATCHES = 5_000  # up to this many matches a page is cut from the sorted matches (one statement)
+FEW_MATCHES = 2_000  # up to this many matches a page is cut from the sorted matches (one statement)
 
 
 # Planner and executor settings for the search's transaction (set_config(..., true) is SET LOCAL).
