@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import case, exists, func, select, update
+from sqlalchemy import bindparam, case, exists, func, literal, select, union_all, update
 from sqlalchemy.orm import Session
 
 from broker.errors import PoolClosed, TooManyDesktops
@@ -37,11 +37,13 @@ _sqlite_lock = threading.Lock()
 
 @dataclass(frozen=True)
 class Assigned:
-    desktop_id: str
-    desktop_name: str
-    pool_id: str | None
-    how: str  # "dedicated" | "existing" | "new"
+    desktop: Desktop  # loaded by the same statement that found or claimed it
+    how: str  # "dedicated" | "existing" | "new" | "direct"
     lease_until: dt.datetime | None = None
+
+    @property
+    def desktop_id(self) -> str:
+        return self.desktop.id
 
     @property
     def newly_assigned(self) -> bool:
@@ -79,9 +81,32 @@ def check_window(pool: Pool, now: dt.datetime) -> None:
         raise PoolClosed(pool=pool.name, reason=f"closed at {pool.window_end.isoformat()}")
 
 
+# The statements of a connect are built once, with bound parameters: building a SQLAlchemy statement costs more
+# CPU than the database spends running it, and a login storm runs them hundreds of times a second.
+_LOCK_USER = select(User.id).where(User.id == bindparam("user_id")).with_for_update(key_share=True)
+
+
+def _held_and_dedicated():
+    """The desktops the user holds in the pool and their dedicated ones there, oldest assignment first. Two index
+    lookups (UNION ALL) rather than one OR, which Postgres can only answer by scanning the pool."""
+    user_id, pool_id = bindparam("user_id"), bindparam("pool_id")
+    held_here = select(Desktop.id, literal(True).label("held")) \
+        .where(Desktop.pool_id == pool_id, Desktop.assigned_user_id == user_id)
+    dedicated_here = select(Desktop.id, literal(False)) \
+        .join(Assignment, Assignment.desktop_id == Desktop.id) \
+        .where(Assignment.user_id == user_id, Desktop.pool_id == pool_id,
+               Desktop.assigned_user_id.is_(None) | (Desktop.assigned_user_id != user_id))
+    both = union_all(held_here, dedicated_here).subquery()
+    return select(Desktop, both.c.held).join(both, both.c.id == Desktop.id).order_by(Desktop.assigned_at,
+                                                                                       Desktop.name)
+
+
+_HELD_AND_DEDICATED = _held_and_dedicated()
+
+
 def _lock_user(session: Session, user_id: str) -> None:
     if is_postgres(session):
-        session.execute(select(User.id).where(User.id == user_id).with_for_update(key_share=True))
+        session.execute(_LOCK_USER, {"user_id": user_id})
 
 
 def desktops_held(session: Session, user_id: str, pool_id: str) -> list[tuple[str, str, dt.datetime | None]]:
@@ -99,27 +124,48 @@ def pool_usage(session: Session, pool_id: str) -> tuple[int, int]:
     return int(in_use), int(total)
 
 
-def _free_query(session: Session, pool_id: str, limit: int, *, wait: bool = False):
+def _free(pool_id):
     has_owner = exists().where(Assignment.desktop_id == Desktop.id)
-    stmt = (select(Desktop.id)
-            .where(Desktop.pool_id == pool_id, Desktop.assigned_user_id.is_(None),
-                   Desktop.task_state.is_(None) | Desktop.task_state.in_(ASSIGNABLE_TASKS), ~has_owner)
-            # Running desktops first (the user gets a console at once), then a stable order.
-            .order_by(case((Desktop.power_state == PowerState.UP, 0), else_=1), Desktop.name)
-            .limit(limit))
-    if is_postgres(session):
-        stmt = stmt.with_for_update(skip_locked=not wait)
-    return stmt
+    return select(Desktop.id).where(Desktop.pool_id == pool_id, Desktop.assigned_user_id.is_(None),
+                                    Desktop.task_state.is_(None) | Desktop.task_state.in_(ASSIGNABLE_TASKS),
+                                    ~has_owner)
 
 
-def _claim(session: Session, desktop_filter, user_id: str, now: dt.datetime,
-           lease_until: dt.datetime | None) -> tuple[str, str] | None:
-    """Compare-and-swap one desktop to the user; (id, name) or None if it was taken meanwhile."""
-    row = session.execute(
-        update(Desktop).where(desktop_filter, Desktop.assigned_user_id.is_(None))
-        .values(assigned_user_id=user_id, assigned_at=now, lease_until=lease_until)
-        .returning(Desktop.id, Desktop.name).execution_options(synchronize_session=False)).first()
-    return (row[0], row[1]) if row else None
+def _free_candidates(pool_id: str, limit: int):
+    """A few free desktops, running ones first (the user gets a console at once), then by name."""
+    return _free(pool_id).order_by(case((Desktop.power_state == PowerState.UP, 0), else_=1), Desktop.name) \
+        .limit(limit)
+
+
+def _locked_pick(pool_id, *, wait: bool):
+    """Postgres: the first free desktop, running ones first, row-locked (SKIP LOCKED unless `wait`), as a scalar
+    subquery. Two index-ordered picks (ix_desktops_free_pick) instead of one sort of every free desktop of the
+    pool: the second, over any power state, is only evaluated when no running desktop is free."""
+    running = _free(pool_id).where(Desktop.power_state == PowerState.UP).order_by(Desktop.name).limit(1) \
+        .with_for_update(skip_locked=not wait).scalar_subquery()
+    any_state = _free(pool_id).order_by(Desktop.name).limit(1).with_for_update(skip_locked=not wait) \
+        .scalar_subquery()
+    return func.coalesce(running, any_state)
+
+
+def _claim_statement(desktop_filter):
+    """Compare-and-swap one desktop to the user: returns the claimed desktop, or nothing if it was taken."""
+    return update(Desktop).where(desktop_filter, Desktop.assigned_user_id.is_(None)) \
+        .values(assigned_user_id=bindparam("claimant"), assigned_at=bindparam("claimed_at"),
+                lease_until=bindparam("lease_end")) \
+        .returning(Desktop).execution_options(synchronize_session=False, populate_existing=True)
+
+
+# Postgres, in one round trip: UPDATE ... WHERE id = (SELECT ... LIMIT 1 FOR UPDATE [SKIP LOCKED]) RETURNING
+_CLAIM_PICKED = {wait: _claim_statement(Desktop.id == _locked_pick(bindparam("pick_pool"), wait=wait))
+                 for wait in (False, True)}
+_CLAIM_ONE = _claim_statement(Desktop.id == bindparam("pick_desktop"))
+
+
+def _claim(session: Session, statement, params: dict, user_id: str, now: dt.datetime,
+           lease_until: dt.datetime | None) -> Desktop | None:
+    return session.scalars(statement, {**params, "claimant": user_id, "claimed_at": now,
+                                       "lease_end": lease_until}).first()
 
 
 def assign_from_pool(session: Session, user_id: str, pool: Pool, *, new_desktop: bool = False,
@@ -133,20 +179,14 @@ def assign_from_pool(session: Session, user_id: str, pool: Pool, *, new_desktop:
     now = now or utcnow()
     check_window(pool, now)
     _lock_user(session, user_id)
-    # One query for both: the user's dedicated desktops in the pool and the ones they hold.
-    dedicated = select(Assignment.desktop_id).where(Assignment.user_id == user_id)
-    rows = session.execute(
-        select(Desktop.id, Desktop.name, Desktop.lease_until, Desktop.assigned_user_id == user_id)
-        .where(Desktop.pool_id == pool.id, (Desktop.assigned_user_id == user_id) | Desktop.id.in_(dedicated))
-        .order_by(Desktop.assigned_at, Desktop.name)).all()
-    held = [(r[0], r[1], r[2]) for r in rows if r[3]]
+    rows = session.execute(_HELD_AND_DEDICATED, {"user_id": user_id, "pool_id": pool.id}).all()
+    held = [desktop for desktop, is_held in rows if is_held]
     if not new_desktop:
-        own = next((r for r in rows if not r[3]), None)
+        own = next((desktop for desktop, is_held in rows if not is_held), None)
         if own is not None:
-            return Assigned(own[0], own[1], pool.id, "dedicated")
+            return Assigned(own, "dedicated")
         if held:
-            desktop_id, name, lease_until = held[0]
-            return Assigned(desktop_id, name, pool.id, "existing", lease_until)
+            return Assigned(held[0], "existing", held[0].lease_until)
     if len(held) >= pool.max_desktops_per_user:
         raise TooManyDesktops(held=len(held), pool=pool.name, limit=pool.max_desktops_per_user)
     lease_until = lease_end(pool, now)
@@ -157,15 +197,14 @@ def assign_from_pool(session: Session, user_id: str, pool: Pool, *, new_desktop:
         wait = attempt > 0
         if is_postgres(session):
             # One round trip: UPDATE ... WHERE id = (SELECT ... LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING
-            picked = _free_query(session, pool.id, 1, wait=wait).scalar_subquery()
-            claimed = _claim(session, Desktop.id == picked, user_id, now, lease_until)
+            claimed = _claim(session, _CLAIM_PICKED[wait], {"pick_pool": pool.id}, user_id, now, lease_until)
             if claimed is not None:
-                return Assigned(claimed[0], claimed[1], pool.id, "new", lease_until)
+                return Assigned(claimed, "new", lease_until)
             continue
-        for desktop_id in session.scalars(_free_query(session, pool.id, 5)):
-            claimed = _claim(session, Desktop.id == desktop_id, user_id, now, lease_until)
+        for desktop_id in session.scalars(_free_candidates(pool.id, 5)):
+            claimed = _claim(session, _CLAIM_ONE, {"pick_desktop": desktop_id}, user_id, now, lease_until)
             if claimed is not None:
-                return Assigned(claimed[0], claimed[1], pool.id, "new", lease_until)
+                return Assigned(claimed, "new", lease_until)
     in_use, size = pool_usage(session, pool.id)
     raise PoolFull(pool=pool.name, in_use=in_use, size=size)
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session
 
-from broker.errors import NotEntitled
 from manager.identity.membership import group_ids_for_user
-from manager.models import Assignment, Desktop, Entitlement, GroupGroupMembership, Pool, UserGroupMembership
+from manager.models import Assignment, Desktop, Entitlement, GroupGroupMembership, UserGroupMembership
 
 
 def _principal_clause(user_id: str, group_ids: set[str]):
@@ -22,7 +21,7 @@ def entitled_pool_ids(session: Session, user_id: str, group_ids: set[str] | None
     return set(session.scalars(stmt))
 
 
-def _user_groups_cte(user_id: str):
+def _user_groups_cte(user_id):
     """Every group of the user, nested included, as a recursive CTE (UNION stops on cycles), so that a check
     and the group walk run as ONE statement (manager.identity.membership does the same walk as a set)."""
     direct = select(UserGroupMembership.group_id.label("group_id")).where(UserGroupMembership.user_id == user_id)
@@ -31,18 +30,13 @@ def _user_groups_cte(user_id: str):
         closure, GroupGroupMembership.child_id == closure.c.group_id))
 
 
-def is_entitled_to_pool(session: Session, user_id: str, pool_id: str) -> bool:
-    """One round trip: a direct entitlement or one through any of the user's (nested) groups."""
+def pool_entitlement(user_id, pool_id):
+    """A boolean SQL expression: the user, or any of their (nested) groups, is entitled to `pool_id`. Both may be
+    values, columns or bound parameters, so a query that loads the pool answers the entitlement in the same round
+    trip, and a statement built once can be run for any user."""
     groups = _user_groups_cte(user_id)
-    stmt = select(exists().where(Entitlement.pool_id == pool_id, or_(
-        Entitlement.user_id == user_id, Entitlement.group_id.in_(select(groups.c.group_id)))))
-    return bool(session.scalar(stmt))
-
-
-def check_pool_entitlement(session: Session, user_id: str, pool: Pool) -> None:
-    """Raises NotEntitled unless the user (or one of their groups) is entitled to the pool."""
-    if not is_entitled_to_pool(session, user_id, pool.id):
-        raise NotEntitled(target=f"pool {pool.name}")
+    return exists().where(Entitlement.pool_id == pool_id, or_(
+        Entitlement.user_id == user_id, Entitlement.group_id.in_(select(groups.c.group_id))))
 
 
 def reachable_desktop_ids(session: Session, user_id: str) -> set[str]:

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from core.enums import SessionState
 from core.errors import Conflict, NotFound
+from core.ids import new_id
 from manager.models import DesktopSession, utcnow
 
 LIVE = (SessionState.CONNECTED, SessionState.DISCONNECTED)
@@ -23,7 +24,8 @@ def open_session(session: Session, *, user_id: str, desktop_id: str, pool_id: st
         DesktopSession.user_id == user_id, DesktopSession.desktop_id == desktop_id,
         DesktopSession.state.in_(LIVE)).order_by(DesktopSession.created_at.desc()).limit(1))
     if row is None:
-        row = DesktopSession(user_id=user_id, desktop_id=desktop_id, pool_id=pool_id, created_at=now)
+        # The id is set here so that the insert can wait for the transaction's next flush (with its events).
+        row = DesktopSession(id=new_id(), user_id=user_id, desktop_id=desktop_id, pool_id=pool_id, created_at=now)
         session.add(row)
     row.state = SessionState.CONNECTED
     row.protocol = protocol
@@ -31,7 +33,6 @@ def open_session(session: Session, *, user_id: str, desktop_id: str, pool_id: st
     row.connected_at = now
     row.disconnected_at = None
     row.ticket_expires_at = ticket_expires_at
-    session.flush()
     return row
 
 

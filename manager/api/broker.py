@@ -9,16 +9,16 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import Field, model_validator
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 import manager.provisioning  # noqa: F401  (registers the provisioning jobs)
 from broker import entitlement, lifecycle, sessions
 from broker.assignment import Assigned, assign_from_pool, assignment_guard
 from broker.console import ConsoleDescriptor, render_file
-from broker.errors import BadConnectRequest
+from broker.errors import BadConnectRequest, NotEntitled
 from broker.protocol import choose_protocol, parse_protocols
 from core.enums import PowerState, Protocol, ProtocolPolicy, SessionState, Severity
 from core.errors import Conflict, NotFound
@@ -163,11 +163,21 @@ def _console_out(desc: ConsoleDescriptor) -> tuple[ConsoleOut, FileOut]:
     return ConsoleOut(**desc.to_dict()), FileOut(name=name, media_type=media_type, content=content)
 
 
-def _resolve_pool(session: Session, payload: ConnectIn) -> Pool:
-    pool = session.get(Pool, payload.pool_id) if payload.pool_id else \
-        session.scalar(select(Pool).where(Pool.name == payload.pool))
-    if pool is None:
+# The pool asked for (by id or by name) and whether the caller is entitled to it, in one round trip; built once.
+_POOL_AND_ENTITLEMENT = {
+    by: select(Pool, entitlement.pool_entitlement(bindparam("user_id"), Pool.id)).where(column == bindparam("pool"))
+    for by, column in (("id", Pool.id), ("name", Pool.name))}
+
+
+def _entitled_pool(session: Session, payload: ConnectIn, user_id: str) -> Pool:
+    """The pool asked for; NotFound, or NotEntitled when neither the user nor any of their groups is entitled."""
+    found = session.execute(_POOL_AND_ENTITLEMENT["id" if payload.pool_id else "name"],
+                            {"user_id": user_id, "pool": payload.pool_id or payload.pool}).first()
+    if found is None:
         raise NotFound(kind="pool", id=payload.pool_id or payload.pool)
+    pool, entitled = found
+    if not entitled:
+        raise NotEntitled(target=f"pool {pool.name}")
     return pool
 
 
@@ -200,17 +210,16 @@ def connect(payload: ConnectIn, request: Request, session: DbSession, who: Conne
             raise BadConnectRequest(reason="new_desktop applies to pools; give pool_id or pool")
         desktop = _reachable_desktop(session, who.user_id, payload.desktop_id)
         pool = session.get(Pool, desktop.pool_id) if desktop.pool_id else None
-        assigned = Assigned(desktop.id, desktop.name, desktop.pool_id, "direct", desktop.lease_until)
+        assigned = Assigned(desktop, "direct", desktop.lease_until)
     else:
-        pool = _resolve_pool(session, payload)
-        entitlement.check_pool_entitlement(session, who.user_id, pool)
+        pool = _entitled_pool(session, payload, who.user_id)
     policy = pool.protocol_policy if pool is not None else ProtocolPolicy.AUTO
     client_protocols = list(payload.client.protocols)
 
     if pool is not None and not payload.desktop_id:
         with assignment_guard(session):
             assigned = assign_from_pool(session, who.user_id, pool, new_desktop=payload.new_desktop, now=now)
-            desktop = session.get(Desktop, assigned.desktop_id, populate_existing=True)
+            desktop = assigned.desktop
             # Refuse before committing: a user whose client cannot display this desktop keeps no assignment.
             choice = choose_protocol(os_type=desktop.os_type, desktop_protocols=parse_protocols(
                 desktop.console_protocols), client_protocols=client_protocols, policy=policy,
@@ -245,9 +254,11 @@ def connect(payload: ConnectIn, request: Request, session: DbSession, who: Conne
          user_id=who.user_id, desktop_id=desktop.id, pool_id=desktop.pool_id, correlation_id=row.id)
     _ticket_event(session, desktop, who, desc, row.id)
     console, file = _console_out(desc)
-    return ConnectOut(session_id=row.id, desktop_id=desktop.id, desktop_name=desktop.name, pool_id=desktop.pool_id,
-                      assignment=assigned.how, lease_until=assigned.lease_until, protocol=choice.protocol,
-                      protocol_reason=choice.reason, console=console, file=file)
+    out = ConnectOut(session_id=row.id, desktop_id=desktop.id, desktop_name=desktop.name, pool_id=desktop.pool_id,
+                     assignment=assigned.how, lease_until=assigned.lease_until, protocol=choice.protocol,
+                     protocol_reason=choice.reason, console=console, file=file)
+    # Already a validated ConnectOut: answered as is, which spares validating it again (in another worker thread).
+    return JSONResponse(out.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
 
 def _ticket_event(session: Session, desktop: Desktop, who: Principal, desc: ConsoleDescriptor, session_id: str) -> None:

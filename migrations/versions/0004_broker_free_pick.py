@@ -4,13 +4,14 @@ Revision ID: 0004_broker_free_pick
 Revises: 0003_search_indexes
 Create Date: 2026-11-22 07:10:00
 
-`ix_desktops_free_pick` is declared on the model (manager/models/desktops.py, RUNNING_FIRST): a pool's free
-desktops, running first, then by name. Without it every connect sorted all free desktops of the pool (about 4 ms
-for 2,000) while holding row locks. Partial (only free desktops) on both backends; SQLite has partial and
-expression indexes too.
+`ix_desktops_free_pick` is declared on the model (manager/models/desktops.py): a pool's free desktops by power
+state and name, so the pick of the first running one is an index walk. Without it every connect sorted all free
+desktops of the pool (about 4 ms for 2,000) while holding row locks. Partial (only free desktops) on both
+backends.
 """
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = '0004_broker_free_pick'
@@ -18,12 +19,10 @@ down_revision = '0003_search_indexes'
 branch_labels = None
 depends_on = None
 
-RUNNING_FIRST = "(CASE WHEN power_state = 'up' THEN 0 ELSE 1 END)"
-
-
 def upgrade() -> None:
-    op.execute(f"CREATE INDEX ix_desktops_free_pick ON desktops (pool_id, {RUNNING_FIRST}, name) "
-               "WHERE assigned_user_id IS NULL")
+    op.create_index("ix_desktops_free_pick", "desktops", ["pool_id", "power_state", "name"],
+                    postgresql_where=sa.text("assigned_user_id IS NULL"),
+                    sqlite_where=sa.text("assigned_user_id IS NULL"))
 
 
 def downgrade() -> None:
