@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.enums import Role
@@ -49,12 +49,26 @@ ROLE_PERMISSIONS: dict[Role, set[str]] = {
 ROLE_ORDER = [Role.SUPER_USER, Role.DESKTOP_ADMIN, Role.HELP_DESK, Role.USER]
 
 
+# What every account holds (Role.USER is implied for anyone who can log in): checking these needs no role lookup.
+EVERYONE = frozenset(ROLE_PERMISSIONS[Role.USER])
+
+
 @dataclass
 class Principal:
+    """Who is asking. Roles are looked up on first use: a self-service call (connect, my desktops) never needs
+    them, which saves a query on the broker's hot path."""
+
     user_id: str
     username: str
     domain: str
-    roles: set[Role] = field(default_factory=set)
+    load_roles: Callable[[], set[Role]] | None = field(default=None, repr=False)
+    _roles: set[Role] | None = field(default=None, repr=False)
+
+    @property
+    def roles(self) -> set[Role]:
+        if self._roles is None:
+            self._roles = self.load_roles() if self.load_roles is not None else {Role.USER}
+        return self._roles
 
     @property
     def name(self) -> str:
@@ -68,7 +82,7 @@ class Principal:
         return out
 
     def can(self, permission: str) -> bool:
-        return permission in self.permissions
+        return permission in EVERYONE or permission in self.permissions
 
     @property
     def is_admin(self) -> bool:
@@ -107,17 +121,17 @@ def issue_token(session: Session, user: User, *, name: str = "", kind: str = "ap
     return secret
 
 
-def roles_of(session: Session, user: User) -> set[Role]:
+def roles_of_user(session: Session, user_id: str) -> set[Role]:
     """The user's roles, held directly or through any group (nested included): one query."""
     stmt = select(RoleAssignment.role).where(
-        or_(RoleAssignment.user_id == user.id, RoleAssignment.group_id.in_(user_groups_select(user.id))))
+        or_(RoleAssignment.user_id == user_id, RoleAssignment.group_id.in_(user_groups_select(user_id))))
     roles = set(session.scalars(stmt))
     roles.add(Role.USER)  # everyone who can log in may use the self-service portal
     return roles
 
 
-def principal_for(session: Session, user: User) -> Principal:
-    return Principal(user_id=user.id, username=user.username, domain=user.domain, roles=roles_of(session, user))
+def roles_of(session: Session, user: User) -> set[Role]:
+    return roles_of_user(session, user.id)
 
 
 def _presented_secret(request: Request) -> str | None:
@@ -127,6 +141,14 @@ def _presented_secret(request: Request) -> str | None:
     return request.cookies.get(SESSION_COOKIE) or None
 
 
+# Every request runs these: columns rather than ORM objects, statements built once.
+_TOKEN_HOLDER = select(ApiToken.id, ApiToken.expires_at, ApiToken.last_used_at, User.id, User.username, User.domain,
+                       User.enabled, User.deleted_in_directory) \
+    .join(User, User.id == ApiToken.user_id).where(ApiToken.token_hash == bindparam("digest"))
+_TOKEN_USED = update(ApiToken).where(ApiToken.id == bindparam("token_id")).values(last_used_at=bindparam("now")) \
+    .execution_options(synchronize_session=False)
+
+
 def authenticate(request: Request, session: Session) -> Principal:
     cached = getattr(request.state, "principal", None)
     if cached is not None:
@@ -134,17 +156,17 @@ def authenticate(request: Request, session: Session) -> Principal:
     secret = _presented_secret(request)
     if not secret:
         raise NotAuthenticated()
-    found = session.execute(select(ApiToken, User).join(User, User.id == ApiToken.user_id)
-                            .where(ApiToken.token_hash == token_digest(secret))).first()
+    found = session.execute(_TOKEN_HOLDER, {"digest": token_digest(secret)}).first()
     now = utcnow()
-    token, user = found if found is not None else (None, None)
-    if token is None or (token.expires_at is not None and token.expires_at <= now):
+    if found is None or (found[1] is not None and found[1] <= now):
         raise NotAuthenticated("your session or token is unknown or expired; log in again")
-    if not user.enabled or user.deleted_in_directory:
+    token_id, _expires, last_used, user_id, username, domain, enabled, deleted = found
+    if not enabled or deleted:
         raise Forbidden("this account is disabled")
-    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
-        token.last_used_at = now
-    principal = principal_for(session, user)
+    if last_used is None or (now - last_used).total_seconds() > 60:
+        session.execute(_TOKEN_USED, {"token_id": token_id, "now": now})
+    principal = Principal(user_id=user_id, username=username, domain=domain,
+                          load_roles=lambda: roles_of_user(session, user_id))
     request.state.principal = principal
     return principal
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,36 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
-def request_session() -> Iterator[Session]:
-    """FastAPI dependency: one session per request, committed when the endpoint returns normally."""
-    with session_scope() as session:
+async def request_session() -> AsyncIterator[Session]:
+    """FastAPI dependency: one session per request, committed when the endpoint returns normally.
+
+    Asynchronous so that opening the session costs no trip to a worker thread (a Session connects lazily, on its
+    first statement); the commit, which talks to the database, runs in one. The route's own work runs in a worker
+    thread too, one at a time, so the session is never used by two threads at once."""
+    session = new_session()
+    try:
         yield session
+    except BaseException:
+        await run_in_threadpool(_rollback_and_close, session)
+        raise
+    await run_in_threadpool(_commit_and_close, session)
+
+
+def _commit_and_close(session: Session) -> None:
+    try:
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def _rollback_and_close(session: Session) -> None:
+    try:
+        session.rollback()
+    finally:
+        session.close()
 
 
 def get_or_404(session: Session, model: type, obj_id, kind: str):
