@@ -51,13 +51,18 @@ def ingest_heartbeat(session: Session, host: Host, payload: dict[str, Any]) -> d
         emit(session, "host.up", f"host {host.name} is up (heartbeat received)", actor=host.name, host_id=host.id)
 
     by_id = {d.uuid: d for d in domains}
+    states = {i: PowerState(d.state) if d.state in _STATES else PowerState.UNKNOWN for i, d in by_id.items()}
+    # Steady state first: the figures of every desktop whose power state did not change, in one statement that
+    # also says which those were. What remains is a transition or a domain we do not know: rare, looked up.
+    steady = _write_steady_stats(session, host.id, by_id, states)
+    rest = [i for i in by_id if i not in steady]
     known = dict(session.execute(
-        select(Desktop.id, Desktop.power_state).where(Desktop.id.in_(list(by_id)))).all()) if by_id else {}
+        select(Desktop.id, Desktop.power_state).where(Desktop.id.in_(rest))).all()) if rest else {}
     rows: list[dict[str, Any]] = []
     transitions = 0
     for desktop_id, old_state in known.items():
         stats = by_id[desktop_id]
-        new_state = PowerState(stats.state) if stats.state in _STATES else PowerState.UNKNOWN
+        new_state = states[desktop_id]
         row = {"id": desktop_id, "cpu_usage": _percent(stats.cpu_usage), "mem_usage": _percent(stats.mem_usage),
                "host_id": host.id}
         if new_state != old_state:
@@ -69,28 +74,34 @@ def ingest_heartbeat(session: Session, host: Host, payload: dict[str, Any]) -> d
                  f"(was {old_state.value})", severity=Severity.NORMAL, actor=host.name, desktop_id=desktop_id,
                  host_id=host.id)
         rows.append(row)
-    _write_stats(session, [r for r in rows if "power_state" not in r])
+    steady_rows = [r for r in rows if "power_state" not in r]
+    if steady_rows:  # on SQLite every steady desktop; on Postgres one whose state changed back meanwhile
+        session.execute(update(Desktop), steady_rows)
     for row in (r for r in rows if "power_state" in r):  # transitions are rare: one statement each is fine
         session.execute(update(Desktop).where(Desktop.id == row.pop("id")).values(**row))
-    return {"desktops": len(rows), "transitions": transitions, "unknown": len(by_id) - len(known)}
+    return {"desktops": len(steady) + len(rows), "transitions": transitions,
+            "unknown": len(by_id) - len(steady) - len(known)}
 
 
-# One constant statement (compiled once, cached) taking the figures as arrays: no per-row SQL.
-_PG_WRITE_STATS = text(
+# One constant statement (compiled once, cached) taking the figures as arrays: no per-row SQL. It writes only
+# desktops whose stored power state is the reported one and returns their ids.
+_PG_WRITE_STEADY_STATS = text(
     "UPDATE desktops AS d SET cpu_usage = r.cpu_usage, mem_usage = r.mem_usage, host_id = :host_id "
-    "FROM unnest(CAST(:ids AS varchar[]), CAST(:cpu AS integer[]), CAST(:mem AS integer[])) "
-    "AS r(id, cpu_usage, mem_usage) WHERE d.id = r.id")
+    "FROM unnest(CAST(:ids AS varchar[]), CAST(:cpu AS integer[]), CAST(:mem AS integer[]), "
+    "CAST(:states AS varchar[])) AS r(id, cpu_usage, mem_usage, state) "
+    "WHERE d.id = r.id AND d.power_state = r.state RETURNING d.id")
 
 
-def _write_stats(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Figures of many desktops in one statement on Postgres; executemany elsewhere (the embedded SQLite)."""
-    if not rows:
-        return
-    if session.get_bind().dialect.name != "postgresql":
-        session.execute(update(Desktop), rows)
-        return
-    session.execute(_PG_WRITE_STATS, {"host_id": rows[0]["host_id"], "ids": [r["id"] for r in rows],
-                                      "cpu": [r["cpu_usage"] for r in rows], "mem": [r["mem_usage"] for r in rows]})
+def _write_steady_stats(session: Session, host_id: str, by_id: dict[str, DomainStats],
+                        states: dict[str, PowerState]) -> set[str]:
+    """Postgres: store the figures of the desktops whose power state did not change; their ids. The embedded
+    SQLite answers the empty set and the caller writes every desktop after looking its state up."""
+    if not by_id or session.get_bind().dialect.name != "postgresql":
+        return set()
+    ids = list(by_id)
+    return set(session.scalars(_PG_WRITE_STEADY_STATS, {
+        "host_id": host_id, "ids": ids, "cpu": [_percent(by_id[i].cpu_usage) for i in ids],
+        "mem": [_percent(by_id[i].mem_usage) for i in ids], "states": [states[i].value for i in ids]}))
 
 
 def _percent(value: Any) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from core.enums import HostStatus, PowerState
 from manager import db
@@ -49,6 +49,18 @@ def test_heartbeat_stores_stats_and_transitions(client, anon_client):
         codes = session.scalars(select(Event.code).where(Event.code.in_(["desktop.state_changed", "host.up"]))).all()
         assert sorted(codes) == ["desktop.state_changed"] * 3 + ["host.up"]
         assert session.get(Desktop, desktops[0]["id"]).cpu_usage == 99
+    # One desktop pauses while the others keep running: one transition, and everyone's figures are stored.
+    domains[1]["state"], domains[1]["cpu_usage"], domains[2]["mem_usage"] = "paused", 0, 77
+    assert _beat(anon_client, host, domains, seq=3).json() == {"ok": True, "desktops": 3, "transitions": 1,
+                                                                "unknown": 1}
+    with db.session_scope() as session:
+        ids = [d["id"] for d in desktops]
+        stored = {d.name: d for d in session.scalars(select(Desktop).where(Desktop.id.in_(ids)))}
+        assert (stored["d1"].power_state.value, stored["d1"].cpu_usage) == ("paused", 0)
+        assert (stored["d0"].power_state.value, stored["d0"].cpu_usage) == ("up", 99)
+        assert (stored["d2"].power_state.value, stored["d2"].mem_usage) == ("up", 77)
+        assert session.scalar(select(func.count()).select_from(Event).where(
+            Event.code == "desktop.state_changed", Event.desktop_id == desktops[1]["id"])) == 2
 
 
 def test_heartbeat_needs_the_hosts_own_token(client, anon_client):
