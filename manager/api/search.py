@@ -33,7 +33,7 @@ router = APIRouter(tags=["search"])
 
 STATEMENT_TIMEOUT_SECONDS = 15
 MAX_PAGE_SIZE = 1000
-FEW_MATCHES = 2_000  # up to this many matches a page is cut from the sorted matches (one statement)
+FEW_MATCHES = 20_000  # up to this many matches a page is cut from the sorted matches (one statement)
 
 
 # Planner and executor settings for the search's transaction (set_config(..., true) is SET LOCAL).
@@ -206,8 +206,12 @@ def _page_of_few_matches(session: Session, compiled: CompiledSearch, entity: Any
     row when they are rare and its estimate was too high (free text, `= ANY(...)` lookups, cross-references).
     So first take up to FEW_MATCHES + 1 matches in whatever order is cheapest (a bitmap scan for selective
     filters; a scan that stops early for dense ones) and sort and count those; only when there are more does
-    the index walk (dense matches, so it stops early) and a separate count run. Sorting a few thousand narrow
-    matches costs a few milliseconds; more than FEW_MATCHES and walking the index is cheaper.
+    the index walk (dense matches, so it stops early) and the count run (one more statement).
+
+    FEW_MATCHES weighs the two: up to it, one pass over the matches gives the total and the page (a bounded
+    sort of narrow rows: a few milliseconds for 20,000); above it, that pass is wasted up to FEW_MATCHES + 1
+    matches (an index-only scan for `status = x`, ix_desktops_power_state_name_id) and the count passes over
+    all matches again. `Vms: tag = region-eu` (12,885 matches) is one pass instead of three.
     """
     statement, _ = few_matches_statement(compiled, entity)
     result = session.execute(statement).all()
