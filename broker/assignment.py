@@ -20,6 +20,7 @@ import datetime as dt
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import bindparam, case, exists, func, literal, select, union_all, update
 from sqlalchemy.orm import Session
@@ -35,9 +36,17 @@ ASSIGNABLE_TASKS = (TaskState.STARTING,)
 _sqlite_lock = threading.Lock()
 
 
+# What the broker needs of a desktop and of a pool. Assignment reads these columns, not ORM objects: the row of
+# a SELECT or an UPDATE ... RETURNING answers attribute access like the ORM object does, at a fraction of the CPU.
+DESKTOP_BRIEF = (Desktop.id, Desktop.name, Desktop.pool_id, Desktop.os_type, Desktop.console_protocols,
+                 Desktop.power_state, Desktop.task_state, Desktop.ip, Desktop.host_id, Desktop.lease_until)
+POOL_BRIEF = (Pool.id, Pool.name, Pool.pool_type, Pool.protocol_policy, Pool.window_start, Pool.window_end,
+              Pool.lease_seconds, Pool.max_desktops_per_user)
+
+
 @dataclass(frozen=True)
 class Assigned:
-    desktop: Desktop  # loaded by the same statement that found or claimed it
+    desktop: Any  # a DESKTOP_BRIEF row, or a Desktop (a desktop asked for by id)
     how: str  # "dedicated" | "existing" | "new" | "direct"
     lease_until: dt.datetime | None = None
 
@@ -83,7 +92,14 @@ def check_window(pool: Pool, now: dt.datetime) -> None:
 
 # The statements of a connect are built once, with bound parameters: building a SQLAlchemy statement costs more
 # CPU than the database spends running it, and a login storm runs them hundreds of times a second.
-_LOCK_USER = select(User.id).where(User.id == bindparam("user_id")).with_for_update(key_share=True)
+def user_lock(user_id):
+    """The user's row, locked FOR NO KEY UPDATE until the transaction ends (it does not block foreign-key checks):
+    two connects of one user run one after the other. A statement of its own, or a scalar subquery that a caller's
+    earlier query carries (then pass user_locked=True to assign_from_pool)."""
+    return select(User.id).where(User.id == user_id).with_for_update(key_share=True)
+
+
+_LOCK_USER = user_lock(bindparam("user_id"))
 
 
 def _held_and_dedicated():
@@ -97,8 +113,8 @@ def _held_and_dedicated():
         .where(Assignment.user_id == user_id, Desktop.pool_id == pool_id,
                Desktop.assigned_user_id.is_(None) | (Desktop.assigned_user_id != user_id))
     both = union_all(held_here, dedicated_here).subquery()
-    return select(Desktop, both.c.held).join(both, both.c.id == Desktop.id).order_by(Desktop.assigned_at,
-                                                                                       Desktop.name)
+    return select(*DESKTOP_BRIEF, both.c.held).join(both, both.c.id == Desktop.id).order_by(Desktop.assigned_at,
+                                                                                              Desktop.name)
 
 
 _HELD_AND_DEDICATED = _held_and_dedicated()
@@ -106,7 +122,7 @@ _HELD_AND_DEDICATED = _held_and_dedicated()
 
 def _lock_user(session: Session, user_id: str) -> None:
     if is_postgres(session):
-        session.execute(_LOCK_USER, {"user_id": user_id})
+        session.connection().execute(_LOCK_USER, {"user_id": user_id})
 
 
 def desktops_held(session: Session, user_id: str, pool_id: str) -> list[tuple[str, str, dt.datetime | None]]:
@@ -153,7 +169,7 @@ def _claim_statement(desktop_filter):
     return update(Desktop).where(desktop_filter, Desktop.assigned_user_id.is_(None)) \
         .values(assigned_user_id=bindparam("claimant"), assigned_at=bindparam("claimed_at"),
                 lease_until=bindparam("lease_end")) \
-        .returning(Desktop).execution_options(synchronize_session=False, populate_existing=True)
+        .returning(*DESKTOP_BRIEF)
 
 
 # Postgres, in one round trip: UPDATE ... WHERE id = (SELECT ... LIMIT 1 FOR UPDATE [SKIP LOCKED]) RETURNING
@@ -163,26 +179,29 @@ _CLAIM_ONE = _claim_statement(Desktop.id == bindparam("pick_desktop"))
 
 
 def _claim(session: Session, statement, params: dict, user_id: str, now: dt.datetime,
-           lease_until: dt.datetime | None) -> Desktop | None:
-    return session.scalars(statement, {**params, "claimant": user_id, "claimed_at": now,
-                                       "lease_end": lease_until}).first()
+           lease_until: dt.datetime | None) -> Any:
+    return session.connection().execute(statement, {**params, "claimant": user_id, "claimed_at": now,
+                                                    "lease_end": lease_until}).first()
 
 
-def assign_from_pool(session: Session, user_id: str, pool: Pool, *, new_desktop: bool = False,
-                     now: dt.datetime | None = None) -> Assigned:
+def assign_from_pool(session: Session, user_id: str, pool: Any, *, new_desktop: bool = False,
+                     now: dt.datetime | None = None, user_locked: bool = False) -> Assigned:
     """Give the user a desktop of `pool` (see the module docstring for the order and the guarantees).
 
-    `new_desktop=True` asks for one more desktop than the user holds. Raises PoolClosed outside a
+    `new_desktop=True` asks for one more desktop than the user holds. `user_locked` says the transaction already
+    holds the user's lock (see user_lock). Raises PoolClosed outside a
     time-based pool's window, TooManyDesktops past max_desktops_per_user, PoolFull when no desktop is
     free. Flushes; the caller commits.
     """
     now = now or utcnow()
     check_window(pool, now)
-    _lock_user(session, user_id)
-    rows = session.execute(_HELD_AND_DEDICATED, {"user_id": user_id, "pool_id": pool.id}).all()
-    held = [desktop for desktop, is_held in rows if is_held]
+    if not user_locked:
+        _lock_user(session, user_id)
+    # A statement of its own, after the lock: it sees what a concurrent connect of the same user committed.
+    rows = session.connection().execute(_HELD_AND_DEDICATED, {"user_id": user_id, "pool_id": pool.id}).all()
+    held = [row for row in rows if row.held]
     if not new_desktop:
-        own = next((desktop for desktop, is_held in rows if not is_held), None)
+        own = next((row for row in rows if not row.held), None)
         if own is not None:
             return Assigned(own, "dedicated")
         if held:

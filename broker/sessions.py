@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from core.enums import SessionState
@@ -16,24 +16,32 @@ LIVE = (SessionState.CONNECTED, SessionState.DISCONNECTED)
 
 def open_session(session: Session, *, user_id: str, desktop_id: str, pool_id: str | None, protocol: str,
                  client_address: str, ticket_expires_at: dt.datetime | None,
-                 now: dt.datetime | None = None, fresh: bool = False) -> DesktopSession:
-    """Record a connect: the user's live session on this desktop is reused (a reconnect), else a new one.
-    `fresh` says the desktop was just assigned, so there is no earlier session to look for."""
+                 now: dt.datetime | None = None, fresh: bool = False) -> str:
+    """Record a connect; returns the session's id. The user's live session on this desktop is reused (a
+    reconnect), else a new one is inserted. `fresh` says the desktop was just assigned, so there is no earlier
+    session to look for."""
     now = now or utcnow()
-    row = None if fresh else session.scalar(select(DesktopSession).where(
-        DesktopSession.user_id == user_id, DesktopSession.desktop_id == desktop_id,
-        DesktopSession.state.in_(LIVE)).order_by(DesktopSession.created_at.desc()).limit(1))
-    if row is None:
-        # The id is set here so that the insert can wait for the transaction's next flush (with its events).
-        row = DesktopSession(id=new_id(), user_id=user_id, desktop_id=desktop_id, pool_id=pool_id, created_at=now)
-        session.add(row)
-    row.state = SessionState.CONNECTED
-    row.protocol = protocol
-    row.client_address = client_address
-    row.connected_at = now
-    row.disconnected_at = None
-    row.ticket_expires_at = ticket_expires_at
-    return row
+    live = {"state": SessionState.CONNECTED, "protocol": protocol, "client_address": client_address,
+            "connected_at": now, "disconnected_at": None, "ticket_expires_at": ticket_expires_at}
+    if not fresh:
+        reconnected = session.execute(_REUSE_LIVE, {"user": user_id, "desktop": desktop_id,
+                                                    **{f"new_{name}": value for name, value in live.items()}}).scalar()
+        if reconnected is not None:
+            return reconnected
+    session_id = new_id()
+    session.connection().execute(insert(DesktopSession.__table__), {
+        "id": session_id, "user_id": user_id, "desktop_id": desktop_id, "pool_id": pool_id, "created_at": now,
+        **live})
+    return session_id
+
+
+# A reconnect takes over the user's newest live session on the desktop.
+_LIVE_FIELDS = ("state", "protocol", "client_address", "connected_at", "disconnected_at", "ticket_expires_at")
+_REUSE_LIVE = update(DesktopSession).where(DesktopSession.id == select(DesktopSession.id).where(
+    DesktopSession.user_id == bindparam("user"), DesktopSession.desktop_id == bindparam("desktop"),
+    DesktopSession.state.in_(LIVE)).order_by(DesktopSession.created_at.desc()).limit(1).scalar_subquery()) \
+    .values({name: bindparam(f"new_{name}") for name in _LIVE_FIELDS}) \
+    .returning(DesktopSession.id).execution_options(synchronize_session=False)
 
 
 def owned_session(session: Session, session_id: str, user_id: str) -> DesktopSession:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 import manager.provisioning  # noqa: F401  (registers the provisioning jobs)
 from broker import entitlement, lifecycle, sessions
-from broker.assignment import Assigned, assign_from_pool, assignment_guard
+from broker.assignment import POOL_BRIEF, Assigned, assign_from_pool, assignment_guard, user_lock
 from broker.console import ConsoleDescriptor, render_file
 from broker.errors import BadConnectRequest, NotEntitled
 from broker.protocol import choose_protocol, parse_protocols
@@ -163,20 +163,22 @@ def _console_out(desc: ConsoleDescriptor) -> tuple[ConsoleOut, FileOut]:
     return ConsoleOut(**desc.to_dict()), FileOut(name=name, media_type=media_type, content=content)
 
 
-# The pool asked for (by id or by name) and whether the caller is entitled to it, in one round trip; built once.
+# The pool asked for (by id or by name), whether the caller is entitled to it, and the caller's lock for the
+# assignment that follows (broker.assignment.user_lock), in one round trip; built once.
 _POOL_AND_ENTITLEMENT = {
-    by: select(Pool, entitlement.pool_entitlement(bindparam("user_id"), Pool.id)).where(column == bindparam("pool"))
+    by: select(*POOL_BRIEF, entitlement.pool_entitlement(bindparam("user_id"), Pool.id).label("entitled"),
+               user_lock(bindparam("user_id")).scalar_subquery().label("locked")).where(column == bindparam("pool"))
     for by, column in (("id", Pool.id), ("name", Pool.name))}
 
 
-def _entitled_pool(session: Session, payload: ConnectIn, user_id: str) -> Pool:
-    """The pool asked for; NotFound, or NotEntitled when neither the user nor any of their groups is entitled."""
-    found = session.execute(_POOL_AND_ENTITLEMENT["id" if payload.pool_id else "name"],
-                            {"user_id": user_id, "pool": payload.pool_id or payload.pool}).first()
-    if found is None:
+def _entitled_pool(session: Session, payload: ConnectIn, user_id: str) -> Any:
+    """The pool asked for (a POOL_BRIEF row); NotFound, or NotEntitled when neither the user nor any of their
+    groups is entitled. Takes the user's assignment lock."""
+    pool = session.connection().execute(_POOL_AND_ENTITLEMENT["id" if payload.pool_id else "name"],
+                                        {"user_id": user_id, "pool": payload.pool_id or payload.pool}).first()
+    if pool is None:
         raise NotFound(kind="pool", id=payload.pool_id or payload.pool)
-    pool, entitled = found
-    if not entitled:
+    if not pool.entitled:
         raise NotEntitled(target=f"pool {pool.name}")
     return pool
 
@@ -204,7 +206,7 @@ def connect(payload: ConnectIn, request: Request, session: DbSession, who: Conne
     """Connect to a pool (a desktop is assigned) or one of your desktops: starts it if needed, issues a
     short-lived console ticket and returns the connection file."""
     now = utcnow()
-    pool: Pool | None = None
+    pool: Any = None  # a Pool, or the POOL_BRIEF row of the pool asked for
     if payload.desktop_id:
         if payload.new_desktop:
             raise BadConnectRequest(reason="new_desktop applies to pools; give pool_id or pool")
@@ -218,7 +220,8 @@ def connect(payload: ConnectIn, request: Request, session: DbSession, who: Conne
 
     if pool is not None and not payload.desktop_id:
         with assignment_guard(session):
-            assigned = assign_from_pool(session, who.user_id, pool, new_desktop=payload.new_desktop, now=now)
+            assigned = assign_from_pool(session, who.user_id, pool, new_desktop=payload.new_desktop, now=now,
+                                        user_locked=True)
             desktop = assigned.desktop
             # Refuse before committing: a user whose client cannot display this desktop keeps no assignment.
             choice = choose_protocol(os_type=desktop.os_type, desktop_protocols=parse_protocols(
@@ -242,19 +245,19 @@ def connect(payload: ConnectIn, request: Request, session: DbSession, who: Conne
 
     if desktop.power_state != PowerState.UP or desktop.task_state is not None:
         ensure_running(desktop.id, actor=who.name, timeout=START_TIMEOUT_S)
-        session.refresh(desktop)
+        desktop = session.get(Desktop, desktop.id, populate_existing=True)  # where it runs now
     desc = issue_console(session, desktop, choice.protocol, username=who.username,
                          fullscreen=payload.client.fullscreen)
     address = _client_address(payload, request)
-    row = sessions.open_session(session, user_id=who.user_id, desktop_id=desktop.id, pool_id=desktop.pool_id,
-                                protocol=choice.protocol.value, client_address=address,
-                                ticket_expires_at=desc.expires_at, now=now, fresh=assigned.newly_assigned)
+    session_id = sessions.open_session(session, user_id=who.user_id, desktop_id=desktop.id, pool_id=desktop.pool_id,
+                                       protocol=choice.protocol.value, client_address=address,
+                                       ticket_expires_at=desc.expires_at, now=now, fresh=assigned.newly_assigned)
     emit(session, "broker.connected", f"{who.name} connected to desktop {desktop.name} over {choice.protocol.value} "
          f"from {address or 'an unknown address'} ({assigned.how} desktop; {choice.reason})", actor=who.name,
-         user_id=who.user_id, desktop_id=desktop.id, pool_id=desktop.pool_id, correlation_id=row.id)
-    _ticket_event(session, desktop, who, desc, row.id)
+         user_id=who.user_id, desktop_id=desktop.id, pool_id=desktop.pool_id, correlation_id=session_id)
+    _ticket_event(session, desktop, who, desc, session_id)
     console, file = _console_out(desc)
-    out = ConnectOut(session_id=row.id, desktop_id=desktop.id, desktop_name=desktop.name, pool_id=desktop.pool_id,
+    out = ConnectOut(session_id=session_id, desktop_id=desktop.id, desktop_name=desktop.name, pool_id=desktop.pool_id,
                      assignment=assigned.how, lease_until=assigned.lease_until, protocol=choice.protocol,
                      protocol_reason=choice.reason, console=console, file=file)
     # Already a validated ConnectOut: answered as is, which spares validating it again (in another worker thread).
