@@ -8,9 +8,11 @@ Services and repositories take a `Session` and at most `flush()`.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 
 from sqlalchemy import create_engine, event
@@ -21,6 +23,24 @@ from starlette.concurrency import run_in_threadpool
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
+
+# Connections per process. A request holds its session's connection from its first statement to its commit, and
+# between those it waits for worker threads; if more requests held connections than the pool has, the worker
+# threads would all wait for a connection while the holders wait for a thread. So at most REQUEST_SLOTS requests
+# have a session at once (the others wait, holding nothing); the rest of the pool is for background work (jobs,
+# monitors).
+POOL_SIZE, POOL_OVERFLOW = 20, 40
+REQUEST_SLOTS = 48
+_request_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _slots() -> asyncio.Semaphore:
+    """The running event loop's request slots (a semaphore belongs to one loop; tests run several)."""
+    loop = asyncio.get_running_loop()
+    slots = _request_slots.get(loop)
+    if slots is None:
+        slots = _request_slots[loop] = asyncio.Semaphore(REQUEST_SLOTS)
+    return slots
 _engine: Engine | None = None
 _sessionmaker: sessionmaker[Session] | None = None
 
@@ -40,8 +60,8 @@ def make_engine(url: str, **kwargs) -> Engine:
 
         return engine
     if "poolclass" not in kwargs:
-        kwargs.setdefault("pool_size", 20)
-        kwargs.setdefault("max_overflow", 40)
+        kwargs.setdefault("pool_size", POOL_SIZE)
+        kwargs.setdefault("max_overflow", POOL_OVERFLOW)
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
 
@@ -115,13 +135,14 @@ async def request_session() -> AsyncIterator[Session]:
     Asynchronous so that opening the session costs no trip to a worker thread (a Session connects lazily, on its
     first statement); the commit, which talks to the database, runs in one. The route's own work runs in a worker
     thread too, one at a time, so the session is never used by two threads at once."""
-    session = new_session()
-    try:
-        yield session
-    except BaseException:
-        await run_in_threadpool(_rollback_and_close, session)
-        raise
-    await run_in_threadpool(_commit_and_close, session)
+    async with _slots():
+        session = new_session()
+        try:
+            yield session
+        except BaseException:
+            await run_in_threadpool(_rollback_and_close, session)
+            raise
+        await run_in_threadpool(_commit_and_close, session)
 
 
 def _commit_and_close(session: Session) -> None:
