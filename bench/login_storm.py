@@ -21,8 +21,6 @@ import concurrent.futures
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,14 +32,10 @@ from pathlib import Path
 import httpx
 from sqlalchemy import func, select, text
 
+from manager.embedded_nodes import EmbeddedNode, NodeAgentProcess, free_port, libvirt_test_driver_uri, stop_process
+
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("VDI_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_http(url: str, proc: subprocess.Popen, what: str, headers: dict | None = None, timeout: float = 60) -> None:
@@ -57,16 +51,6 @@ def wait_http(url: str, proc: subprocess.Popen, what: str, headers: dict | None 
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not answer within {timeout} s")
         time.sleep(0.2)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def process_tree_cpu_seconds(pid: int) -> float:
@@ -97,21 +81,18 @@ def wait_until_settled(pid: int, timeout: float = 120) -> None:
         previous = now
 
 
-def start_agents(count: int, work: Path, procs: list) -> list[tuple[str, str, str]]:
-    agents = []
+def start_agents(count: int, work: Path, agents: list[NodeAgentProcess]) -> list[tuple[str, str, str]]:
+    """`count` node agents on private test-driver hypervisors; appended to `agents` as they start."""
     for i in range(count):
-        node = work / f"node{i}.xml"
-        node.write_text("<node/>\n")
-        port, token = free_port(), uuid.uuid4().hex
-        log = open(work / f"node{i}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "hypervisor_node.agent", "--name", f"node{i}",
-                                 "--libvirt-uri", f"test://{node}", "--listen", f"127.0.0.1:{port}", "--token", token,
-                                 "--log-level", "WARNING"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/v1/health", proc, f"agent node{i}", {"Authorization": f"Bearer {token}"})
-        agents.append((f"node{i}", url, token))
-    return agents
+        node_xml = work / f"node{i}.xml"
+        node_xml.write_text("<node/>\n")
+        # domain_types="": every type the test driver reports (the agent's default)
+        node = EmbeddedNode(name=f"node{i}", libvirt_uri=libvirt_test_driver_uri(node_xml), port=free_port(),
+                            token=uuid.uuid4().hex, domain_types="")
+        agent = NodeAgentProcess(node, manager_url=None, log_path=work / f"node{i}.log")
+        agents.append(agent)
+        agent.start()
+    return [(a.node.name, a.node.url, a.node.token) for a in agents]
 
 
 def setup_world(agents, template: Path, users: int, desktops: int) -> tuple[str, list[str]]:
@@ -248,16 +229,17 @@ def main(argv: list[str] | None = None) -> int:
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{dbname}"'))
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
-    procs: list[subprocess.Popen] = []
+    agents: list[NodeAgentProcess] = []
+    server: subprocess.Popen | None = None
     try:
         upgrade(url)
         db.configure(url)
         template = work / "storage" / "templates" / "bench" / "1.qcow2"
         template.parent.mkdir(parents=True)
         qemu_img.create(template, size=64 << 20)
-        agents = start_agents(args.agents, work, procs)
+        hosts = start_agents(args.agents, work, agents)
         t0 = time.perf_counter()
-        pool_id, tokens = setup_world(agents, template, args.users, args.desktops)
+        pool_id, tokens = setup_world(hosts, template, args.users, args.desktops)
         setup_seconds = time.perf_counter() - t0
 
         port = free_port()
@@ -269,7 +251,6 @@ def main(argv: list[str] | None = None) -> int:
                                    "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers),
                                    "--log-level", "warning", "--no-access-log"], cwd=REPO, env=env,
                                   stdout=open(work / "uvicorn.log", "wb"), stderr=subprocess.STDOUT)
-        procs.append(server)
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/api/v1/health", server, "uvicorn")
         wait_until_settled(server.pid)
@@ -306,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         }))
         return 0
     finally:
-        for proc in reversed(procs):
-            stop(proc)
+        if server is not None:
+            stop_process(server)
+        for agent in reversed(agents):
+            agent.stop()
         db.get_engine().dispose()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))

@@ -41,6 +41,19 @@ def libvirt_test_driver_uri(node_xml: Path) -> str:
     return f"test://{node_xml.resolve()}"
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> int:
+    """The orderly stop of a child process: SIGTERM, up to `timeout` s to exit, then SIGKILL. Returns its exit
+    status. (Tests that must see a whole process tree gone use tests.harness.processes.kill_process_tree.)"""
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(5)
+
+
 @dataclass
 class EmbeddedNode:
     name: str
@@ -73,21 +86,27 @@ class NodeAgentProcess:
     """One `python -m hypervisor_node.agent` child process, answered on /v1/health before start() returns."""
 
     def __init__(self, node: EmbeddedNode, *, manager_url: str | None, log_path: Path,
-                 heartbeat_seconds: float = 5.0) -> None:
+                 heartbeat_seconds: float = 5.0, manager_id: str | None = None, log_level: str = "WARNING") -> None:
         self.node = node
         self.manager_url = manager_url
         self.log_path = log_path
         self.heartbeat_seconds = heartbeat_seconds
+        self.manager_id = manager_id  # None: the agent's default ($VDI_MANAGER_ID or its built-in id)
+        self.log_level = log_level
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60.0) -> "NodeAgentProcess":
+    def start(self, timeout: float = 60.0, request_timeout: float = 2.0) -> "NodeAgentProcess":
+        """Start the agent and wait up to `timeout` s for a 200 from /v1/health (each request waits up to
+        `request_timeout` s: its first libvirt call can be slow on a busy machine)."""
         argv = [sys.executable, "-m", "hypervisor_node.agent", "--name", self.node.name, "--libvirt-uri",
-                self.node.libvirt_uri, "--listen", f"127.0.0.1:{self.node.port}", "--log-level", "WARNING",
+                self.node.libvirt_uri, "--listen", f"127.0.0.1:{self.node.port}", "--log-level", self.log_level,
                 "--heartbeat-seconds", str(self.heartbeat_seconds)]
         if self.node.domain_types:
             argv += ["--domain-types", self.node.domain_types]
         if self.manager_url:
             argv += ["--manager", self.manager_url]
+        if self.manager_id:
+            argv += ["--manager-id", self.manager_id]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "VDI_NODE_TOKEN": self.node.token}
         with open(self.log_path, "ab") as out:
@@ -100,7 +119,7 @@ class NodeAgentProcess:
                 raise RuntimeError(f"node agent {self.node.name} exited with {self.process.returncode}; "
                                    f"see {self.log_path}")
             try:
-                if httpx.get(f"{self.node.url}/v1/health", headers=headers, timeout=2).status_code == 200:
+                if httpx.get(f"{self.node.url}/v1/health", headers=headers, timeout=request_timeout).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -110,16 +129,10 @@ class NodeAgentProcess:
                                    f"see {self.log_path}")
             time.sleep(0.2)
 
-    def stop(self) -> None:
-        """SIGTERM (the agent leaves guests running), then SIGKILL if it lingers."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM (the agent leaves guests running), then SIGKILL if it lingers; returns the exit status
+        (None if it was never started)."""
+        return stop_process(self.process, timeout) if self.process is not None else None
 
 
 class EmbeddedNodes:

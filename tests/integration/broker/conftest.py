@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from manager.embedded_nodes import EmbeddedNode, NodeAgentProcess, free_port, libvirt_test_driver_uri, stop_process
 
 REPO = Path(__file__).resolve().parents[3]
 API = "/api/v1"
@@ -34,56 +34,14 @@ def hosts_without_heartbeats(monkeypatch):
     monkeypatch.setenv("VDI_POOL_MAINTENANCE_SECONDS", "0")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Agent:
-    name: str
-    url: str
-    token: str
-    process: subprocess.Popen
-    log: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-
-def start_agent(name: str, directory: Path, timeout: float = 30.0) -> Agent:
+def start_agent(name: str, directory: Path, timeout: float = 30.0) -> NodeAgentProcess:
     """`python -m hypervisor_node.agent` on a private test-driver hypervisor (test:///<dir>/<name>.xml)."""
     node_xml = directory / f"{name}.xml"
     node_xml.write_text("<node/>\n")
-    port, token = free_port(), f"tok-{uuid.uuid4().hex}"
-    log = directory / f"{name}.log"
-    argv = [sys.executable, "-m", "hypervisor_node.agent", "--name", name, "--libvirt-uri",
-            f"test://{node_xml.resolve()}", "--listen", f"127.0.0.1:{port}", "--token", token,
-            "--log-level", "WARNING"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    agent = Agent(name, f"http://127.0.0.1:{port}", token, proc, log)
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"agent {name} exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{agent.url}/v1/health", headers={"Authorization": f"Bearer {token}"},
-                         timeout=2).status_code == 200:
-                return agent
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            agent.stop()
-            raise RuntimeError(f"agent {name} did not answer within {timeout} s")
-        time.sleep(0.2)
+    # domain_types="": every type the test driver reports (the agent's default)
+    node = EmbeddedNode(name=name, libvirt_uri=libvirt_test_driver_uri(node_xml), port=free_port(),
+                        token=f"tok-{uuid.uuid4().hex}", domain_types="")
+    return NodeAgentProcess(node, manager_url=None, log_path=directory / f"{name}.log").start(timeout)
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +54,7 @@ def work_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def node_agents(work_dir) -> Iterator[list[Agent]]:
+def node_agents(work_dir) -> Iterator[list[NodeAgentProcess]]:
     """Three node agents on test-driver hypervisors for the whole session (desktops get unique names)."""
     directory = work_dir / "nodes"
     directory.mkdir()
@@ -131,7 +89,7 @@ def uniq() -> str:
 class World:
     """Builds the objects the tests need directly in the database (one short transaction each)."""
 
-    def __init__(self, agents: list[Agent], template_image: Path, prefix: str) -> None:
+    def __init__(self, agents: list[NodeAgentProcess], template_image: Path, prefix: str) -> None:
         self.agents, self.template_image, self.prefix = agents, template_image, prefix
 
     def hosts(self, count: int | None = None, memory_mib: int = TEST_HOST_MEMORY_MIB) -> list[str]:
@@ -145,8 +103,9 @@ class World:
             s.flush()
             ids = []
             for agent in self.agents[:count]:
-                host = Host(name=f"{self.prefix}-{agent.name}", cluster_id=cluster.id, agent_url=agent.url,
-                            agent_token=agent.token, address="127.0.0.1", status=HostStatus.UP,
+                node = agent.node
+                host = Host(name=f"{self.prefix}-{node.name}", cluster_id=cluster.id, agent_url=node.url,
+                            agent_token=node.token, address="127.0.0.1", status=HostStatus.UP,
                             memory_mib=memory_mib, free_memory_mib=memory_mib, last_heartbeat_at=utcnow())
                 s.add(host)
                 s.flush()
@@ -308,10 +267,4 @@ def api_server(settings_env, work_dir) -> Iterator[Server]:
             time.sleep(0.2)
         yield server
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)

@@ -12,7 +12,7 @@ from tests.integration.broker.conftest import API, bearer, wait_for_jobs
 
 
 def domains_on(agent) -> dict[str, str]:
-    r = httpx.get(f"{agent.url}/v1/domains", headers=bearer(agent.token))
+    r = httpx.get(f"{agent.node.url}/v1/domains", headers=bearer(agent.node.token))
     return {d["uuid"]: d["state"] for d in r.json()["domains"]}
 
 

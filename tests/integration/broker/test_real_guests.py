@@ -14,19 +14,18 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import select
 
 from hypervisor_node.driver import LibvirtDriver
+from manager.embedded_nodes import EmbeddedNode, NodeAgentProcess, free_port
 from tests.harness.guests import remove_owned_domains
-from tests.integration.broker.conftest import API, Agent, bearer, free_port, wait_for_jobs
+from tests.integration.broker.conftest import API, bearer, wait_for_jobs
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 SYSTEM_URI = "qemu:///system"
@@ -40,7 +39,7 @@ def virsh(*args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def real_node() -> Agent:
+def real_node() -> NodeAgentProcess:
     """A node agent on the real libvirtd, seeing only the domains it defines (its own manager id)."""
     from manager.provisioning import nodes
 
@@ -52,30 +51,17 @@ def real_node() -> Agent:
     work = SHARED_ROOT / f"run-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     work.mkdir()
     os.chmod(work, 0o755)
-    port, token = free_port(), f"tok-{uuid.uuid4().hex}"
     manager_id = f"broker-tests-{uuid.uuid4().hex[:8]}"
-    log = work / "agent.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "hypervisor_node.agent", "--name", "real1", "--libvirt-uri",
-                                 SYSTEM_URI, "--listen", f"127.0.0.1:{port}", "--token", token, "--manager-id",
-                                 manager_id, "--log-level", "WARNING",
-                                 # nested KVM cannot run these guests here (real-hypervisors.md): TCG
-                                 "--domain-types", os.environ.get("VDI_NODE_DOMAIN_TYPES", "qemu")],
-                                cwd=Path(__file__).resolve().parents[3], stdout=out, stderr=subprocess.STDOUT)
-    agent = Agent("real1", f"http://127.0.0.1:{port}", token, proc, log)
-    deadline = time.monotonic() + 180  # the first libvirt call can be slow on a busy machine
-    while True:
-        try:
-            if httpx.get(f"{agent.url}/v1/health", headers=bearer(token), timeout=60).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            agent.stop()
-            text = log.read_text()[-2000:]
-            shutil.rmtree(work, ignore_errors=True)
-            pytest.fail(f"the node agent did not start: {text}")
-        time.sleep(0.2)
+    # nested KVM cannot run these guests here (real-hypervisors.md): TCG
+    node = EmbeddedNode(name="real1", libvirt_uri=SYSTEM_URI, port=free_port(), token=f"tok-{uuid.uuid4().hex}",
+                        domain_types=os.environ.get("VDI_NODE_DOMAIN_TYPES", "qemu"))
+    agent = NodeAgentProcess(node, manager_url=None, log_path=work / "agent.log", manager_id=manager_id)
+    try:  # the first libvirt call can be slow on a busy machine
+        agent.start(timeout=180, request_timeout=60)
+    except RuntimeError:
+        text = agent.log_path.read_text()[-2000:]
+        shutil.rmtree(work, ignore_errors=True)
+        pytest.fail(f"the node agent did not start: {text}")
     agent.work = work  # type: ignore[attr-defined]
     # The machine's libvirtd is shared and can be slow (seconds to a minute per call under load).
     saved_timeout, nodes.NODE_TIMEOUT_S = nodes.NODE_TIMEOUT_S, 300.0
@@ -116,7 +102,8 @@ def setup_pool(real_node, image, pool_type: str, **fields) -> str:
             cluster = Cluster(name=f"real-{tag}")
             s.add(cluster)
             s.flush()
-            s.add(Host(name="real1", cluster_id=cluster.id, agent_url=real_node.url, agent_token=real_node.token,
+            s.add(Host(name="real1", cluster_id=cluster.id, agent_url=real_node.node.url,
+                       agent_token=real_node.node.token,
                        address="127.0.0.1", status=HostStatus.UP, memory_mib=8192, free_memory_mib=4096))
         volume = s.scalar(select(Volume).where(Volume.path == str(image.template)))
         if volume is None:
@@ -140,14 +127,14 @@ def setup_pool(real_node, image, pool_type: str, **fields) -> str:
     return pool_id
 
 
-def guest(agent: Agent, desktop_id: str, command: str, timeout: float = 10.0) -> str:
+def guest(agent: NodeAgentProcess, desktop_id: str, command: str, timeout: float = 10.0) -> str:
     from manager.nodes.client import NodeClient
 
-    with NodeClient(agent.url, agent.token, timeout=timeout + 5) as client:
+    with NodeClient(agent.node.url, agent.node.token, timeout=timeout + 5) as client:
         return client.guest(desktop_id, command, timeout=timeout)
 
 
-def wait_guest_ready(agent: Agent, desktop_id: str, timeout: float = 240.0) -> None:
+def wait_guest_ready(agent: NodeAgentProcess, desktop_id: str, timeout: float = 240.0) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:

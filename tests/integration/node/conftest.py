@@ -12,9 +12,7 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,15 +20,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from core.specs import DesktopSpec
+from manager.embedded_nodes import EmbeddedNode, NodeAgentProcess, free_port
 from tests.harness.guests import remove_owned_domains  # noqa: F401 (the node tests import it from here)
 from tests.unit.node.conftest import private_test_uri
 from tests.harness.hosts import ensure_kvm_device_group
 
-REPO = Path(__file__).resolve().parents[3]
 SYSTEM_URI = "qemu:///system"
 LIBVIRTD_SOCKET = Path("/var/run/libvirt/libvirt-sock")
 # Somewhere QEMU (running as libvirt-qemu) can reach: pytest's tmp dirs are private to root.
@@ -119,49 +116,24 @@ def demo_spec(image, disk: Path, serial_log: Path, name: str | None = None, **ov
 
 
 # ---- processes ------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class AgentProcess:
-    """`python -m hypervisor_node.agent` as a real process on loopback; stopped by its own pid."""
+class AgentProcess(NodeAgentProcess):
+    """`python -m hypervisor_node.agent` (manager.embedded_nodes.NodeAgentProcess) as a real process on loopback,
+    named node-it, offering qemu and test domains; stopped by its own pid."""
 
     def __init__(self, libvirt_uri: str, token: str, *, manager_url: str = "", manager_id: str = "",
                  heartbeat_seconds: float = 0.5, log_path: Path | None = None) -> None:
-        self.libvirt_uri = libvirt_uri
-        self.token = token
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.manager_url = manager_url
-        self.manager_id = manager_id
-        self.heartbeat_seconds = heartbeat_seconds
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
+        node = EmbeddedNode(name="node-it", libvirt_uri=libvirt_uri, port=free_port(), token=token,
+                            domain_types="qemu,test")
+        super().__init__(node, manager_url=manager_url or None, log_path=log_path or Path(os.devnull),
+                         heartbeat_seconds=heartbeat_seconds, manager_id=manager_id or None, log_level="INFO")
+
+    @property
+    def url(self) -> str:
+        return self.node.url
 
     def start(self, timeout: float = 30.0) -> "AgentProcess":
-        argv = [sys.executable, "-m", "hypervisor_node.agent", "--name", "node-it",
-                "--libvirt-uri", self.libvirt_uri, "--listen", f"127.0.0.1:{self.port}",
-                "--heartbeat-seconds", str(self.heartbeat_seconds), "--domain-types", "qemu,test"]
-        if self.manager_url:
-            argv += ["--manager", self.manager_url]
-        if self.manager_id:
-            argv += ["--manager-id", self.manager_id]
-        env = dict(os.environ, VDI_NODE_TOKEN=self.token)
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the agent exited with {self.process.returncode} while starting")
-            try:
-                httpx.get(f"{self.url}/v1/health", timeout=2)  # any answer (even 401) means it serves
-                return self
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the agent did not listen on {self.url} within {timeout} s") from None
-                time.sleep(0.1)
+        super().start(timeout)
+        return self
 
     def kill(self) -> None:
         """SIGKILL: the agent dies without any chance to clean up."""
@@ -171,14 +143,7 @@ class AgentProcess:
 
     def stop(self) -> int:
         """SIGTERM, the orderly stop; returns the exit status."""
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(timeout=30)
+        return super().stop(timeout=30) or 0
 
 
 @pytest.fixture
