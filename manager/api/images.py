@@ -3,10 +3,10 @@ savings, checks, exports and reconcile. Long work answers 202 with the job (GET 
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import Field
+from pydantic import Field, create_model
 
 from core.errors import Invalid
 from image_manager.errors import StorageFull
@@ -46,17 +46,9 @@ class SnapshotIn(s.In):
     description: s.Text = ""
 
 
-class SnapshotOut(s.Out):
-    id: str
-    name: str
-    description: str
-    status: str
-    volume_id: str
-    path: str
-    parent_path: str | None
-    in_active_chain: bool
-    actual_size: int
-    created_at: Any
+# The fields of image_manager.service.SnapshotInfo (listed there only), validated from its attributes.
+SnapshotOut = create_model("SnapshotOut", __base__=s.Out,
+                           **{name: (hint, ...) for name, hint in get_type_hints(service.SnapshotInfo).items()})
 
 
 class SnapshotCreated(s.Out):
