@@ -9,15 +9,27 @@ from manager.identity.membership import group_ids_for_user
 from manager.models import Assignment, Desktop, Entitlement, GroupGroupMembership, UserGroupMembership
 
 
-def _principal_clause(user_id: str, group_ids: set[str]):
+def principal_clause(user_id: str, group_ids: set[str]):
+    """Entitlement rows that count for the user: given to the user or to any of `group_ids` (their nested
+    groups, manager.identity.membership.group_ids_for_user)."""
     return or_(Entitlement.user_id == user_id, Entitlement.group_id.in_(group_ids)) if group_ids \
         else Entitlement.user_id == user_id
+
+
+def assigned_to(user_id):
+    """Assignment rows that let the user reach their desktop (dedicated or shared assignments)."""
+    return Assignment.user_id == user_id
+
+
+def held_by(user_id):
+    """Desktop rows the user holds now (pool desktops assigned to them)."""
+    return Desktop.assigned_user_id == user_id
 
 
 def entitled_pool_ids(session: Session, user_id: str, group_ids: set[str] | None = None) -> set[str]:
     """Every pool the user may draw a desktop from."""
     groups = group_ids_for_user(session, user_id) if group_ids is None else group_ids
-    stmt = select(Entitlement.pool_id).where(Entitlement.pool_id.is_not(None), _principal_clause(user_id, groups))
+    stmt = select(Entitlement.pool_id).where(Entitlement.pool_id.is_not(None), principal_clause(user_id, groups))
     return set(session.scalars(stmt))
 
 
@@ -43,10 +55,10 @@ def reachable_desktop_ids(session: Session, user_id: str) -> set[str]:
     """Desktops this user may open a console on: dedicated/shared assignments, desktop entitlements (user or
     group) and pool desktops currently assigned to them. Never another user's pool desktop."""
     groups = group_ids_for_user(session, user_id)
-    ids = set(session.scalars(select(Assignment.desktop_id).where(Assignment.user_id == user_id)))
+    ids = set(session.scalars(select(Assignment.desktop_id).where(assigned_to(user_id))))
     ids |= set(session.scalars(select(Entitlement.desktop_id).where(
-        Entitlement.desktop_id.is_not(None), _principal_clause(user_id, groups))))
-    ids |= set(session.scalars(select(Desktop.id).where(Desktop.assigned_user_id == user_id)))
+        Entitlement.desktop_id.is_not(None), principal_clause(user_id, groups))))
+    ids |= set(session.scalars(select(Desktop.id).where(held_by(user_id))))
     return ids
 
 
@@ -61,4 +73,4 @@ def can_reach_desktop(session: Session, user_id: str, desktop: Desktop) -> bool:
         return True
     groups = group_ids_for_user(session, user_id)
     return bool(session.scalar(select(exists().where(Entitlement.desktop_id == desktop.id,
-                                                     _principal_clause(user_id, groups)))))
+                                                     principal_clause(user_id, groups)))))

@@ -2,8 +2,8 @@
 
 `explain_access` answers "which pools and desktops can this user use, and through which path" (a direct
 entitlement, a group chain such as user011 -> eng-backend -> eng-all -> vdi-users, an assignment), and for one
-pool "why (not)". It follows the same rules as the broker's checks (entitlements of the user or of any group
-in the nested closure, dedicated assignments, the pool desktop the user holds).
+pool "why (not)". Who counts as entitled (the user or any group in the nested closure), and which assignments
+and held pool desktops give a user a desktop, come from broker.entitlement, the rules the broker checks.
 
 `revoke_access` is what happens when the directory disables or removes an account: its sessions and tokens
 go at once, its open desktop sessions are ended, and each step is an event.
@@ -14,9 +14,10 @@ import datetime as dt
 from collections import deque
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from broker import entitlement
 from core.enums import PoolType, SessionState
 from core.errors import NotFound
 from event_manager.service import emit
@@ -107,8 +108,7 @@ def explain_access(session: Session, user: User, *, pool: Pool | None = None) ->
     now = utcnow()
     chains = group_chains(session, user)
     group_ids = set(chains)
-    principal = or_(Entitlement.user_id == user.id, Entitlement.group_id.in_(group_ids)) if group_ids \
-        else Entitlement.user_id == user.id
+    principal = entitlement.principal_clause(user.id, group_ids)
     pools: dict[str, dict[str, Any]] = {}
     desktops: dict[str, dict[str, Any]] = {}
 
@@ -126,12 +126,12 @@ def explain_access(session: Session, user: User, *, pool: Pool | None = None) ->
             target = session.get(Desktop, ent.desktop_id)
             entry = desktops.setdefault(ent.desktop_id, {"id": ent.desktop_id, "name": target.name, "paths": []})
         entry["paths"].append(path_for(ent))
-    for assignment in session.scalars(select(Assignment).where(Assignment.user_id == user.id)):
+    for assignment in session.scalars(select(Assignment).where(entitlement.assigned_to(user.id))):
         desktop = session.get(Desktop, assignment.desktop_id)
         desktops.setdefault(desktop.id, {"id": desktop.id, "name": desktop.name, "paths": []})["paths"].append(
             {"via": "assignment", "kind": assignment.kind,
              "until": assignment.until.isoformat() if assignment.until else None})
-    for desktop in session.scalars(select(Desktop).where(Desktop.assigned_user_id == user.id)):
+    for desktop in session.scalars(select(Desktop).where(entitlement.held_by(user.id))):
         desktops.setdefault(desktop.id, {"id": desktop.id, "name": desktop.name, "paths": []})["paths"].append(
             {"via": "holds pool desktop", "pool_id": desktop.pool_id})
 
@@ -156,7 +156,7 @@ def explain_access(session: Session, user: User, *, pool: Pool | None = None) ->
                               if group_names else "") + f" is entitled to pool {pool.name}")
         reasons += _pool_blocks(pool, now)
         in_use = session.scalar(select(func.count()).select_from(Desktop).where(
-            Desktop.pool_id == pool.id, Desktop.assigned_user_id == user.id)) or 0
+            Desktop.pool_id == pool.id, entitlement.held_by(user.id))) or 0
         out["pool"] = {"id": pool.id, "name": pool.name, "allowed": not reasons, "paths": paths,
                        "reasons": reasons, "desktops_held": in_use}
     return out
