@@ -102,8 +102,8 @@ def render_rdp(desc: ConsoleDescriptor) -> str:
         "audiomode:i:0",
         "authentication level:i:2",
         "autoreconnection enabled:i:1",
-        f"alternate shell:s:",
-        f"session bpp:i:32",
+        "alternate shell:s:",
+        "session bpp:i:32",
     ]
     return "\r\n".join(lines) + "\r\n"
 

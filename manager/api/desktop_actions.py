@@ -2,7 +2,7 @@
 template version, dedicated/shared attachment, pool growth/shrink/maintenance and manual-pool (un)assignment."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from pydantic import Field, model_validator

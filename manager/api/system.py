@@ -11,7 +11,6 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
 
 from core.enums import HostStatus, JobState, Severity
 from core.errors import BadRequest, Conflict, NotAuthenticated, NotFound
