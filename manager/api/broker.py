@@ -27,7 +27,7 @@ from manager.api import schemas as s
 from manager.api.common import DbSession, Page, Paging, paginate
 from manager.auth import Principal, require
 from manager.config import get_settings
-from manager.db import is_postgres
+from manager.db import commit_in_route, is_postgres
 from manager.jobs import enqueue
 from manager.models import Desktop, DesktopSession, Event, Pool, User, utcnow
 from manager.provisioning import consoles, nodes
@@ -260,6 +260,7 @@ def connect(payload: ConnectIn, request: Request, session: DbSession, who: Conne
     out = ConnectOut(session_id=session_id, desktop_id=desktop.id, desktop_name=desktop.name, pool_id=desktop.pool_id,
                      assignment=assigned.how, lease_until=assigned.lease_until, protocol=choice.protocol,
                      protocol_reason=choice.reason, console=console, file=file)
+    commit_in_route(session)
     # Already a validated ConnectOut: answered as is, which spares validating it again (in another worker thread).
     return JSONResponse(out.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
