@@ -11,6 +11,7 @@ from sqlalchemy import Select, event, insert, select
 from sqlalchemy.orm import Session
 
 from core.enums import Severity
+from manager.db import forget_on_rollback
 from manager.models import Event, utcnow
 
 log = logging.getLogger("vdi.events")
@@ -45,8 +46,7 @@ def _write_pending(session: Session, *_args: Any) -> None:
 # ORM changes does not flush). A rollback forgets them.
 event.listen(Session, "before_flush", _write_pending)
 event.listen(Session, "before_commit", _write_pending)
-event.listen(Session, "after_soft_rollback", lambda session, previous: previous.parent is None
-             and session.info.pop(_PENDING, None))
+forget_on_rollback(_PENDING)
 
 
 FILTERABLE = ("severity", "code", "user_id", "desktop_id", "host_id", "pool_id", "template_id", "job_id",

@@ -41,6 +41,8 @@ def _slots() -> asyncio.Semaphore:
     if slots is None:
         slots = _request_slots[loop] = asyncio.Semaphore(REQUEST_SLOTS)
     return slots
+
+
 _engine: Engine | None = None
 _sessionmaker: sessionmaker[Session] | None = None
 
@@ -110,10 +112,21 @@ def _run_after_commit(session: Session) -> None:
             log.exception("after-commit callback failed")
 
 
+# Keys of Session.info holding work that lives and dies with the transaction (after_commit callbacks, events
+# waiting to be written): a rollback of the outermost transaction forgets them.
+_TRANSACTION_WORK = {"after_commit"}
+
+
+def forget_on_rollback(key: str) -> None:
+    """Declare `session.info[key]` as work of the current transaction, dropped when it rolls back."""
+    _TRANSACTION_WORK.add(key)
+
+
 @event.listens_for(Session, "after_soft_rollback")
-def _drop_after_commit(session: Session, previous_transaction) -> None:
+def _forget_transaction_work(session: Session, previous_transaction) -> None:
     if previous_transaction.parent is None:  # only the outermost rollback discards the work
-        session.info.pop("after_commit", None)
+        for key in _TRANSACTION_WORK:
+            session.info.pop(key, None)
 
 
 @contextlib.contextmanager
@@ -121,12 +134,10 @@ def session_scope() -> Iterator[Session]:
     session = new_session()
     try:
         yield session
-        session.commit()
     except BaseException:
-        session.rollback()
+        _rollback_and_close(session)
         raise
-    finally:
-        session.close()
+    _commit_and_close(session)
 
 
 async def request_session() -> AsyncIterator[Session]:
@@ -148,15 +159,15 @@ async def request_session() -> AsyncIterator[Session]:
             await run_in_threadpool(_commit_and_close, session)
 
 
+_COMMITTED_IN_ROUTE = "vdi_committed_in_route"
+
+
 def commit_in_route(session: Session) -> None:
     """Commit at the end of a route, in the route's worker thread, so that the request's dependency has nothing
     left to do and spares the request a trip to another thread (the broker's connect: every trip costs CPU and
     waiting under a login storm)."""
     session.commit()
     session.info[_COMMITTED_IN_ROUTE] = True
-
-
-_COMMITTED_IN_ROUTE = "vdi_committed_in_route"
 
 
 def _commit_and_close(session: Session) -> None:
