@@ -121,17 +121,13 @@ def issue_token(session: Session, user: User, *, name: str = "", kind: str = "ap
     return secret
 
 
-def roles_of_user(session: Session, user_id: str) -> set[Role]:
+def roles_of(session: Session, user_id: str) -> set[Role]:
     """The user's roles, held directly or through any group (nested included): one query."""
     stmt = select(RoleAssignment.role).where(
         or_(RoleAssignment.user_id == user_id, RoleAssignment.group_id.in_(user_groups_select(user_id))))
     roles = set(session.scalars(stmt))
     roles.add(Role.USER)  # everyone who can log in may use the self-service portal
     return roles
-
-
-def roles_of(session: Session, user: User) -> set[Role]:
-    return roles_of_user(session, user.id)
 
 
 def _presented_secret(request: Request) -> str | None:
@@ -166,7 +162,7 @@ def authenticate(request: Request, session: Session) -> Principal:
     if last_used is None or (now - last_used).total_seconds() > 60:
         session.execute(_TOKEN_USED, {"token_id": token_id, "now": now})
     principal = Principal(user_id=user_id, username=username, domain=domain,
-                          load_roles=lambda: roles_of_user(session, user_id))
+                          load_roles=lambda: roles_of(session, user_id))
     request.state.principal = principal
     return principal
 

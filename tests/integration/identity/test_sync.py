@@ -88,9 +88,9 @@ def test_full_sync_imports_the_seeded_directory(clean_db, ad, ad_settings):
         assert mapped == {("vdi-admins", Role.SUPER_USER), ("eng-all", Role.HELP_DESK)}
         from manager.auth import roles_of
 
-        assert Role.SUPER_USER in roles_of(session, user(session, "user002"))
-        assert roles_of(session, u11) == {Role.HELP_DESK, Role.USER}
-        assert roles_of(session, user(session, "user150")) == {Role.USER}
+        assert Role.SUPER_USER in roles_of(session, user(session, "user002").id)
+        assert roles_of(session, u11.id) == {Role.HELP_DESK, Role.USER}
+        assert roles_of(session, user(session, "user150").id) == {Role.USER}
 
         state = session.scalar(select(DirectorySyncState))
         assert state.highest_usn > 0 and state.invocation_id and state.last_full_sync_at is not None
