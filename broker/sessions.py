@@ -24,8 +24,9 @@ def open_session(session: Session, *, user_id: str, desktop_id: str, pool_id: st
     live = {"state": SessionState.CONNECTED, "protocol": protocol, "client_address": client_address,
             "connected_at": now, "disconnected_at": None, "ticket_expires_at": ticket_expires_at}
     if not fresh:
-        reconnected = session.execute(_REUSE_LIVE, {"user": user_id, "desktop": desktop_id,
-                                                    **{f"new_{name}": value for name, value in live.items()}}).scalar()
+        # The columns to set are the keys of `live` (an UPDATE without .values() sets the parameters it is given).
+        reconnected = session.connection().execute(_REUSE_LIVE, {"user": user_id, "desktop": desktop_id,
+                                                                 **live}).scalar()
         if reconnected is not None:
             return reconnected
     session_id = new_id()
@@ -36,12 +37,10 @@ def open_session(session: Session, *, user_id: str, desktop_id: str, pool_id: st
 
 
 # A reconnect takes over the user's newest live session on the desktop.
-_LIVE_FIELDS = ("state", "protocol", "client_address", "connected_at", "disconnected_at", "ticket_expires_at")
-_REUSE_LIVE = update(DesktopSession).where(DesktopSession.id == select(DesktopSession.id).where(
+_REUSE_LIVE = update(DesktopSession.__table__).where(DesktopSession.id == select(DesktopSession.id).where(
     DesktopSession.user_id == bindparam("user"), DesktopSession.desktop_id == bindparam("desktop"),
     DesktopSession.state.in_(LIVE)).order_by(DesktopSession.created_at.desc()).limit(1).scalar_subquery()) \
-    .values({name: bindparam(f"new_{name}") for name in _LIVE_FIELDS}) \
-    .returning(DesktopSession.id).execution_options(synchronize_session=False)
+    .returning(DesktopSession.id)
 
 
 def owned_session(session: Session, session_id: str, user_id: str) -> DesktopSession:
