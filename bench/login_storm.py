@@ -29,28 +29,14 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 from sqlalchemy import func, select, text
 
-from manager.embedded_nodes import EmbeddedNode, NodeAgentProcess, free_port, libvirt_test_driver_uri, stop_process
+from bench.rawhttp import post_json, read_status
+from manager.embedded_nodes import (EmbeddedNode, NodeAgentProcess, free_port, libvirt_test_driver_uri, stop_process,
+                                    wait_until_answers)
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("VDI_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-
-
-def wait_http(url: str, proc: subprocess.Popen, what: str, headers: dict | None = None, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, headers=headers, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not answer within {timeout} s")
-        time.sleep(0.2)
 
 
 def process_tree_cpu_seconds(pid: int) -> float:
@@ -152,40 +138,22 @@ def setup_world(agents, template: Path, users: int, desktops: int) -> tuple[str,
 
 
 def storm(base_url: str, tokens: list[str], clients: int) -> tuple[list[float], list[int], float]:
-    """`clients` keep-alive HTTP/1.1 connections, each sending its users' connects one after another.
-
-    A minimal asyncio client (requests prebuilt as bytes, only the status line and Content-Length parsed) so
-    that the load generator, which shares the 2 cores with the server and Postgres, costs little CPU: a
-    real storm comes from thousands of other machines.
-    """
+    """`clients` keep-alive HTTP/1.1 connections, each sending its users' connects one after another, through
+    bench.rawhttp's lean client: a real storm comes from thousands of other machines."""
     host, port = base_url.removeprefix("http://").split(":")
     body = json.dumps({"pool": "storm", "client": {"protocols": ["rdp"], "address": "192.0.2.1"}}).encode()
     slices = [tokens[i::clients] for i in range(clients)]
     latencies: list[float] = []
     statuses: list[int] = []
 
-    def request(token: str) -> bytes:
-        return (f"POST /api/v1/broker/connect HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
-
-    async def read_response(reader: asyncio.StreamReader) -> int:
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        await reader.readexactly(length)
-        return status
-
     async def client(mine: list[str], start: asyncio.Event) -> None:
         reader, writer = await asyncio.open_connection(host, int(port))
-        prepared = [request(token) for token in mine]
+        prepared = [post_json("/api/v1/broker/connect", f"{host}:{port}", token, body) for token in mine]
         await start.wait()
         for raw in prepared:
             t0 = time.perf_counter()
             writer.write(raw)
-            status = await read_response(reader)
+            status = await read_status(reader)
             latencies.append(time.perf_counter() - t0)
             statuses.append(status)
         writer.close()
@@ -252,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "--log-level", "warning", "--no-access-log"], cwd=REPO, env=env,
                                   stdout=open(work / "uvicorn.log", "wb"), stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
-        wait_http(f"{base}/api/v1/health", server, "uvicorn")
+        wait_until_answers(f"{base}/api/v1/health", server, "uvicorn")
         wait_until_settled(server.pid)
         cpu_before = process_tree_cpu_seconds(server.pid)
 

@@ -26,16 +26,17 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 from sqlalchemy import insert, text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.rawhttp import post_json, read_status  # noqa: E402
 from core.specs import DesktopSpec  # noqa: E402
 from hypervisor_node.agent import Heartbeat  # noqa: E402
 from hypervisor_node.driver import LibvirtDriver  # noqa: E402
 from manager.db import make_engine  # noqa: E402
+from manager.embedded_nodes import wait_until_answers  # noqa: E402
 from manager.migrate import upgrade  # noqa: E402
 from manager.models import Cluster, Desktop, Host  # noqa: E402
 
@@ -108,66 +109,47 @@ def main() -> int:
         server = subprocess.Popen([sys.executable, "-m", "manager.cli", "serve", "--no-upgrade",
                                    "--workers", str(args.workers)], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        with httpx.Client(timeout=30) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if client.get(f"{manager_url}/api/v1/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("vdi serve did not come up")
-                time.sleep(0.2)
+        wait_until_answers(f"{manager_url}/api/v1/health", server, "vdi serve")
 
-            def build(beat: Heartbeat) -> tuple[bytes, float]:
-                # The host's own work, on its own CPU: the bulk stats call and encoding the report.
+        def build(beat: Heartbeat) -> tuple[bytes, float]:
+            # The host's own work, on its own CPU: the bulk stats call and encoding the report.
+            t0 = time.perf_counter()
+            body = json.dumps(beat.build_payload()).encode()
+            request = post_json(beat.url.removeprefix(manager_url), f"127.0.0.1:{port}", beat._token, body)
+            return request, time.perf_counter() - t0
+
+        async def run_cycles() -> tuple[list[float], list[float], list[float]]:
+            # `concurrency` keep-alive connections take the cycle's reports in turn (bench.rawhttp: a lean sender;
+            # on real hosts each sends its own, here they share the cores with the server).
+            connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(args.concurrency)]
+            cycles, build_ms, post_ms = [], [], []
+            for cycle in range(args.cycles + 1):
+                built = [build(beat) for beat in beats]
+                todo = iter(request for request, _ in built)
+                posted: list[float] = []
+
+                async def sender(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                    for request in todo:
+                        t_post = time.perf_counter()
+                        writer.write(request)
+                        status = await read_status(reader)
+                        if status != 200:
+                            raise SystemExit(f"heartbeat answered {status}")
+                        posted.append(time.perf_counter() - t_post)
+
                 t0 = time.perf_counter()
-                body = json.dumps(beat.build_payload()).encode()
-                path = beat.url.removeprefix(manager_url)
-                request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {beat._token}"
-                           f"\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
-                return request + body, time.perf_counter() - t0
+                await asyncio.gather(*(sender(r, w) for r, w in connections))
+                elapsed = (time.perf_counter() - t0) * 1000
+                if cycle == 0:
+                    continue  # the first cycle records every state transition; steady state is what repeats
+                cycles.append(elapsed)
+                build_ms += [b * 1000 for _, b in built]
+                post_ms += [p * 1000 for p in posted]
+            for _, writer in connections:
+                writer.close()
+            return cycles, build_ms, post_ms
 
-            async def read_status(reader: asyncio.StreamReader) -> int:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(int(line[15:]) for line in head.split(b"\r\n")
-                              if line[:15].lower() == b"content-length:")
-                await reader.readexactly(length)
-                return int(head[9:12])
-
-            async def run_cycles() -> tuple[list[float], list[float], list[float]]:
-                # `concurrency` keep-alive connections take the cycle's reports in turn. A lean sender (requests
-                # prebuilt as bytes): on real hosts each sends its own; here they share the cores with the server.
-                connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(args.concurrency)]
-                cycles, build_ms, post_ms = [], [], []
-                for cycle in range(args.cycles + 1):
-                    built = [build(beat) for beat in beats]
-                    todo = iter(request for request, _ in built)
-                    posted: list[float] = []
-
-                    async def sender(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                        for request in todo:
-                            t_post = time.perf_counter()
-                            writer.write(request)
-                            status = await read_status(reader)
-                            if status != 200:
-                                raise SystemExit(f"heartbeat answered {status}")
-                            posted.append(time.perf_counter() - t_post)
-
-                    t0 = time.perf_counter()
-                    await asyncio.gather(*(sender(r, w) for r, w in connections))
-                    elapsed = (time.perf_counter() - t0) * 1000
-                    if cycle == 0:
-                        continue  # the first cycle records every state transition; steady state is what repeats
-                    cycles.append(elapsed)
-                    build_ms += [b * 1000 for _, b in built]
-                    post_ms += [p * 1000 for p in posted]
-                for _, writer in connections:
-                    writer.close()
-                return cycles, build_ms, post_ms
-
-            cycles, build_ms, post_ms = asyncio.run(run_cycles())
+        cycles, build_ms, post_ms = asyncio.run(run_cycles())
         print(json.dumps({
             "desktops": len(desktops), "hosts": len(hosts), "cycles": len(cycles),
             "ms_per_cycle_p50": round(statistics.median(cycles), 1),

@@ -54,6 +54,24 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> int:
         return proc.wait(5)
 
 
+def wait_until_answers(url: str, proc: subprocess.Popen, what: str, *, headers: dict[str, str] | None = None,
+                       timeout: float = 60.0, request_timeout: float = 2.0) -> None:
+    """Poll `url` until it answers 200 while the child process `proc` that serves it lives. RuntimeError naming
+    `what` if the process exits first or `timeout` s pass (each request waits up to `request_timeout` s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, headers=headers, timeout=request_timeout).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 @dataclass
 class EmbeddedNode:
     name: str
@@ -112,22 +130,14 @@ class NodeAgentProcess:
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
                                             stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        headers = {"Authorization": f"Bearer {self.node.token}"}
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"node agent {self.node.name} exited with {self.process.returncode}; "
-                                   f"see {self.log_path}")
-            try:
-                if httpx.get(f"{self.node.url}/v1/health", headers=headers, timeout=request_timeout).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"node agent {self.node.name} did not answer within {timeout:.0f} s; "
-                                   f"see {self.log_path}")
-            time.sleep(0.2)
+        try:
+            wait_until_answers(f"{self.node.url}/v1/health", self.process, f"node agent {self.node.name}",
+                               headers={"Authorization": f"Bearer {self.node.token}"}, timeout=timeout,
+                               request_timeout=request_timeout)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}; see {self.log_path}") from None
+        return self
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM (the agent leaves guests running), then SIGKILL if it lingers; returns the exit status

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from manager.embedded_nodes import EmbeddedNode, NodeAgentProcess, free_port, libvirt_test_driver_uri, stop_process
+from manager.embedded_nodes import (EmbeddedNode, NodeAgentProcess, free_port, libvirt_test_driver_uri, stop_process,
+                                    wait_until_answers)
 
 REPO = Path(__file__).resolve().parents[3]
 API = "/api/v1"
@@ -252,19 +252,11 @@ def api_server(settings_env, work_dir) -> Iterator[Server]:
                                  "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
                                  "--no-access-log"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", proc, log)
-    deadline = time.monotonic() + 60
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"uvicorn exited: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{server.url}{API}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not answer within 60 s")
-            time.sleep(0.2)
+        try:
+            wait_until_answers(f"{server.url}{API}/health", proc, "uvicorn")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {log.read_text()[-3000:]}") from None
         yield server
     finally:
         stop_process(proc)
