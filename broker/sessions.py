@@ -30,11 +30,14 @@ def open_session(session: Session, *, user_id: str, desktop_id: str, pool_id: st
         if reconnected is not None:
             return reconnected
     session_id = new_id()
-    session.connection().execute(insert(DesktopSession.__table__), {
+    session.connection().execute(_INSERT_SESSION, {
         "id": session_id, "user_id": user_id, "desktop_id": desktop_id, "pool_id": pool_id, "created_at": now,
         **live})
     return session_id
 
+
+# Inline: no RETURNING (the id is ours), so a connect can send it without waiting (db.commit_in_route pipelined).
+_INSERT_SESSION = insert(DesktopSession.__table__).inline()
 
 # A reconnect takes over the user's newest live session on the desktop.
 _REUSE_LIVE = update(DesktopSession.__table__).where(DesktopSession.id == select(DesktopSession.id).where(

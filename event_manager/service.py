@@ -36,10 +36,14 @@ def emit(session: Session, code: str, message: str, *, severity: Severity = Seve
     log.log(level, "%s: %s", code, message)
 
 
+# Inline: no RETURNING of the new ids (nobody reads them), so the INSERT also runs in a pipeline (db.commit_in_route).
+_INSERT_EVENTS = insert(Event.__table__).inline()
+
+
 def _write_pending(session: Session, *_args: Any) -> None:
     pending = session.info.pop(_PENDING, None)
     if pending:
-        session.connection().execute(insert(Event.__table__), pending)
+        session.connection().execute(_INSERT_EVENTS, pending)
 
 
 # Before every flush (so a query later in the transaction sees them) and before the commit (a transaction with no
