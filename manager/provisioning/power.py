@@ -122,12 +122,17 @@ def ensure_running(desktop_id: str, *, actor: str, timeout: float = DEFAULT_STAR
             if power_state == PowerState.UP and task_state is None:
                 return
             if task_state is None:
-                desktop = claim(session, desktop_id, TaskState.STARTING, "start")
                 try:
-                    target = nodes.target_of_desktop(session, desktop)
-                except VdiError:
-                    settle(session, desktop_id, TaskState.STARTING, None)
-                    raise
+                    desktop = claim(session, desktop_id, TaskState.STARTING, "start")
+                except DesktopBusy:
+                    # Another request (the same user's second connect, say) claimed it since the read: wait for it.
+                    desktop = None
+                if desktop is not None:
+                    try:
+                        target = nodes.target_of_desktop(session, desktop)
+                    except VdiError:
+                        settle(session, desktop_id, TaskState.STARTING, None)
+                        raise
         if target is not None:
             state = _act(target, desktop_id, name, PowerAction.START, actor, None)
             if state == PowerState.UP:
