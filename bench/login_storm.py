@@ -40,18 +40,29 @@ PG_ADMIN_URL = os.environ.get("VDI_BENCH_PG_ADMIN_URL", "postgresql+psycopg://po
 
 
 def process_tree_cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) used so far by a process and all its descendants."""
+    """CPU time (user + system) used so far by a process and all its descendants, those that have exited included
+    (a Postgres backend that closed its connection counts in the postmaster's cutime/cstime)."""
     total, todo = 0.0, [pid]
     while todo:
         current = todo.pop()
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
             for task in Path(f"/proc/{current}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except OSError:
             continue
     return total
+
+
+def postmaster_pid(engine) -> int | None:
+    """The Postgres server's process on this machine (its backends are its children), or None if it is elsewhere."""
+    with engine.connect() as conn:
+        data_dir = conn.execute(text("SHOW data_directory")).scalar()
+    try:
+        return int(Path(data_dir, "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def wait_until_settled(pid: int, timeout: float = 120) -> None:
@@ -222,10 +233,16 @@ def main(argv: list[str] | None = None) -> int:
         base = f"http://127.0.0.1:{port}"
         wait_until_answers(f"{base}/api/v1/health", server, "uvicorn")
         wait_until_settled(server.pid)
+        postgres = postmaster_pid(admin)
         cpu_before = process_tree_cpu_seconds(server.pid)
+        postgres_before = process_tree_cpu_seconds(postgres) if postgres else 0.0
+        own_before = time.process_time()
 
         latencies, statuses, wall = storm(base, tokens, args.clients)
-        server_cpu_ms = (process_tree_cpu_seconds(server.pid) - cpu_before) * 1000 / max(1, len(statuses))
+        per_request = 1000 / max(1, len(statuses))
+        server_cpu_ms = (process_tree_cpu_seconds(server.pid) - cpu_before) * per_request
+        loadgen_cpu_ms = (time.process_time() - own_before) * per_request
+        postgres_cpu_ms = (process_tree_cpu_seconds(postgres) - postgres_before) * per_request if postgres else None
         ok = sum(1 for s in statuses if s == 200)
         full = sum(1 for s in statuses if s == 409)
         with db.session_scope() as s:
@@ -249,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             "assigned_in_db": assigned,
             "requests": len(statuses),
             "wall_seconds": round(wall, 2), "manager_cpu_ms_per_connect": round(server_cpu_ms, 2),
+            "postgres_cpu_ms_per_connect": round(postgres_cpu_ms, 2) if postgres_cpu_ms is not None else None,
+            "loadgen_cpu_ms_per_connect": round(loadgen_cpu_ms, 2),
             "users": args.users, "desktops": args.desktops, "clients": args.clients, "workers": args.workers,
             "node_agents": args.agents, "hosts": "libvirt test driver (desktops running before the storm)",
             "protocol": "rdp", "setup_seconds": round(setup_seconds, 1),
@@ -261,9 +280,11 @@ def main(argv: list[str] | None = None) -> int:
             agent.stop()
         db.get_engine().dispose()
         with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+            if not os.environ.get("VDI_BENCH_KEEP"):
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
         admin.dispose()
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("VDI_BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
