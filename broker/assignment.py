@@ -1,7 +1,7 @@
 """Handing pool desktops to users, safely under a login storm.
 
-`assign_from_pool` returns, in this order: the user's dedicated desktop in the pool, the desktop the user
-already holds in the pool, or the first free one. Guarantees, on Postgres:
+`take_from_pool` returns, in this order: the user's dedicated desktop in the pool, the desktop the user
+already holds in the pool, or a free one (running ones first). Guarantees, on Postgres:
 - one desktop is never handed to two users: the free desktop is picked with SELECT ... FOR UPDATE SKIP
   LOCKED (concurrent requests take different rows instead of queueing) and claimed with a compare-and-swap
   UPDATE ... WHERE assigned_user_id IS NULL;
@@ -22,12 +22,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, case, exists, func, literal, select, union_all, update
+from sqlalchemy import and_, bindparam, case, exists, func, literal, or_, select, true, union_all, update
 from sqlalchemy.orm import Session
 
-from broker.errors import PoolClosed, TooManyDesktops
+from broker.entitlement import pool_entitlement
+from broker.errors import NotEntitled, PoolClosed, TooManyDesktops
 from core.enums import PoolType, PowerState, TaskState
-from core.errors import PoolFull
+from core.errors import NotFound, PoolFull
+from core.ids import new_id
 from manager.db import is_postgres
 from manager.models import Assignment, Desktop, Pool, User, utcnow
 
@@ -95,24 +97,28 @@ def check_window(pool: Pool, now: dt.datetime) -> None:
 def user_lock(user_id):
     """The user's row, locked FOR NO KEY UPDATE until the transaction ends (it does not block foreign-key checks):
     two connects of one user run one after the other. A statement of its own, or a scalar subquery that a caller's
-    earlier query carries (then pass user_locked=True to assign_from_pool)."""
+    earlier query carries (then pass user_locked=True to take_from_pool)."""
     return select(User.id).where(User.id == user_id).with_for_update(key_share=True)
 
 
 _LOCK_USER = user_lock(bindparam("user_id"))
 
 
-def _held_and_dedicated():
-    """The desktops the user holds in the pool and their dedicated ones there, oldest assignment first. Two index
-    lookups (UNION ALL) rather than one OR, which Postgres can only answer by scanning the pool."""
-    user_id, pool_id = bindparam("user_id"), bindparam("pool_id")
+def _mine(user_id, pool_id):
+    """(id, held) of the desktops the user holds in the pool (held) and of their dedicated ones there (not held).
+    Two index lookups (UNION ALL) rather than one OR, which Postgres can only answer by scanning the pool."""
     held_here = select(Desktop.id, literal(True).label("held")) \
         .where(Desktop.pool_id == pool_id, Desktop.assigned_user_id == user_id)
     dedicated_here = select(Desktop.id, literal(False)) \
         .join(Assignment, Assignment.desktop_id == Desktop.id) \
         .where(Assignment.user_id == user_id, Desktop.pool_id == pool_id,
                Desktop.assigned_user_id.is_(None) | (Desktop.assigned_user_id != user_id))
-    both = union_all(held_here, dedicated_here).subquery()
+    return union_all(held_here, dedicated_here)
+
+
+def _held_and_dedicated():
+    """The user's desktops in the pool (see _mine) as DESKTOP_BRIEF rows with `held`, oldest assignment first."""
+    both = _mine(bindparam("user_id"), bindparam("pool_id")).subquery()
     return select(*DESKTOP_BRIEF, both.c.held).join(both, both.c.id == Desktop.id).order_by(Desktop.assigned_at,
                                                                                               Desktop.name)
 
@@ -147,21 +153,26 @@ def _free(pool_id):
                                     ~has_owner)
 
 
-def _free_candidates(pool_id: str, limit: int):
-    """A few free desktops, running ones first (the user gets a console at once), then by name."""
-    return _free(pool_id).order_by(case((Desktop.power_state == PowerState.UP, 0), else_=1), Desktop.name) \
-        .limit(limit)
+def _free_candidates(pool_id: str, start: str, limit: int):
+    """SQLite: a few free desktops in pick order (see _locked_pick)."""
+    return _free(pool_id).order_by(case((Desktop.power_state == PowerState.UP, 0), else_=1),
+                                   case((Desktop.id >= start, 0), else_=1), Desktop.id).limit(limit)
 
 
-def _locked_pick(pool_id, *, wait: bool):
-    """Postgres: the first free desktop, running ones first, row-locked (SKIP LOCKED unless `wait`), as a scalar
-    subquery. Two index-ordered picks (ix_desktops_free_pick) instead of one sort of every free desktop of the
-    pool: the second, over any power state, is only evaluated when no running desktop is free."""
-    running = _free(pool_id).where(Desktop.power_state == PowerState.UP).order_by(Desktop.name).limit(1) \
-        .with_for_update(skip_locked=not wait).scalar_subquery()
-    any_state = _free(pool_id).order_by(Desktop.name).limit(1).with_for_update(skip_locked=not wait) \
-        .scalar_subquery()
-    return func.coalesce(running, any_state)
+def _locked_pick(pool_id, start, *, wait: bool):
+    """Postgres: a free desktop, row-locked (SKIP LOCKED unless `wait`), as a scalar subquery: running ones first
+    (the user gets a console at once), then any; within each, the first by id at or after `start` (a random id),
+    else the first before it. Index walks of ix_desktops_free_pick, each evaluated only when the ones before it
+    found nothing. A random start keeps concurrent picks apart and each walk short: a walk from a fixed point
+    passes the entry of every desktop taken before it (a taken row leaves the partial index only at vacuum) and
+    every row that concurrent picks hold locked."""
+    def first(*conditions):
+        return _free(pool_id).where(*conditions).order_by(Desktop.id).limit(1) \
+            .with_for_update(skip_locked=not wait).scalar_subquery()
+
+    running = Desktop.power_state == PowerState.UP
+    return func.coalesce(first(running, Desktop.id >= start), first(running, Desktop.id < start),
+                         first(Desktop.id >= start), first(Desktop.id < start))
 
 
 def _claim_statement(desktop_filter):
@@ -173,7 +184,8 @@ def _claim_statement(desktop_filter):
 
 
 # Postgres, in one round trip: UPDATE ... WHERE id = (SELECT ... LIMIT 1 FOR UPDATE [SKIP LOCKED]) RETURNING
-_CLAIM_PICKED = {wait: _claim_statement(Desktop.id == _locked_pick(bindparam("pick_pool"), wait=wait))
+_CLAIM_PICKED = {wait: _claim_statement(Desktop.id == _locked_pick(bindparam("pick_pool"), bindparam("pick_start"),
+                                                                    wait=wait))
                  for wait in (False, True)}
 _CLAIM_ONE = _claim_statement(Desktop.id == bindparam("pick_desktop"))
 
@@ -184,48 +196,151 @@ def _claim(session: Session, statement, params: dict, user_id: str, now: dt.date
                                                     "lease_end": lease_until}).first()
 
 
-def assign_from_pool(session: Session, user_id: str, pool: Any, *, new_desktop: bool = False,
-                     now: dt.datetime | None = None, user_locked: bool = False) -> Assigned:
-    """Give the user a desktop of `pool` (see the module docstring for the order and the guarantees).
+# The pool asked for, by id or by name, and whether the user (or any of their nested groups) is entitled to it.
+_POOL_KEYS = {"id": Pool.id, "name": Pool.name}
+
+
+def _asked_pool(by: str, user_id):
+    return select(*POOL_BRIEF, pool_entitlement(user_id, Pool.id).label("entitled")) \
+        .where(_POOL_KEYS[by] == bindparam("pool"))
+
+
+_ASKED_POOL = {by: _asked_pool(by, bindparam("user_id")) for by in _POOL_KEYS}
+_DESKTOP_COLUMNS = tuple(f"desktop_{c.key}" for c in DESKTOP_BRIEF)
+
+
+def _take_statement(by: str):
+    """Postgres, one statement for a whole first look: the pool asked for with the user's entitlement, the user's
+    desktops in it (_mine), and, when the rules allow one more (entitled; under max_desktops_per_user; asked for
+    one more, or holding none), a free desktop claimed with SKIP LOCKED. One row per desktop of the user's
+    (`how`: held | dedicated | new), or one row with `how` NULL; no row when there is no such pool.
+
+    It must run after the user's lock is taken by an earlier statement of the transaction: a statement sees what
+    was committed when it started, so only then does it see the desktop a concurrent connect of the same user
+    has just claimed. The claim leaves lease_until to the caller (take_from_pool), which knows the pool's rules."""
+    user_id = bindparam("user_id")
+    asked = _asked_pool(by, user_id).cte("asked")
+    pool_id = select(asked.c.id).scalar_subquery()
+    mine = _mine(user_id, pool_id).cte("mine")
+    held_count = select(func.count()).select_from(mine).where(mine.c.held).scalar_subquery()
+    may_claim = and_(select(asked.c.entitled).scalar_subquery(),
+                     held_count < select(asked.c.max_desktops_per_user).scalar_subquery(),
+                     or_(bindparam("new_desktop"), ~exists(select(mine.c.id))))
+    claimed = update(Desktop).where(Desktop.id == _locked_pick(pool_id, bindparam("pick_start"), wait=False),
+                                    Desktop.assigned_user_id.is_(None), may_claim) \
+        .values(assigned_user_id=user_id, assigned_at=bindparam("claimed_at"), lease_until=None) \
+        .returning(Desktop.id).cte("claimed")
+    taken = union_all(select(mine.c.id, case((mine.c.held, "held"), else_="dedicated").label("how")),
+                      select(claimed.c.id, literal("new"))).subquery("taken")
+    # Desktop columns as this statement's snapshot has them: the claim changes none of DESKTOP_BRIEF but the lease.
+    return select(*asked.c, *[c.label(name) for c, name in zip(DESKTOP_BRIEF, _DESKTOP_COLUMNS)], taken.c.how) \
+        .select_from(asked.outerjoin(taken, true()).outerjoin(Desktop, Desktop.id == taken.c.id)) \
+        .order_by(Desktop.assigned_at, Desktop.name)
+
+
+_TAKE = {by: _take_statement(by) for by in _POOL_KEYS}
+
+
+@dataclass(frozen=True)
+class DesktopBrief:
+    """A desktop as the broker needs it (DESKTOP_BRIEF's columns), taken from a row that carries more."""
+
+    id: str
+    name: str
+    pool_id: str | None
+    os_type: Any
+    console_protocols: str
+    power_state: Any
+    task_state: Any
+    ip: str
+    host_id: str | None
+    lease_until: dt.datetime | None
+
+    @classmethod
+    def of(cls, row: Any) -> "DesktopBrief":
+        return cls(*(getattr(row, name) for name in _DESKTOP_COLUMNS))
+
+
+def _first_look(session: Session, user_id: str, by: str, key: str, *, new_desktop: bool, start: str,
+                now: dt.datetime) -> tuple[Any, list[tuple[str, Any]]]:
+    """(the pool row or None, [(how, desktop)] of the user's desktops there, a "new" one if it was claimed)."""
+    params = {"user_id": user_id, "pool": key}
+    if is_postgres(session):
+        rows = session.connection().execute(_TAKE[by], {**params, "new_desktop": new_desktop, "pick_start": start,
+                                                        "claimed_at": now}).all()
+        return (rows[0] if rows else None), [(r.how, DesktopBrief.of(r)) for r in rows if r.how is not None]
+    pool = session.connection().execute(_ASKED_POOL[by], params).first()
+    if pool is None or not pool.entitled:
+        return pool, []
+    rows = session.connection().execute(_HELD_AND_DEDICATED, {"user_id": user_id, "pool_id": pool.id}).all()
+    return pool, [("held" if r.held else "dedicated", r) for r in rows]
+
+
+def take_from_pool(session: Session, user_id: str, by: str, key: str, *, new_desktop: bool = False,
+                   now: dt.datetime | None = None, user_locked: bool = False) -> tuple[Any, Assigned]:
+    """The pool asked for (`by` "id" or "name") and a desktop of it for the user (see the module docstring for the
+    order and the guarantees): (a POOL_BRIEF row, Assigned).
 
     `new_desktop=True` asks for one more desktop than the user holds. `user_locked` says the transaction already
-    holds the user's lock (see user_lock). Raises PoolClosed outside a
-    time-based pool's window, TooManyDesktops past max_desktops_per_user, PoolFull when no desktop is
-    free. Flushes; the caller commits.
+    holds the user's lock (user_lock; on Postgres the connect route takes it as it authenticates). Raises NotFound,
+    NotEntitled when neither the user nor any of their groups is entitled, PoolClosed outside a time-based pool's
+    window, TooManyDesktops past max_desktops_per_user, PoolFull when no desktop is free. The caller commits; a
+    raise must roll the transaction back (a first look on Postgres may already have claimed a desktop).
     """
     now = now or utcnow()
-    check_window(pool, now)
     if not user_locked:
         _lock_user(session, user_id)
-    # A statement of its own, after the lock: it sees what a concurrent connect of the same user committed.
-    rows = session.connection().execute(_HELD_AND_DEDICATED, {"user_id": user_id, "pool_id": pool.id}).all()
-    held = [row for row in rows if row.held]
+    start = new_id()  # where a pick starts among the pool's free desktops (see _locked_pick)
+    pool, mine = _first_look(session, user_id, by, key, new_desktop=new_desktop, start=start, now=now)
+    if pool is None:
+        raise NotFound(kind="pool", id=key)
+    if not pool.entitled:
+        raise NotEntitled(target=f"pool {pool.name}")
+    check_window(pool, now)
+    lease_until = lease_end(pool, now)
+    claimed = next((d for how, d in mine if how == "new"), None)
+    if claimed is not None:
+        if lease_until is not None:
+            session.connection().execute(_SET_LEASE, {"desktop": claimed.id, "lease_end": lease_until})
+        return pool, Assigned(claimed, "new", lease_until)
+    held = [d for how, d in mine if how == "held"]
     if not new_desktop:
-        own = next((row for row in rows if not row.held), None)
+        own = next((d for how, d in mine if how == "dedicated"), None)
         if own is not None:
-            return Assigned(own, "dedicated")
+            return pool, Assigned(own, "dedicated")
         if held:
-            return Assigned(held[0], "existing", held[0].lease_until)
+            return pool, Assigned(held[0], "existing", held[0].lease_until)
     if len(held) >= pool.max_desktops_per_user:
         raise TooManyDesktops(held=len(held), pool=pool.name, limit=pool.max_desktops_per_user)
-    lease_until = lease_end(pool, now)
-    # SKIP LOCKED hands concurrent callers different rows; the CAS below is a second, backend-neutral guard.
-    # When every free row is locked by someone else, wait for those transactions (a blocking FOR UPDATE
-    # re-checks each row once its holder commits) so "pool full" is only said of a pool that really is.
-    for attempt in range(3):
-        wait = attempt > 0
+    claimed = _claim_free(session, pool.id, user_id, now, lease_until, start, first_done=is_postgres(session))
+    if claimed is None:
+        in_use, size = pool_usage(session, pool.id)
+        raise PoolFull(pool=pool.name, in_use=in_use, size=size)
+    return pool, Assigned(claimed, "new", lease_until)
+
+
+_SET_LEASE = update(Desktop).where(Desktop.id == bindparam("desktop")).values(lease_until=bindparam("lease_end")) \
+    .execution_options(synchronize_session=False)
+
+
+def _claim_free(session: Session, pool_id: str, user_id: str, now: dt.datetime, lease_until: dt.datetime | None,
+                start: str, *, first_done: bool) -> Any:
+    """Claim a free desktop of the pool for the user; None when there is none. SKIP LOCKED hands concurrent callers
+    different rows, and the CAS is a second, backend-neutral guard. When every free row is locked by someone else,
+    wait for those transactions (a blocking FOR UPDATE re-checks each row once its holder commits), so "pool full"
+    is only said of a pool that really is. `first_done`: the first, skipping attempt was made already."""
+    for attempt in range(1 if first_done else 0, 3):
         if is_postgres(session):
-            # One round trip: UPDATE ... WHERE id = (SELECT ... LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING
-            claimed = _claim(session, _CLAIM_PICKED[wait], {"pick_pool": pool.id}, user_id, now, lease_until)
+            claimed = _claim(session, _CLAIM_PICKED[attempt > 0], {"pick_pool": pool_id, "pick_start": start},
+                             user_id, now, lease_until)
             if claimed is not None:
-                return Assigned(claimed, "new", lease_until)
+                return claimed
             continue
-        for desktop_id in session.scalars(_free_candidates(pool.id, 5)):
+        for desktop_id in session.scalars(_free_candidates(pool_id, start, 5)):
             claimed = _claim(session, _CLAIM_ONE, {"pick_desktop": desktop_id}, user_id, now, lease_until)
             if claimed is not None:
-                return Assigned(claimed, "new", lease_until)
-    in_use, size = pool_usage(session, pool.id)
-    raise PoolFull(pool=pool.name, in_use=in_use, size=size)
+                return claimed
+    return None
 
 
 def release(session: Session, desktop_id: str, *, user_id: str | None = None,

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, event, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.enums import Role
 from core.errors import Forbidden, NotAuthenticated
-from manager.db import request_session
+from manager.db import forget_on_rollback, request_session
 from manager.identity.membership import user_groups_select
 from manager.models import ApiToken, RoleAssignment, User, utcnow
 
@@ -141,18 +141,36 @@ def _presented_secret(request: Request) -> str | None:
 _TOKEN_HOLDER = select(ApiToken.id, ApiToken.expires_at, ApiToken.last_used_at, User.id, User.username, User.domain,
                        User.enabled, User.deleted_in_directory) \
     .join(User, User.id == ApiToken.user_id).where(ApiToken.token_hash == bindparam("digest"))
+# The same, locking the user's row (FOR NO KEY UPDATE: foreign-key checks are not blocked) until the transaction ends.
+_TOKEN_HOLDER_LOCKING = _TOKEN_HOLDER.with_for_update(of=User, key_share=True)
 _TOKEN_USED = update(ApiToken).where(ApiToken.id == bindparam("token_id")).values(last_used_at=bindparam("now")) \
     .execution_options(synchronize_session=False)
+_TOKEN_TOUCH = "vdi_token_touch"
 
 
-def authenticate(request: Request, session: Session) -> Principal:
+def _touch_token(session: Session, *_args) -> None:
+    touch = session.info.pop(_TOKEN_TOUCH, None)
+    if touch is not None:
+        session.connection().execute(_TOKEN_USED, touch)
+
+
+# A token's last use is written with the request's commit (one round trip less than a statement of its own); a
+# request that fails and rolls back leaves it as it was.
+event.listen(Session, "before_commit", _touch_token)
+forget_on_rollback(_TOKEN_TOUCH)
+
+
+def authenticate(request: Request, session: Session, *, lock_user: bool = False) -> Principal:
+    """Who is asking (cached on the request). `lock_user`: also lock the user's row until the transaction ends,
+    in the same statement (the broker's connect serialises a user's connects this way)."""
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
     secret = _presented_secret(request)
     if not secret:
         raise NotAuthenticated()
-    found = session.execute(_TOKEN_HOLDER, {"digest": token_digest(secret)}).first()
+    found = session.execute(_TOKEN_HOLDER_LOCKING if lock_user else _TOKEN_HOLDER,
+                            {"digest": token_digest(secret)}).first()
     now = utcnow()
     if found is None or (found[1] is not None and found[1] <= now):
         raise NotAuthenticated("your session or token is unknown or expired; log in again")
@@ -160,19 +178,20 @@ def authenticate(request: Request, session: Session) -> Principal:
     if not enabled or deleted:
         raise Forbidden("this account is disabled")
     if last_used is None or (now - last_used).total_seconds() > 60:
-        session.execute(_TOKEN_USED, {"token_id": token_id, "now": now})
+        session.info[_TOKEN_TOUCH] = {"token_id": token_id, "now": now}
     principal = Principal(user_id=user_id, username=username, domain=domain,
                           load_roles=lambda: roles_of(session, user_id))
     request.state.principal = principal
     return principal
 
 
-def require(permission: str) -> Callable[..., Principal]:
-    """A dependency that authenticates the caller and checks one permission; returns the Principal."""
+def require(permission: str, *, lock_user: bool = False) -> Callable[..., Principal]:
+    """A dependency that authenticates the caller and checks one permission; returns the Principal. `lock_user`:
+    see authenticate."""
 
     def dependency(request: Request, session: Annotated[Session, Depends(request_session, scope="function")]) \
             -> Principal:
-        principal = authenticate(request, session)
+        principal = authenticate(request, session, lock_user=lock_user)
         if not principal.can(permission):
             raise Forbidden(action=permission.replace(":", " "))
         return principal

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import weakref
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import Pool
 from starlette.concurrency import run_in_threadpool
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,12 @@ _lock = threading.Lock()
 # between those it waits for worker threads; if more requests held connections than the pool has, the worker
 # threads would all wait for a connection while the holders wait for a thread. So at most REQUEST_SLOTS requests
 # have a session at once (the others wait, holding nothing); the rest of the pool is for background work (jobs,
-# monitors).
+# monitors). Few slots on purpose: on a few cores more requests in flight only add waiting (and Postgres backends,
+# each with its own caches to warm): a 2,000-user login storm on 2 cores ran about 375 connects/s with 8 slots per
+# process, 305 with 24 and 250 with 48 (bench/login_storm.py). A request that waits long without a transaction (a
+# desktop booting) gives its slot up (give_up_request_slot).
 POOL_SIZE, POOL_OVERFLOW = 20, 40
-REQUEST_SLOTS = 48
+REQUEST_SLOTS = 8
 _request_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
@@ -146,8 +151,11 @@ async def request_session() -> AsyncIterator[Session]:
     Asynchronous so that opening the session costs no trip to a worker thread (a Session connects lazily, on its
     first statement); the commit, which talks to the database, runs in one. The route's own work runs in a worker
     thread too, one at a time, so the session is never used by two threads at once."""
-    async with _slots():
+    slot = _RequestSlot(_slots())
+    await slot.semaphore.acquire()
+    try:
         session = new_session()
+        session.info[_REQUEST_SLOT] = slot
         try:
             yield session
         except BaseException:
@@ -157,17 +165,66 @@ async def request_session() -> AsyncIterator[Session]:
             session.close()  # nothing left that talks to the database
         else:
             await run_in_threadpool(_commit_and_close, session)
+    finally:
+        if slot.held:
+            slot.semaphore.release()
 
 
 _COMMITTED_IN_ROUTE = "vdi_committed_in_route"
+_REQUEST_SLOT = "vdi_request_slot"
 
 
-def commit_in_route(session: Session) -> None:
-    """Commit at the end of a route, in the route's worker thread, so that the request's dependency has nothing
+@dataclasses.dataclass
+class _RequestSlot:
+    semaphore: asyncio.Semaphore
+    held: bool = True
+
+
+def give_up_request_slot(session: Session) -> None:
+    """Before a long wait in a route's worker thread (a desktop booting, a power action): the request gives its
+    session slot to the requests waiting for one, for good. What it does after the wait runs outside the slot
+    budget, bounded by the worker threads (fewer than the pool's connections). Taking a slot back instead would
+    deadlock: every worker thread could end up waiting for a slot while the slots' holders wait for a thread.
+    Only when the session holds no transaction (commit first), so nothing is locked meanwhile. Outside a request
+    (scripts, jobs) it does nothing."""
+    slot = session.info.get(_REQUEST_SLOT)
+    if slot is None or not slot.held or session.in_transaction():
+        return
+    from anyio import from_thread
+
+    slot.held = False
+    from_thread.run_sync(slot.semaphore.release)
+
+
+@contextlib.contextmanager
+def commit_in_route(session: Session, *, pipelined: bool = False) -> Iterator[None]:
+    """Commit at the end of the block, in the route's worker thread, so that the request's dependency has nothing
     left to do and spares the request a trip to another thread (the broker's connect: every trip costs CPU and
-    waiting under a login storm)."""
+    waiting under a login storm).
+
+    `pipelined` (Postgres): the block's statements are sent without waiting for their answers, and the commit with
+    them, in one round trip (psycopg's pipeline mode); the first error surfaces at the commit and rolls back the
+    lot. Only for statements whose results nobody reads: an INSERT with its keys given, an UPDATE or DELETE
+    without RETURNING, the events (event_manager writes them that way)."""
+    if pipelined and is_postgres(session):
+        fairy = session.connection().connection
+        pipeline = fairy.driver_connection.pipeline()
+        pipeline.__enter__()
+        # Left when the connection goes back to the pool (_leave_pipeline), whichever way the transaction ends.
+        fairy.info[_PIPELINE] = pipeline
+    yield
     session.commit()
     session.info[_COMMITTED_IN_ROUTE] = True
+
+
+_PIPELINE = "vdi_pipeline"
+
+
+@event.listens_for(Pool, "reset")
+def _leave_pipeline(_dbapi_connection, connection_record, _reset_state) -> None:
+    pipeline = connection_record.info.pop(_PIPELINE, None)
+    if pipeline is not None:
+        pipeline.__exit__(None, None, None)
 
 
 def _commit_and_close(session: Session) -> None:

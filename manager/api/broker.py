@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 import manager.provisioning  # noqa: F401  (registers the provisioning jobs)
 from broker import entitlement, lifecycle, sessions
-from broker.assignment import POOL_BRIEF, Assigned, assign_from_pool, assignment_guard, user_lock
+from broker.assignment import Assigned, assignment_guard, take_from_pool
 from broker.console import ConsoleDescriptor, render_file
 from broker.errors import BadConnectRequest, NotEntitled
 from broker.protocol import choose_protocol, parse_protocols
@@ -27,7 +27,7 @@ from manager.api import schemas as s
 from manager.api.common import DbSession, Page, Paging, paginate
 from manager.auth import Principal, require
 from manager.config import get_settings
-from manager.db import commit_in_route, is_postgres
+from manager.db import commit_in_route, give_up_request_slot, is_postgres
 from manager.jobs import enqueue
 from manager.models import Desktop, DesktopSession, Event, Pool, User, utcnow
 from manager.provisioning import consoles, nodes
@@ -50,6 +50,8 @@ async def _pool_maintenance(_app) -> AsyncIterator[None]:
 
 router = APIRouter(tags=["broker"], lifespan=_pool_maintenance)
 Connector = Annotated[Principal, Depends(require("self:connect"))]
+# A connect locks the caller's user row as it authenticates (see broker.assignment.take_from_pool).
+Connecting = Annotated[Principal, Depends(require("self:connect", lock_user=True))]
 SelfReader = Annotated[Principal, Depends(require("self:read"))]
 
 START_TIMEOUT_S = float(os.environ.get("VDI_CONNECT_START_SECONDS", "120"))
@@ -163,26 +165,6 @@ def _console_out(desc: ConsoleDescriptor) -> tuple[ConsoleOut, FileOut]:
     return ConsoleOut(**desc.to_dict()), FileOut(name=name, media_type=media_type, content=content)
 
 
-# The pool asked for (by id or by name), whether the caller is entitled to it, and the caller's lock for the
-# assignment that follows (broker.assignment.user_lock), in one round trip; built once.
-_POOL_AND_ENTITLEMENT = {
-    by: select(*POOL_BRIEF, entitlement.pool_entitlement(bindparam("user_id"), Pool.id).label("entitled"),
-               user_lock(bindparam("user_id")).scalar_subquery().label("locked")).where(column == bindparam("pool"))
-    for by, column in (("id", Pool.id), ("name", Pool.name))}
-
-
-def _entitled_pool(session: Session, payload: ConnectIn, user_id: str) -> Any:
-    """The pool asked for (a POOL_BRIEF row); NotFound, or NotEntitled when neither the user nor any of their
-    groups is entitled. Takes the user's assignment lock."""
-    pool = session.connection().execute(_POOL_AND_ENTITLEMENT["id" if payload.pool_id else "name"],
-                                        {"user_id": user_id, "pool": payload.pool_id or payload.pool}).first()
-    if pool is None:
-        raise NotFound(kind="pool", id=payload.pool_id or payload.pool)
-    if not pool.entitled:
-        raise NotEntitled(target=f"pool {pool.name}")
-    return pool
-
-
 def _reachable_desktop(session: Session, user_id: str, desktop_id: str) -> Desktop:
     desktop = session.get(Desktop, desktop_id)
     if desktop is None or not entitlement.can_reach_desktop(session, user_id, desktop):
@@ -202,31 +184,33 @@ def issue_console(session: Session, desktop: Desktop, protocol: Protocol, *, use
 
 # ---- connect ----------------------------------------------------------------------------------------------
 @router.post("/broker/connect", response_model=ConnectOut)
-def connect(payload: ConnectIn, request: Request, session: DbSession, who: Connector) -> Any:
+def connect(payload: ConnectIn, request: Request, session: DbSession, who: Connecting) -> Any:
     """Connect to a pool (a desktop is assigned) or one of your desktops: starts it if needed, issues a
     short-lived console ticket and returns the connection file."""
     now = utcnow()
-    pool: Any = None  # a Pool, or the POOL_BRIEF row of the pool asked for
+    client_protocols = list(payload.client.protocols)
+
+    def protocol_for(desktop: Any, policy: ProtocolPolicy):
+        return choose_protocol(os_type=desktop.os_type, desktop_protocols=parse_protocols(desktop.console_protocols),
+                               client_protocols=client_protocols, policy=policy, preferred=payload.client.prefer,
+                               desktop_name=desktop.name)
+
     if payload.desktop_id:
         if payload.new_desktop:
             raise BadConnectRequest(reason="new_desktop applies to pools; give pool_id or pool")
         desktop = _reachable_desktop(session, who.user_id, payload.desktop_id)
         pool = session.get(Pool, desktop.pool_id) if desktop.pool_id else None
         assigned = Assigned(desktop, "direct", desktop.lease_until)
+        choice = protocol_for(desktop, pool.protocol_policy if pool is not None else ProtocolPolicy.AUTO)
     else:
-        pool = _entitled_pool(session, payload, who.user_id)
-    policy = pool.protocol_policy if pool is not None else ProtocolPolicy.AUTO
-    client_protocols = list(payload.client.protocols)
-
-    if pool is not None and not payload.desktop_id:
         with assignment_guard(session):
-            assigned = assign_from_pool(session, who.user_id, pool, new_desktop=payload.new_desktop, now=now,
-                                        user_locked=True)
+            # The connect dependency took the user's lock as it authenticated (Connector: lock_user).
+            pool, assigned = take_from_pool(session, who.user_id, "id" if payload.pool_id else "name",
+                                            payload.pool_id or payload.pool, new_desktop=payload.new_desktop,
+                                            now=now, user_locked=True)
             desktop = assigned.desktop
             # Refuse before committing: a user whose client cannot display this desktop keeps no assignment.
-            choice = choose_protocol(os_type=desktop.os_type, desktop_protocols=parse_protocols(
-                desktop.console_protocols), client_protocols=client_protocols, policy=policy,
-                preferred=payload.client.prefer, desktop_name=desktop.name)
+            choice = protocol_for(desktop, pool.protocol_policy)
             if assigned.newly_assigned:
                 lease = f" until {assigned.lease_until.isoformat()}" if assigned.lease_until else ""
                 emit(session, "broker.assigned", f"desktop {desktop.name} of pool {pool.name} assigned to "
@@ -238,29 +222,30 @@ def connect(payload: ConnectIn, request: Request, session: DbSession, who: Conne
                 or choice.protocol != Protocol.RDP
             if needs_node or not is_postgres(session):
                 session.commit()
-    else:
-        choice = choose_protocol(os_type=desktop.os_type, desktop_protocols=parse_protocols(desktop.console_protocols),
-                                 client_protocols=client_protocols, policy=policy, preferred=payload.client.prefer,
-                                 desktop_name=desktop.name)
 
     if desktop.power_state != PowerState.UP or desktop.task_state is not None:
+        session.commit()  # no connection or lock is held while the desktop boots
+        give_up_request_slot(session)
         ensure_running(desktop.id, actor=who.name, timeout=START_TIMEOUT_S)
         desktop = session.get(Desktop, desktop.id, populate_existing=True)  # where it runs now
     desc = issue_console(session, desktop, choice.protocol, username=who.username,
                          fullscreen=payload.client.fullscreen)
     address = _client_address(payload, request)
-    session_id = sessions.open_session(session, user_id=who.user_id, desktop_id=desktop.id, pool_id=desktop.pool_id,
-                                       protocol=choice.protocol.value, client_address=address,
-                                       ticket_expires_at=desc.expires_at, now=now, fresh=assigned.newly_assigned)
-    emit(session, "broker.connected", f"{who.name} connected to desktop {desktop.name} over {choice.protocol.value} "
-         f"from {address or 'an unknown address'} ({assigned.how} desktop; {choice.reason})", actor=who.name,
-         user_id=who.user_id, desktop_id=desktop.id, pool_id=desktop.pool_id, correlation_id=session_id)
-    _ticket_event(session, desktop, who, desc, session_id)
+    # A new desktop's session is a plain INSERT: with the events, it needs no answer and goes with the commit.
+    with commit_in_route(session, pipelined=assigned.newly_assigned):
+        session_id = sessions.open_session(session, user_id=who.user_id, desktop_id=desktop.id,
+                                           pool_id=desktop.pool_id, protocol=choice.protocol.value,
+                                           client_address=address, ticket_expires_at=desc.expires_at, now=now,
+                                           fresh=assigned.newly_assigned)
+        emit(session, "broker.connected", f"{who.name} connected to desktop {desktop.name} over "
+             f"{choice.protocol.value} from {address or 'an unknown address'} ({assigned.how} desktop; "
+             f"{choice.reason})", actor=who.name, user_id=who.user_id, desktop_id=desktop.id,
+             pool_id=desktop.pool_id, correlation_id=session_id)
+        _ticket_event(session, desktop, who, desc, session_id)
     console, file = _console_out(desc)
     out = ConnectOut(session_id=session_id, desktop_id=desktop.id, desktop_name=desktop.name, pool_id=desktop.pool_id,
                      assignment=assigned.how, lease_until=assigned.lease_until, protocol=choice.protocol,
                      protocol_reason=choice.reason, console=console, file=file)
-    commit_in_route(session)
     # Already a validated ConnectOut: answered as is, which spares validating it again (in another worker thread).
     return JSONResponse(out.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 

@@ -18,6 +18,7 @@ from manager.api import schemas as s
 from manager.api.common import DbSession
 from manager.api.system import _job_out
 from manager.auth import Principal, require
+from manager.db import give_up_request_slot
 from manager.jobs import enqueue
 from manager.models import Assignment, Desktop, Pool, User
 from manager.provisioning import service
@@ -89,6 +90,7 @@ def _check_policy(name: str) -> None:
 # ---- power -----------------------------------------------------------------------------------------------------
 def _power(desktop_id: str, action: PowerAction, session: Session, who: Principal, timeout: float | None = None):
     session.commit()  # nothing of ours is pending; the action runs in its own short transactions
+    give_up_request_slot(session)
     run_power_action(desktop_id, action, actor=who.name, timeout=timeout)
     return _desktop_out(session, desktop_id)
 

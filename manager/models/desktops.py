@@ -85,7 +85,7 @@ class Desktop(IdMixin, CreatedMixin, Base):
 
 Index("ix_desktops_pool_free", Desktop.pool_id, Desktop.assigned_user_id)
 
-# The broker's pick of a free desktop (broker/assignment.py): the first free one of the pool by name, running ones
-# first, straight from the index instead of a sort of every free desktop of the pool. Partial: only free desktops.
-Index("ix_desktops_free_pick", Desktop.pool_id, Desktop.power_state, Desktop.name,
+# The broker's pick of a free desktop (broker/assignment.py): running ones first, the first by id from a random
+# point, straight from the index instead of a sort of every free desktop of the pool. Partial: only free desktops.
+Index("ix_desktops_free_pick", Desktop.pool_id, Desktop.power_state, Desktop.id,
       postgresql_where=Desktop.assigned_user_id.is_(None), sqlite_where=Desktop.assigned_user_id.is_(None))

@@ -84,3 +84,47 @@ def test_500_concurrent_connects_on_a_300_desktop_pool(world, api_server):
                                                                       Desktop.power_state == "up"))
         assert up == DESKTOPS  # every assigned desktop was started through its node agent
         assert s.get(Pool, pool_id).size == DESKTOPS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("new_desktop", [False, True], ids=["same-desktop", "one-more"])
+def test_one_users_concurrent_connects_never_pass_the_per_user_limit(world, api_server, new_desktop):
+    """Each user fires six connects at once. Plain connects must all land on the same desktop; asking for one more
+    desktop six times at once must end at max_desktops_per_user (2). The user's lock is taken as the connect
+    authenticates, so the assignment statement that follows sees what the user's other connects claimed."""
+    from manager import db
+    from manager.models import Desktop
+
+    world.hosts(2)
+    limit = 2 if new_desktop else 1
+    pool_id = world.pool(50, os_type="windows_11", protocols="rdp", ip_prefix="10.21", max_desktops_per_user=limit,
+                         name="twice")
+    group = world.group("twice-users")
+    world.entitle(pool_id=pool_id, group_id=group)
+    users = bulk_users(world, 20, group)
+    calls = [user for user in users for _ in range(6)]
+    barrier = threading.Barrier(len(calls))
+
+    def connect(user):
+        user_id, token = user
+        with httpx.Client(base_url=api_server.url, timeout=120) as client:
+            barrier.wait()
+            r = client.post(f"{API}/broker/connect", headers=bearer(token),
+                            json={"pool": "twice", "new_desktop": new_desktop, "client": {"protocols": ["rdp"]}})
+        return user_id, r.status_code, r.json()
+
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as ex:
+        results = list(ex.map(connect, calls))
+
+    with db.session_scope() as s:
+        held = Counter(s.scalars(select(Desktop.assigned_user_id).where(Desktop.pool_id == pool_id,
+                                                                       Desktop.assigned_user_id.is_not(None))))
+    assert held == {user_id: limit for user_id, _t in users}
+    statuses = Counter(status for _u, status, _b in results)
+    if new_desktop:
+        assert statuses == {200: 2 * len(users), 409: 4 * len(users)}, statuses
+        assert {b["error"] for _u, status, b in results if status == 409} == {"too_many_desktops"}
+    else:
+        assert statuses == {200: len(calls)}, statuses
+        for user_id, _t in users:
+            assert len({b["desktop_id"] for u, _s, b in results if u == user_id}) == 1

@@ -26,9 +26,9 @@ def sqlite_sessions(tmp_path):
 
 
 def test_threads_on_sqlite_never_double_assign(sqlite_sessions):
-    from broker.assignment import assign_from_pool, assignment_guard
+    from broker.assignment import assignment_guard, take_from_pool
     from core.enums import PowerState
-    from manager.models import Desktop, Pool, Template, User
+    from manager.models import Desktop, Entitlement, Pool, Template, User
 
     make = sqlite_sessions
     with make() as s, s.begin():
@@ -42,6 +42,7 @@ def test_threads_on_sqlite_never_double_assign(sqlite_sessions):
         users = [User(username=f"u{i}") for i in range(50)]
         s.add_all(users)
         s.flush()
+        s.add_all([Entitlement(user_id=u.id, pool_id=pool.id) for u in users])
         pool_id, user_ids = pool.id, [u.id for u in users]
 
     barrier = threading.Barrier(25)
@@ -56,7 +57,7 @@ def test_threads_on_sqlite_never_double_assign(sqlite_sessions):
             with make() as s:
                 try:
                     with assignment_guard(s):
-                        got = assign_from_pool(s, user_id, s.get(Pool, pool_id))
+                        _pool, got = take_from_pool(s, user_id, "id", pool_id)
                         s.commit()
                     outcomes.append(got.desktop_id)
                 except PoolFull as exc:
