@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import select
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import Pool
@@ -69,8 +71,48 @@ def make_engine(url: str, **kwargs) -> Engine:
     if "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", POOL_SIZE)
         kwargs.setdefault("max_overflow", POOL_OVERFLOW)
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        event.listen(engine, "checkin", _note_idle_since)
+        event.listen(engine, "checkout", _ping_if_suspect(engine.dialect))
+    return engine
+
+
+# A pooled connection is pinged before use only when it may be dead: the server wrote to it while it sat in the
+# pool (a restart or pg_terminate_backend sends an error, then closes; a reset makes the socket readable too), or
+# it sat there long (a firewall may have dropped it quietly). SQLAlchemy's pool_pre_ping pings every checkout,
+# one round trip more for every request (a connect under a login storm makes three).
+PING_AFTER_IDLE_S = 30.0
+_IDLE_SINCE = "vdi_idle_since"
+
+
+def _note_idle_since(_dbapi_connection, connection_record) -> None:
+    connection_record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _ping_if_suspect(dialect) -> Callable[..., None]:
+    def on_checkout(dbapi_connection, connection_record, _connection_proxy) -> None:
+        idle_since = connection_record.info.pop(_IDLE_SINCE, None)
+        if idle_since is None:
+            return  # just opened
+        if time.monotonic() - idle_since < PING_AFTER_IDLE_S and not _socket_readable(dbapi_connection):
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as error:
+            if dialect.is_disconnect(error, dbapi_connection, None):
+                raise exc.DisconnectionError() from error  # the pool opens a fresh connection and tries again
+            raise
+
+    return on_checkout
+
+
+def _socket_readable(dbapi_connection) -> bool:
+    try:
+        fd = dbapi_connection.pgconn.socket
+    except Exception:  # a closed or broken connection has no socket
+        return True
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def configure(url: str | None = None, engine: Engine | None = None) -> Engine:
