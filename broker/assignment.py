@@ -15,6 +15,7 @@ The caller commits (sessions open and commit at the edges); every lock is releas
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import threading
@@ -241,24 +242,12 @@ def _take_statement(by: str):
 _TAKE = {by: _take_statement(by) for by in _POOL_KEYS}
 
 
-@dataclass(frozen=True)
-class DesktopBrief:
-    """A desktop as the broker needs it (DESKTOP_BRIEF's columns), taken from a row that carries more."""
+# A desktop as the broker needs it (DESKTOP_BRIEF's columns), taken from a take row, which carries more.
+_DesktopBrief = collections.namedtuple("_DesktopBrief", [c.key for c in DESKTOP_BRIEF])
 
-    id: str
-    name: str
-    pool_id: str | None
-    os_type: Any
-    console_protocols: str
-    power_state: Any
-    task_state: Any
-    ip: str
-    host_id: str | None
-    lease_until: dt.datetime | None
 
-    @classmethod
-    def of(cls, row: Any) -> "DesktopBrief":
-        return cls(*(getattr(row, name) for name in _DESKTOP_COLUMNS))
+def _desktop_of(row: Any) -> Any:
+    return _DesktopBrief(*(getattr(row, name) for name in _DESKTOP_COLUMNS))
 
 
 def _first_look(session: Session, user_id: str, by: str, key: str, *, new_desktop: bool, start: str,
@@ -268,7 +257,7 @@ def _first_look(session: Session, user_id: str, by: str, key: str, *, new_deskto
     if is_postgres(session):
         rows = session.connection().execute(_TAKE[by], {**params, "new_desktop": new_desktop, "pick_start": start,
                                                         "claimed_at": now}).all()
-        return (rows[0] if rows else None), [(r.how, DesktopBrief.of(r)) for r in rows if r.how is not None]
+        return (rows[0] if rows else None), [(r.how, _desktop_of(r)) for r in rows if r.how is not None]
     pool = session.connection().execute(_ASKED_POOL[by], params).first()
     if pool is None or not pool.entitled:
         return pool, []

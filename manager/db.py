@@ -18,6 +18,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 
+from anyio import from_thread
 from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -232,8 +233,6 @@ def give_up_request_slot(session: Session) -> None:
     slot = session.info.get(_REQUEST_SLOT)
     if slot is None or not slot.held or session.in_transaction():
         return
-    from anyio import from_thread
-
     slot.held = False
     from_thread.run_sync(slot.semaphore.release)
 

@@ -204,7 +204,7 @@ def connect(payload: ConnectIn, request: Request, session: DbSession, who: Conne
         choice = protocol_for(desktop, pool.protocol_policy if pool is not None else ProtocolPolicy.AUTO)
     else:
         with assignment_guard(session):
-            # The connect dependency took the user's lock as it authenticated (Connector: lock_user).
+            # The connect dependency took the user's lock as it authenticated (Connecting: lock_user).
             pool, assigned = take_from_pool(session, who.user_id, "id" if payload.pool_id else "name",
                                             payload.pool_id or payload.pool, new_desktop=payload.new_desktop,
                                             now=now, user_locked=True)
