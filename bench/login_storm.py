@@ -11,7 +11,11 @@ does every broker step (entitlement through a group, SKIP LOCKED assignment, ses
 
     {"assignments", "per_second", "p50_ms", "p95_ms", "p99_ms", "double_assignments", "errors", ...}
 
-Usage: python bench/login_storm.py [--users 2000] [--desktops 2000] [--clients 64] [--workers 2]
+Usage: python bench/login_storm.py [--users 2000] [--desktops 2000] [--clients 64] [--workers 2] [--profile FILE]
+
+--profile FILE samples the manager's processes with py-spy (`pip install py-spy`; not a project dependency) while
+the storm runs, only threads holding the GIL (Python CPU, not waiting), as py-spy's raw collapsed stacks. Sampling
+slows the manager down: figures of a profiled run are not the benchmark's.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import concurrent.futures
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -194,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--agents", type=int, default=3)
+    parser.add_argument("--profile", type=Path, help="write a py-spy profile of the manager during the storm here")
     args = parser.parse_args(argv)
+    py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if args.profile and py_spy is None:
+        parser.error("--profile needs py-spy: pip install py-spy")
 
     from image_manager import qemu_img
     from manager import db
@@ -238,7 +247,16 @@ def main(argv: list[str] | None = None) -> int:
         postgres_before = process_tree_cpu_seconds(postgres) if postgres else 0.0
         own_before = time.process_time()
 
+        profiler = None
+        if args.profile:
+            profiler = subprocess.Popen([py_spy, "record", "--pid", str(server.pid), "--subprocesses", "--gil",
+                                         "--nonblocking", "--rate", "200", "--format", "raw", "-o", str(args.profile)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(2)  # py-spy attaches to every worker
         latencies, statuses, wall = storm(base, tokens, args.clients)
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
+            profiler.wait()
         per_request = 1000 / max(1, len(statuses))
         server_cpu_ms = (process_tree_cpu_seconds(server.pid) - cpu_before) * per_request
         loadgen_cpu_ms = (time.process_time() - own_before) * per_request
