@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import logging
 
-from fastapi import APIRouter, FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from manager import db
 from manager.api.common import install_error_handlers
@@ -20,6 +23,37 @@ from manager.api.system import router as system_router
 from manager.config import Settings, get_settings
 
 API_PREFIX = "/api/v1"
+DOCS_ASSETS = "/static/api-docs"
+
+
+def _install_offline_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their JavaScript, CSS and favicon served by the manager itself, from the
+    `fastapi-offline` package (pinned in pyproject.toml), instead of FastAPI's defaults on a CDN: data centres
+    often have no internet access. ReDoc runs without Google Fonts for the same reason."""
+    assets = importlib.resources.files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="api-docs-assets")
+    oauth2_redirect = "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
+                                   swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+                                   oauth2_redirect_url=f"{root}{oauth2_redirect}",
+                                   swagger_ui_parameters=app.swagger_ui_parameters)
+
+    @app.get(oauth2_redirect, include_in_schema=False)
+    def swagger_ui_oauth2_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
 
 
 def create_app(settings: Settings | None = None, *, configure_db: bool = True) -> FastAPI:
@@ -54,8 +88,9 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
                   description="Desktop virtualization for KVM: hosts, templates, desktops, pools, a connection "
                               "broker, events and search. Every route needs a bearer token or a session cookie "
                               "except /health and /auth/login.",
-                  docs_url="/docs", openapi_url="/openapi.json")
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     install_error_handlers(app)
+    _install_offline_docs(app)
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(system_router)
     api.include_router(broker_router)
