@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from sqlalchemy import bindparam, event, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -25,6 +25,9 @@ from manager.identity.membership import user_groups_select
 from manager.models import ApiToken, RoleAssignment, User, utcnow
 
 SESSION_COOKIE = "vdi_session"
+CSRF_HEADER = "x-csrf-token"
+CSRF_FIELD = "csrf_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PBKDF2_ITERATIONS = 120_000
 
 # Permission families. "self" permissions are checked again against ownership by the routes that use them.
@@ -121,6 +124,35 @@ def issue_token(session: Session, user: User, *, name: str = "", kind: str = "ap
     return secret
 
 
+SESSION_LIFETIME = dt.timedelta(hours=12)
+
+
+def start_browser_session(session: Session, request: Request, response: Response, login: str, password: str) \
+        -> tuple[User, str]:
+    """Check a password (local or Active Directory) and open a browser session: the httponly SameSite=Strict
+    cookie is set on `response`. Returns the user and the session's secret. The one login of the API and the
+    web pages; raises what authenticate_password raises."""
+    from manager.identity.login import authenticate_password
+
+    client = request.client.host if request.client else ""
+    user = authenticate_password(session, login, password, client_address=client)
+    secret = issue_token(session, user, name="browser session", kind="session", lifetime=SESSION_LIFETIME,
+                         client_address=client)
+    response.set_cookie(SESSION_COOKIE, secret, httponly=True, samesite="strict",
+                        max_age=int(SESSION_LIFETIME.total_seconds()), secure=request.url.scheme == "https")
+    return user, secret
+
+
+def end_browser_session(session: Session, request: Request, response: Response) -> None:
+    """Revoke the token this request presented (cookie or bearer) and clear the cookie on `response`."""
+    secret, _ = _presented_secret(request)
+    if secret:
+        token = session.scalar(select(ApiToken).where(ApiToken.token_hash == token_digest(secret)))
+        if token is not None:
+            session.delete(token)
+    response.delete_cookie(SESSION_COOKIE)
+
+
 def roles_of(session: Session, user_id: str) -> set[Role]:
     """The user's roles, held directly or through any group (nested included): one query."""
     stmt = select(RoleAssignment.role).where(
@@ -130,11 +162,19 @@ def roles_of(session: Session, user_id: str) -> set[Role]:
     return roles
 
 
-def _presented_secret(request: Request) -> str | None:
+def csrf_token(session_secret: str) -> str:
+    """The CSRF token of a browser session: derived from the session's secret (which only the server and the
+    httponly cookie hold), so it needs no storage and dies with the session. Pages put it in a meta tag; scripts
+    send it as the X-CSRF-Token header, forms as the csrf_token field."""
+    return hashlib.sha256(b"vdi-csrf\0" + session_secret.encode()).hexdigest()[:40]
+
+
+def _presented_secret(request: Request) -> tuple[str | None, bool]:
+    """(the secret, whether it came from the session cookie)."""
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
-        return header[7:].strip() or None
-    return request.cookies.get(SESSION_COOKIE) or None
+        return header[7:].strip() or None, False
+    return request.cookies.get(SESSION_COOKIE) or None, True
 
 
 # Every request runs these: columns rather than ORM objects, statements built once.
@@ -160,15 +200,26 @@ event.listen(Session, "before_commit", _touch_token)
 forget_on_rollback(_TOKEN_TOUCH)
 
 
-def authenticate(request: Request, session: Session, *, lock_user: bool = False) -> Principal:
+def authenticate(request: Request, session: Session, *, lock_user: bool = False,
+                 csrf: str | None = None) -> Principal:
     """Who is asking (cached on the request). `lock_user`: also lock the user's row until the transaction ends,
-    in the same statement (the broker's connect serialises a user's connects this way)."""
+    in the same statement (the broker's connect serialises a user's connects this way).
+
+    A state-changing request authenticated by the session cookie must prove it comes from one of our pages: the
+    X-CSRF-Token header (or `csrf`, a form's field, passed by the page route that read it) must be the session's
+    csrf_token. The cookie is SameSite=Strict as well; a bearer token is never sent by a browser on its own, so it
+    needs neither."""
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
-    secret = _presented_secret(request)
+    secret, from_cookie = _presented_secret(request)
     if not secret:
         raise NotAuthenticated()
+    if from_cookie and request.method not in SAFE_METHODS:
+        presented = csrf if csrf is not None else request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(presented.encode(), csrf_token(secret).encode()):
+            raise Forbidden("this request has no valid CSRF token (X-CSRF-Token header or csrf_token field); "
+                            "reload the page and try again")
     found = session.execute(_TOKEN_HOLDER_LOCKING if lock_user else _TOKEN_HOLDER,
                             {"digest": token_digest(secret)}).first()
     now = utcnow()

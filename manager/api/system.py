@@ -18,11 +18,12 @@ from event_manager.service import query_events
 from manager import db
 from manager.api import schemas as s
 from manager.api.common import DbSession, Page, Paging, paginate
-from manager.auth import SESSION_COOKIE, Principal, issue_token, public, require, token_digest
+from manager.auth import (Principal, csrf_token, end_browser_session, issue_token, public, require,
+                          start_browser_session)
 from manager.config import get_settings
 from manager.heartbeat import ingest_heartbeat
 from manager.jobs import enqueue, eta_seconds, request_cancel
-from manager.models import ApiToken, Event, Host, Job, StorageDomain, Template, TemplateVersion
+from manager.models import Event, Host, Job, StorageDomain, Template, TemplateVersion
 
 router = APIRouter()
 
@@ -219,26 +220,15 @@ class TokenIn(s.In):
 @router.post("/auth/login", tags=["auth"], dependencies=[Depends(public())])
 def login(payload: LoginIn, request: Request, response: Response, session: DbSession) -> dict[str, Any]:
     """Log in with a password; sets the session cookie and returns a bearer token for the same session."""
-    from manager.identity.login import authenticate_password
-
-    client = request.client.host if request.client else ""
-    user = authenticate_password(session, payload.username, payload.password, client_address=client)
-    secret = issue_token(session, user, name="browser session", kind="session", lifetime=dt.timedelta(hours=12),
-                         client_address=client)
-    response.set_cookie(SESSION_COOKIE, secret, httponly=True, samesite="strict", max_age=12 * 3600,
-                        secure=request.url.scheme == "https")
-    return {"token": secret, "user_id": user.id, "username": user.username, "domain": user.domain}
+    user, secret = start_browser_session(session, request, response, payload.username, payload.password)
+    return {"token": secret, "user_id": user.id, "username": user.username, "domain": user.domain,
+            "csrf_token": csrf_token(secret)}
 
 
 @router.post("/auth/logout", tags=["auth"], status_code=204)
-def logout(request: Request, response: Response, session: DbSession,
-           who: Annotated[Principal, Depends(require("self:read"))]) -> Response:
-    presented = request.headers.get("authorization", "")[7:].strip() or request.cookies.get(SESSION_COOKIE, "")
-    token = session.scalar(select(ApiToken).where(ApiToken.token_hash == token_digest(presented)))
-    if token is not None:
-        session.delete(token)
+def logout(request: Request, session: DbSession, who: Annotated[Principal, Depends(require("self:read"))]) -> Response:
     out = Response(status_code=204)
-    out.delete_cookie(SESSION_COOKIE)
+    end_browser_session(session, request, out)
     return out
 
 
