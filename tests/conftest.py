@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
 from sqlalchemy import text
+
+from tests.harness.postgres import PostgresUnavailable, fresh_database
 
 # Hypothesis' per-example deadline and its too_slow health check are wall-clock assertions: on a loaded
 # machine they fail correct code. This suite has none (speed is measured by bench/*.py), so every @given
@@ -15,33 +16,17 @@ from sqlalchemy import text
 settings.register_profile("vdi", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("vdi")
 
-PG_ADMIN_URL = os.environ.get("VDI_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("VDI_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
-
-
-def _pg_url(dbname: str) -> str:
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
 
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh Postgres database for this test run, migrated to head by Alembic."""
-    from manager.db import make_engine
-    from manager.migrate import upgrade
-
-    name = f"vdi_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # make the cause obvious: the suite needs the real server
-        pytest.fail(f"Postgres at {PG_ADMIN_URL} is not usable ({exc}); `make test` starts it")
-    url = _pg_url(name)
-    upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+        with fresh_database() as url:
+            yield url
+    except PostgresUnavailable as exc:  # raised before the yield only: pytest throws nothing into fixtures
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")

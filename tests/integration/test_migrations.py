@@ -11,7 +11,7 @@ from sqlalchemy import inspect, text
 from manager.db import make_engine
 from manager.migrate import current, downgrade, upgrade
 from manager.models import Base
-from tests.conftest import PG_ADMIN_URL, _pg_url
+from tests.harness.postgres import PG_ADMIN_URL, pg_url_for as _pg_url
 
 
 @pytest.fixture
