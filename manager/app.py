@@ -7,7 +7,7 @@ import logging
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from manager import db
@@ -21,6 +21,7 @@ from manager.api.resources import RESOURCES
 from manager.api.search import router as search_router
 from manager.api.system import router as system_router
 from manager.config import Settings, get_settings
+from manager.web import install_web
 
 API_PREFIX = "/api/v1"
 DOCS_ASSETS = "/static/api-docs"
@@ -102,8 +103,5 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
         api.include_router(crud_router(resource))
     app.include_router(api)
 
-    @app.get("/", include_in_schema=False)
-    def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
-
+    install_web(app)
     return app

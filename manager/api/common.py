@@ -8,14 +8,14 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import BadRequest, VdiError
+from core.errors import BadRequest, Invalid, NotFound, VdiError
 from manager.db import request_session
 
 log = logging.getLogger("vdi.api")
@@ -81,20 +81,28 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    from manager.web.pages import is_page, render_error
+
     @app.exception_handler(VdiError)
-    async def _vdi_error(_request: Request, exc: VdiError) -> JSONResponse:
+    async def _vdi_error(request: Request, exc: VdiError) -> Response:
         if exc.status >= 500 and not exc.expected:
             log.error("unexpected %s: %s", exc.code, exc.message)
+        if is_page(request):
+            return render_error(request, exc)
         return JSONResponse(exc.to_dict(), status_code=exc.status, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        if is_page(request):
+            return render_error(request, Invalid(_validation_message(exc)))
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
         return JSONResponse({"error": "invalid", "detail": _validation_message(exc), "errors": errors},
                             status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if is_page(request) and exc.status_code == 404:
+            return render_error(request, NotFound("no such page"))
         code = {404: "not_found", 405: "method_not_allowed", 401: "not_authenticated", 403: "forbidden"}.get(
             exc.status_code, "http_error")
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
@@ -117,8 +125,10 @@ def install_error_handlers(app: FastAPI) -> None:
                             status_code=503)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         incident = uuid.uuid4().hex[:12]
         log.exception("unhandled error (incident %s)", incident)
+        if is_page(request):
+            return render_error(request, VdiError(f"internal error; the manager log has incident {incident}"))
         return JSONResponse({"error": "internal", "detail": f"internal error; the manager log has incident {incident}"},
                             status_code=500)

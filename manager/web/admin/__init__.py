@@ -1,0 +1,1 @@
+"""The admin console: the search page (the home page), object pages, the dashboard, jobs and events."""

@@ -1,0 +1,79 @@
+"""The home page: one search bar taking the whole query language, the results as a table, bookmarks."""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse
+from sqlalchemy import select
+
+from manager.api.common import DbSession
+from manager.api.resources import RESOURCES
+from manager.api.search import BadSearch, run_search
+from manager.auth import Principal
+from manager.models import Bookmark
+from manager.search_fields import REGISTRY
+from manager.web.admin.columns import COLUMNS, PAGE_KIND, REF_PAGES, referenced_names
+from manager.web.pages import viewer
+from manager.web.render import page
+from search_dsl import SearchError, parse
+from search_dsl.rewrite import with_tail
+
+router = APIRouter()
+SearchViewer = Annotated[Principal, Depends(viewer("search:read"))]
+PAGE_SIZE = 100  # oVirt's SearchResultsLimit
+EXAMPLES = ["Vms: status = up and cpu_usage > 50", "Vms: status = down sortby name", "Hosts: status = up",
+            "Vms: loggedinuser = alice*", "Pools:", "Events: severity >= warning sortby time desc",
+            "Users: department = Finance", "Vms: Hosts.name = vs-a and mem_usage > 80"]
+BOOKMARKS = next(r for r in RESOURCES if r.path == "bookmarks")
+
+
+def my_bookmarks(session, who: Principal) -> list[Bookmark]:
+    """The caller's bookmarks, through the bookmark resource's own filter (as GET /api/v1/bookmarks lists them)."""
+    stmt = BOOKMARKS.list_filter(select(Bookmark), who) if BOOKMARKS.list_filter else select(Bookmark)
+    return list(session.scalars(stmt.order_by(Bookmark.name)))
+
+
+def _sort_links(query: str, obj: str) -> dict[str, dict[str, Any]]:
+    """For each sortable column: the query sorted by it (the other direction if it already is) and its state."""
+    try:
+        parsed = parse(query, REGISTRY, extensions=True)
+    except SearchError:
+        return {}
+    current = parsed.sort.field if parsed.sort else None
+    out = {}
+    for column in COLUMNS.get(obj, []):
+        if column.sort is None:
+            continue
+        active = current == column.sort
+        descending = bool(active and not parsed.sort.descending)
+        out[column.key] = {
+            "query": with_tail(query, REGISTRY, sort=column.sort, descending=descending),
+            "aria": ("descending" if parsed.sort.descending else "ascending") if active else None,
+        }
+    return out
+
+
+@router.get("/admin", response_class=HTMLResponse, include_in_schema=False)
+def search_page(request: Request, session: DbSession, who: SearchViewer,
+                q: Annotated[str, Query(max_length=4096)] = "") -> HTMLResponse:
+    q = q.strip()
+    ctx: dict[str, Any] = {"q": q, "examples": EXAMPLES, "bookmarks": my_bookmarks(session, who),
+                           "result": None, "error": None}
+    status = 200
+    if q:
+        try:
+            result = run_search(session, q, page_size=PAGE_SIZE)
+        except BadSearch as exc:
+            ctx["error"] = exc.to_dict()
+            status = 400
+        else:
+            obj = result["object"]
+            pages = result["pages"]
+            ctx.update(result=result, obj=obj, columns=COLUMNS.get(obj, []), page_kind=PAGE_KIND.get(obj),
+                       refs=referenced_names(session, obj, result["items"]), ref_pages=REF_PAGES,
+                       sort_links=_sort_links(q, obj),
+                       page_links={n: with_tail(q, REGISTRY, page=n) for n in
+                                   sorted({1, result["page"] - 1, result["page"] + 1, pages} - {0, pages + 1})
+                                   if 1 <= n <= max(pages, 1)})
+    return page(request, "admin/search.html", ctx, status=status, who=who)

@@ -1,0 +1,24 @@
+"""Mount the web pages on the manager's application."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from manager.web import login
+from manager.web.admin import search
+from manager.web.render import STATIC_URL
+
+STATIC = Path(__file__).parent / "static"
+
+
+def install_web(app: FastAPI) -> None:
+    app.mount(STATIC_URL, StaticFiles(directory=STATIC), name="console-static")
+    app.include_router(login.router)
+    app.include_router(search.router)
+
+    @app.get("/", include_in_schema=False)
+    def root(_request: Request) -> RedirectResponse:
+        return RedirectResponse("/admin", status_code=307)
