@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 import uuid
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -237,6 +238,32 @@ def explain(engine, query: str) -> str:
     return "\n".join(out)
 
 
+def prepared_inventory(db_name: str) -> tuple[Any, dict]:
+    """An engine on database `db_name`, migrated and holding the inventory of SIZES (generated once; a database
+    kept from an earlier run is reused), and what was done: {"reused"} or generate()'s counts, with "seconds"."""
+    admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        if not conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": db_name}):
+            conn.execute(text(f'CREATE DATABASE "{db_name}"'))
+    admin.dispose()
+    url = ADMIN_URL.rsplit("/", 1)[0] + "/" + db_name
+    upgrade(url)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        populated = conn.scalar(text("SELECT count(*) FROM desktops")) >= SIZES["desktops"]
+    start = time.perf_counter()
+    dataset = {"reused": populated} if populated else generate(engine)
+    dataset["seconds"] = round(time.perf_counter() - start, 1)
+    return engine, dataset
+
+
+def drop_inventory(db_name: str) -> None:
+    admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=50)
@@ -245,21 +272,9 @@ def main() -> None:
     parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of each search to stderr")
     args = parser.parse_args()
 
-    admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        exists = conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": DB_NAME})
-        if not exists:
-            conn.execute(text(f'CREATE DATABASE "{DB_NAME}"'))
-    url = ADMIN_URL.rsplit("/", 1)[0] + "/" + DB_NAME
-    upgrade(url)
-    engine = make_engine(url)
     report: dict = {"queries": {}}
+    engine, report["dataset"] = prepared_inventory(DB_NAME)
     try:
-        with engine.connect() as conn:
-            populated = conn.scalar(text("SELECT count(*) FROM desktops")) >= SIZES["desktops"]
-        start = time.perf_counter()
-        report["dataset"] = {"reused": populated} if populated else generate(engine)
-        report["dataset"]["seconds"] = round(time.perf_counter() - start, 1)
         for query in QUERIES:
             time_query(engine, query, 2)  # warm the cache
             timings, rows = time_query(engine, query, args.runs)
@@ -274,9 +289,7 @@ def main() -> None:
     finally:
         engine.dispose()
         if not args.keep:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
-        admin.dispose()
+            drop_inventory(DB_NAME)
     print(json.dumps(report, indent=1))
 
 
