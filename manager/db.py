@@ -237,6 +237,13 @@ def give_up_request_slot(session: Session) -> None:
     from_thread.run_sync(slot.semaphore.release)
 
 
+def commit_and_give_up_slot(session: Session) -> None:
+    """Before a long wait in a request's worker thread (a power action, a desktop booting): commit what the
+    request did so far, so nothing stays locked, and give its session slot up (give_up_request_slot)."""
+    session.commit()
+    give_up_request_slot(session)
+
+
 @contextlib.contextmanager
 def commit_in_route(session: Session, *, pipelined: bool = False) -> Iterator[None]:
     """Commit at the end of the block, in the route's worker thread, so that the request's dependency has nothing
@@ -285,11 +292,12 @@ def _rollback_and_close(session: Session) -> None:
         session.close()
 
 
-def get_or_404(session: Session, model: type, obj_id, kind: str):
-    """The row of `model` with this primary key; NotFound (404) naming `kind` and the id otherwise."""
+def get_or_404(session: Session, model: type, obj_id, kind: str, *, populate_existing: bool = False):
+    """The row of `model` with this primary key; NotFound (404) naming `kind` and the id otherwise.
+    `populate_existing`: read it again even if the session holds it (others changed it meanwhile)."""
     from core.errors import NotFound
 
-    obj = session.get(model, obj_id)
+    obj = session.get(model, obj_id, populate_existing=populate_existing)
     if obj is None:
         raise NotFound(kind=kind, id=obj_id)
     return obj

@@ -89,6 +89,50 @@ class CrudResource:
     def label(self, obj: Any) -> str:
         return getattr(obj, "name", None) or getattr(obj, "username", None) or str(obj.id)
 
+    # The one create, update and delete of this resource: the routes below and the web console's pages call
+    # these with a validated payload's values (`self.create` / `self.update` schemas) and the caller.
+    def create_object(self, session: Session, values: dict[str, Any], who: Principal) -> Any:
+        """Insert a row from `values` (hooks, uniqueness, references checked) and emit `<kind>.created`."""
+        if self.prepare_create is not None:
+            values = self.prepare_create(session, values, who)
+        check_unique(session, self.model, self.kind, self.unique, values)
+        check_references(session, self.model, values)
+        obj = self.model(**values)
+        session.add(obj)
+        session.flush()
+        if self.after_create is not None:
+            self.after_create(session, obj, who)
+        emit(session, f"{self.event_code}.created", f"{who.name} created {self.kind} {self.label(obj)}",
+             actor=who.name, **self.extra_event_fields(obj))
+        return obj
+
+    def update_object(self, session: Session, obj_id: Any, values: dict[str, Any], who: Principal) -> Any:
+        """Change the given fields of a row (the payload's set fields only) and emit `<kind>.updated`."""
+        obj = self.fetch(session, obj_id, who)
+        if self.prepare_update is not None:
+            values = self.prepare_update(session, obj, values, who)
+        check_unique(session, self.model, self.kind, self.unique, values, exclude_id=obj.id)
+        check_references(session, self.model, values)
+        for key, value in values.items():
+            setattr(obj, key, value)
+        session.flush()
+        if values:
+            emit(session, f"{self.event_code}.updated",
+                 f"{who.name} changed {self.kind} {self.label(obj)}: {', '.join(sorted(values))}",
+                 actor=who.name, **self.extra_event_fields(obj))
+        return obj
+
+    def delete_object(self, session: Session, obj_id: Any, who: Principal) -> None:
+        """Delete a row (refused by before_delete when it is in use) and emit `<kind>.deleted`."""
+        obj = self.fetch(session, obj_id, who)
+        if self.before_delete is not None:
+            self.before_delete(session, obj)
+        label, extra = self.label(obj), self.extra_event_fields(obj)
+        session.delete(obj)
+        session.flush()
+        emit(session, f"{self.event_code}.deleted", f"{who.name} deleted {self.kind} {label}", actor=who.name,
+             **extra)
+
 
 def crud_router(res: CrudResource) -> APIRouter:
     router = APIRouter(prefix=f"/{res.path}", tags=[res.path])
@@ -113,53 +157,21 @@ def crud_router(res: CrudResource) -> APIRouter:
 
         @router.post("", response_model=res.created_out or res.out, status_code=201, summary=f"Create a {res.kind}")
         def create_item(payload: create_schema, session: DbSession, who: Writer) -> Any:  # type: ignore[valid-type]
-            values = payload.model_dump()
-            if res.prepare_create is not None:
-                values = res.prepare_create(session, values, who)
-            check_unique(session, res.model, res.kind, res.unique, values)
-            check_references(session, res.model, values)
-            obj = res.model(**values)
-            session.add(obj)
-            session.flush()
-            if res.after_create is not None:
-                res.after_create(session, obj, who)
-            emit(session, f"{res.event_code}.created", f"{who.name} created {res.kind} {res.label(obj)}",
-                 actor=who.name, **res.extra_event_fields(obj))
-            if res.created_out is not None:
-                return res.created_out.model_validate(obj)
-            return res.out.model_validate(obj)
+            obj = res.create_object(session, payload.model_dump(), who)
+            return (res.created_out or res.out).model_validate(obj)
 
     if res.update is not None:
         update_schema = res.update
 
         @router.patch("/{item_id}", response_model=res.out, summary=f"Change a {res.kind}")
         def update_item(item_id: str, payload: update_schema, session: DbSession, who: Writer) -> Any:  # type: ignore
-            obj = res.fetch(session, item_id, who)
-            values = payload.model_dump(exclude_unset=True)
-            if res.prepare_update is not None:
-                values = res.prepare_update(session, obj, values, who)
-            check_unique(session, res.model, res.kind, res.unique, values, exclude_id=obj.id)
-            check_references(session, res.model, values)
-            for key, value in values.items():
-                setattr(obj, key, value)
-            session.flush()
-            if values:
-                emit(session, f"{res.event_code}.updated",
-                     f"{who.name} changed {res.kind} {res.label(obj)}: {', '.join(sorted(values))}",
-                     actor=who.name, **res.extra_event_fields(obj))
-            return res.out.model_validate(obj)
+            return res.out.model_validate(res.update_object(session, item_id, payload.model_dump(exclude_unset=True),
+                                                            who))
 
     if res.create is not None:
         @router.delete("/{item_id}", status_code=204, summary=f"Delete a {res.kind}")
         def delete_item(item_id: str, session: DbSession, who: Writer) -> Response:
-            obj = res.fetch(session, item_id, who)
-            if res.before_delete is not None:
-                res.before_delete(session, obj)
-            label, extra = res.label(obj), res.extra_event_fields(obj)
-            session.delete(obj)
-            session.flush()
-            emit(session, f"{res.event_code}.deleted", f"{who.name} deleted {res.kind} {label}", actor=who.name,
-                 **extra)
+            res.delete_object(session, item_id, who)
             return Response(status_code=204)
 
     return router

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from broker.errors import DesktopStartTimeout
 from core.enums import PowerState, Severity, StrEnum, TaskState
-from core.errors import DesktopBusy, NotFound, VdiError
+from core.errors import Conflict, DesktopBusy, NotFound, VdiError
 from event_manager.service import emit
 from manager import db
 from manager.models import Desktop, utcnow
@@ -41,18 +41,26 @@ NODE_ACTION = {PowerAction.START: "start", PowerAction.STOP: "shutdown", PowerAc
 PAST = {PowerAction.START: "started", PowerAction.STOP: "shut down", PowerAction.POWEROFF: "powered off",
         PowerAction.REBOOT: "rebooted"}
 DEFAULT_START_TIMEOUT_S = 120.0
+DEFAULT_STOP_TIMEOUT_S = 60.0  # how long a graceful shutdown may take before it counts as failed (504)
 _POLL_S = 0.1
 
 
-def claim(session: Session, desktop_id: str, task: TaskState, action: str) -> Desktop:
+def claim(session: Session, desktop_id: str, task: TaskState, action: str, *, unassigned_only: bool = False) \
+        -> Desktop:
     """Compare-and-swap task_state from idle to `task`. Raises NotFound, or DesktopBusy if another action holds
-    the desktop. Flushes; the claim is visible to others once the caller commits."""
-    claimed = session.execute(update(Desktop).where(Desktop.id == desktop_id, Desktop.task_state.is_(None))
-                              .values(task_state=task).execution_options(synchronize_session=False)).rowcount
+    the desktop. `unassigned_only` (the disk actions: reset, removal): a desktop assigned to a user is not taken
+    either (Conflict), in the same statement, so an assignment cannot slip in between a check and the claim.
+    Flushes; the claim is visible to others once the caller commits."""
+    stmt = update(Desktop).where(Desktop.id == desktop_id, Desktop.task_state.is_(None))
+    if unassigned_only:
+        stmt = stmt.where(Desktop.assigned_user_id.is_(None))
+    claimed = session.execute(stmt.values(task_state=task).execution_options(synchronize_session=False)).rowcount
     desktop = session.get(Desktop, desktop_id, populate_existing=True)
     if desktop is None:
         raise NotFound(kind="desktop", id=desktop_id)
     if not claimed:
+        if unassigned_only and desktop.assigned_user_id is not None:
+            raise Conflict(f"desktop {desktop.name} is assigned to a user; unassign it first")
         raise DesktopBusy(desktop_id=desktop.name, state=desktop.task_state.value if desktop.task_state else "busy",
                           action=action)
     return desktop
@@ -104,6 +112,16 @@ def run_power_action(desktop_id: str, action: PowerAction, *, actor: str, timeou
             settle(session, desktop_id, TASK_OF[action], None)
             raise
     return _act(target, desktop_id, name, action, actor, timeout)
+
+
+def power_desktop(session: Session, desktop_id: str, action: PowerAction, *, actor: str,
+                  timeout: float | None = None) -> Desktop:
+    """A power action asked for by a request (an API route, a web page) that holds `session`: what the request
+    did so far is committed and its session slot given up (the node may take a while), then run_power_action.
+    Returns the desktop as it is afterwards. Raises what run_power_action raises."""
+    db.commit_and_give_up_slot(session)
+    run_power_action(desktop_id, action, actor=actor, timeout=timeout)
+    return db.get_or_404(session, Desktop, desktop_id, "desktop", populate_existing=True)
 
 
 def ensure_running(desktop_id: str, *, actor: str, timeout: float = DEFAULT_START_TIMEOUT_S) -> None:

@@ -17,14 +17,16 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from core.enums import HostStatus, OsType, PowerState, TaskState
-from core.errors import DomainNotFound, Invalid, NoHostAvailable, NotFound, VdiError
+from core.errors import Conflict, DomainNotFound, Invalid, NoHostAvailable, NotFound, VdiError
 from core.ids import new_id
 from core.specs import DesktopSpec
+from event_manager.service import emit
 from image_manager import chain, fileops, qcow2
 from manager.db import get_or_404
-from manager.models import (Assignment, Desktop, Host, Pool, StorageDomain, Template, TemplateVersion, User,
+from manager.jobs import enqueue
+from manager.models import (Assignment, Desktop, Host, Job, Pool, StorageDomain, Template, TemplateVersion, User,
                             Volume)
-from manager.provisioning import nodes, placement
+from manager.provisioning import nodes, placement, power
 from manager.provisioning.nodes import NodeTarget
 
 log = logging.getLogger(__name__)
@@ -323,6 +325,75 @@ def finish_removal(session: Session, work: DiskWork) -> bool:
 
 def get_desktop(session: Session, desktop_id: str) -> Desktop:
     return get_or_404(session, Desktop, desktop_id, "desktop")
+
+
+# ---- what a request (an API route, a web page) asks for ----------------------------------------------------
+def provision_desktop(session: Session, request: DesktopRequest, *, policy: str = "spread", actor: str) -> Desktop:
+    """Create one desktop now: plan (rows), commit, materialise (overlay and domain), finish. Commits the
+    caller's session: no lock is held while the disk is written and the node defines the domain. Raises what
+    plan_desktops raises, and Conflict when the desktop could not be made (naming why)."""
+    planned = plan_desktops(session, [request], policy=policy)
+    session.commit()
+    outcome = materialise(planned)
+    finish(session, planned, outcome)
+    if not outcome.created:
+        session.commit()
+        raise Conflict(f"desktop {request.name} could not be created: {outcome.failed.get(request.name, '?')}")
+    item = planned[0]
+    emit(session, "desktop.provisioned", f"{actor} created desktop {item.name} on {item.target.host_name}"
+         + (f" for {len(request.user_ids)} user(s)" if request.user_ids else ""), actor=actor,
+         desktop_id=item.desktop_id, host_id=item.target.host_id)
+    return get_or_404(session, Desktop, item.desktop_id, "desktop", populate_existing=True)
+
+
+# The disk actions: the task_state a desktop holds meanwhile, what the refusal says, the job that does the work.
+DISK_ACTIONS = {"reset": (TaskState.REIMAGING, "reset", "desktops.reset", "reset desktop"),
+                "deprovision": (TaskState.DELETING, "remove it", "desktops.deprovision", "remove desktop")}
+
+
+def claim_for_disk_action(session: Session, desktop_id: str, action: str) -> Desktop:
+    """Mark the desktop for a reset or a removal (compare-and-swap on task_state). A desktop assigned to a user
+    is refused (Conflict: unassign it first), a busy one too (DesktopBusy); NotFound for an unknown id."""
+    task, refusal, _kind, _what = DISK_ACTIONS[action]
+    return power.claim(session, desktop_id, task, refusal, unassigned_only=True)
+
+
+def request_disk_action(session: Session, desktop_id: str, action: str, *, actor: str) -> Job:
+    """Claim the desktop for `action` ("reset": a fresh overlay on its template; "deprovision": gone
+    everywhere) and enqueue the job that does it (sent when the caller's transaction commits)."""
+    desktop = claim_for_disk_action(session, desktop_id, action)
+    _task, _refusal, kind, what = DISK_ACTIONS[action]
+    return enqueue(session, kind, params={"desktop_id": desktop_id}, created_by=actor, target_kind="desktop",
+                   target_id=desktop_id, description=f"{what} {desktop.name}")
+
+
+def attach_user(session: Session, desktop_id: str, user_id: str, *, actor: str) -> list[str]:
+    """Attach a desktop outside any pool to a user (one user: dedicated; several: shared). Returns the ids of
+    every user attached now. Invalid for an unknown user, Conflict for a pool desktop or a repeat."""
+    desktop = get_desktop(session, desktop_id)
+    user = session.get(User, user_id)
+    if user is None:
+        raise Invalid(f"user_id: user {user_id} does not exist")
+    if desktop.pool_id is not None:
+        raise Conflict(f"desktop {desktop.name} belongs to a pool; assign pool desktops through the pool")
+    if session.scalar(select(Assignment.id).where(Assignment.desktop_id == desktop_id,
+                                                  Assignment.user_id == user.id)):
+        raise Conflict(f"{user.username} is already attached to desktop {desktop.name}")
+    session.add(Assignment(desktop_id=desktop_id, user_id=user.id, kind="dedicated"))
+    emit(session, "desktop.user_attached", f"{actor} attached desktop {desktop.name} to {user.username}@"
+         f"{user.domain}", actor=actor, user_id=user.id, desktop_id=desktop_id)
+    users = list(session.scalars(select(Assignment.user_id).where(Assignment.desktop_id == desktop_id)))
+    return sorted(set(users) | {user.id})
+
+
+def detach_user(session: Session, desktop_id: str, user_id: str, *, actor: str) -> None:
+    """Detach a user from a dedicated or shared desktop (NotFound when they were not attached)."""
+    row = session.scalar(select(Assignment).where(Assignment.desktop_id == desktop_id, Assignment.user_id == user_id))
+    if row is None:
+        raise NotFound(kind="desktop attachment", id=f"{desktop_id}/{user_id}")
+    session.delete(row)
+    emit(session, "desktop.user_detached", f"{actor} detached user {user_id} from desktop {desktop_id}",
+         actor=actor, user_id=user_id, desktop_id=desktop_id)
 
 
 def pool_or_404(session: Session, pool_ref: str) -> Pool:

@@ -95,13 +95,15 @@ def resize_pool(ctx: JobContext, pool_id: str, policy: str = "spread") -> dict[s
         result.update(grow_pool(ctx, pool_id, plan.add, policy))
     removed = 0
     for i, desktop_id in enumerate(marked):
-        removed += bool(_deprovision(desktop_id, ctx.job_id))
+        removed += bool(deprovision_now(desktop_id, job_id=ctx.job_id))
         ctx.progress(i + 1, len(marked))
     result["removed"] = removed
     return result
 
 
-def _deprovision(desktop_id: str, job_id: str | None) -> bool:
+def deprovision_now(desktop_id: str, *, job_id: str | None) -> bool:
+    """Remove a desktop marked DELETING: plug pulled, domain undefined, overlay and rows gone. False when it is
+    not (any more) marked for removal."""
     with db.session_scope() as session:
         work = service.disk_work(session, desktop_id, TaskState.DELETING)
     if work is None:
@@ -118,25 +120,29 @@ def _deprovision(desktop_id: str, job_id: str | None) -> bool:
 
 @task("desktops.deprovision")
 def deprovision_desktop(ctx: JobContext, desktop_id: str) -> dict[str, Any]:
-    return {"removed": _deprovision(desktop_id, ctx.job_id)}
+    return {"removed": deprovision_now(desktop_id, job_id=ctx.job_id)}
 
 
-@task("desktops.reset")
-def reset_desktop(ctx: JobContext, desktop_id: str) -> dict[str, Any]:
-    """Power off, give the desktop a fresh overlay on its template (version), mark it idle; then top up the
-    pool's prestarted desktops."""
+def reset_now(desktop_id: str, *, job_id: str | None) -> dict[str, Any]:
+    """Reset a desktop marked REIMAGING: power off, a fresh overlay on its template (version), idle again; then
+    top up its pool's prestarted desktops."""
     with db.session_scope() as session:
         work = service.disk_work(session, desktop_id, TaskState.REIMAGING)
     if work is None:
         return {"skipped": "the desktop is not waiting for a reset"}
     service.power_off_quietly(work)
-    service.reset_disk(work, job_id=ctx.job_id)
+    service.reset_disk(work, job_id=job_id)
     with db.session_scope() as session:
         if service.finish_reset(session, work):
             emit(session, "desktop.reset", f"desktop {work.name} was reset to its template", desktop_id=desktop_id,
-                 pool_id=work.pool_id, job_id=ctx.job_id)
+                 pool_id=work.pool_id, job_id=job_id)
     started = prestart(work.pool_id) if work.pool_id else 0
     return {"reset": True, "prestarted": started}
+
+
+@task("desktops.reset")
+def reset_desktop(ctx: JobContext, desktop_id: str) -> dict[str, Any]:
+    return reset_now(desktop_id, job_id=ctx.job_id)
 
 
 def prestart(pool_id: str) -> int:
