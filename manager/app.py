@@ -25,12 +25,18 @@ from manager.web import install_web
 
 API_PREFIX = "/api/v1"
 DOCS_ASSETS = "/static/api-docs"
+# Swagger UI starts from an inline script and both UIs inject inline styles; ReDoc's search runs in a blob: worker.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; worker-src 'self' blob:; object-src 'none'; base-uri 'self'; "
+            "frame-ancestors 'self'")
 
 
 def _install_offline_docs(app: FastAPI) -> None:
     """/docs (Swagger UI) and /redoc with their JavaScript, CSS and favicon served by the manager itself, from the
     `fastapi-offline` package (pinned in pyproject.toml), instead of FastAPI's defaults on a CDN: data centres
-    often have no internet access. ReDoc runs without Google Fonts for the same reason."""
+    often have no internet access. ReDoc runs without Google Fonts for the same reason, and both pages carry a
+    Content-Security-Policy that keeps the browser on this origin: ReDoc's side menu always shows the Redocly logo
+    from cdn.redoc.ly (no option turns it off), which the policy refuses before any request is made."""
     assets = importlib.resources.files("fastapi_offline") / "static"
     app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="api-docs-assets")
     oauth2_redirect = "/docs/oauth2-redirect"
@@ -38,12 +44,14 @@ def _install_offline_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
+        page = get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
                                    swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
                                    swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
                                    swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
                                    oauth2_redirect_url=f"{root}{oauth2_redirect}",
                                    swagger_ui_parameters=app.swagger_ui_parameters)
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
 
     @app.get(oauth2_redirect, include_in_schema=False)
     def swagger_ui_oauth2_redirect() -> HTMLResponse:
@@ -52,9 +60,11 @@ def _install_offline_docs(app: FastAPI) -> None:
     @app.get("/redoc", include_in_schema=False)
     def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_redoc_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
+        page = get_redoc_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
                               redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
                               redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
 
 
 def create_app(settings: Settings | None = None, *, configure_db: bool = True) -> FastAPI:
