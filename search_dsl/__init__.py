@@ -6,7 +6,8 @@
 
 * `parse(text, registry)` -> `Query` (raises `SearchError` with the upstream error class and a caret);
 * `compile_query(text_or_query, registry, page_size=100)` -> `CompiledSearch(select, count, page, ...)`;
-* `complete(text, registry)` -> `Completion(start, partial, suggestions)`;
+* `complete(text, registry)` -> `Completion(start, partial, suggestions, value_of)`; `value_text(v)` writes a
+  value looked up for `value_of` so that it parses;
 * `registry.py`: `Registry`, `ObjectDef`, `Field`, `Kind`, `XRef`, `Relation`, `TagTree` - what callers
   declare; nothing about our own models lives in this package (it never imports `manager`).
 
@@ -17,7 +18,7 @@ deviations, all on queries upstream silently mangles or fails on, are listed in 
 """
 from .ast import And, Condition, FreeText, Not, Or, Query, Sort
 from .compiler import CompiledSearch, compile_query, like_pattern
-from .complete import Completion, complete
+from .complete import Completion, ValueOf, complete, value_text
 from .errors import ERROR_CLASSES, OWN_CLASSES, UPSTREAM_CLASSES, SearchError
 from .parser import parse, tokenize
 from .registry import Field, Kind, ObjectDef, Registry, Relation, TagTree, XRef
@@ -25,5 +26,6 @@ from .registry import Field, Kind, ObjectDef, Registry, Relation, TagTree, XRef
 __all__ = [
     "And", "CompiledSearch", "Completion", "Condition", "ERROR_CLASSES", "Field", "FreeText", "Kind", "Not",
     "OWN_CLASSES", "ObjectDef", "Or", "Query", "Registry", "Relation", "SearchError", "Sort", "TagTree",
-    "UPSTREAM_CLASSES", "XRef", "compile_query", "complete", "like_pattern", "parse", "tokenize",
+    "UPSTREAM_CLASSES", "ValueOf", "XRef", "compile_query", "complete", "like_pattern", "parse", "tokenize",
+    "value_text",
 ]

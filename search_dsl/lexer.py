@@ -79,7 +79,9 @@ class EndState:
     state: S
     word_start: int
     field: Field | None = None          # the field whose operator/value is being typed
-    target: ObjectDef | None = None     # the object whose fields are being typed (after `Xref.`)
+    target: ObjectDef | None = None     # the object whose fields are being typed (after `Xref.`), or whose
+                                        # field's value is (after `Xref.field op` / `Xref =`)
+    xref: XRef | None = None            # the cross-reference the condition being typed goes through
 
 
 class Lexer:
@@ -107,6 +109,8 @@ class Lexer:
         # Set while reading a condition: the field, and for `Xref = text` the cross-reference.
         self.cond_field: Field | None = None
         self.cond_xref: XRef | None = None
+        # The cross-reference the current condition goes through (None for a field of the searched object).
+        self.cond_via: XRef | None = None
         self.xref_plural_unmapped = False
 
     # ---- driver ----------------------------------------------------------------------------------
@@ -160,13 +164,20 @@ class Lexer:
                            detect=max(start, end - 1) if detect is None else detect)
 
     def _stop(self, state: S, word_start: int, message: str, *, field: Field | None = None,
-              target: ObjectDef | None = None) -> None:
+              target: ObjectDef | None = None, xref: XRef | None = None) -> None:
         """End of input: INCOMPLETE in final mode; in completion mode remember where we are."""
         if self.final:
             n = len(self.text)
             raise SearchError("INCOMPLETE", message, self.text, min(word_start, n), n, detect=n)
-        self.end_state = EndState(state, word_start, field, target)
+        self.end_state = EndState(state, word_start, field, target, xref)
         self.state = S.DONE
+
+    def _stop_in_value(self, word_start: int, message: str) -> None:
+        """End of input while a value is typed: remember its field (None after `Xref =`) and the cross-reference
+        it goes through, so completion can offer values of that field."""
+        via = self.cond_via
+        self._stop(S.RELATION, word_start, message, field=self.cond_field,
+                   target=self.registry.target(via) if via is not None else None, xref=via)
 
     def _finish(self, state: S) -> None:
         if self.depth:
@@ -447,9 +458,10 @@ class Lexer:
         self.cond_xref = xref
         self.state = S.XREF
 
-    def _start_condition(self, type_: T, start: int, end: int, fld: Field) -> None:
+    def _start_condition(self, type_: T, start: int, end: int, fld: Field, via: XRef | None = None) -> None:
         self._emit(type_, start, end, fld.name)
         self.cond_field = fld
+        self.cond_via = via
         self.state = S.FIELD
 
     # ---- free text -------------------------------------------------------------------------------
@@ -516,6 +528,7 @@ class Lexer:
                               f"after it write '.field' (like {xref.name}.name = x) or '=' / '!=' and "
                               "a text", start)
         self.cond_field = None
+        self.cond_via = xref
         self.state = S.RELATION
 
     def _xref_field(self) -> None:
@@ -532,7 +545,7 @@ class Lexer:
         if how == "match":
             fld = target.field(self.text[start:end])
             assert fld is not None
-            self._start_condition(T.FIELD, start, end, fld)
+            self._start_condition(T.FIELD, start, end, fld, via=xref)
             return
         if how == "end":
             self._stop(S.DOT, start, f"finish the field name of {target.name}", target=target)
@@ -574,12 +587,12 @@ class Lexer:
         start = self._skip_spaces(self.pos)
         fld = self.cond_field
         if start >= n:
-            self._stop(S.RELATION, start, "add a value after the operator", field=fld)
+            self._stop_in_value(start, "add a value after the operator")
             return
         if text[start] == '"':
             close = text.find('"', start + 1)
             if close < 0:
-                self._stop(S.RELATION, start, "close the quoted value with '\"'", field=fld)
+                self._stop_in_value(start, "close the quoted value with '\"'")
                 return
             value, end, quoted = text[start + 1:close], close + 1, True
         else:
@@ -589,8 +602,7 @@ class Lexer:
                 raise self._error("INVALID_CONDITION_VALUE", 'a \'"\' may only start a value; quote the '
                                   'whole value, like "my vm"', start, quote + 1, detect=quote)
             if end >= n and not self.final:
-                self.end_state = EndState(S.RELATION, start, fld)
-                self.state = S.DONE
+                self._stop_in_value(start, "finish the value")
                 return
             value, quoted = text[start:end], False
         if fld is not None:

@@ -1,6 +1,8 @@
+import pytest
 from hypothesis import given, settings, strategies as st
 
-from search_dsl.complete import complete
+from search_dsl import parse
+from search_dsl.complete import ValueOf, complete, value_text
 
 from .ovirt_catalogue import OVIRT
 
@@ -76,6 +78,54 @@ def test_every_suggested_field_is_read_as_that_field():
         for word in fields:
             result = complete(prefix + word + " ", OVIRT)
             assert result.error is None and "=" in result.suggestions + ("=",) and result.suggestions, word
+
+
+# ---- values from the caller's data: which field a value is typed for, and how to write one ---------------------
+@pytest.mark.parametrize("text, value_of", [
+    ("Vms: name = ", ValueOf("Vm", "name")),
+    ("Vms: name = we", ValueOf("Vm", "name")),
+    ("Vms: on_host != h", ValueOf("Vm", "on_host")),
+    ("Vms: status = pau", ValueOf("Vm", "status")),
+    ("Vms: Hosts.name = v", ValueOf("Vm", "name", xref="Host")),
+    ("Vms: Hosts.name=v", ValueOf("Vm", "name", xref="Host")),
+    ("Vms: Hosts = v", ValueOf("Vm", None, xref="Host")),
+    ("Vms: Users.usrname = jo", ValueOf("Vm", "usrname", xref="User")),
+    # after a condition through a cross-reference, a plain field is the searched object's again
+    ("Vms: Hosts.name = a and name = b", ValueOf("Vm", "name")),
+    ("Vms: Hosts = a or tag = ", ValueOf("Vm", "tag")),
+    ('Vms: name = "my v', ValueOf("Vm", "name")),
+    ("Hosts: name = h", ValueOf("Host", "name")),
+])
+def test_value_of_names_the_field_being_typed(text, value_of):
+    assert complete(text, OVIRT).value_of == value_of
+
+
+@pytest.mark.parametrize("text", ["", "Vms", "Vms: ", "Vms: na", "Vms: name ", "Vms: name = x ", "Vms: Hosts",
+                                  "Vms: Hosts.", 'Vms: name = "my vm"', "Vms: sortby name", "Vms: status = running x"])
+def test_value_of_is_none_when_no_value_is_typed(text):
+    assert complete(text, OVIRT).value_of is None
+
+
+def test_value_prefix_keeps_the_spaces_of_an_open_quote():
+    result = complete('Vms: name = "my ', OVIRT)
+    assert (result.start, result.partial, result.quoted, result.value_prefix) == (12, '"my ', True, "my ")
+    plain = complete("Vms: name = we", OVIRT)
+    assert (plain.start, plain.partial, plain.quoted, plain.value_prefix) == (12, "we", False, "we")
+
+
+@pytest.mark.parametrize("value, quoted, written", [
+    ("web-01", False, "web-01"), ("web-01", True, '"web-01"'), ("my vm", False, '"my vm"'), ("", False, '""'),
+    ("a(b)", False, '"a(b)"'), ("and", False, "and"), ("vm*", False, "vm*"),
+    ("O'Brien", False, None), ("x;y", False, None), ('say "hi"', False, None), ("ends\\", False, None),
+])
+def test_value_text_is_read_back_as_the_value(value, quoted, written):
+    assert value_text(value, quoted=quoted) == written
+    if written is None:
+        return
+    for query in (f"Vms: name = {written}", f"Vms: (name = {written} or name = x)", f"Vms: Hosts.name = {written}"):
+        condition = parse(query, OVIRT, extensions=True).where
+        first = condition.left if hasattr(condition, "left") else condition
+        assert first.value == value, query
 
 
 @settings(max_examples=300, deadline=None)
