@@ -4,35 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import Field, model_validator
-from sqlalchemy import bindparam, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
 
 import manager.provisioning  # noqa: F401  (registers the provisioning jobs)
-from broker import entitlement, lifecycle, sessions
-from broker.assignment import Assigned, assignment_guard, take_from_pool
+from broker import entitlement, service, sessions
 from broker.console import ConsoleDescriptor, render_file
-from broker.errors import BadConnectRequest, NotEntitled
-from broker.protocol import choose_protocol, parse_protocols
-from core.enums import PowerState, Protocol, ProtocolPolicy, SessionState, Severity
-from core.errors import Conflict, NotFound
+from core.enums import PowerState, Protocol, SessionState
+from core.errors import Conflict
 from event_manager.service import emit
 from manager.api import schemas as s
 from manager.api.common import DbSession, Page, Paging, paginate
 from manager.auth import Principal, require
-from manager.config import get_settings
-from manager.db import commit_in_route, give_up_request_slot, is_postgres
-from manager.jobs import enqueue
-from manager.models import Desktop, DesktopSession, Event, Pool, User, utcnow
-from manager.provisioning import consoles, nodes
+from manager.db import get_or_404
+from manager.models import Desktop, DesktopSession, Event, Pool
+from manager.provisioning.consoles import NODES, issue_for_desktop
 from manager.provisioning.maintenance import PoolMaintainer, configured_period
-from manager.provisioning.power import ensure_running
+
 
 @contextlib.asynccontextmanager
 async def _pool_maintenance(_app) -> AsyncIterator[None]:
@@ -53,8 +46,6 @@ Connector = Annotated[Principal, Depends(require("self:connect"))]
 # A connect locks the caller's user row as it authenticates (see broker.assignment.take_from_pool).
 Connecting = Annotated[Principal, Depends(require("self:connect", lock_user=True))]
 SelfReader = Annotated[Principal, Depends(require("self:read"))]
-
-START_TIMEOUT_S = float(os.environ.get("VDI_CONNECT_START_SECONDS", "120"))
 
 
 # ---- shapes ---------------------------------------------------------------------------------------------
@@ -156,30 +147,16 @@ class MyPoolOut(s.Out):
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
-def _client_address(payload: ConnectIn, request: Request) -> str:
-    return payload.client.address or (request.client.host if request.client else "")
-
-
 def _console_out(desc: ConsoleDescriptor) -> tuple[ConsoleOut, FileOut]:
     name, media_type, content = render_file(desc)
     return ConsoleOut(**desc.to_dict()), FileOut(name=name, media_type=media_type, content=content)
 
 
-def _reachable_desktop(session: Session, user_id: str, desktop_id: str) -> Desktop:
-    desktop = session.get(Desktop, desktop_id)
-    if desktop is None or not entitlement.can_reach_desktop(session, user_id, desktop):
-        raise NotFound(kind="desktop", id=desktop_id)  # someone else's desktop does not exist for you
-    return desktop
-
-
-def issue_console(session: Session, desktop: Desktop, protocol: Protocol, *, username: str,
-                  fullscreen: bool = False) -> ConsoleDescriptor:
-    """Read where the desktop runs, then (outside any lock) set a ticket on it through its node."""
-    # RDP goes to the guest itself: no node call, so no need to look the host up.
-    target = None if protocol == Protocol.RDP else nodes.target_of_desktop(session, desktop)
-    return consoles.issue(target, desktop_id=desktop.id, desktop_name=desktop.name, protocol=protocol,
-                          valid_seconds=get_settings().ticket_seconds, guest_ip=desktop.ip, username=username,
-                          fullscreen=fullscreen)
+def _connect_out(result: service.ConsoleResult) -> ConnectOut:
+    console, file = _console_out(result.console)
+    return ConnectOut(session_id=result.session_id, desktop_id=result.desktop_id, desktop_name=result.desktop_name,
+                      pool_id=result.pool_id, assignment=result.assignment, lease_until=result.lease_until,
+                      protocol=result.protocol, protocol_reason=result.protocol_reason, console=console, file=file)
 
 
 # ---- connect ----------------------------------------------------------------------------------------------
@@ -187,75 +164,15 @@ def issue_console(session: Session, desktop: Desktop, protocol: Protocol, *, use
 def connect(payload: ConnectIn, request: Request, session: DbSession, who: Connecting) -> Any:
     """Connect to a pool (a desktop is assigned) or one of your desktops: starts it if needed, issues a
     short-lived console ticket and returns the connection file."""
-    now = utcnow()
-    client_protocols = list(payload.client.protocols)
-
-    def protocol_for(desktop: Any, policy: ProtocolPolicy):
-        return choose_protocol(os_type=desktop.os_type, desktop_protocols=parse_protocols(desktop.console_protocols),
-                               client_protocols=client_protocols, policy=policy, preferred=payload.client.prefer,
-                               desktop_name=desktop.name)
-
-    if payload.desktop_id:
-        if payload.new_desktop:
-            raise BadConnectRequest(reason="new_desktop applies to pools; give pool_id or pool")
-        desktop = _reachable_desktop(session, who.user_id, payload.desktop_id)
-        pool = session.get(Pool, desktop.pool_id) if desktop.pool_id else None
-        assigned = Assigned(desktop, "direct", desktop.lease_until)
-        choice = protocol_for(desktop, pool.protocol_policy if pool is not None else ProtocolPolicy.AUTO)
-    else:
-        with assignment_guard(session):
-            # The connect dependency took the user's lock as it authenticated (Connecting: lock_user).
-            pool, assigned = take_from_pool(session, who.user_id, "id" if payload.pool_id else "name",
-                                            payload.pool_id or payload.pool, new_desktop=payload.new_desktop,
-                                            now=now, user_locked=True)
-            desktop = assigned.desktop
-            # Refuse before committing: a user whose client cannot display this desktop keeps no assignment.
-            choice = protocol_for(desktop, pool.protocol_policy)
-            if assigned.newly_assigned:
-                lease = f" until {assigned.lease_until.isoformat()}" if assigned.lease_until else ""
-                emit(session, "broker.assigned", f"desktop {desktop.name} of pool {pool.name} assigned to "
-                     f"{who.name}{lease}", actor=who.name, user_id=who.user_id, desktop_id=desktop.id,
-                     pool_id=pool.id)
-            # Release the row locks before any node call (and, on SQLite, before leaving the guard). Without a
-            # node call ahead (RDP to a running desktop) the request's own commit does it, one round trip less.
-            needs_node = desktop.power_state != PowerState.UP or desktop.task_state is not None \
-                or choice.protocol != Protocol.RDP
-            if needs_node or not is_postgres(session):
-                session.commit()
-
-    if desktop.power_state != PowerState.UP or desktop.task_state is not None:
-        session.commit()  # no connection or lock is held while the desktop boots
-        give_up_request_slot(session)
-        ensure_running(desktop.id, actor=who.name, timeout=START_TIMEOUT_S)
-        desktop = session.get(Desktop, desktop.id, populate_existing=True)  # where it runs now
-    desc = issue_console(session, desktop, choice.protocol, username=who.username,
-                         fullscreen=payload.client.fullscreen)
-    address = _client_address(payload, request)
-    # A new desktop's session is a plain INSERT: with the events, it needs no answer and goes with the commit.
-    with commit_in_route(session, pipelined=assigned.newly_assigned):
-        session_id = sessions.open_session(session, user_id=who.user_id, desktop_id=desktop.id,
-                                           pool_id=desktop.pool_id, protocol=choice.protocol.value,
-                                           client_address=address, ticket_expires_at=desc.expires_at, now=now,
-                                           fresh=assigned.newly_assigned)
-        emit(session, "broker.connected", f"{who.name} connected to desktop {desktop.name} over "
-             f"{choice.protocol.value} from {address or 'an unknown address'} ({assigned.how} desktop; "
-             f"{choice.reason})", actor=who.name, user_id=who.user_id, desktop_id=desktop.id,
-             pool_id=desktop.pool_id, correlation_id=session_id)
-        _ticket_event(session, desktop, who, desc, session_id)
-    console, file = _console_out(desc)
-    out = ConnectOut(session_id=session_id, desktop_id=desktop.id, desktop_name=desktop.name, pool_id=desktop.pool_id,
-                     assignment=assigned.how, lease_until=assigned.lease_until, protocol=choice.protocol,
-                     protocol_reason=choice.reason, console=console, file=file)
+    client = payload.client
+    address = client.address or (request.client.host if request.client else "")
+    # The connect dependency took the user's lock as it authenticated (Connecting: lock_user).
+    result = service.connect(session, who, service.ConnectTarget(payload.pool_id, payload.pool, payload.desktop_id,
+                                                                 payload.new_desktop),
+                             service.ClientInfo(client.protocols, client.prefer, address, client.fullscreen),
+                             nodes=NODES, user_locked=True)
     # Already a validated ConnectOut: answered as is, which spares validating it again (in another worker thread).
-    return JSONResponse(out.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
-
-
-def _ticket_event(session: Session, desktop: Desktop, who: Principal, desc: ConsoleDescriptor, session_id: str) -> None:
-    # The password never goes into an event or a log line: only who, which desktop and until when.
-    until = desc.expires_at.isoformat() if desc.expires_at else "n/a (RDP uses the guest's own login)"
-    emit(session, "console.ticket", f"{desc.protocol.value} console ticket for desktop {desktop.name} issued to "
-         f"{who.name}, valid until {until}", actor=who.name, user_id=who.user_id, desktop_id=desktop.id,
-         pool_id=desktop.pool_id, correlation_id=session_id)
+    return JSONResponse(_connect_out(result).model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
 
 @router.get("/broker/sessions/{session_id}/console-file", response_class=PlainTextResponse)
@@ -264,10 +181,10 @@ def console_file(session_id: str, session: DbSession, who: Connector) -> PlainTe
     row = sessions.owned_session(session, session_id, who.user_id)
     if row.state not in sessions.LIVE:
         raise Conflict(f"session {session_id} has ended; connect again")
-    desktop = _reachable_desktop(session, who.user_id, row.desktop_id)
-    desc = issue_console(session, desktop, Protocol(row.protocol), username=who.username)
+    desktop = service.reachable_desktop(session, who.user_id, row.desktop_id)
+    desc = issue_for_desktop(session, desktop, Protocol(row.protocol), username=who.username)
     row.ticket_expires_at = desc.expires_at
-    _ticket_event(session, desktop, who, desc, row.id)
+    service.ticket_event(session, desktop, who, desc, row.id)
     name, media_type, content = render_file(desc)
     return PlainTextResponse(content, media_type=media_type,
                              headers={"Content-Disposition": f'attachment; filename="{name}"',
@@ -285,25 +202,11 @@ def disconnect(payload: SessionRef, session: DbSession, who: Connector) -> Any:
     return SessionOut.model_validate(row)
 
 
-def _logoff(session: Session, row: DesktopSession, actor: str) -> None:
-    desktop = session.get(Desktop, row.desktop_id)
-    if desktop is None:
-        raise NotFound(kind="desktop", id=row.desktop_id)
-    outcome = lifecycle.logoff(session, desktop, row.user_id, actor=actor)
-    if outcome == lifecycle.AfterLogoff.RESET:
-        enqueue(session, "desktops.reset", params={"desktop_id": desktop.id}, created_by=actor,
-                target_kind="desktop", target_id=desktop.id, description=f"reset desktop {desktop.name} after logoff")
-
-
 @router.post("/broker/logoff", response_model=SessionOut)
 def logoff(payload: SessionRef, session: DbSession, who: Connector) -> Any:
     """End your session. An automatic pool takes the desktop back and resets it to the template."""
     row = sessions.owned_session(session, payload.session_id, who.user_id)
-    if row.state == SessionState.ENDED:
-        raise Conflict(f"session {row.id} has already ended")
-    _logoff(session, row, who.name)
-    session.refresh(row)
-    return SessionOut.model_validate(row)
+    return SessionOut.model_validate(service.logoff(session, row, actor=who.name))
 
 
 # ---- admin views ---------------------------------------------------------------------------------------------
@@ -312,51 +215,24 @@ def list_sessions(session: DbSession, paging: Paging, who: Annotated[Principal, 
                   state: SessionState | None = None, user_id: str | None = None, desktop_id: str | None = None,
                   pool_id: str | None = None) -> dict[str, Any]:
     """Every console session (client address, since when), newest first."""
-    stmt = select(DesktopSession)
-    for column, value in ((DesktopSession.state, state), (DesktopSession.user_id, user_id),
-                          (DesktopSession.desktop_id, desktop_id), (DesktopSession.pool_id, pool_id)):
-        if value is not None:
-            stmt = stmt.where(column == value)
-    return paginate(session, stmt, paging, SessionOut, sortable={"connected_at": DesktopSession.connected_at,
-                                                                 "state": DesktopSession.state},
-                    default_order=[DesktopSession.created_at.desc(), DesktopSession.id])
+    stmt = sessions.query_sessions(state=state, user_id=user_id, desktop_id=desktop_id, pool_id=pool_id)
+    return paginate(session, stmt, paging, SessionOut, sortable=sessions.SORTABLE,
+                    default_order=list(sessions.NEWEST_FIRST))
 
 
 @router.post("/sessions/{session_id}/logoff", response_model=SessionOut, tags=["sessions"])
 def force_logoff(session_id: str, session: DbSession,
                  who: Annotated[Principal, Depends(require("sessions:write"))]) -> Any:
     """Log a user off (an administrator's action; same pool rules as the user's own logoff)."""
-    row = session.get(DesktopSession, session_id)
-    if row is None:
-        raise NotFound(kind="session", id=session_id)
-    if row.state == SessionState.ENDED:
-        raise Conflict(f"session {row.id} has already ended")
-    _logoff(session, row, who.name)
-    session.refresh(row)
-    return SessionOut.model_validate(row)
+    row = get_or_404(session, DesktopSession, session_id, "session")
+    return SessionOut.model_validate(service.logoff(session, row, actor=who.name))
 
 
 @router.get("/desktops/{desktop_id}/console", response_model=ConnectOut, tags=["desktops"])
 def admin_console(desktop_id: str, session: DbSession, who: Annotated[Principal, Depends(require("desktops:console"))],
                   protocol: Annotated[Protocol, Query()] = Protocol.SPICE) -> Any:
     """An administrator's console on any running desktop (HelpDesk and up). Recorded as an event."""
-    desktop = session.get(Desktop, desktop_id)
-    if desktop is None:
-        raise NotFound(kind="desktop", id=desktop_id)
-    if desktop.power_state != PowerState.UP:
-        raise Conflict(f"desktop {desktop.name} is {desktop.power_state.value}; start it to open its console")
-    choice = choose_protocol(os_type=desktop.os_type, desktop_protocols=parse_protocols(desktop.console_protocols),
-                             client_protocols=[protocol], preferred=protocol, desktop_name=desktop.name)
-    desc = issue_console(session, desktop, choice.protocol, username=who.username)
-    holder = session.get(User, desktop.assigned_user_id) if desktop.assigned_user_id else None
-    emit(session, "console.admin_access", f"{who.name} opened the {choice.protocol.value} console of desktop "
-         f"{desktop.name}" + (f" (in use by {holder.username}@{holder.domain})" if holder else ""),
-         severity=Severity.WARNING if holder else Severity.NORMAL, actor=who.name, user_id=desktop.assigned_user_id,
-         desktop_id=desktop.id, pool_id=desktop.pool_id)
-    console, file = _console_out(desc)
-    return ConnectOut(session_id="", desktop_id=desktop.id, desktop_name=desktop.name, pool_id=desktop.pool_id,
-                      assignment="admin", lease_until=desktop.lease_until, protocol=choice.protocol,
-                      protocol_reason="administrator console", console=console, file=file)
+    return _connect_out(service.admin_console(session, who, desktop_id, protocol, nodes=NODES))
 
 
 # ---- the user's own view ----------------------------------------------------------------------------------------

@@ -1,16 +1,25 @@
 """Issuing console access for one desktop: a fresh ticket set on the domain through its node, and the
-descriptor (host, port, password, expiry) that broker.console renders as a .vv or .rdp file."""
+descriptor (host, port, password, expiry) that broker.console renders as a .vv or .rdp file. NODES is what the
+broker's service (broker.service.DesktopNodes) is handed to start desktops and issue consoles."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+from typing import Any
 from urllib.parse import urlparse
+
+from sqlalchemy.orm import Session
 
 from broker.console import ConsoleDescriptor, new_ticket_password
 from core.enums import Protocol
 from core.errors import Conflict, Unavailable
+from manager.config import get_settings
 from manager.models import utcnow
-from manager.provisioning import nodes
+from manager.provisioning import nodes, power
 from manager.provisioning.nodes import NodeTarget
+
+# How long a connect waits for its desktop to boot.
+CONNECT_START_TIMEOUT_S = float(os.environ.get("VDI_CONNECT_START_SECONDS", "120"))
 
 _WILDCARDS = {"", "0.0.0.0", "::", "[::]", None}
 
@@ -52,3 +61,26 @@ def issue(target: NodeTarget | None, *, desktop_id: str, desktop_name: str, prot
     return ConsoleDescriptor(protocol, host, int(display["port"]), desktop_id, desktop_name, password=password,
                              expires_at=expires, tls_port=display.get("tls_port") or None, username=username,
                              fullscreen=fullscreen)
+
+
+def issue_for_desktop(session: Session, desktop: Any, protocol: Protocol, *, username: str,
+                      fullscreen: bool = False) -> ConsoleDescriptor:
+    """Read where the desktop (a Desktop or a broker DESKTOP_BRIEF row) runs, then (outside any lock) set a ticket
+    on it through its node."""
+    # RDP goes to the guest itself: no node call, so no need to look the host up.
+    target = None if protocol == Protocol.RDP else nodes.target_of_desktop(session, desktop)
+    return issue(target, desktop_id=desktop.id, desktop_name=desktop.name, protocol=protocol,
+                 valid_seconds=get_settings().ticket_seconds, guest_ip=desktop.ip, username=username,
+                 fullscreen=fullscreen)
+
+
+class _BrokerNodes:
+    """broker.service.DesktopNodes, done by provisioning: a connect's start waits CONNECT_START_TIMEOUT_S."""
+
+    def ensure_running(self, desktop_id: str, *, actor: str) -> None:
+        power.ensure_running(desktop_id, actor=actor, timeout=CONNECT_START_TIMEOUT_S)
+
+    issue_console = staticmethod(issue_for_desktop)
+
+
+NODES = _BrokerNodes()
