@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from core.enums import PoolType
 from core.errors import Conflict, DuplicateName, InUse, Invalid
 from manager.api import schemas as s
 from manager.api.crud import CrudResource
@@ -122,6 +123,22 @@ def _prepare_bookmark(session: Session, values: dict[str, Any], who: Principal) 
     return values
 
 
+def _prepare_pool_update(session: Session, pool: Pool, values: dict[str, Any], who: Principal) -> dict[str, Any]:
+    """The pool as it would be after the change must still hold together (as PoolIn checks a new pool): at most
+    `size` prestarted desktops, a window that ends after it starts, a lease or a window end for a time-based pool.
+    The pool maintenance loop starts free desktops up to a raised `prestarted` (a lowered one stops none)."""
+    after = {key: values.get(key, getattr(pool, key)) for key in
+             ("prestarted", "window_start", "window_end", "lease_seconds")}
+    if after["prestarted"] > pool.size:
+        raise Invalid(f"prestarted ({after['prestarted']}) cannot exceed the pool's size ({pool.size}); "
+                      f"resize the pool to change its size")
+    if after["window_start"] and after["window_end"] and after["window_end"] <= after["window_start"]:
+        raise Invalid("window_end must be after window_start")
+    if pool.pool_type == PoolType.TIME_BASED and not (after["lease_seconds"] or after["window_end"]):
+        raise Invalid("a time_based pool needs lease_seconds or a window_end")
+    return values
+
+
 def _check_tag_parent(session: Session, tag: Tag, values: dict[str, Any], who: Principal) -> dict[str, Any]:
     parent_id = values.get("parent_id")
     seen = {tag.id}
@@ -161,8 +178,9 @@ RESOURCES: list[CrudResource] = [
                  "desktops:read", "desktops:write",
                  sortable=("name", "created_at", "cpu_usage", "mem_usage", "power_state", "memory_mib", "cpus"),
                  extra_event_fields=lambda d: {"desktop_id": d.id}),
-    CrudResource("pools", "pool", Pool, s.PoolOut, s.PoolIn, None, "pools:read", "pools:write",
+    CrudResource("pools", "pool", Pool, s.PoolOut, s.PoolIn, s.PoolPatch, "pools:read", "pools:write",
                  sortable=("name", "created_at", "size", "pool_type"), before_delete=_pool_in_use,
+                 prepare_update=_prepare_pool_update,
                  extra_event_fields=lambda p: {"pool_id": p.id}),
     CrudResource("users", "user", User, s.UserOut, s.UserIn, s.partial(s.UserIn, "UserPatch"), "users:read",
                  "users:write", sortable=("username", "domain", "created_at", "last_name"), unique=(),

@@ -247,6 +247,30 @@ class PoolIn(In):
         return self
 
 
+class PoolPatch(In):
+    """What may change after a pool is created. Its template, type, cluster, naming pattern and hardware shape its
+    existing desktops (roll out a template version, or make a new pool, instead); its size changes by resizing
+    (POST /pools/{id}/resize), which creates or removes desktops."""
+
+    description: Text | None = None
+    comment: Text | None = None
+    max_desktops_per_user: Annotated[int | None, Field(ge=1, le=100)] = None
+    protocol_policy: ProtocolPolicy | None = None
+    prestarted: Annotated[int | None, Field(ge=0, le=100_000, description="at most the pool's size")] = None
+    lease_seconds: Annotated[int | None, Field(ge=60, le=10 * 366 * 86400, description="null: no lease")] = None
+    window_start: dt.datetime | None = None
+    window_end: dt.datetime | None = None
+    reclaim_policy: ReclaimPolicy | None = None
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> "PoolPatch":
+        nullable = {"lease_seconds", "window_start", "window_end"}
+        cleared = sorted(k for k in self.model_fields_set - nullable if getattr(self, k) is None)
+        if cleared:
+            raise ValueError(f"{', '.join(cleared)}: give a value (null is not allowed)")
+        return self
+
+
 class PoolOut(Out):
     id: str
     name: str

@@ -44,7 +44,7 @@ CASES: dict[str, tuple[Callable, tuple[str, Any] | None, dict[str, Any], str | N
     "desktops": (lambda c: {"name": "desk-1", "cpus": 2, "memory_mib": 2048, "monitors": 2},
                  ("cpus", 4), {"name": "desk", "memory_mib": "lots"}, "name"),
     "pools": (lambda c: {"name": "eng", "template_id": template(c)["id"], "size": 10, "name_pattern": "eng-###"},
-              None, {"name": "eng", "template_id": "x", "size": "ten"}, "name"),
+              ("comment", "room 4"), {"name": "eng", "template_id": "x", "size": "ten"}, "name"),
     "users": (lambda c: {"username": "jdoe", "first_name": "John", "password": "correct-horse"},
               ("department", "Sales"), {"username": "x", "enabled": "perhaps"}, None),
     "groups": (lambda c: {"name": "finance"}, ("description", "money"), {"name": None}, None),
