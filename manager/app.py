@@ -16,6 +16,7 @@ from manager.api.broker import router as broker_router
 from manager.api.crud import crud_router
 from manager.api.desktop_actions import router as desktop_actions_router
 from manager.api.identity import router as identity_router
+from manager.api.hosts import router as hosts_router
 from manager.api.images import router as images_router
 from manager.api.resources import RESOURCES
 from manager.api.search import router as search_router
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
     api.include_router(identity_router)
     api.include_router(search_router)
     api.include_router(images_router)
+    api.include_router(hosts_router)
     for resource in RESOURCES:
         api.include_router(crud_router(resource))
     app.include_router(api)

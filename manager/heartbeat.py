@@ -46,8 +46,7 @@ def ingest_heartbeat(session: Session, host: Host, payload: dict[str, Any]) -> d
             enqueue(session, "hosts.reconcile", params={"host_id": host.id}, target_kind="host",
                     target_id=host.id, description=f"reconcile host {host.name} after its agent started")
     host.active_desktops = sum(1 for d in domains if d.state == PowerState.UP.value)
-    if not was_up and host.status != HostStatus.MAINTENANCE:
-        host.status = HostStatus.UP
+    if not was_up and host.status != HostStatus.MAINTENANCE and _came_up(session, host):
         emit(session, "host.up", f"host {host.name} is up (heartbeat received)", actor=host.name, host_id=host.id)
 
     by_id = {d.uuid: d for d in domains}
@@ -102,6 +101,15 @@ def _write_steady_stats(session: Session, host_id: str, by_id: dict[str, DomainS
     return set(session.scalars(_PG_WRITE_STEADY_STATS, {
         "host_id": host_id, "ids": ids, "cpu": [_percent(by_id[i].cpu_usage) for i in ids],
         "mem": [_percent(by_id[i].mem_usage) for i in ids], "states": [states[i].value for i in ids]}))
+
+
+def _came_up(session: Session, host: Host) -> bool:
+    """Mark the host up unless it is up already or in maintenance, as a compare-and-swap: an administrator who
+    puts the host into maintenance while this heartbeat is being stored wins (a host in maintenance stays there
+    until it is activated, whatever its heartbeats say)."""
+    return bool(session.execute(
+        update(Host).where(Host.id == host.id, Host.status.not_in([HostStatus.UP, HostStatus.MAINTENANCE]))
+        .values(status=HostStatus.UP)).rowcount)
 
 
 def _percent(value: Any) -> int:

@@ -1,0 +1,127 @@
+"""Host maintenance on real node agents: refused while desktops run there (naming them), then no new desktops
+are placed on the host, its desktops cannot start and its heartbeats do not bring it back up; activation does,
+with an event for each change; only hosts:write may do either."""
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from tests.integration.broker.conftest import API, TEST_HOST_MEMORY_MIB, bearer
+
+
+def _beat(anon_client, agent, host_name: str, seq: int):
+    caps = {"hostname": host_name, "domain_types": ["test"], "cpus": 8, "memory_mib": TEST_HOST_MEMORY_MIB,
+            "free_memory_mib": TEST_HOST_MEMORY_MIB}
+    return anon_client.post(f"{API}/nodes/{host_name}/heartbeat", headers=bearer(agent.node.token),
+                            json={"seq": seq, "caps": caps, "domains": []})
+
+
+def _events(client, code: str, host_id: str) -> list[str]:
+    return [e["message"] for e in client.get(f"{API}/events", params={"code": code, "host_id": host_id}).json()["items"]]
+
+
+def test_maintenance_is_refused_while_desktops_run_then_keeps_the_host_out_of_service(world, client, anon_client,
+                                                                                      node_agents):
+    a, b = world.hosts(2)
+    host_a = client.get(f"{API}/hosts/{a}").json()
+    template_id, _ = world.template()
+    names = [f"{world.prefix}-m{i}" for i in range(3)]
+    desktops = [client.post(f"{API}/desktops/provision", json={"name": n, "template_id": t, "host_id": a}).json()
+                for n, t in zip(names, [template_id] * 3)]
+    assert all(d["host_id"] == a for d in desktops), desktops
+    for d in desktops[:2]:
+        assert client.post(f"{API}/desktops/{d['id']}/start").status_code == 200
+
+    refused = client.post(f"{API}/hosts/{a}/maintenance")
+    assert refused.status_code == 409, refused.text
+    detail = refused.json()["detail"]
+    assert detail.startswith(f"2 desktops run on {host_a['name']} ") and detail.endswith("shut them down first")
+    assert names[0] in detail and names[1] in detail and names[2] not in detail
+    assert client.get(f"{API}/hosts/{a}").json()["status"] == "up"
+
+    for d in desktops[:2]:
+        assert client.post(f"{API}/desktops/{d['id']}/poweroff").status_code == 200
+    entered = client.post(f"{API}/hosts/{a}/maintenance", json={"reason": "new RAM"})
+    assert entered.status_code == 200, entered.text
+    assert entered.json()["status"] == "maintenance"
+    assert _events(client, "host.maintenance", a) == [
+        f"admin@local put host {host_a['name']} into maintenance (it was up): new RAM"]
+    again = client.post(f"{API}/hosts/{a}/maintenance")
+    assert again.status_code == 409 and "already in maintenance" in again.json()["detail"]
+
+    # No new desktop lands on it: placement takes the other host.
+    placed = client.post(f"{API}/desktops/provision", json={"name": f"{world.prefix}-new", "template_id": template_id})
+    assert placed.status_code == 201, placed.text
+    assert placed.json()["host_id"] == b
+    # Its desktops cannot start, and the refusal says why.
+    start = client.post(f"{API}/desktops/{desktops[2]['id']}/start")
+    assert start.status_code >= 400 and "maintenance" in start.json()["detail"], start.text
+    assert client.get(f"{API}/desktops/{desktops[2]['id']}").json()["task_state"] is None
+    # Its heartbeats keep coming and it stays in maintenance.
+    beat = _beat(anon_client, node_agents[0], host_a["name"], seq=1)
+    assert beat.status_code == 200, beat.text
+    assert client.get(f"{API}/hosts/{a}").json()["status"] == "maintenance"
+    assert _events(client, "host.up", a) == []
+
+    active = client.post(f"{API}/hosts/{a}/activate")
+    assert active.status_code == 200, active.text
+    assert active.json()["status"] == "up"  # it sent a heartbeat a moment ago
+    assert _events(client, "host.activated", a) == [f"admin@local activated host {host_a['name']}: it is up"]
+    not_in = client.post(f"{API}/hosts/{a}/activate")
+    assert not_in.status_code == 409 and "is up, not in maintenance" in not_in.json()["detail"]
+    assert client.post(f"{API}/desktops/{desktops[2]['id']}/start").status_code == 200
+
+
+def test_a_silent_host_is_activated_non_responsive_until_it_sends_a_heartbeat(world, client, anon_client,
+                                                                             node_agents):
+    import datetime as dt
+
+    from manager import db
+    from manager.models import Host
+
+    (a,) = world.hosts(1)
+    name = client.get(f"{API}/hosts/{a}").json()["name"]
+    assert client.post(f"{API}/hosts/{a}/maintenance").status_code == 200
+    with db.session_scope() as s:  # the node agent has been silent for longer than VDI_HOST_DEAD_AFTER_SECONDS
+        s.get(Host, a).last_heartbeat_at = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)
+    active = client.post(f"{API}/hosts/{a}/activate")
+    assert active.status_code == 200 and active.json()["status"] == "non_responsive", active.text
+    assert "until its node agent sends a heartbeat" in _events(client, "host.activated", a)[0]
+    assert _beat(anon_client, node_agents[0], name, seq=1).status_code == 200
+    assert client.get(f"{API}/hosts/{a}").json()["status"] == "up"
+    assert _events(client, "host.up", a) == [f"host {name} is up (heartbeat received)"]
+
+
+def test_maintenance_needs_hosts_write(world, client, anon_client):
+    (a,) = world.hosts(1)
+    _, helpdesk = world.user(f"{world.prefix}-hd", roles=("HelpDesk",))
+    _, desktop_admin = world.user(f"{world.prefix}-da", roles=("DesktopAdmin",))
+    for token in (helpdesk, desktop_admin):
+        for verb in ("maintenance", "activate"):
+            response = anon_client.post(f"{API}/hosts/{a}/{verb}", headers=bearer(token))
+            assert response.status_code == 403, (verb, response.text)
+    assert client.get(f"{API}/hosts/{a}").json()["status"] == "up"
+    missing = client.post(f"{API}/hosts/00000000-0000-0000-0000-000000000000/maintenance")
+    assert missing.status_code == 404 and "host" in missing.json()["detail"]
+    unknown_field = client.post(f"{API}/hosts/{a}/maintenance", json={"why": "x"})
+    assert unknown_field.status_code == 422
+
+
+def test_a_heartbeat_stored_while_the_host_enters_maintenance_does_not_bring_it_back(world, client, node_agents):
+    """The heartbeat read the host as non-responsive; an administrator put it into maintenance before the
+    heartbeat's transaction wrote anything: the host stays in maintenance."""
+    from core.enums import HostStatus
+    from manager import db
+    from manager.heartbeat import ingest_heartbeat
+    from manager.host_maintenance import enter_maintenance
+    from manager.models import Host
+
+    (a,) = world.hosts(1)
+    with db.session_scope() as s:
+        s.get(Host, a).status = HostStatus.NON_RESPONSIVE
+    with db.session_scope() as beat:
+        host = beat.scalar(select(Host).where(Host.id == a))  # as the heartbeat route reads it
+        with db.session_scope() as admin:
+            enter_maintenance(admin, a, actor="admin@local")
+        ingest_heartbeat(beat, host, {"seq": 1, "domains": []})
+    with db.session_scope() as s:
+        assert s.get(Host, a).status == HostStatus.MAINTENANCE
