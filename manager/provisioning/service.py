@@ -146,6 +146,8 @@ def plan_desktops(session: Session, requests: Sequence[DesktopRequest], *, polic
             host = session.get(Host, req.host_id)
             if host is None:
                 raise Invalid(f"host_id: host {req.host_id} does not exist")
+            if host.status == HostStatus.MAINTENANCE:
+                raise Conflict(f"host {host.name} is in maintenance: it takes no new desktops")
             load = placement.HostLoad(host.id, host.name, host.free_memory_mib)
         else:
             hosts = hosts_by_cluster.setdefault(req.cluster_id, candidate_hosts(session, req.cluster_id))

@@ -52,6 +52,9 @@ def test_maintenance_is_refused_while_desktops_run_then_keeps_the_host_out_of_se
     placed = client.post(f"{API}/desktops/provision", json={"name": f"{world.prefix}-new", "template_id": template_id})
     assert placed.status_code == 201, placed.text
     assert placed.json()["host_id"] == b
+    pinned = client.post(f"{API}/desktops/provision", json={"name": f"{world.prefix}-pin", "template_id": template_id,
+                                                            "host_id": a})
+    assert pinned.status_code == 409 and "in maintenance: it takes no new desktops" in pinned.json()["detail"]
     # Its desktops cannot start, and the refusal says why.
     start = client.post(f"{API}/desktops/{desktops[2]['id']}/start")
     assert start.status_code >= 400 and "maintenance" in start.json()["detail"], start.text
