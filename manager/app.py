@@ -14,6 +14,7 @@ from manager import db
 from manager.api.common import install_error_handlers
 from manager.api.broker import router as broker_router
 from manager.api.crud import crud_router
+from manager.api.dashboard import router as dashboard_router
 from manager.api.desktop_actions import router as desktop_actions_router
 from manager.api.identity import router as identity_router
 from manager.api.hosts import router as hosts_router
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
     api.include_router(identity_router)
     api.include_router(search_router)
     api.include_router(images_router)
+    api.include_router(dashboard_router)
     api.include_router(hosts_router)
     for resource in RESOURCES:
         api.include_router(crud_router(resource))
