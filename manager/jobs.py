@@ -36,6 +36,7 @@ TASK_MODULES = [
     "manager.node_reconcile",
     "manager.identity.sync_tasks",
     "manager.provisioning.tasks",
+    "manager.provisioning.bulk",
     "image_manager.tasks",
 ]
 

@@ -1,13 +1,13 @@
 """Actions on desktops and pools beyond plain CRUD: power (compare-and-swap on task_state), provisioning from a
-template version, dedicated/shared attachment, pool growth/shrink/maintenance and manual-pool (un)assignment.
-Thin wrappers: the work is in manager.provisioning (service, power, pools), which the web console's pages call
-too."""
+template version, dedicated/shared attachment, pool growth/shrink/maintenance, manual-pool (un)assignment and
+bulk actions. Thin wrappers: the work is in manager.provisioning (service, power, pools, bulk), which the web
+console's pages call too."""
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
-from fastapi import APIRouter, Depends
-from pydantic import Field, model_validator
+from fastapi import APIRouter, Depends, Request
+from pydantic import Field, field_validator, model_validator
 
 import manager.provisioning  # noqa: F401  (registers the provisioning jobs)
 from core.enums import OsType
@@ -15,12 +15,13 @@ from manager.api import schemas as s
 from manager.api.common import DbSession
 from manager.api.system import _job_out
 from manager.auth import Principal, require
-from manager.provisioning import pools, service
+from manager.provisioning import bulk, pools, service
 from manager.provisioning.placement import POLICIES
 from manager.provisioning.power import DEFAULT_STOP_TIMEOUT_S, PowerAction, power_desktop
 
 router = APIRouter()
 Power = Annotated[Principal, Depends(require("desktops:power"))]
+DesktopReader = Annotated[Principal, Depends(require("desktops:read"))]
 DesktopWriter = Annotated[Principal, Depends(require("desktops:write"))]
 PoolWriter = Annotated[Principal, Depends(require("pools:write"))]
 EntitlementWriter = Annotated[Principal, Depends(require("entitlements:write"))]
@@ -69,6 +70,26 @@ class PlacementIn(s.In):
     placement: Placement = "spread"
 
 
+class BulkIn(s.In):
+    action: bulk.BulkAction
+    desktop_ids: list[s.Id] = Field(min_length=1, max_length=bulk.MAX_DESKTOPS,
+                                    description="the desktops (each once; repeats are ignored)")
+
+    @field_validator("desktop_ids")
+    @classmethod
+    def _once_each(cls, ids: list[str]) -> list[str]:
+        return list(dict.fromkeys(ids))
+
+
+class BulkPreviewOut(s.Out):
+    action: bulk.BulkAction
+    count: int
+    names: list[str] = Field(description=f"the first {bulk.SHOWN} desktops by name")
+    in_use: int = Field(description="desktops with a live console session or an assigned user")
+    in_use_names: list[str] = Field(description=f"the first {bulk.SHOWN} of those")
+    busy: int = Field(description="desktops busy with another action (task_state set)")
+
+
 def _desktop_out(desktop) -> s.DesktopOut:
     return s.DesktopOut.model_validate(desktop)
 
@@ -97,6 +118,37 @@ def poweroff(desktop_id: str, session: DbSession, who: Power) -> Any:
 def reboot(desktop_id: str, session: DbSession, who: Power) -> Any:
     """Ask the running guest to reboot."""
     return _desktop_out(power_desktop(session, desktop_id, PowerAction.REBOOT, actor=who.name))
+
+
+# ---- bulk -------------------------------------------------------------------------------------------------------
+class BulkAsk(NamedTuple):
+    payload: BulkIn
+    who: Principal
+
+
+def _bulk_ask(payload: BulkIn, request: Request, session: DbSession) -> BulkAsk:
+    """The body, and who asks, holding the permission of the action asked for: desktops:power to start, stop,
+    power off or reboot; desktops:write to reset or remove (as the single actions)."""
+    return BulkAsk(payload, require(bulk.PERMISSION[payload.action])(request, session))
+
+
+_bulk_ask.permission = "desktops:power or desktops:write, by action"  # type: ignore[attr-defined]
+
+
+@router.post("/desktops/bulk", response_model=s.JobOut, status_code=202, tags=["desktops"])
+def bulk_action(ask: Annotated[BulkAsk, Depends(_bulk_ask)], session: DbSession) -> Any:
+    """One action on up to 1,000 desktops, as one job: a few desktops at a time, progress done/total, cancelable;
+    a desktop that cannot be done (busy, assigned, its host down) is listed by name in the job's result
+    (`failed`) while the others go on. Needs the single action's permission (desktops:power for start, stop,
+    poweroff, reboot; desktops:write for reset, deprovision). Unknown ids are a 422 naming them."""
+    return _job_out(bulk.request_bulk(session, ask.payload.action, ask.payload.desktop_ids, actor=ask.who.name))
+
+
+@router.post("/desktops/bulk/preview", response_model=BulkPreviewOut, tags=["desktops"])
+def bulk_preview(payload: BulkIn, session: DbSession, who: DesktopReader) -> Any:
+    """What a confirmation must say before a bulk action: how many desktops, their first names, how many have a
+    user (a live console session or an assigned user) and how many are busy with another action."""
+    return BulkPreviewOut.model_validate(bulk.preview(session, payload.action, payload.desktop_ids))
 
 
 # ---- provisioning ----------------------------------------------------------------------------------------------
