@@ -4,9 +4,11 @@ Builds an inventory in a dedicated database (migrated by Alembic, so it has the 
 desktops, 2,000 hosts, 20,000 users, 500 pools, 200,000 events, plus clusters, templates, holdings (assignments,
 entitlements) and tags. Then runs representative queries through manager.api.search.run_search (compile, count,
 one page) `--runs` times each, and the same searches with index and bitmap scans disabled (the naive sequential
-ILIKE plan) `--seq-runs` times for comparison:
+ILIKE plan) `--seq-runs` times for comparison; and the search bar's value suggestions (the completion of a
+half-typed query plus its database lookup, manager.search_values) `--runs` times each:
 
-    {"queries": {"<query>": {"p50_ms", "p95_ms", "rows", "seqscan_p50_ms"}}, "dataset": {...}}
+    {"queries": {"<query>": {"p50_ms", "p95_ms", "rows", "seqscan_p50_ms"}},
+     "completions": {"<typed text>": {"p50_ms", "p95_ms", "suggestions"}}, "dataset": {...}}
 
 Usage: python bench/search.py [--runs 50] [--seq-runs 5] [--keep] [--explain]
   --keep leaves the database (vdi_bench_search) for reruns, which then skip the data generation.
@@ -31,7 +33,8 @@ from manager.db import make_engine
 from manager.migrate import upgrade
 from manager.models import Base
 from manager.search_fields import REGISTRY
-from search_dsl import compile_query
+from manager.search_values import suggest_values
+from search_dsl import compile_query, complete
 
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DB_NAME = "vdi_bench_search"
@@ -53,6 +56,10 @@ QUERIES = [
     "Vms: tag = region-eu",                                                       # tag with descendants
     "Vms: mary",                                                                  # free text
 ]
+
+# Half-typed queries whose value the search bar completes from the database (at most 20 names each).
+COMPLETIONS = ["Vms: name = d", "Vms: name = DESK-04", "Vms: name = zz", "Vms: Hosts.name = vs", "Vms: pool = pool-4",
+               "Vms: tag = reg", "Users: usrname = name3", "Events: event_vm = desk-09"]
 
 FIRST = ["john", "mary", "ahmed", "li", "olga", "pierre", "sven", "ana", "kofi", "yuki"] + \
         [f"name{i}" for i in range(40)]
@@ -195,6 +202,10 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
 
+def _p95(timings: list[float]) -> float:
+    return statistics.quantiles(timings, n=20)[18] if len(timings) >= 2 else timings[0]
+
+
 def time_query(engine, query: str, runs: int) -> tuple[list[float], int]:
     timings, rows = [], 0
     with Session(engine) as session:
@@ -205,6 +216,17 @@ def time_query(engine, query: str, runs: int) -> tuple[list[float], int]:
             rows = result["total"]
             session.rollback()
     return timings, rows
+
+
+def time_completion(engine, typed: str, runs: int) -> tuple[list[float], int]:
+    timings, count = [], 0
+    with Session(engine) as session:
+        for _ in range(runs):
+            start = time.perf_counter()
+            count = len(suggest_values(session, complete(typed, REGISTRY)))
+            timings.append(time.perf_counter() - start)
+        session.rollback()
+    return timings, count
 
 
 def time_sequential(engine, query: str, runs: int) -> list[float]:
@@ -281,11 +303,17 @@ def main() -> None:
             sequential = time_sequential(engine, query, args.seq_runs)
             report["queries"][query] = {
                 "p50_ms": _ms(statistics.median(timings)),
-                "p95_ms": _ms(statistics.quantiles(timings, n=20)[18] if len(timings) >= 2 else timings[0]),
+                "p95_ms": _ms(_p95(timings)),
                 "rows": rows, "seqscan_p50_ms": _ms(statistics.median(sequential)),
             }
             if args.explain:
                 print(f"---- {query}\n{explain(engine, query)}\n", file=sys.stderr)
+        report["completions"] = {}
+        for typed in COMPLETIONS:
+            time_completion(engine, typed, 10)  # warm the cache and the prepared statements
+            timings, count = time_completion(engine, typed, args.runs)
+            report["completions"][typed] = {"p50_ms": _ms(statistics.median(timings)),
+                                            "p95_ms": _ms(_p95(timings)), "suggestions": count}
     finally:
         engine.dispose()
         if not args.keep:

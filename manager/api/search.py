@@ -27,6 +27,7 @@ from manager.api.common import DbSession
 from manager.auth import Principal, require
 from manager.models import Bookmark
 from manager.search_fields import KINDS, REGISTRY
+from manager.search_values import suggest_values
 from search_dsl import CompiledSearch, SearchError, compile_query, complete
 
 router = APIRouter(tags=["search"])
@@ -237,11 +238,13 @@ def search(session: DbSession, who: SearchReader,
 
 
 @router.get("/search/complete", response_model=CompletionOut)
-def complete_query(who: SearchReader, q: Annotated[str, Query(description="the query typed so far")] = "") \
-        -> dict[str, Any]:
-    """Suggestions for the next word of a partly typed query."""
+def complete_query(session: DbSession, who: SearchReader,
+                   q: Annotated[str, Query(description="the query typed so far")] = "") -> dict[str, Any]:
+    """Suggestions for the next word of a partly typed query: object types, fields, operators, enum values, and
+    while a value is typed the first names that start with it (hosts, pools, desktops, tags, users...)."""
     result = complete(q, REGISTRY)
-    return {"start": result.start, "partial": result.partial, "suggestions": list(result.suggestions),
+    suggestions = list(dict.fromkeys([*result.suggestions, *suggest_values(session, result)]))
+    return {"start": result.start, "partial": result.partial, "suggestions": suggestions,
             "error": _error_body(result.error) if result.error is not None else None}
 
 

@@ -7,13 +7,16 @@
   one expression (search_fields.joined_text), so `Vms: web` is one index scan instead of an ILIKE per column per row.
 * `events` severity as a number in oVirt's order (normal < warning < error < alert), so `severity >= warning`
   is an index range; the search compares exactly this expression (`severity_code`).
+* names folded to lower case in code-point order (`folded`) for the search bar's value suggestions
+  (manager/search_values.py): "names starting with x, in order, the first 20" is a range walk of a b-tree that
+  stops after 20 entries, whatever the case typed (a trigram index must read every match of a short prefix).
 bench/search.py measures what they buy.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import DDL, Index, Integer, event, literal_column
+from sqlalchemy import DDL, Index, Integer, String, event, func, literal_column
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -46,6 +49,25 @@ def _strpos(element: text_position, compiler: Any, **kw: Any) -> str:
 @compiles(text_position, "sqlite")
 def _instr(element: text_position, compiler: Any, **kw: Any) -> str:
     return f"instr({compiler.process(element.clauses, **kw)})"
+
+
+class folded(FunctionElement):
+    """`lower(x)` compared in code-point order (COLLATE "C" on Postgres, SQLite's default BINARY), so a prefix is
+    one range of it whatever the database's locale; the ix_*_folded indexes below serve exactly this."""
+
+    type = String()
+    name = "folded"
+    inherit_cache = True
+
+
+@compiles(folded)
+def _folded_pg(element: folded, compiler: Any, **kw: Any) -> str:
+    return f'(lower({compiler.process(element.clauses, **kw)}) COLLATE "C")'
+
+
+@compiles(folded, "sqlite")
+def _folded_sqlite(element: folded, compiler: Any, **kw: Any) -> str:
+    return f"lower({compiler.process(element.clauses, **kw)})"
 
 
 def severity_code(severity: Any) -> Any:
@@ -81,6 +103,14 @@ Index("ix_desktops_name_id", Desktop.name, Desktop.id)
 # The same order within one power state (`Vms: status = up`, the commonest filter): the page walks it, and the
 # search's probe of the first matches (manager/api/search.py, few_matches_statement) reads them from it alone.
 Index("ix_desktops_power_state_name_id", Desktop.power_state, Desktop.name, Desktop.id)
+# Value suggestions (manager/search_values.py): the tables that grow large; hosts, pools, templates and tags are
+# few enough to read whole. Each index is on lower(name) in the "C" collation, which is what `folded` compares (the
+# collation is given where Postgres puts an operator class: Alembic reflects index expressions without it).
+C_ORDER = 'COLLATE "C"'
+Index("ix_desktops_name_folded", func.lower(Desktop.name).label("name_folded"),
+      postgresql_ops={"name_folded": C_ORDER})
+Index("ix_users_username_folded", func.lower(User.username).label("username_folded"),
+      postgresql_ops={"username_folded": C_ORDER})
 
 # metadata.create_all on Postgres needs the operator class; Alembic's revision 0003 creates it there.
 event.listen(Base.metadata, "before_create", DDL("CREATE EXTENSION IF NOT EXISTS pg_trgm").execute_if(
