@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Select, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from core.enums import SessionState
@@ -12,6 +12,21 @@ from core.ids import new_id
 from manager.models import DesktopSession, utcnow
 
 LIVE = (SessionState.CONNECTED, SessionState.DISCONNECTED)
+# How lists of sessions are ordered unless asked otherwise, and what they may be sorted by.
+NEWEST_FIRST = (DesktopSession.created_at.desc(), DesktopSession.id)
+SORTABLE = {"connected_at": DesktopSession.connected_at, "state": DesktopSession.state}
+
+
+def query_sessions(*, state: SessionState | None = None, user_id: str | None = None, desktop_id: str | None = None,
+                   pool_id: str | None = None) -> Select:
+    """Console sessions matching the given fields exactly (GET /sessions, a desktop's page), unordered: the
+    caller pages it with NEWEST_FIRST or a SORTABLE column."""
+    stmt = select(DesktopSession)
+    for column, value in ((DesktopSession.state, state), (DesktopSession.user_id, user_id),
+                          (DesktopSession.desktop_id, desktop_id), (DesktopSession.pool_id, pool_id)):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    return stmt
 
 
 def open_session(session: Session, *, user_id: str, desktop_id: str, pool_id: str | None, protocol: str,
