@@ -89,6 +89,12 @@ def get_version(session: Session, template: Template, version_id: str) -> Templa
     return version
 
 
+def template_versions(session: Session, template_id: str) -> list[TemplateVersion]:
+    """The template's versions, oldest (number 1) first."""
+    return list(session.scalars(select(TemplateVersion).where(TemplateVersion.template_id == template_id)
+                                .order_by(TemplateVersion.number)))
+
+
 def get_desktop(session: Session, desktop_id: str) -> Desktop:
     return db.get_or_404(session, Desktop, desktop_id, "desktop")
 
@@ -172,8 +178,7 @@ def _next_version(session: Session, template: Template, name: str, *,
                   created_from_desktop_id: str | None = None) -> tuple[TemplateVersion, bool]:
     """The version an import fills: the template's first version while it has no image, else a new one.
     Returns (version, created)."""
-    versions = list(session.scalars(select(TemplateVersion).where(TemplateVersion.template_id == template.id)
-                                    .order_by(TemplateVersion.number)))
+    versions = template_versions(session, template.id)
     if created_from_desktop_id is None and len(versions) == 1 and versions[0].volume_id is None:
         if name:
             versions[0].name = name
@@ -1328,8 +1333,7 @@ def template_lineage(session: Session, template: Template) -> dict[str, Any]:
     """Each version of the template with its image and every volume that depends on it (desktop overlays,
     snapshots, stashes), each with its chain depth (files in its chain, itself included), virtual and actual
     sizes; the desktops on or moving to each version; and the savings report of the template's desktops."""
-    versions = list(session.scalars(select(TemplateVersion).where(TemplateVersion.template_id == template.id)
-                                    .order_by(TemplateVersion.number)))
+    versions = template_versions(session, template.id)
     roots = {v.volume_id: v for v in versions if v.volume_id}
     all_vols = list(session.scalars(select(Volume).where(Volume.parent_id.is_not(None))))
     children: dict[str, list[Volume]] = {}

@@ -11,19 +11,21 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from core.enums import HostStatus, JobState, Severity
 from core.errors import BadRequest, Conflict, NotAuthenticated, NotFound
 from event_manager.service import query_events
+from image_manager.service import get_template, template_versions
 from manager import db
 from manager.api import schemas as s
-from manager.api.common import DbSession, Page, Paging, paginate
+from manager.api.common import DbSession, Page, PageParams, Paging, paginate
 from manager.auth import (Principal, csrf_token, end_browser_session, issue_token, public, require,
                           start_browser_session)
 from manager.config import get_settings
 from manager.heartbeat import ingest_heartbeat
 from manager.jobs import enqueue, eta_seconds, request_cancel
-from manager.models import Event, Host, Job, StorageDomain, Template, TemplateVersion
+from manager.models import Event, Host, Job, StorageDomain
 
 router = APIRouter()
 
@@ -123,6 +125,12 @@ def list_jobs(session: DbSession, paging: Paging, who: Annotated[Principal, Depe
               state: JobState | None = None, kind: str | None = None, target_id: str | None = None) \
         -> dict[str, Any]:
     """Jobs, newest first, with progress and an ETA while running."""
+    return jobs_page(session, paging, state=state, kind=kind, target_id=target_id)
+
+
+def jobs_page(session: Session, paging: PageParams, *, state: JobState | None = None, kind: str | None = None,
+              target_id: str | None = None) -> dict[str, Any]:
+    """One page of jobs matching the given fields, newest first, each with its ETA (GET /jobs, the jobs page)."""
     stmt = select(Job)
     if state is not None:
         stmt = stmt.where(Job.state == state)
@@ -175,11 +183,8 @@ def refresh_storage_domain(domain_id: str, session: DbSession,
 @router.get("/templates/{template_id}/versions", response_model=list[s.TemplateVersionOut], tags=["templates"])
 def list_template_versions(template_id: str, session: DbSession,
                            who: Annotated[Principal, Depends(require("templates:read"))]) -> Any:
-    if session.get(Template, template_id) is None:
-        raise NotFound(kind="template", id=template_id)
-    rows = session.scalars(select(TemplateVersion).where(TemplateVersion.template_id == template_id)
-                           .order_by(TemplateVersion.number))
-    return [s.TemplateVersionOut.model_validate(r) for r in rows]
+    template = get_template(session, template_id)
+    return [s.TemplateVersionOut.model_validate(r) for r in template_versions(session, template.id)]
 
 
 # ---- node heartbeats ----------------------------------------------------------------------------------------
