@@ -20,6 +20,7 @@ from manager.api.identity import router as identity_router
 from manager.api.hosts import router as hosts_router
 from manager.api.images import router as images_router
 from manager.api.resources import RESOURCES
+from manager.api.screens import router as screens_router
 from manager.api.search import router as search_router
 from manager.api.system import router as system_router
 from manager.config import Settings, get_settings
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
     api.include_router(images_router)
     api.include_router(dashboard_router)
     api.include_router(hosts_router)
+    api.include_router(screens_router)
     for resource in RESOURCES:
         api.include_router(crud_router(resource))
     app.include_router(api)

@@ -126,5 +126,10 @@ def set_ticket(target: NodeTarget, desktop_id: str, password: str, valid_seconds
     return client(target).set_ticket(desktop_id, password, valid_seconds)
 
 
+def screenshot(target: NodeTarget, desktop_id: str, screen: int = 0) -> bytes:
+    """The domain's display `screen` as PNG bytes."""
+    return client(target).screenshot(desktop_id, screen)
+
+
 def guest(target: NodeTarget, desktop_id: str, command: str, timeout: float = 5.0) -> str:
     return client(target).guest(desktop_id, command, timeout=timeout)
