@@ -12,7 +12,7 @@ RUN_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-daem
 TEST_PACKAGES := $(RUN_PACKAGES) postgresql postgresql-client redis-server redis-tools iproute2 \
 	chromium chromium-driver
 
-.PHONY: run test venv sysdeps-run sysdeps-test services lint clean-data help
+.PHONY: run test screenshots venv sysdeps-run sysdeps-test services lint clean-data help
 
 help:
 	@echo "make run   - install what is needed and run the manager on the embedded default (SQLite)"
@@ -47,6 +47,10 @@ run: sysdeps-run venv
 
 test: sysdeps-test venv services
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The README's screenshots, made by a script against the real manager (never by hand): commit what it writes.
+screenshots: sysdeps-test venv services
+	$(PY) scripts/screenshots.py --out docs/screenshots
 
 clean-data:
 	rm -rf var

@@ -2,11 +2,11 @@
 a Postgres database of their own, with node agents).
 
 Fixtures:
-    vdi_server    (session) tests.e2e.server.RunningManager: base_url, admin (Account), api(account) and
+    vdi_server    (package) tests.e2e.server.RunningManager: base_url, admin (Account), api(account) and
                   admin_api (httpx clients for /api/v1), create_user(name, role), account(role), database_url,
                   data_dir (its logs: data_dir/logs)
     chromium      (session) the path of Debian's chromium; fails (not skips) the tests when it is missing
-    browser       (session) the chromium Browser (headless, no sandbox, no calls home; see browser.py)
+    browser       (package) the chromium Browser (headless, no sandbox, no calls home; see browser.py)
     offsite_guard           the test's tests.e2e.browser.OffsiteGuard (what it blocked: .blocked)
     context                 a fresh BrowserContext (base_url = the manager, so page.goto("/docs") works)
     page                    a Page in that context, not logged in
@@ -51,7 +51,9 @@ def pytest_runtest_call(item):
     return result
 
 
-@pytest.fixture(scope="session")
+# Package scope: one manager and one browser for all of tests/e2e, stopped once its last test has run rather than
+# at the end of a `make test` session (they would otherwise run on beside the integration tests).
+@pytest.fixture(scope="package")
 def vdi_server() -> Iterator[RunningManager]:
     try:
         with fresh_database("vdi_e2e") as url, running_manager(url) as server:
@@ -69,7 +71,7 @@ def chromium() -> Path:
         pytest.fail(str(exc))  # not a skip: CI installs chromium, a missing one is a broken setup
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(chromium) -> Iterator[Browser]:
     with sync_playwright() as playwright:
         launched = launch_chromium(playwright)
