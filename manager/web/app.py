@@ -8,7 +8,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from manager.web import login
-from manager.web.admin import dashboard, search
+from manager.web.admin import dashboard, kinds, search
 from manager.web.render import STATIC_URL
 
 STATIC = Path(__file__).parent / "static"
@@ -18,6 +18,7 @@ def install_web(app: FastAPI) -> None:
     app.mount(STATIC_URL, StaticFiles(directory=STATIC), name="console-static")
     app.include_router(login.router)
     app.include_router(search.router)
+    app.include_router(kinds.router)
     app.include_router(dashboard.router)
 
     @app.get("/", include_in_schema=False)
