@@ -23,6 +23,7 @@ from manager.api.resources import RESOURCES
 from manager.api.screens import router as screens_router
 from manager.api.search import router as search_router
 from manager.api.system import router as system_router
+from manager.api.tags import router as tags_router
 from manager.config import Settings, get_settings
 from manager.web import install_web
 
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
     api.include_router(desktop_actions_router)
     api.include_router(identity_router)
     api.include_router(search_router)
+    api.include_router(tags_router)
     api.include_router(images_router)
     api.include_router(dashboard_router)
     api.include_router(hosts_router)
