@@ -1,0 +1,172 @@
+"""GET /api/v1/events/stream on a real uvicorn server and real Postgres: its database reads wait in worker threads,
+never on the event loop (a stream stuck behind a lock leaves the rest of the API answering, and keep-alives still
+go out); events written after the stream opened arrive with their ids; Last-Event-ID resumes after an id."""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from sqlalchemy import select, text
+
+from tests.integration.broker.conftest import API, api_server, bearer, work_dir  # noqa: F401 (fixtures)
+
+WAIT_S = 60.0  # how long a step may take before the test gives up (a hang is a failure, not a measurement)
+
+
+@pytest.fixture
+def quick_keepalive(monkeypatch) -> None:
+    """The server (started after this) sends a keep-alive every 0.2 s instead of every 15 s."""
+    monkeypatch.setenv("VDI_EVENT_STREAM_KEEPALIVE_SECONDS", "0.2")
+
+
+@pytest.fixture
+def token(clean_db) -> str:
+    from manager import db
+    from manager.auth import issue_token
+    from manager.bootstrap import ensure_admin
+
+    with db.session_scope() as session:
+        admin, _ = ensure_admin(session, password="admin-test-password")
+        return issue_token(session, admin, name="stream tests")
+
+
+class Stream:
+    """An SSE response read line by line in a thread of its own (httpx's reads block)."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self._client = httpx.Client(timeout=httpx.Timeout(WAIT_S, read=None))
+        self._response = self._client.send(self._client.build_request("GET", url, headers=headers), stream=True)
+        assert self._response.status_code == 200, self._response.read()
+        assert self._response.headers["content-type"].startswith("text/event-stream")
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for line in self._response.iter_lines():
+                self.lines.put(line)
+        except httpx.HTTPError:
+            pass
+        self.lines.put(None)
+
+    def next_line(self) -> str:
+        line = self.lines.get(timeout=WAIT_S)
+        assert line is not None, "the stream ended"
+        return line
+
+    def next_event(self) -> dict[str, str]:
+        """The next event's fields (id, event, data), skipping comments."""
+        fields: dict[str, str] = {}
+        while True:
+            line = self.next_line()
+            if line == "" and fields:
+                return fields
+            if line and not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+
+    def close(self) -> None:
+        self._response.close()
+        self._client.close()
+
+
+@pytest.fixture
+def open_stream(api_server, token) -> Iterator:  # noqa: F811 (api_server is a fixture)
+    streams: list[Stream] = []
+
+    def open_(query: str = "", **headers: str) -> Stream:
+        stream = Stream(f"{api_server.url}{API}/events/stream{query}", {**bearer(token), **headers})
+        streams.append(stream)
+        return stream
+
+    yield open_
+    for stream in streams:
+        stream.close()
+
+
+def emit_event(message: str, session=None) -> int | None:
+    """Write one event through event_manager (in a transaction of its own: returns its id; or in `session`'s,
+    which writes it at its commit)."""
+    from event_manager.service import emit
+    from manager import db
+
+    if session is not None:
+        emit(session, "test.stream", message, actor="tests")
+        return None
+    with db.session_scope() as own:
+        emit(own, "test.stream", message, actor="tests")
+    return event_id(message)
+
+
+def event_id(message: str) -> int:
+    from manager import db
+    from manager.models import Event
+
+    with db.session_scope() as s:
+        return s.scalar(select(Event.id).where(Event.message == message))
+
+
+def wait_for_lock_waiter(table: str) -> None:
+    """Until some backend waits for a lock on `table` (the stream's read, behind our lock)."""
+    from manager import db
+
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        with db.session_scope() as s:
+            waiting = s.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                                    "AND relation = CAST(:t AS regclass)"), {"t": table})
+        if waiting:
+            return
+        assert time.monotonic() < deadline, f"nothing waited for the lock on {table}"
+        time.sleep(0.05)
+
+
+def test_a_stream_waiting_for_the_database_leaves_the_server_answering(quick_keepalive, api_server,  # noqa: F811
+                                                                       open_stream):
+    from manager import db
+
+    locker = db.new_session()
+    try:
+        # Another transaction holds the events table: the stream's next read has to wait for it.
+        locker.execute(text("LOCK TABLE events IN ACCESS EXCLUSIVE MODE"))
+        stream = open_stream("?after_id=0")
+        wait_for_lock_waiter("events")
+        # The same server still answers while the stream's read waits (on the old code the read blocked the
+        # event loop: this request hung until the lock went away).
+        health = httpx.get(f"{api_server.url}{API}/health", timeout=WAIT_S)
+        assert health.status_code == 200 and health.json()["db"]["status"] == "ok", health.text
+        # and the waiting stream still sends keep-alives
+        while stream.next_line() != ": keep-alive":
+            pass
+        # An event written by the lock's holder arrives once the lock goes away.
+        emit_event("written while the stream waited", locker)
+        locker.commit()
+    finally:
+        locker.rollback()
+        locker.close()
+    written = event_id("written while the stream waited")
+    got = stream.next_event()
+    assert got["id"] == str(written) and got["event"] == "test.stream", got
+    assert f'"id": {written}' in got["data"] and "written while the stream waited" in got["data"]
+
+
+def test_an_event_written_after_the_stream_opened_arrives_with_its_id(api_server, open_stream):  # noqa: F811
+    before = emit_event("before the stream")
+    stream = open_stream()  # from the newest event on: `before` is not sent
+    first = emit_event("after the stream opened")
+    got = stream.next_event()
+    assert got["id"] == str(first) and got["event"] == "test.stream" and first > before, got
+    assert "after the stream opened" in got["data"]
+
+    # A client that reconnects with Last-Event-ID gets what came after that id, and only that.
+    second = emit_event("while the client was away")
+    resumed = open_stream(**{"Last-Event-ID": str(first)})
+    assert resumed.next_event()["id"] == str(second)
+    assert stream.next_event()["id"] == str(second)
+    # after_id does the same
+    assert open_stream(f"?after_id={before}").next_event()["id"] == str(first)
