@@ -22,15 +22,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from tests.e2e.browser import (ChromiumMissing, OffsiteGuard, chromium_executable, launch_chromium, log_in,
-                              new_guarded_context)
+from tests.e2e.browser import (ACTION_TIMEOUT_MS, ChromiumMissing, OffsiteGuard, chromium_executable, launch_chromium,
+                              log_in, new_guarded_context)
 from tests.e2e.server import RunningManager, running_manager
 from tests.harness.postgres import PostgresUnavailable, fresh_database
 
 HERE = Path(__file__).parent
 GUARD = pytest.StashKey[OffsiteGuard]()
+# expect() waits up to this long for its condition, like actions do (its own default is 5 s: too short for ReDoc
+# parsing the whole API on two busy cores). A wait, not a speed assertion.
+expect.set_options(timeout=ACTION_TIMEOUT_MS)
 
 
 def pytest_collection_modifyitems(items):
