@@ -26,6 +26,7 @@ from manager.api.resources import RESOURCES
 from manager.api.search import BadSearch, run_search
 from manager.auth import Principal
 from manager.models import Desktop, Group, Host, Job, Pool, Template, User
+from manager.web.admin.actions import action_context
 from manager.web.pages import viewer
 from manager.web.render import page
 
@@ -151,6 +152,7 @@ def _add_page(router: APIRouter, kind: ObjectKind) -> None:
         ctx: dict[str, Any] = {"kind": kind, "obj": obj, "title": kind.title(obj), "facts": kind.facts(session, obj),
                                "tabs": [("overview", "Overview")]}
         ctx.update(kind.related(session, obj, who))
+        ctx.update(action_context(kind.noun, session, obj, who, ctx))  # what the actions toolbar needs
         filters = kind.event_filter(obj) if kind.event_filter is not None else None
         if filters is not None and who.can("events:read"):
             ctx["events"] = events_page(session, filters, events_page_number)
