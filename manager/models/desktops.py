@@ -89,3 +89,8 @@ Index("ix_desktops_pool_free", Desktop.pool_id, Desktop.assigned_user_id)
 # point, straight from the index instead of a sort of every free desktop of the pool. Partial: only free desktops.
 Index("ix_desktops_free_pick", Desktop.pool_id, Desktop.power_state, Desktop.id,
       postgresql_where=Desktop.assigned_user_id.is_(None), sqlite_where=Desktop.assigned_user_id.is_(None))
+
+# The dashboard's desktops by task (manager.dashboard.desktop_states): at any moment few desktops have a task, so the
+# index of those few is tiny and its count spares a scan of the whole table (about 50 ms at 100,000 desktops).
+Index("ix_desktops_task_state", Desktop.task_state, postgresql_where=Desktop.task_state.is_not(None),
+      sqlite_where=Desktop.task_state.is_not(None))

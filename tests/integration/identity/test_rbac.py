@@ -23,6 +23,7 @@ MATRIX: dict[str, list[tuple[str, str, set[Role]]]] = {
     "entitlements": [("GET", "/entitlements", {S, D, H}), ("POST", "/entitlements", {S, D})],
     "events": [("GET", "/events", {S, D, H})],
     "jobs": [("GET", "/jobs", {S, D, H})],
+    "dashboard": [("GET", "/dashboard", {S, D, H})],
     "tags": [("GET", "/tags", {S, D, H}), ("POST", "/tags", {S, D})],
     "directory sync": [("POST", "/directory/sync", {S}), ("GET", "/directory/status", {S, D, H})],
     "self": [("GET", "/auth/me", {S, D, H, U}), ("GET", "/users/me/access", {S, D, H, U})],
