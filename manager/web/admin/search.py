@@ -13,10 +13,11 @@ from manager.api.search import BadSearch, run_search
 from manager.auth import Principal
 from manager.models import Bookmark
 from manager.search_fields import REGISTRY
+from manager.tagging import TAGGED_KINDS, tags_of
 from manager.web.admin.columns import COLUMNS, PAGE_KIND, REF_PAGES, referenced_names
 from manager.web.pages import viewer
 from manager.web.render import page
-from search_dsl import SearchError, parse
+from search_dsl import SearchError, parse, value_text
 from search_dsl.rewrite import with_tail
 
 router = APIRouter()
@@ -54,6 +55,19 @@ def _sort_links(query: str, obj: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def row_tags(session, who: Principal, result: dict[str, Any]) -> dict[str, Any]:
+    """For kinds that can be tagged: each row's tags as (name, the query that finds that tag's objects), read in one
+    query for the page. `selectable`: rows have checkboxes (desktops for their actions; the others to tag them)."""
+    kind = result["kind"]
+    if kind not in TAGGED_KINDS or not who.can("tags:read"):
+        return {"selectable": kind == "desktop"}
+    tags = tags_of(session, kind, [item.id for item in result["items"]])
+    plural = f"{result['object']}s: tag = "
+    links = {object_id: [(name, plural + text if (text := value_text(name)) else None) for name in names]
+             for object_id, names in tags.items()}
+    return {"row_tags": links, "tag_query": plural, "selectable": kind == "desktop" or who.can("tags:write")}
+
+
 @router.get("/admin", response_class=HTMLResponse, include_in_schema=False)
 def search_page(request: Request, session: DbSession, who: SearchViewer,
                 q: Annotated[str, Query(max_length=4096)] = "") -> HTMLResponse:
@@ -75,5 +89,6 @@ def search_page(request: Request, session: DbSession, who: SearchViewer,
                        sort_links=_sort_links(q, obj),
                        page_links={n: with_tail(q, REGISTRY, page=n) for n in
                                    sorted({1, result["page"] - 1, result["page"] + 1, pages} - {0, pages + 1})
-                                   if 1 <= n <= max(pages, 1)})
+                                   if 1 <= n <= max(pages, 1)},
+                       **row_tags(session, who, result))
     return page(request, "admin/search.html", ctx, status=status, who=who)
