@@ -26,10 +26,8 @@ from typing import Any
 
 from sqlalchemy import (BigInteger, String, and_, case, func, literal, literal_column, not_, or_, select,
                         true, tuple_, type_coerce, union_all)
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql import operators
-from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import UserDefinedType
 
 from core.enums import HostStatus, OsType, PoolType, PowerState, PrincipalSource, ProtocolPolicy
@@ -38,7 +36,8 @@ from manager.models import (ApiToken, Assignment, Bookmark, Cluster, Desktop, De
                             Entitlement, Event, Group, GroupGroupMembership, Host, Job, LoginAttempt, Pool,
                             RoleAssignment, Snapshot, StorageDomain, Tag, TagAssignment, Template, TemplateVersion,
                             User, UserGroupMembership, Volume)
-from manager.models.search_indexes import DESKTOP_TEXT_COLUMNS, SEPARATOR, SEVERITY_CODES, severity_code
+from manager.models.search_indexes import (DESKTOP_TEXT_COLUMNS, SEPARATOR, SEVERITY_CODES, dialect_function,
+                                           severity_code)
 from search_dsl import Field, Kind, ObjectDef, Registry, Relation, TagTree, XRef
 from search_dsl.compiler import InSelect, column_of as col
 from search_dsl.registry import DATE_OPS, NUMERIC_OPS, STRING_OPS
@@ -47,22 +46,10 @@ GIB = 1024 ** 3
 
 
 # ---- computed columns ------------------------------------------------------------------------------------
-class seconds_since(FunctionElement):
-    """Whole seconds from a timestamp column to now (oVirt's `elapsed_time`), on Postgres and SQLite."""
-
-    type = BigInteger()
-    name = "seconds_since"
-    inherit_cache = True
-
-
-@compiles(seconds_since)
-def _seconds_since_pg(element: seconds_since, compiler: Any, **kw: Any) -> str:
-    return f"CAST(EXTRACT(EPOCH FROM (now() - {compiler.process(element.clauses, **kw)})) AS BIGINT)"
-
-
-@compiles(seconds_since, "sqlite")
-def _seconds_since_sqlite(element: seconds_since, compiler: Any, **kw: Any) -> str:
-    return f"CAST((julianday('now') - julianday({compiler.process(element.clauses, **kw)})) * 86400 AS INTEGER)"
+seconds_since = dialect_function(
+    "seconds_since", BigInteger(), "CAST(EXTRACT(EPOCH FROM (now() - {args})) AS BIGINT)",
+    "CAST((julianday('now') - julianday({args})) * 86400 AS INTEGER)",
+    "Whole seconds from a timestamp column to now (oVirt's `elapsed_time`), on Postgres and SQLite.")
 
 
 def _text(name: str) -> Callable[[Any], Any]:

@@ -33,41 +33,25 @@ SEPARATOR = "\x1f"
 DESKTOP_TEXT_COLUMNS = ("name", "comment", "description", "ip", "guest_hostname", "logged_in_user")
 
 
-class text_position(FunctionElement):
-    """1-based position of `needle` in `haystack` (0 when absent): strpos on Postgres, instr on SQLite."""
+def dialect_function(name: str, sql_type: Any, postgresql: str, sqlite: str, doc: str) -> Any:
+    """A SQL function written one way on Postgres and another on SQLite: `postgresql` and `sqlite` are the SQL with
+    `{args}` standing for the compiled arguments. Returns the class; call it with the arguments like `func.x`."""
+    function = type(name, (FunctionElement,), {"type": sql_type, "name": name, "inherit_cache": True, "__doc__": doc})
 
-    type = Integer()
-    name = "text_position"
-    inherit_cache = True
-
-
-@compiles(text_position)
-def _strpos(element: text_position, compiler: Any, **kw: Any) -> str:
-    return f"strpos({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(text_position, "sqlite")
-def _instr(element: text_position, compiler: Any, **kw: Any) -> str:
-    return f"instr({compiler.process(element.clauses, **kw)})"
+    def writer(sql: str) -> Any:
+        return lambda element, compiler, **kw: sql.format(args=compiler.process(element.clauses, **kw))
+    compiles(function)(writer(postgresql))
+    compiles(function, "sqlite")(writer(sqlite))
+    return function
 
 
-class folded(FunctionElement):
-    """`lower(x)` compared in code-point order (COLLATE "C" on Postgres, SQLite's default BINARY), so a prefix is
-    one range of it whatever the database's locale; the ix_*_folded indexes below serve exactly this."""
-
-    type = String()
-    name = "folded"
-    inherit_cache = True
-
-
-@compiles(folded)
-def _folded_pg(element: folded, compiler: Any, **kw: Any) -> str:
-    return f'(lower({compiler.process(element.clauses, **kw)}) COLLATE "C")'
-
-
-@compiles(folded, "sqlite")
-def _folded_sqlite(element: folded, compiler: Any, **kw: Any) -> str:
-    return f"lower({compiler.process(element.clauses, **kw)})"
+text_position = dialect_function(
+    "text_position", Integer(), "strpos({args})", "instr({args})",
+    "1-based position of `needle` in `haystack` (0 when absent): strpos on Postgres, instr on SQLite.")
+folded = dialect_function(
+    "folded", String(), '(lower({args}) COLLATE "C")', "lower({args})",
+    """`lower(x)` compared in code-point order (COLLATE "C" on Postgres, SQLite's default BINARY), so a prefix is one
+    range of it whatever the database's locale; the ix_*_folded indexes below serve exactly this.""")
 
 
 def severity_code(severity: Any) -> Any:
