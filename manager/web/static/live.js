@@ -22,6 +22,7 @@
   // list's loading (loadAlerts) are the places to change.
   const ALERT_SEVERITIES = ["alert", "error"];
   const isAlert = (event) => ALERT_SEVERITIES.includes(event.severity);
+  const OPEN_MS = 24 * 3600 * 1000;  // the unread badge counts alerts of the last day (dashboard.py ALERT_WINDOW)
 
   // The page of the object an event is about, most specific first (the same order as templates/_event_item.html).
   const OBJECT_PAGES = [["desktop_id", "desktops"], ["host_id", "hosts"], ["pool_id", "pools"],
@@ -31,10 +32,12 @@
     return `/admin/events/${event.id}`;
   }
 
+  // The API's timestamps are UTC; one without an offset is read as UTC too.
+  const parseTime = (iso) => new Date(/[zZ]|[+-]\d\d:?\d\d$/.test(iso) ? iso : iso + "Z");
   // "2024-05-01 12:00:00", UTC to the second, as the server's `when` filter writes timestamps.
   function when(iso) {
     if (!iso) return "—";
-    const date = new Date(/[zZ]|[+-]\d\d:?\d\d$/.test(iso) ? iso : iso + "Z");
+    const date = parseTime(iso);
     return isNaN(date) ? iso : date.toISOString().slice(0, 19).replace("T", " ");
   }
 
@@ -127,7 +130,7 @@
       updateBadge();
     }
     function updateBadge() {
-      const unread = alerts.filter((a) => a.id > seen).length;
+      const unread = alerts.filter((a) => a.id > seen && Date.now() - parseTime(a.time) < OPEN_MS).length;
       badge.textContent = unread ? (unread > 99 ? "99+" : String(unread)) : "";
       badgeText.textContent = unread ? `${unread} unread alert${unread === 1 ? "" : "s"}` : "";
       document.getElementById("alerts-new").textContent = badge.textContent;
