@@ -256,7 +256,15 @@
   }
 
   const pageObject = () => document.querySelector(".object[data-kind][data-id]");
-  const reload = () => location.reload();
+  // Show the page again with what changed. `jobs`: jobs just followed in the tray, which the reloaded page opens
+  // its tray on (?shown=<ids>), so the person sees how they ended.
+  function reload(...jobs) {
+    const ids = jobs.filter(Boolean).map((job) => job.id || job);
+    if (!ids.length) { location.reload(); return; }
+    const url = new URL(location.href);
+    url.searchParams.set("shown", ids.join(","));
+    location.replace(url);
+  }
 
   // ---- a desktop's page ----------------------------------------------------------------------------------------
   function desktopHandlers(id, name) {
@@ -267,12 +275,12 @@
         const body = dropEmpty(values(form));
         const job = await api("POST", `${base}/reimage`, body);
         form.closest("dialog").close();
-        await watch(job); reload();
+        await watch(job); reload(job);
       },
       async snapshot(form) {
         const made = await api("POST", `${base}/snapshots`, dropEmpty(values(form)));
         form.closest("dialog").close();
-        await watch(made.job); reload();
+        await watch(made.job); reload(made.job);
       },
       async "snapshot-op"(form, submitter) {
         const chosen = form.querySelector("input[name=snapshot_id]:checked");
@@ -281,7 +289,7 @@
         const path = `${base}/snapshots/${encodeURIComponent(chosen.value)}`;
         const job = op === "delete" ? await api("DELETE", path) : await api("POST", `${path}/${op}`);
         form.closest("dialog").close();
-        await watch(job); reload();
+        await watch(job); reload(job);
       },
       async assign(form) {
         const typed = form.elements.user.value.trim();
@@ -359,7 +367,7 @@
             const job = await api("POST", `${base}/${action}`);
             const final = await watch(job);
             if (action === "deprovision" && (!final || final.state === "succeeded")) location.assign("/admin?q=Vms%3A");
-            else reload();
+            else reload(job);
           }
         } else if (button.dataset.preview) {
           const keep = button.dataset.preview === "commit";
@@ -367,8 +375,9 @@
             title: keep ? `Keep the previewed snapshot on ${name}?` : `Undo the preview on ${name}?`,
             lines: [keep ? "The disk as it was before the preview is deleted." : "Whatever was written during the preview is lost."],
             confirmLabel: keep ? "Keep it" : "Undo preview" }))) return;
-          await watch(await api("POST", `${base}/preview/${button.dataset.preview}`));
-          reload();
+          const job = await api("POST", `${base}/preview/${button.dataset.preview}`);
+          await watch(job);
+          reload(job);
         } else if (button.dataset.unassign) {
           if (!(await confirmDialog({ title: `Unassign ${name}?`,
             lines: ["Its user no longer holds it; it is reset to the template before anyone else gets it."],
@@ -394,7 +403,7 @@
            `${answer.pending.length.toLocaleString("en")} at their next logoff, ${answer.unchanged.length.toLocaleString("en")} already there`);
     const jobs = answer.job_ids.slice(0, 20);  // the tray follows the first ones; the rest run all the same
     await Promise.all(jobs.map((jobId) => watch({ id: jobId, kind: "rollout" })));
-    return answer;
+    return jobs;
   }
 
   function poolHandlers(id) {
@@ -404,7 +413,7 @@
         const body = values(form);
         const job = await api("POST", `${base}/resize`, body);
         form.closest("dialog").close();
-        await watch(job); reload();
+        await watch(job); reload(job);
       },
       async "edit-pool"(form) {
         const body = leaseSeconds(values(form, { changedOnly: true }));
@@ -414,7 +423,7 @@
         notify("Pool saved");
         reload();
       },
-      async rollout(form) { await rollout(form); reload(); },
+      async rollout(form) { reload(...await rollout(form)); },
     };
   }
 
@@ -428,8 +437,9 @@
       const name = document.getElementById("object-title")?.textContent.trim() || id;
       try {
         if (button.dataset.poolOp === "provision") {
-          await watch(await api("POST", `${base}/provision`));
-          reload();
+          const job = await api("POST", `${base}/provision`);
+          await watch(job);
+          reload(job);
         } else if (button.dataset.poolOp === "delete") {
           if (!(await confirmDialog({ title: `Delete pool ${name}?`,
             lines: ["Only an empty pool can be deleted: resize it to 0 first."], confirmLabel: "Delete" }))) return;
@@ -522,20 +532,23 @@
         bar.hidden = false;
         const job = await upload(`${base}/upload?${params}`, file, (share) => { bar.value = Math.round(share * 100); });
         form.closest("dialog").close();
-        await watch(job); reload();
+        await watch(job); reload(job);
       },
-      async rollout(form) { await rollout(form); reload(); },
+      async rollout(form) { reload(...await rollout(form)); },
     });
   }
 
   // ---- a page opened to follow a job (/admin/pools/{id}?watch=<job id> after the new-pool form) --------------------
+  // ?shown=<ids>: jobs that finished before this page was reloaded, shown in the tray.
   function followWatchedJob() {
     const url = new URL(location.href);
-    const jobId = url.searchParams.get("watch");
-    if (!jobId) return;
+    const jobId = url.searchParams.get("watch"), shown = url.searchParams.get("shown");
+    if (!jobId && !shown) return;
     url.searchParams.delete("watch");
+    url.searchParams.delete("shown");
     history.replaceState(null, "", url);
-    watch({ id: jobId, kind: "job" }).then((final) => { if (final) reload(); });
+    if (jobId) watch({ id: jobId, kind: "job" }).then((final) => { if (final) reload(final); });
+    for (const id of (shown || "").split(",").filter(Boolean).slice(0, 20)) Console.watchJob(id).catch(() => {});
   }
 
   Console.onReady(() => {
