@@ -78,7 +78,8 @@ def user_label(user: Any) -> str:
 
 
 def version_label(version: Any) -> str:
-    return f"version {version.number}" + (f" ({version.name})" if version.name else "")
+    label = f"version {version.number}"
+    return label + (f" ({version.name})" if version.name and version.name != label else "")
 
 
 def _named(obj: Any) -> str:

@@ -2,9 +2,14 @@
 libvirt test-driver hypervisor answers with the PNG the node captured; once stopped, a 409 that says why."""
 from __future__ import annotations
 
-# The broker tests' real node agents and estate builder (their fixtures, used here as they are).
-from tests.integration.broker.conftest import (API, hosts_without_heartbeats, node_agents, template_image,  # noqa: F401
-                                               uniq, work_dir, world)
+from tests.integration.broker import conftest as broker
+
+# The broker tests' fixtures, used here as they are: real node agents on test-driver hypervisors and the estate
+# builder (pytest finds a module's fixtures by their names in it).
+API = broker.API
+work_dir, node_agents, template_image, uniq, world = (broker.work_dir, broker.node_agents, broker.template_image,
+                                                      broker.uniq, broker.world)
+hosts_without_heartbeats = broker.hosts_without_heartbeats
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -180,7 +180,7 @@ def test_the_events_tab_lists_that_objects_events_only_newest_first_and_paged(ad
             emit(s, "desktop.note", f"note {n:02d} on fin-01", desktop_id=i.desktop)
     response = admin_browser.get(f"/admin/desktops/{i.desktop}", params={"tab": "events"})
     tab = _event_tab(response.text)
-    assert 'id="object-panel-overview" aria-labelledby="object-tab-overview" tabindex="0" hidden' in response.text
+    assert re.search(r'id="object-panel-overview" role="tabpanel"[^>]* hidden>', response.text)
     assert "fin-02 started" not in tab and "note 29 on fin-01" in tab
     api = client.get("/api/v1/events", params={"desktop_id": i.desktop, "per_page": 25}).json()
     assert re.findall(r'data-event-id="(\d+)"', tab) == [str(e["id"]) for e in api["items"]]
@@ -261,3 +261,17 @@ def test_the_screenshot_needs_the_console_permission(anon_client, inventory):
     _log_in_as(anon_client, "plain", None)
     response = anon_client.get(f"/api/v1/desktops/{inventory.desktop}/screenshot")
     assert response.status_code == 403
+
+
+def test_the_jobs_list_pages_newest_first_keeping_its_filter(admin_browser):
+    with db.session_scope() as s:
+        s.add_all(Job(kind="storage.refresh", description=f"refresh {n:02d}", state=JobState.PENDING)
+                  for n in range(55))
+        s.add(Job(kind="storage.refresh", description="the failed one", state=JobState.FAILED))
+    first = admin_browser.get("/admin/jobs", params={"state": "pending"}).text
+    assert 'data-total="55"' in first and "the failed one" not in first
+    assert 'value="pending" selected' in first
+    assert re.search(r'<a href="(/admin/jobs[^"]*)" rel="next"', first).group(1) == "/admin/jobs?state=pending&amp;page=2"
+    second = admin_browser.get("/admin/jobs", params={"state": "pending", "page": 2}).text
+    assert len(re.findall(r'<tr data-id=', second)) == 5 and 'rel="prev"' in second
+    assert admin_browser.get("/admin/jobs", params={"state": "sleeping"}).status_code == 422

@@ -78,5 +78,5 @@ def jobs_list(request: Request, session: DbSession, who: Annotated[Principal, De
         raise Invalid(f"state: {state!r} is not a job state ({', '.join(s.value for s in JobState)})") from None
     found = jobs_page(session, PageParams(page=page_number, per_page=JOBS_PER_PAGE, sort=None, order="asc"),
                       state=wanted)
-    return page(request, "admin/jobs.html", {"jobs": found, "state": state, "states": list(JobState),
+    return page(request, "admin/jobs.html", {"jobs": found, "wanted": state, "states": list(JobState),
                                              "target_href": target_href}, who=who)
