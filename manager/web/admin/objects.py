@@ -29,6 +29,7 @@ from manager.models import Desktop, Group, Host, Job, Pool, Template, User
 from manager.web.admin.actions import action_context
 from manager.web.pages import viewer
 from manager.web.render import page
+from search_dsl import value_text
 
 EVENTS_PER_PAGE = 25
 PREVIEW_SIZE = 10  # rows of a related search shown on a page (the link opens the whole search)
@@ -107,19 +108,11 @@ def search_href(query: str) -> str:
     return "/admin?" + urlencode({"q": query})
 
 
-def dsl_value(text: str) -> str | None:
-    """`text` as a value in the search language: as is when it is one plain word, else quoted; None when the
-    language cannot say it (it refuses ' ; and a quote inside a value)."""
-    if any(ch in text for ch in "';\"\\") or not text:
-        return None
-    return text if all(ch.isalnum() or ch in "-_.@" for ch in text) else f'"{text}"'
-
-
 def search_preview(session: Session, query_head: str, value: str, tail: str = "") -> dict[str, Any] | None:
     """The first PREVIEW_SIZE results and the total of the search `<query_head> <value><tail>`, and a link to
     it: a short list on the page that is the same search the link opens. None when the value cannot be
     searched for."""
-    quoted = dsl_value(value)
+    quoted = value_text(value)  # bare, or quoted as the search language reads it back
     if quoted is None:
         return None
     query = f"{query_head} {quoted}{tail}"
