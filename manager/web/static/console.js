@@ -75,7 +75,9 @@ const Console = (() => {
       const caret = input.selectionStart ?? input.value.length;
       const before = input.value.slice(0, start), after = input.value.slice(caret);
       const word = items[index];
-      const glue = word.endsWith(":") || word.endsWith(".") ? "" : " ";
+      // An object name is followed by its plural s or ':' (Vm -> Vms:), a '.' or ':' by the next word at once.
+      const objectName = !before.includes(":");
+      const glue = objectName || word.endsWith(":") || word.endsWith(".") ? "" : " ";
       input.value = before + word + glue + after.trimStart();
       const at = (before + word + glue).length;
       input.setSelectionRange(at, at);
