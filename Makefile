@@ -48,7 +48,8 @@ run: sysdeps-run venv
 test: sysdeps-test venv services
 	$(PY) -m pytest -q -p no:cacheprovider
 
-# The README's screenshots, made by a script against the real manager (never by hand): commit what it writes.
+# The README's screenshots, made by a script against the real manager (never by hand). They are not committed (no
+# generated files or images in git): run this once after a checkout and the README's images appear.
 screenshots: sysdeps-test venv services
 	$(PY) scripts/screenshots.py --out docs/screenshots
 

@@ -16,7 +16,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     port = args.port or settings.port
     if args.upgrade:
         _upgrade_db()
-    print(f"VDI manager on http://{host}:{port}  (API docs: http://{host}:{port}/docs)", flush=True)
+    print(f"VDI manager on http://{host}:{port}: admin console http://{host}:{port}/admin, "
+          f"API docs http://{host}:{port}/docs", flush=True)
     uvicorn.run("manager.app:create_app", factory=True, host=host, port=port, workers=args.workers,
                 log_level=settings.log_level.lower(), access_log=args.access_log)
     return 0

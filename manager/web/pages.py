@@ -1,22 +1,17 @@
-"""Who may see a page, and how a page answers when they may not.
+"""How a page answers someone who may not see it.
 
-`viewer(permission)` is the pages' `require(...)`: the same authentication and permission check as the API
-(manager.auth), so a page can show nothing the API would refuse. Someone who is not logged in is sent to the
-login form (and back afterwards); an error on a page is a page, not JSON.
+Pages declare who may see them with the API's own `manager.auth.require(permission)`, so a page can show nothing
+the API would refuse. Someone who is not logged in is sent to the login form (and back afterwards); any other
+error on a page is a page, not JSON (manager.api.common's handlers call render_error for page paths).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import Depends, Request
+from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy.orm import Session
 
-from core.errors import Forbidden, NotAuthenticated, VdiError
-from manager.auth import Principal, authenticate
-from manager.db import request_session
+from core.errors import NotAuthenticated, VdiError
 
 WEB_PREFIXES = ("/admin",)
 LOGIN_PATH = "/admin/login"
@@ -24,21 +19,6 @@ LOGIN_PATH = "/admin/login"
 
 def is_page(request: Request) -> bool:
     return request.url.path.startswith(WEB_PREFIXES)
-
-
-def viewer(permission: str) -> Callable[..., Principal]:
-    """A page dependency: authenticate and check one permission, as manager.auth.require does for the API."""
-
-    def dependency(request: Request, session: Annotated[Session, Depends(request_session, scope="function")]) \
-            -> Principal:
-        principal = authenticate(request, session)
-        if not principal.can(permission):
-            raise Forbidden(action=permission.replace(":", " "))
-        return principal
-
-    dependency.permission = permission  # type: ignore[attr-defined]  (read by the page audit test)
-    dependency.__name__ = f"view_{permission.replace(':', '_')}"
-    return dependency
 
 
 def login_redirect(request: Request) -> RedirectResponse:

@@ -129,6 +129,17 @@ def test_helpdesk_sees_no_delete(logged_in, twenty_running):
     expect(page.get_by_role("heading", name=f"{BULK}-07", level=1)).to_be_visible()
     expect(page.get_by_role("button", name="Shut down")).to_be_visible()
     expect(page.get_by_role("button", name="Delete")).to_have_count(0)
+    # What a forged request from this HelpDesk session gets, with the page's own CSRF token: refused, and the
+    # desktop stays.
+    desktop_id = page.locator("[data-kind=desktop]").get_attribute("data-id")
+    forged = page.evaluate("""async (id) => {
+        const csrf = document.querySelector('meta[name="csrf-token"]').content;
+        const answer = await fetch(`/api/v1/desktops/${id}`, {method: "DELETE", headers: {"X-CSRF-Token": csrf}});
+        return [answer.status, (await answer.json()).error];
+    }""", desktop_id)
+    assert forged == [403, "forbidden"]
+    page.reload()
+    expect(page.get_by_role("heading", name=f"{BULK}-07", level=1)).to_be_visible()
 
 
 def test_create_a_pool_from_its_form_and_watch_it_provision(logged_in, vdi_server):

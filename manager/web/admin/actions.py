@@ -19,13 +19,12 @@ from sqlalchemy.orm import Session
 from core.enums import PoolType, ProtocolPolicy, ReclaimPolicy
 from image_manager.service import SNAPSHOT_IN_PREVIEW, template_versions
 from manager.api.common import DbSession
-from manager.auth import Principal
+from manager.auth import Principal, require
 from manager.models import Cluster, Desktop, Pool, Template, TemplateVersion
-from manager.web.pages import viewer
 from manager.web.render import page
 
 router = APIRouter()
-PoolWriter = Annotated[Principal, Depends(viewer("pools:write"))]
+PoolWriter = Annotated[Principal, Depends(require("pools:write"))]
 
 
 def _versions(session: Session, template_id: str | None) -> list[dict[str, Any]]:

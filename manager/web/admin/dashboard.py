@@ -13,13 +13,12 @@ from fastapi.responses import HTMLResponse
 from core.enums import HostStatus, PowerState, TaskState
 from manager import dashboard
 from manager.api.common import DbSession
-from manager.auth import Principal
+from manager.auth import Principal, require
 from manager.search_fields import HOST_STATUS, VM_STATUS
-from manager.web.pages import viewer
 from manager.web.render import page
 
 router = APIRouter()
-SystemViewer = Annotated[Principal, Depends(viewer("system:read"))]
+SystemViewer = Annotated[Principal, Depends(require("system:read"))]
 
 
 def _search_word(table: dict[str, str], value: str) -> str:

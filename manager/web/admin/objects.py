@@ -24,10 +24,9 @@ from manager.api import schemas as s
 from manager.api.common import DbSession, PageParams, paginate
 from manager.api.resources import RESOURCES
 from manager.api.search import BadSearch, run_search
-from manager.auth import Principal
+from manager.auth import Principal, require
 from manager.models import Desktop, Group, Host, Job, Pool, Template, User
 from manager.web.admin.actions import action_context
-from manager.web.pages import viewer
 from manager.web.render import page
 from search_dsl import value_text
 
@@ -139,7 +138,7 @@ def events_page(session: Session, filters: dict[str, Any], page_number: int) -> 
 def _add_page(router: APIRouter, kind: ObjectKind) -> None:
     # (a plain default, not an Annotated alias: this module's annotations are strings, resolved in its globals)
     def object_page(object_id: str, request: Request, session: DbSession,
-                    who: Principal = Depends(viewer(kind.permission)),
+                    who: Principal = Depends(require(kind.permission)),
                     tab: Annotated[str, Query(max_length=32)] = "overview",
                     events_page_number: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1) -> HTMLResponse:
         obj = kind.load(session, object_id, who)

@@ -10,18 +10,17 @@ from sqlalchemy import select
 from manager.api.common import DbSession
 from manager.api.resources import RESOURCES
 from manager.api.search import BadSearch, run_search
-from manager.auth import Principal
+from manager.auth import Principal, require
 from manager.models import Bookmark
 from manager.search_fields import REGISTRY
 from manager.tagging import TAGGED_KINDS, tags_of
 from manager.web.admin.columns import COLUMNS, PAGE_KIND, REF_PAGES, referenced_names
-from manager.web.pages import viewer
 from manager.web.render import page
 from search_dsl import SearchError, parse, value_text
 from search_dsl.rewrite import with_tail
 
 router = APIRouter()
-SearchViewer = Annotated[Principal, Depends(viewer("search:read"))]
+SearchViewer = Annotated[Principal, Depends(require("search:read"))]
 PAGE_SIZE = 100  # oVirt's SearchResultsLimit
 EXAMPLES = ["Vms: status = up and cpu_usage > 50", "Vms: status = down sortby name", "Hosts: status = up",
             "Vms: loggedinuser = alice*", "Pools:", "Events: severity >= warning sortby time desc",

@@ -13,12 +13,11 @@ from core.enums import JobState
 from core.errors import Invalid
 from manager.api.common import DbSession, PageParams
 from manager.api.system import jobs_page
-from manager.auth import Principal
+from manager.auth import Principal, require
 from manager.db import get_or_404
 from manager.jobs import eta_seconds
 from manager.models import Job
 from manager.web.admin.objects import PAGE_KINDS, Fact, ObjectKind, href, object_fact
-from manager.web.pages import viewer
 from manager.web.render import page
 
 JOBS_PER_PAGE = 50
@@ -69,7 +68,7 @@ list_router = APIRouter()
 
 
 @list_router.get("/admin/jobs", response_class=HTMLResponse, include_in_schema=False)
-def jobs_list(request: Request, session: DbSession, who: Annotated[Principal, Depends(viewer("jobs:read"))],
+def jobs_list(request: Request, session: DbSession, who: Annotated[Principal, Depends(require("jobs:read"))],
               state: Annotated[str, Query(max_length=32, description="a job state; empty: all")] = "",
               page_number: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1) -> HTMLResponse:
     try:
