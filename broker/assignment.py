@@ -320,7 +320,13 @@ def _claim_free(session: Session, pool_id: str, user_id: str, now: dt.datetime, 
     is only said of a pool that really is. `first_done`: the first, skipping attempt was made already."""
     for attempt in range(1 if first_done else 0, 3):
         if is_postgres(session):
-            claimed = _claim(session, _CLAIM_PICKED[attempt > 0], {"pick_pool": pool_id, "pick_start": start},
+            # The waiting passes walk from the pool's first desktop, not from the random start: a blocking FOR
+            # UPDATE keeps the lock of every row it waited for and then passed (taken meanwhile), so two waiters
+            # walking from different points could each hold a row the other waits for (Postgres then kills one
+            # with "deadlock detected": a 503 in a login storm). One order for every waiter makes a cycle
+            # impossible; the skipping pass keeps the random start that spreads concurrent picks.
+            claimed = _claim(session, _CLAIM_PICKED[attempt > 0],
+                             {"pick_pool": pool_id, "pick_start": start if attempt == 0 else ""},
                              user_id, now, lease_until)
             if claimed is not None:
                 return claimed
