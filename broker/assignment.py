@@ -127,7 +127,8 @@ def _held_and_dedicated():
 _HELD_AND_DEDICATED = _held_and_dedicated()
 
 
-def _lock_user(session: Session, user_id: str) -> None:
+def lock_user(session: Session, user_id: str) -> None:
+    """Lock the user's row (user_lock) until the transaction ends: their assignments are counted one at a time."""
     if is_postgres(session):
         session.connection().execute(_LOCK_USER, {"user_id": user_id})
 
@@ -278,7 +279,7 @@ def take_from_pool(session: Session, user_id: str, by: str, key: str, *, new_des
     """
     now = now or utcnow()
     if not user_locked:
-        _lock_user(session, user_id)
+        lock_user(session, user_id)
     start = new_id()  # where a pick starts among the pool's free desktops (see _locked_pick)
     pool, mine = _first_look(session, user_id, by, key, new_desktop=new_desktop, start=start, now=now)
     if pool is None:
@@ -339,13 +340,16 @@ def _claim_free(session: Session, pool_id: str, user_id: str, now: dt.datetime, 
 
 
 def release(session: Session, desktop_id: str, *, user_id: str | None = None,
-            next_task: TaskState | None = None) -> bool:
+            next_task: TaskState | None = None, lease_ended_by: dt.datetime | None = None) -> bool:
     """Take a pool desktop back from its user (compare-and-swap: only if `user_id` still holds it, when
-    given). `next_task` marks the work that must happen before anyone else gets it (reimaging,
-    deleting). Returns False when the desktop was not held (by that user)."""
+    given; only if its lease ended by `lease_ended_by`, when given, so a lease extended meanwhile is kept).
+    `next_task` marks the work that must happen before anyone else gets it (reimaging, deleting). Returns False
+    when the desktop was not held (by that user)."""
     stmt = update(Desktop).where(Desktop.id == desktop_id, Desktop.assigned_user_id.is_not(None))
     if user_id is not None:
         stmt = stmt.where(Desktop.assigned_user_id == user_id)
+    if lease_ended_by is not None:
+        stmt = stmt.where(Desktop.lease_until <= lease_ended_by)
     values: dict = {"assigned_user_id": None, "assigned_at": None, "lease_until": None}
     if next_task is not None:
         stmt = stmt.where(Desktop.task_state.is_(None) | Desktop.task_state.in_(ASSIGNABLE_TASKS))

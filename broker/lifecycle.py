@@ -14,11 +14,12 @@ import datetime as dt
 import enum
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from broker import assignment, sessions
 from core.enums import PoolType, PowerState, ReclaimPolicy, Severity, TaskState
+from core.errors import Conflict
 from event_manager.service import emit
 from manager.models import Assignment, Desktop, DesktopSession, Pool, User, utcnow
 
@@ -88,8 +89,8 @@ def expire_leases(session: Session, now: dt.datetime | None = None, limit: int =
     out: list[Reclaimed] = []
     for desktop_id, name, user_id, pool_id, policy, pool_name in rows:
         next_task = TaskState.REIMAGING if policy == ReclaimPolicy.REIMAGE else TaskState.DELETING
-        if not assignment.release(session, desktop_id, user_id=user_id, next_task=next_task):
-            continue  # released meanwhile (logoff, admin): nothing to reclaim
+        if not assignment.release(session, desktop_id, user_id=user_id, next_task=next_task, lease_ended_by=now):
+            continue  # released (logoff, admin) or extended meanwhile: nothing to reclaim
         sessions.end_sessions_of_desktop(session, desktop_id, now)
         verb = "reset to its template" if policy == ReclaimPolicy.REIMAGE else "deleted"
         emit(session, "desktop.lease_expired",
@@ -98,6 +99,51 @@ def expire_leases(session: Session, now: dt.datetime | None = None, limit: int =
              user_id=user_id, desktop_id=desktop_id, pool_id=pool_id)
         out.append(Reclaimed(desktop_id, name, user_id, pool_id, policy))
     return out
+
+
+def lease_limit(pool: Pool, desktop: Desktop) -> dt.datetime | None:
+    """The latest a time-based lease on `desktop` may be extended to: when it was taken + the pool's
+    max_lease_seconds, cut at the window's end. None when the pool's leases cannot be extended."""
+    if pool.pool_type != PoolType.TIME_BASED or pool.max_lease_seconds is None or desktop.assigned_at is None:
+        return None
+    ends = [desktop.assigned_at + dt.timedelta(seconds=pool.max_lease_seconds)]
+    if pool.window_end is not None:
+        ends.append(pool.window_end)
+    return min(ends)
+
+
+def extend_lease(session: Session, desktop: Desktop, user_id: str, *, actor: str,
+                 now: dt.datetime | None = None) -> dt.datetime:
+    """Extend the user's lease on a time-based pool desktop by one lease (the pool's lease_seconds; to the limit
+    when the pool has only a window), never beyond lease_limit. Compare-and-swap on the lease it read, so an
+    expiry or another extension in between wins and this one is refused. Emits desktop.lease_extended. Returns the
+    new end. Conflict when the desktop is not leased to the user, the pool allows no extension, the lease has
+    ended or is already at the limit."""
+    now = now or utcnow()
+    pool = session.get(Pool, desktop.pool_id) if desktop.pool_id else None
+    if pool is None or pool.pool_type != PoolType.TIME_BASED or desktop.assigned_user_id != user_id \
+            or desktop.lease_until is None:
+        raise Conflict(f"desktop {desktop.name} has no lease of yours to extend (only time-based pools lease)")
+    limit = lease_limit(pool, desktop)
+    if limit is None:
+        raise Conflict(f"pool {pool.name} does not allow extending a lease")
+    current = desktop.lease_until
+    if current <= now:
+        raise Conflict(f"your lease on desktop {desktop.name} has ended")
+    wanted = current + dt.timedelta(seconds=pool.lease_seconds) if pool.lease_seconds else limit
+    new_end = min(wanted, limit)
+    if new_end <= current:
+        raise Conflict(f"your lease on desktop {desktop.name} already runs to the pool's limit "
+                       f"({limit.isoformat()})")
+    done = session.execute(update(Desktop).where(Desktop.id == desktop.id, Desktop.assigned_user_id == user_id,
+                                                 Desktop.lease_until == current)
+                           .values(lease_until=new_end).execution_options(synchronize_session=False)).rowcount
+    if done != 1:
+        raise Conflict(f"the lease on desktop {desktop.name} changed meanwhile; reload and try again")
+    emit(session, "desktop.lease_extended", f"{actor} extended the lease on desktop {desktop.name} (pool "
+         f"{pool.name}) to {new_end.isoformat()}", actor=actor, user_id=user_id, desktop_id=desktop.id,
+         pool_id=pool.id)
+    return new_end
 
 
 def desktops_to_prestart(session: Session, pool: Pool) -> list[str]:

@@ -15,19 +15,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol as Interface
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from broker import entitlement, lifecycle, sessions
+from broker import assignment, entitlement, lifecycle, sessions
 from broker.assignment import Assigned, assignment_guard, take_from_pool
 from broker.console import ConsoleDescriptor
 from broker.errors import BadConnectRequest
 from broker.protocol import choose_protocol, parse_protocols
-from core.enums import PowerState, Protocol, ProtocolPolicy, SessionState, Severity
+from core.enums import HostStatus, PoolType, PowerState, Protocol, ProtocolPolicy, SessionState, Severity, TaskState
 from core.errors import Conflict, NotFound
 from event_manager.service import emit
 from manager.db import commit_and_give_up_slot, commit_in_route, get_or_404, is_postgres
 from manager.jobs import enqueue
-from manager.models import Desktop, DesktopSession, Pool, User, utcnow
+from manager.models import Desktop, DesktopSession, Host, Pool, User, utcnow
 
 
 class Caller(Interface):
@@ -201,3 +202,142 @@ def logoff(session: Session, row: DesktopSession, *, actor: str) -> DesktopSessi
                 target_kind="desktop", target_id=desktop.id, description=f"reset desktop {desktop.name} after logoff")
     session.refresh(row)
     return row
+
+
+# ---- the user's own view: one implementation for GET /me/desktops, /me/pools and the portal ---------------------
+# What a user may do to a desktop themselves (the portal shows only these; the API checks them again):
+# - reboot: any running desktop they can reach.
+# - reset to a clean desktop: a pool desktop they hold in an automatic or time-based pool. Those desktops are
+#   disposable by design (an automatic pool resets them at every logoff, a time-based one when the lease ends); a
+#   manual pool's or a dedicated desktop keeps the user's work, so only an administrator resets it.
+# - extend: a time-based lease, while it runs, up to the pool's limit (lifecycle.lease_limit).
+# - log off: a live session of theirs.
+SELF_RESETTABLE = (PoolType.AUTOMATIC, PoolType.TIME_BASED)
+
+
+@dataclass(frozen=True)
+class MyDesktop:
+    id: str
+    name: str
+    pool_id: str | None
+    pool_name: str | None
+    pool_type: PoolType | None
+    how: str  # pool (held from a pool) | dedicated | entitled
+    power_state: PowerState
+    task_state: TaskState | None
+    os_type: str
+    console_protocols: str
+    lease_until: dt.datetime | None
+    lease_limit: dt.datetime | None
+    session_id: str | None  # the user's live session on it
+    session_state: SessionState | None
+    maintenance: bool  # its host is in maintenance
+    new_image_at_logoff: bool  # a template version waits for the next logoff or reset
+    in_use: bool  # a console client of the user's is connected
+    can_reboot: bool
+    can_reset: bool
+    can_extend: bool
+
+
+@dataclass(frozen=True)
+class MyPool:
+    id: str
+    name: str
+    description: str
+    pool_type: str
+    free: int
+    size: int
+    holding: int  # desktops of this pool the user holds
+    max_desktops_per_user: int
+    lease_seconds: int | None
+    max_lease_seconds: int | None
+
+    @property
+    def can_take(self) -> bool:
+        """The user may take (another) desktop: one is free and they are under the pool's per-user limit."""
+        return self.free > 0 and self.holding < self.max_desktops_per_user
+
+
+def my_desktops(session: Session, user_id: str, now: dt.datetime | None = None) -> list[MyDesktop]:
+    """The desktops the user can connect to right now, with what they may do to each."""
+    now = now or utcnow()
+    ids = entitlement.reachable_desktop_ids(session, user_id)
+    if not ids:
+        return []
+    live = {desktop_id: (sid, state) for sid, desktop_id, state in session.execute(
+        select(DesktopSession.id, DesktopSession.desktop_id, DesktopSession.state).where(
+            DesktopSession.user_id == user_id, DesktopSession.state.in_(sessions.LIVE))
+        .order_by(DesktopSession.created_at))}
+    rows = session.execute(select(Desktop, Pool, Host.status).outerjoin(Pool, Pool.id == Desktop.pool_id)
+                           .outerjoin(Host, Host.id == Desktop.host_id)
+                           .where(Desktop.id.in_(ids)).order_by(Desktop.name)).all()
+    out = []
+    for d, pool, host_status in rows:
+        held = d.assigned_user_id == user_id
+        how = "pool" if held else "dedicated" if d.pool_id is None else "entitled"
+        sid, state = live.get(d.id, (None, None))
+        limit = lifecycle.lease_limit(pool, d) if pool is not None and held else None
+        out.append(MyDesktop(
+            id=d.id, name=d.name, pool_id=d.pool_id, pool_name=pool.name if pool else None,
+            pool_type=pool.pool_type if pool else None, how=how, power_state=d.power_state, task_state=d.task_state,
+            os_type=d.os_type.value, console_protocols=d.console_protocols, lease_until=d.lease_until,
+            lease_limit=limit, session_id=sid, session_state=state,
+            maintenance=host_status == HostStatus.MAINTENANCE,
+            new_image_at_logoff=d.pending_template_version_id is not None,
+            in_use=state == SessionState.CONNECTED,
+            can_reboot=d.power_state == PowerState.UP and d.task_state is None,
+            can_reset=held and pool is not None and pool.pool_type in SELF_RESETTABLE and d.task_state is None,
+            can_extend=limit is not None and d.lease_until is not None and now < d.lease_until < limit))
+    return out
+
+
+def my_pools(session: Session, user_id: str) -> list[MyPool]:
+    """The pools the user is entitled to, with how many desktops are free and how many they hold."""
+    pool_ids = entitlement.entitled_pool_ids(session, user_id)
+    if not pool_ids:
+        return []
+    counts = {pid: (total, free, mine) for pid, total, free, mine in session.execute(
+        select(Desktop.pool_id, func.count(Desktop.id),
+               func.count(Desktop.id).filter(Desktop.assigned_user_id.is_(None)),
+               func.count(Desktop.id).filter(Desktop.assigned_user_id == user_id))
+        .where(Desktop.pool_id.in_(pool_ids)).group_by(Desktop.pool_id))}
+    out = []
+    for p in session.scalars(select(Pool).where(Pool.id.in_(pool_ids)).order_by(Pool.name)):
+        total, free, mine = counts.get(p.id, (0, 0, 0))
+        out.append(MyPool(id=p.id, name=p.name, description=p.description, pool_type=p.pool_type.value, free=free,
+                          size=total, holding=mine, max_desktops_per_user=p.max_desktops_per_user,
+                          lease_seconds=p.lease_seconds, max_lease_seconds=p.max_lease_seconds))
+    return out
+
+
+def my_desktop(session: Session, user_id: str, desktop_id: str) -> MyDesktop:
+    """One desktop of my_desktops; NotFound when the user cannot reach it."""
+    reachable_desktop(session, user_id, desktop_id)
+    for d in my_desktops(session, user_id):
+        if d.id == desktop_id:
+            return d
+    raise NotFound(kind="desktop", id=desktop_id)
+
+
+def extend_lease(session: Session, who: Caller, desktop_id: str) -> dt.datetime:
+    """Extend the caller's lease on their time-based desktop within the pool's limit (lifecycle.extend_lease)."""
+    desktop = reachable_desktop(session, who.user_id, desktop_id)
+    return lifecycle.extend_lease(session, desktop, who.user_id, actor=who.name)
+
+
+def reset_own_desktop(session: Session, who: Caller, desktop_id: str):
+    """The user gives a disposable desktop back to be reset to its template (see SELF_RESETTABLE), as an automatic
+    pool does at logoff: their sessions end, the desktop is released and reset by a job, and their next Connect
+    gets a clean desktop of the pool. Returns the job. NotFound, or Conflict naming why not."""
+    desktop = reachable_desktop(session, who.user_id, desktop_id)
+    pool = session.get(Pool, desktop.pool_id) if desktop.pool_id else None
+    if pool is None or desktop.assigned_user_id != who.user_id or pool.pool_type not in SELF_RESETTABLE:
+        raise Conflict(f"desktop {desktop.name} keeps your work: ask an administrator to reset it")
+    sessions.end_sessions_of_desktop(session, desktop.id)
+    if not assignment.release(session, desktop.id, user_id=who.user_id, next_task=TaskState.REIMAGING):
+        raise Conflict(f"desktop {desktop.name} is busy with another action; try again when it is done")
+    emit(session, "broker.reset_by_user", f"{who.name} gave desktop {desktop.name} back to pool {pool.name} to be "
+         "reset to its template", actor=who.name, user_id=who.user_id, desktop_id=desktop.id, pool_id=pool.id)
+    return enqueue(session, "desktops.reset", params={"desktop_id": desktop.id}, created_by=who.name,
+                   target_kind="desktop", target_id=desktop.id, description=f"reset desktop {desktop.name} "
+                   f"for {who.name}")

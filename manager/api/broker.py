@@ -5,26 +5,28 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import Field, model_validator
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 import manager.provisioning  # noqa: F401  (registers the provisioning jobs)
-from broker import entitlement, service, sessions
+from broker import service, sessions
 from broker.console import ConsoleDescriptor, render_file
-from core.enums import PowerState, Protocol, SessionState
-from core.errors import Conflict
+from core.enums import PowerState, Protocol, SessionState, TaskState
+from core.errors import Conflict, Invalid
 from event_manager.service import emit
 from manager.api import schemas as s
 from manager.api.common import DbSession, Page, Paging, paginate
 from manager.auth import Principal, require
 from manager.db import get_or_404
-from manager.models import Desktop, DesktopSession, Event, Pool
+from manager.api.system import _job_out
+from manager.models import Desktop, DesktopSession, Event, User
 from manager.provisioning.consoles import NODES, issue_for_desktop
 from manager.provisioning.maintenance import PoolMaintainer, configured_period
+from manager.provisioning.power import PowerAction, power_desktop
 
 
 @contextlib.asynccontextmanager
@@ -46,6 +48,7 @@ Connector = Annotated[Principal, Depends(require("self:connect"))]
 # A connect locks the caller's user row as it authenticates (see broker.assignment.take_from_pool).
 Connecting = Annotated[Principal, Depends(require("self:connect", lock_user=True))]
 SelfReader = Annotated[Principal, Depends(require("self:read"))]
+ConsoleClient = Literal["native", "browser"]
 
 
 # ---- shapes ---------------------------------------------------------------------------------------------
@@ -128,12 +131,24 @@ class MyDesktopOut(s.Out):
     id: str
     name: str
     pool_id: str | None
+    pool_name: str | None = None
+    pool_type: str | None = None
     how: str = Field(description="pool (assigned to you from a pool) | dedicated | entitled")
     power_state: PowerState
+    task_state: TaskState | None = None
     os_type: str
     console_protocols: str
     lease_until: dt.datetime | None
+    lease_limit: dt.datetime | None = Field(default=None, description="the latest your lease may be extended to")
+    session_id: str | None = Field(default=None, description="your live session on it (to log off)")
     session_state: SessionState | None = None
+    maintenance: bool = Field(default=False, description="its host is in maintenance")
+    new_image_at_logoff: bool = Field(default=False, description="a new template version applies at next logoff")
+    in_use: bool = Field(default=False, description="a console client of yours is connected")
+    can_reboot: bool = False
+    can_reset: bool = Field(default=False, description="you may reset it to a clean desktop (automatic and "
+                                                       "time-based pools)")
+    can_extend: bool = Field(default=False, description="you may extend its lease (time-based pools with a limit)")
 
 
 class MyPoolOut(s.Out):
@@ -144,6 +159,25 @@ class MyPoolOut(s.Out):
     free: int
     size: int
     holding: int = Field(description="desktops of this pool you hold")
+    max_desktops_per_user: int = 1
+    lease_seconds: int | None = None
+    max_lease_seconds: int | None = None
+    can_take: bool = Field(default=False, description="a desktop is free and you hold fewer than the pool allows")
+
+
+class LeaseOut(s.Out):
+    desktop_id: str
+    lease_until: dt.datetime
+
+
+class PreferencesIn(s.In):
+    console_client: ConsoleClient | None = Field(default=None, description="how Connect opens a desktop")
+    auto_connect: bool | None = Field(default=None, description="connect to your only desktop as the portal opens")
+
+
+class PreferencesOut(s.Out):
+    console_client: ConsoleClient
+    auto_connect: bool
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
@@ -238,36 +272,56 @@ def admin_console(desktop_id: str, session: DbSession, who: Annotated[Principal,
 # ---- the user's own view ----------------------------------------------------------------------------------------
 @router.get("/me/desktops", response_model=list[MyDesktopOut], tags=["me"])
 def my_desktops(session: DbSession, who: SelfReader) -> Any:
-    """The desktops you can connect to right now (yours from pools, dedicated, entitled)."""
-    ids = entitlement.reachable_desktop_ids(session, who.user_id)
-    if not ids:
-        return []
-    live = dict(session.execute(select(DesktopSession.desktop_id, DesktopSession.state).where(
-        DesktopSession.user_id == who.user_id, DesktopSession.state.in_(sessions.LIVE))).all())
-    out = []
-    for d in session.scalars(select(Desktop).where(Desktop.id.in_(ids)).order_by(Desktop.name)):
-        how = "pool" if d.assigned_user_id == who.user_id else "dedicated" if d.pool_id is None else "entitled"
-        out.append(MyDesktopOut(id=d.id, name=d.name, pool_id=d.pool_id, how=how, power_state=d.power_state,
-                                os_type=d.os_type.value, console_protocols=d.console_protocols,
-                                lease_until=d.lease_until, session_state=live.get(d.id)))
-    return out
+    """The desktops you can connect to right now (yours from pools, dedicated, entitled), with their flags and
+    what you may do to each."""
+    return [MyDesktopOut.model_validate(d) for d in service.my_desktops(session, who.user_id)]
 
 
 @router.get("/me/pools", response_model=list[MyPoolOut], tags=["me"])
 def my_pools(session: DbSession, who: SelfReader) -> Any:
     """The pools you are entitled to, with how many desktops are free."""
-    pool_ids = entitlement.entitled_pool_ids(session, who.user_id)
-    if not pool_ids:
-        return []
-    counts = {pid: (total, free, mine) for pid, total, free, mine in session.execute(
-        select(Desktop.pool_id, func.count(Desktop.id),
-               func.count(Desktop.id).filter(Desktop.assigned_user_id.is_(None)),
-               func.count(Desktop.id).filter(Desktop.assigned_user_id == who.user_id))
-        .where(Desktop.pool_id.in_(pool_ids)).group_by(Desktop.pool_id))}
-    return [MyPoolOut(id=p.id, name=p.name, description=p.description, pool_type=p.pool_type.value,
-                      size=counts.get(p.id, (0, 0, 0))[0], free=counts.get(p.id, (0, 0, 0))[1],
-                      holding=counts.get(p.id, (0, 0, 0))[2])
-            for p in session.scalars(select(Pool).where(Pool.id.in_(pool_ids)).order_by(Pool.name))]
+    return [MyPoolOut.model_validate(p) for p in service.my_pools(session, who.user_id)]
+
+
+@router.post("/me/desktops/{desktop_id}/reboot", response_model=MyDesktopOut, tags=["me"])
+def reboot_my_desktop(desktop_id: str, session: DbSession, who: Connector) -> Any:
+    """Reboot one of your running desktops (the same power action as an administrator's reboot). Another
+    user's desktop is reported missing (404)."""
+    service.reachable_desktop(session, who.user_id, desktop_id)
+    power_desktop(session, desktop_id, PowerAction.REBOOT, actor=who.name)
+    return MyDesktopOut.model_validate(service.my_desktop(session, who.user_id, desktop_id))
+
+
+@router.post("/me/desktops/{desktop_id}/reset", response_model=s.JobOut, status_code=202, tags=["me"])
+def reset_my_desktop(desktop_id: str, session: DbSession, who: Connector) -> Any:
+    """Give a desktop you hold in an automatic or time-based pool back to be reset to its template (a job); your
+    next Connect to the pool gets a clean desktop. 409 for manual pools and dedicated desktops: they keep your work."""
+    return _job_out(service.reset_own_desktop(session, who, desktop_id))
+
+
+@router.post("/me/desktops/{desktop_id}/extend", response_model=LeaseOut, tags=["me"])
+def extend_my_lease(desktop_id: str, session: DbSession, who: Connector) -> Any:
+    """Extend your lease on a time-based desktop by one lease length, up to the pool's max_lease_seconds from
+    when you took it (409 when the pool allows no extension or the limit is reached)."""
+    return LeaseOut(desktop_id=desktop_id, lease_until=service.extend_lease(session, who, desktop_id))
+
+
+@router.get("/me/preferences", response_model=PreferencesOut, tags=["me"])
+def my_preferences(session: DbSession, who: SelfReader) -> Any:
+    """Your portal choices: how Connect opens a desktop, and auto-connect."""
+    return PreferencesOut.model_validate(get_or_404(session, User, who.user_id, "user"))
+
+
+@router.patch("/me/preferences", response_model=PreferencesOut, tags=["me"])
+def set_my_preferences(payload: PreferencesIn, session: DbSession, who: SelfReader) -> Any:
+    """Change your portal choices (only the fields given)."""
+    user = get_or_404(session, User, who.user_id, "user")
+    for key, value in payload.model_dump(exclude_unset=True).items():
+        if value is None:
+            raise Invalid(f"{key}: give a value (null is not allowed)")
+        setattr(user, key, value)
+    session.flush()
+    return PreferencesOut.model_validate(user)
 
 
 @router.get("/me/sessions", response_model=list[SessionOut], tags=["me"])

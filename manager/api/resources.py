@@ -128,7 +128,7 @@ def _prepare_pool_update(session: Session, pool: Pool, values: dict[str, Any], w
     `size` prestarted desktops, a window that ends after it starts, a lease or a window end for a time-based pool.
     The pool maintenance loop starts free desktops up to a raised `prestarted` (a lowered one stops none)."""
     after = {key: values.get(key, getattr(pool, key)) for key in
-             ("prestarted", "window_start", "window_end", "lease_seconds")}
+             ("prestarted", "window_start", "window_end", "lease_seconds", "max_lease_seconds")}
     if after["prestarted"] > pool.size:
         raise Invalid(f"prestarted ({after['prestarted']}) cannot exceed the pool's size ({pool.size}); "
                       f"resize the pool to change its size")
@@ -136,6 +136,7 @@ def _prepare_pool_update(session: Session, pool: Pool, values: dict[str, Any], w
         raise Invalid("window_end must be after window_start")
     if pool.pool_type == PoolType.TIME_BASED and not (after["lease_seconds"] or after["window_end"]):
         raise Invalid("a time_based pool needs lease_seconds or a window_end")
+    s.lease_limit_problem(after["lease_seconds"], after["max_lease_seconds"], raise_as=Invalid)
     return values
 
 

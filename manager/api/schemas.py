@@ -215,6 +215,16 @@ class DesktopOut(Out):
     created_at: dt.datetime
 
 
+MAX_LEASE_TEXT = ("time-based pools: the longest a lease may run from when it was taken, extensions by its user "
+                  "included (null: a lease cannot be extended)")
+
+
+def lease_limit_problem(lease_seconds: int | None, max_lease_seconds: int | None, *, raise_as=ValueError) -> None:
+    """A pool's longest lease cannot be shorter than one lease."""
+    if max_lease_seconds is not None and lease_seconds is not None and max_lease_seconds < lease_seconds:
+        raise raise_as(f"max_lease_seconds ({max_lease_seconds}) cannot be less than lease_seconds ({lease_seconds})")
+
+
 class PoolIn(In):
     name: MachineName
     description: Text = ""
@@ -232,6 +242,7 @@ class PoolIn(In):
     memory_mib: MemoryMiB = 256
     protocol_policy: ProtocolPolicy = ProtocolPolicy.AUTO
     lease_seconds: Annotated[int | None, Field(ge=60, le=10 * 366 * 86400)] = None
+    max_lease_seconds: Annotated[int | None, Field(ge=60, le=10 * 366 * 86400, description=MAX_LEASE_TEXT)] = None
     window_start: dt.datetime | None = None
     window_end: dt.datetime | None = None
     reclaim_policy: ReclaimPolicy = ReclaimPolicy.REIMAGE
@@ -244,6 +255,7 @@ class PoolIn(In):
             raise ValueError("window_end must be after window_start")
         if self.pool_type == PoolType.TIME_BASED and not (self.lease_seconds or self.window_end):
             raise ValueError("a time_based pool needs lease_seconds or a window_end")
+        lease_limit_problem(self.lease_seconds, self.max_lease_seconds, raise_as=ValueError)
         return self
 
 
@@ -258,13 +270,14 @@ class PoolPatch(In):
     protocol_policy: ProtocolPolicy | None = None
     prestarted: Annotated[int | None, Field(ge=0, le=100_000, description="at most the pool's size")] = None
     lease_seconds: Annotated[int | None, Field(ge=60, le=10 * 366 * 86400, description="null: no lease")] = None
+    max_lease_seconds: Annotated[int | None, Field(ge=60, le=10 * 366 * 86400, description=MAX_LEASE_TEXT)] = None
     window_start: dt.datetime | None = None
     window_end: dt.datetime | None = None
     reclaim_policy: ReclaimPolicy | None = None
 
     @model_validator(mode="after")
     def _no_nulls(self) -> "PoolPatch":
-        nullable = {"lease_seconds", "window_start", "window_end"}
+        nullable = {"lease_seconds", "max_lease_seconds", "window_start", "window_end"}
         cleared = sorted(k for k in self.model_fields_set - nullable if getattr(self, k) is None)
         if cleared:
             raise ValueError(f"{', '.join(cleared)}: give a value (null is not allowed)")
@@ -288,6 +301,7 @@ class PoolOut(Out):
     memory_mib: int
     protocol_policy: ProtocolPolicy
     lease_seconds: int | None
+    max_lease_seconds: int | None
     window_start: dt.datetime | None
     window_end: dt.datetime | None
     reclaim_policy: ReclaimPolicy

@@ -32,6 +32,8 @@ class Pool(IdMixin, CreatedMixin, Base):
     memory_mib: Mapped[int] = mapped_column(Integer, default=256)
     protocol_policy: Mapped[ProtocolPolicy] = mapped_column(enum_type(ProtocolPolicy), default=ProtocolPolicy.AUTO)
     lease_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)  # time-based: length of a lease
+    # time-based: the longest a lease may run from when it was taken, extensions included (None: not extendable)
+    max_lease_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
     window_start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     window_end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     reclaim_policy: Mapped[ReclaimPolicy] = mapped_column(enum_type(ReclaimPolicy), default=ReclaimPolicy.REIMAGE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import (BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint)
+                        UniqueConstraint, false as sa_false)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.enums import PrincipalSource, Role, SessionState
@@ -32,6 +32,10 @@ class User(IdMixin, CreatedMixin, Base):
     usn_changed: Mapped[int] = mapped_column(BigInteger, default=0)
     synced_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     deleted_in_directory: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The portal's remembered choices: how Connect opens a desktop (native | browser) and whether a user with
+    # exactly one desktop is connected to it as the portal opens.
+    console_client: Mapped[str] = mapped_column(String(16), default="native", server_default="native")
+    auto_connect: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
 
 
 class Group(IdMixin, CreatedMixin, Base):
