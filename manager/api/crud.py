@@ -70,6 +70,10 @@ class CrudResource:
     prepare_update: Callable[[Session, Any, dict[str, Any], Principal], dict[str, Any]] | None = None
     before_delete: Callable[[Session, Any], None] | None = None
     after_create: Callable[[Session, Any, Principal], None] | None = None
+    # Checks of the change as a whole, after it is flushed (e.g. that an enabled SuperUser remains): raising one rolls
+    # the request back. after_update gets the values that were set.
+    after_update: Callable[[Session, Any, dict[str, Any]], None] | None = None
+    after_delete: Callable[[Session, Any], None] | None = None
     created_out: type[BaseModel] | None = None  # a richer reply on creation (e.g. a one-time secret)
     list_filter: Callable[[Any, Principal], Any] | None = None
     # Objects the caller may not see are reported as missing (404), never as forbidden: no existence leaks.
@@ -116,6 +120,8 @@ class CrudResource:
         for key, value in values.items():
             setattr(obj, key, value)
         session.flush()
+        if self.after_update is not None:
+            self.after_update(session, obj, values)
         if values:
             emit(session, f"{self.event_code}.updated",
                  f"{who.name} changed {self.kind} {self.label(obj)}: {', '.join(sorted(values))}",
@@ -130,6 +136,8 @@ class CrudResource:
         label, extra = self.label(obj), self.extra_event_fields(obj)
         session.delete(obj)
         session.flush()
+        if self.after_delete is not None:
+            self.after_delete(session, obj)
         emit(session, f"{self.event_code}.deleted", f"{who.name} deleted {self.kind} {label}", actor=who.name,
              **extra)
 

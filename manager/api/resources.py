@@ -7,11 +7,12 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from core.enums import PoolType
+from core.enums import PoolType, Role
 from core.errors import Conflict, DuplicateName, InUse, Invalid
 from manager.api import schemas as s
 from manager.api.crud import CrudResource
 from manager.auth import Principal, hash_password
+from manager.identity.superusers import keep_a_superuser
 from manager.models import (Bookmark, Cluster, Desktop, Entitlement, Group, Host, Pool, RoleAssignment,
                             StorageDomain, Tag, Template, TemplateVersion, User, Volume)
 
@@ -116,6 +117,33 @@ def _prepare_entitlement(session: Session, values: dict[str, Any], who: Principa
     return values
 
 
+def _prepare_role_assignment(session: Session, values: dict[str, Any], who: Principal) -> dict[str, Any]:
+    principal = RoleAssignment.user_id == values["user_id"] if values.get("user_id") \
+        else RoleAssignment.group_id == values.get("group_id")
+    if session.scalar(select(RoleAssignment.id).where(principal, RoleAssignment.role == values["role"])):
+        raise Conflict(f"this {'user' if values.get('user_id') else 'group'} already has the role {values['role']}")
+    return values
+
+
+# ---- an enabled SuperUser always remains (manager.identity.superusers) -----------------------------------------
+def _role_assignment_deleted(session: Session, assignment: RoleAssignment) -> None:
+    if assignment.role == Role.SUPER_USER:
+        keep_a_superuser(session, "removing this SuperUser role assignment")
+
+
+def _user_updated(session: Session, user: User, values: dict[str, Any]) -> None:
+    if values.get("enabled") is False:
+        keep_a_superuser(session, f"disabling {user.username}@{user.domain}")
+
+
+def _user_deleted(session: Session, user: User) -> None:
+    keep_a_superuser(session, f"deleting {user.username}@{user.domain}")
+
+
+def _group_deleted(session: Session, group: Group) -> None:
+    keep_a_superuser(session, f"deleting group {group.name}")
+
+
 def _prepare_bookmark(session: Session, values: dict[str, Any], who: Principal) -> dict[str, Any]:
     values["owner_id"] = who.user_id
     if session.scalar(select(Bookmark.id).where(Bookmark.owner_id == who.user_id, Bookmark.name == values["name"])):
@@ -186,15 +214,17 @@ RESOURCES: list[CrudResource] = [
     CrudResource("users", "user", User, s.UserOut, s.UserIn, s.partial(s.UserIn, "UserPatch"), "users:read",
                  "users:write", sortable=("username", "domain", "created_at", "last_name"), unique=(),
                  default_order=("username", "domain"), prepare_create=_prepare_user,
-                 prepare_update=_prepare_user_update, extra_event_fields=lambda u: {"user_id": u.id}),
+                 prepare_update=_prepare_user_update, after_update=_user_updated, after_delete=_user_deleted,
+                 extra_event_fields=lambda u: {"user_id": u.id}),
     CrudResource("groups", "group", Group, s.GroupOut, s.GroupIn, s.partial(s.GroupIn, "GroupPatch"), "users:read",
-                 "users:write", unique=(), prepare_create=_prepare_group),
+                 "users:write", unique=(), prepare_create=_prepare_group, after_delete=_group_deleted),
     CrudResource("entitlements", "entitlement", Entitlement, s.EntitlementOut, s.EntitlementIn, None,
                  "entitlements:read", "entitlements:write", sortable=("created_at",), unique=(),
                  default_order=("created_at",), prepare_create=_prepare_entitlement),
     CrudResource("role-assignments", "role assignment", RoleAssignment, s.RoleAssignmentOut, s.RoleAssignmentIn,
                  None, "users:read", "users:write", sortable=("created_at", "role"), unique=(),
-                 default_order=("created_at",)),
+                 default_order=("created_at",),
+                 prepare_create=_prepare_role_assignment, after_delete=_role_assignment_deleted),
     CrudResource("tags", "tag", Tag, s.TagOut, s.TagIn, s.partial(s.TagIn, "TagPatch"), "tags:read", "tags:write",
                  before_delete=_tag_in_use, prepare_update=_check_tag_parent),
     CrudResource("bookmarks", "bookmark", Bookmark, s.BookmarkOut, s.BookmarkIn, s.partial(s.BookmarkIn, "BookmarkPatch"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import (BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint, false as sa_false)
+                        UniqueConstraint, text, false as sa_false)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.enums import PrincipalSource, Role, SessionState
@@ -77,7 +77,6 @@ class RoleAssignment(IdMixin, CreatedMixin, Base):
     __tablename__ = "role_assignments"
     __table_args__ = (
         CheckConstraint("(user_id IS NULL) <> (group_id IS NULL)", name="one_principal"),
-        UniqueConstraint("user_id", "group_id", "role"),
     )
 
     user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True)
@@ -95,7 +94,6 @@ class Entitlement(IdMixin, CreatedMixin, Base):
     __table_args__ = (
         CheckConstraint("(user_id IS NULL) <> (group_id IS NULL)", name="one_principal"),
         CheckConstraint("(pool_id IS NULL) <> (desktop_id IS NULL)", name="one_target"),
-        UniqueConstraint("user_id", "group_id", "pool_id", "desktop_id"),
     )
 
     user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True)
@@ -175,3 +173,21 @@ class DirectorySyncState(IdMixin, Base):
 
 
 Index("ix_login_attempts_created_at", LoginAttempt.created_at)
+
+
+# One role per principal, one entitlement per (principal, target): a unique constraint over columns of which two are
+# always NULL never fires (NULLs are distinct), so each principal/target kind gets its own partial unique index, the
+# same on Postgres and SQLite (migration 0011). A repeated or concurrent identical create is a 409.
+def _unique_where(name: str, where: str, *columns) -> Index:
+    return Index(name, *columns, unique=True, postgresql_where=text(where), sqlite_where=text(where))
+
+
+ROLE_UNIQUE_INDEXES = (
+    _unique_where("uq_role_assignments_user_role", "user_id IS NOT NULL", RoleAssignment.user_id, RoleAssignment.role),
+    _unique_where("uq_role_assignments_group_role", "group_id IS NOT NULL", RoleAssignment.group_id,
+                  RoleAssignment.role),
+)
+ENTITLEMENT_UNIQUE_INDEXES = tuple(
+    _unique_where(f"uq_entitlements_{who}_{target}", f"{who}_id IS NOT NULL AND {target}_id IS NOT NULL",
+                  getattr(Entitlement, f"{who}_id"), getattr(Entitlement, f"{target}_id"))
+    for who in ("user", "group") for target in ("pool", "desktop"))
