@@ -99,6 +99,42 @@ def get_desktop(session: Session, desktop_id: str) -> Desktop:
     return db.get_or_404(session, Desktop, desktop_id, "desktop")
 
 
+def version_by_id(session: Session, version_id: str) -> TemplateVersion:
+    """A template version named in a request body (Invalid, naming the field, when there is none)."""
+    version = session.get(TemplateVersion, version_id)
+    if version is None:
+        raise Invalid(f"template_version_id: template version {version_id} does not exist")
+    return version
+
+
+def reimage_target(session: Session, desktop: Desktop, version_id: str | None) -> TemplateVersion:
+    """The version a re-image of many desktops gives `desktop`: `version_id` when it is a version of the desktop's
+    own template (Conflict otherwise: a mixed selection must not move a desktop to another template), else its
+    template's latest version."""
+    current = session.get(TemplateVersion, desktop.template_version_id) if desktop.template_version_id else None
+    if current is None:
+        raise Invalid(f"desktop {desktop.name} has no template version to re-image from")
+    if version_id is not None:
+        version = version_by_id(session, version_id)
+        if version.template_id != current.template_id:
+            raise Conflict(f"desktop {desktop.name} is not built on the template of version {version.number}")
+        return version
+    template = session.get(Template, current.template_id)
+    latest = template.latest_version_id if template is not None else None
+    return session.get(TemplateVersion, latest) if latest else current
+
+
+def snapshot_named(session: Session, desktop: Desktop, name: str | None = None) -> Snapshot:
+    """The desktop's snapshot called `name`, or its newest one (Conflict when it has none / none of that name)."""
+    stmt = select(Snapshot).where(Snapshot.desktop_id == desktop.id)
+    if name is not None:
+        stmt = stmt.where(Snapshot.name == name)
+    snap = session.scalar(stmt.order_by(Snapshot.created_at.desc(), Snapshot.id.desc()).limit(1))
+    if snap is None:
+        raise Conflict(f"desktop {desktop.name} has no snapshot" + (f" named {name}" if name is not None else ""))
+    return snap
+
+
 def get_snapshot(session: Session, desktop: Desktop, snapshot_id: str) -> Snapshot:
     snap = session.get(Snapshot, snapshot_id)
     if snap is None or snap.desktop_id != desktop.id:

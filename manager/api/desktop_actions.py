@@ -74,11 +74,22 @@ class BulkIn(s.In):
     action: bulk.BulkAction
     desktop_ids: list[s.Id] = Field(min_length=1, max_length=bulk.MAX_DESKTOPS,
                                     description="the desktops (each once; repeats are ignored)")
+    template_version_id: s.Id | None = Field(default=None, description="reimage: the version (of the desktops' "
+                                             "template); default: each desktop's template's latest version")
+    keep_snapshots: bool = Field(default=False, description="reimage: keep the desktops' snapshots")
+    power_off: bool = Field(default=False, description="reimage: pull the plug first where a desktop runs (idle)")
+    snapshot_name: s.Name | None = Field(default=None, description="snapshot: the name of the snapshot to take "
+                                         "(required); revert: the snapshot to revert to (default: the newest)")
+    description: s.Text = Field(default="", description="snapshot: the snapshot's description")
+    user_id: s.Id | None = Field(default=None, description="assign: the user who gets the desktops (required)")
 
     @field_validator("desktop_ids")
     @classmethod
     def _once_each(cls, ids: list[str]) -> list[str]:
         return list(dict.fromkeys(ids))
+
+    def options(self) -> bulk.Options:
+        return bulk.Options(**self.model_dump(exclude={"action", "desktop_ids"}))
 
 
 class BulkPreviewOut(s.Out):
@@ -88,6 +99,10 @@ class BulkPreviewOut(s.Out):
     in_use: int = Field(description="desktops with a live console session or an assigned user")
     in_use_names: list[str] = Field(description=f"the first {bulk.SHOWN} of those")
     busy: int = Field(description="desktops busy with another action (task_state set)")
+    logged_in: int = Field(description="desktops a user is logged in to now (a live console session or a user "
+                                       "the guest agent reports)")
+    without_snapshot: int = Field(description="revert: desktops without a snapshot to revert to (of the name "
+                                              "given); 0 for other actions")
 
 
 def _desktop_out(desktop) -> s.DesktopOut:
@@ -127,28 +142,42 @@ class BulkAsk(NamedTuple):
 
 
 def _bulk_ask(payload: BulkIn, request: Request, session: DbSession) -> BulkAsk:
-    """The body, and who asks, holding the permission of the action asked for: desktops:power to start, stop,
-    power off or reboot; desktops:write to reset or remove (as the single actions)."""
-    return BulkAsk(payload, require(bulk.PERMISSION[payload.action])(request, session))
+    """The body, and who asks, holding the permissions of the action asked for (bulk.PERMISSIONS, the single
+    actions'): desktops:power to start, stop, power off or reboot; desktops:write to reset, remove, re-image,
+    snapshot or revert; pools:write and entitlements:write to assign or unassign."""
+    who = None
+    for permission in bulk.PERMISSIONS[payload.action]:
+        who = require(permission)(request, session)
+    return BulkAsk(payload, who)
 
 
-_bulk_ask.permission = "desktops:power or desktops:write, by action"  # type: ignore[attr-defined]
+_bulk_ask.permission = "desktops:power, desktops:write or pools:write and entitlements:write, by action"  # type: ignore[attr-defined]
 
 
 @router.post("/desktops/bulk", response_model=s.JobOut, status_code=202, tags=["desktops"])
 def bulk_action(ask: Annotated[BulkAsk, Depends(_bulk_ask)], session: DbSession) -> Any:
     """One action on up to 1,000 desktops, as one job: a few desktops at a time, progress done/total, cancelable;
-    a desktop that cannot be done (busy, assigned, its host down) is listed by name in the job's result
-    (`failed`) while the others go on. Needs the single action's permission (desktops:power for start, stop,
-    poweroff, reboot; desktops:write for reset, deprovision). Unknown ids are a 422 naming them."""
-    return _job_out(bulk.request_bulk(session, ask.payload.action, ask.payload.desktop_ids, actor=ask.who.name))
+    a desktop that cannot be done (busy, assigned, its host down, no snapshot to revert to, not in a manual pool)
+    is listed by name in the job's result (`failed`) while the others go on. Needs the single action's
+    permission (desktops:power for start, stop, poweroff, reboot; desktops:write for reset, deprovision, reimage,
+    snapshot, revert; pools:write and entitlements:write for assign, unassign). `snapshot` needs
+    `snapshot_name`, `assign` needs `user_id`; an option the action does not take, unknown ids, users or
+    versions are a 422 naming them. reimage: each desktop's template's latest version, or
+    `template_version_id` (a desktop of another template fails); revert: each desktop's newest snapshot, or the
+    one named `snapshot_name`; assign: manual-pool desktops through the pool (its per-user limit), desktops
+    outside pools by attaching the user; unassign: pool desktops back from their user (then reset), desktops
+    outside pools lose all their users."""
+    return _job_out(bulk.request_bulk(session, ask.payload.action, ask.payload.desktop_ids, actor=ask.who.name,
+                                      options=ask.payload.options()))
 
 
 @router.post("/desktops/bulk/preview", response_model=BulkPreviewOut, tags=["desktops"])
 def bulk_preview(payload: BulkIn, session: DbSession, who: DesktopReader) -> Any:
     """What a confirmation must say before a bulk action: how many desktops, their first names, how many have a
-    user (a live console session or an assigned user) and how many are busy with another action."""
-    return BulkPreviewOut.model_validate(bulk.preview(session, payload.action, payload.desktop_ids))
+    user (a live console session or an assigned user), how many have a user logged in now, how many are busy
+    with another action and, for a revert, how many have no snapshot to revert to."""
+    return BulkPreviewOut.model_validate(bulk.preview(session, payload.action, payload.desktop_ids,
+                                                      bulk.check_options(session, payload.action, payload.options())))
 
 
 # ---- provisioning ----------------------------------------------------------------------------------------------

@@ -242,11 +242,7 @@ def undo_preview(desktop_id: str, session: DbSession, who: DesktopsWrite) -> Any
 def reimage(desktop_id: str, payload: ReimageIn, session: DbSession, who: DesktopsWrite) -> Any:
     """Give the desktop a fresh overlay on its template version (or the given one); never under a user."""
     desktop = service.get_desktop(session, desktop_id)
-    version = None
-    if payload.template_version_id:
-        version = session.get(service.TemplateVersion, payload.template_version_id)
-        if version is None:
-            raise Invalid(f"template_version_id: template version {payload.template_version_id} does not exist")
+    version = service.version_by_id(session, payload.template_version_id) if payload.template_version_id else None
     return _job(service.reimage_desktop(session, desktop, version=version, keep_snapshots=payload.keep_snapshots,
                                         power_off=payload.power_off, actor=who.name))
 
@@ -277,9 +273,7 @@ def roll_out(pool_id: str, payload: RolloutIn, session: DbSession, who: PoolsWri
     pool = session.get(Pool, pool_id)
     if pool is None:
         raise service.NotFound(kind="pool", id=pool_id)
-    version = session.get(service.TemplateVersion, payload.template_version_id)
-    if version is None:
-        raise Invalid(f"template_version_id: template version {payload.template_version_id} does not exist")
+    version = service.version_by_id(session, payload.template_version_id)
     return RolloutOut.model_validate(service.roll_out_version(session, pool, version, actor=who.name))
 
 

@@ -76,6 +76,9 @@ def assign_pool_desktop(session: Session, pool_id: str, desktop_id: str, user_id
     if user is None:
         raise Invalid(f"user_id: user {user_id} does not exist")
     with assignment.assignment_guard(session):
+        # the user's row locked until the commit: two assignments to one user (a bulk assign runs several at
+        # once) are counted one after the other, so neither passes the per-user limit on a stale count
+        assignment.lock_user(session, user.id)
         held = assignment.desktops_held(session, user.id, pool.id)
         if len(held) >= pool.max_desktops_per_user:
             raise Conflict(f"{user.username} already holds {len(held)} desktop(s) of pool {pool.name} "

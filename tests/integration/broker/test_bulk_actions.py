@@ -150,7 +150,8 @@ def test_preview_counts_desktops_in_use_and_busy(world, client, anon_client):
     r = client.post(f"{API}/desktops/bulk/preview", json={"action": "reset", "desktop_ids": ids + ids[:2]})
     assert r.status_code == 200, r.text
     assert r.json() == {"action": "reset", "count": 6, "names": [n for _i, n in desktops],
-                        "in_use": 2, "in_use_names": sorted([logged_in, free[0][1]]), "busy": 1}
+                        "in_use": 2, "in_use_names": sorted([logged_in, free[0][1]]), "busy": 1,
+                        "logged_in": 1, "without_snapshot": 0}
 
 
 def test_bad_bulk_requests_are_clear_4xx(world, client):
