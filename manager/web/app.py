@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.responses import RedirectResponse
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from manager.web import login
+from manager.web import login, portal
 from manager.web.admin import actions, dashboard, kinds, search
 from manager.web.render import STATIC_URL
 
@@ -21,7 +20,4 @@ def install_web(app: FastAPI) -> None:
     app.include_router(search.router)
     app.include_router(kinds.router)
     app.include_router(dashboard.router)
-
-    @app.get("/", include_in_schema=False)
-    def root(_request: Request) -> RedirectResponse:
-        return RedirectResponse("/admin", status_code=307)
+    app.include_router(portal.router)

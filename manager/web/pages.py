@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from core.errors import NotAuthenticated, VdiError
 
-WEB_PREFIXES = ("/admin",)
+WEB_PREFIXES = ("/admin", "/portal")
 LOGIN_PATH = "/admin/login"
 
 

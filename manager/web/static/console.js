@@ -39,6 +39,20 @@ const Console = (() => {
     setTimeout(() => item.remove(), 8000);
   }
 
+  // Offer a connection file the API returned ({name, media_type, content}) as a download: a link to a Blob put in
+  // `place` (so it can be clicked again) and clicked once. Returns the link.
+  function offerFile(place, file) {
+    const old = place.querySelector("a[download]");
+    if (old) URL.revokeObjectURL(old.href);
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([file.content], { type: file.media_type }));
+    link.download = file.name;
+    link.textContent = `Download ${file.name}`;
+    place.replaceChildren(link);
+    link.click();
+    return link;
+  }
+
   // ---- the search bar: a combobox whose suggestions come from GET /api/v1/search/complete --------------------
   function initSearch() {
     const input = document.getElementById("search");
@@ -145,5 +159,5 @@ const Console = (() => {
 
   const inits = [initSearch, initBookmarks];
   document.addEventListener("DOMContentLoaded", () => inits.forEach((init) => init()));
-  return { api, notify, csrf, onReady: (fn) => inits.push(fn) };
+  return { api, notify, csrf, offerFile, onReady: (fn) => inits.push(fn) };
 })();

@@ -93,21 +93,13 @@
     if (!button) return;
     const place = button.parentElement.querySelector(".console-file");
     const protocol = document.getElementById("console-protocol");
-    let fileUrl = null;
     button.addEventListener("click", async () => {
       const wanted = protocol ? protocol.value : button.dataset.protocol;
       button.disabled = true;
       try {
         const answer = await Console.api("GET", `/desktops/${encodeURIComponent(button.dataset.console)}/console` +
                                                 `?protocol=${encodeURIComponent(wanted)}`);
-        if (fileUrl) URL.revokeObjectURL(fileUrl);
-        fileUrl = URL.createObjectURL(new Blob([answer.file.content], { type: answer.file.media_type }));
-        const link = document.createElement("a");
-        link.href = fileUrl;
-        link.download = answer.file.name;
-        link.textContent = `Download ${answer.file.name}`;
-        place.replaceChildren(link);
-        link.click();
+        Console.offerFile(place, answer.file);
         const until = answer.console.expires_at ? ` before ${new Date(answer.console.expires_at).toLocaleTimeString()}` : "";
         Console.notify(`Console file for ${answer.desktop_name} is ready: open it${until}.`);
       } catch (error) {
