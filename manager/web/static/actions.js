@@ -53,18 +53,36 @@
     reboot: { label: "Reboot", ask: "in_use", why: "Users logged in lose their session while it restarts." },
     reset: { label: "Reset", ask: "always", why: "The disk goes back to the template: everything changed on it is lost." },
     deprovision: { label: "Delete", ask: "always", why: "Removed for good: the disk and the domain are deleted." },
+    // bulk only (a desktop's page has dialogs of its own for these); `loggedIn`: say how many have a user logged in
+    reimage: { label: "Re-image", ask: "always", loggedIn: true,
+               why: "Each disk is replaced by a fresh one on the template's latest version: everything changed on it is lost." },
+    snapshot: { label: "Snapshot", ask: "always", safe: true, why: "Each desktop's disk is kept as it is now under this name." },
+    revert: { label: "Revert", ask: "always", loggedIn: true,
+              why: "Each disk goes back to the snapshot: what changed since is lost." },
+    assign: { label: "Assign", ask: "always", safe: true,
+              why: "Manual-pool desktops are assigned through their pool; desktops outside pools are attached." },
+    unassign: { label: "Unassign", ask: "always", loggedIn: true,
+                why: "Pool desktops are taken back from their users and reset to the template; desktops outside pools lose all their users." },
   };
 
   // Ask before `action` on the desktops of `facts` (POST /desktops/bulk/preview's answer; null when the manager
   // cannot say) if it needs asking. `single`: the one desktop's name (a desktop's page), else the names are listed.
-  async function confirmDesktops(action, facts, single = null) {
+  // `what`: the action's object, said after the desktops ("named before", "to ivy@corp").
+  async function confirmDesktops(action, facts, single = null, what = "") {
     const spec = DESKTOP_ACTIONS[action];
     const inUse = facts ? facts.in_use : 0;
     if (spec.ask === "never" || (spec.ask === "in_use" && !inUse)) return true;
     const count = facts ? facts.count : 1;
     const subject = single ? `desktop ${single}` : plural(count, "desktop");
     const using = !inUse ? "" : single ? "a user is logged in" : `${plural(inUse, "has a user", "have users")} logged in`;
-    const lines = [`${spec.label} ${subject}${using ? "; " + using : ""}.`, spec.why];
+    const lines = [`${spec.label} ${subject}${what ? " " + what : ""}${using ? "; " + using : ""}.`, spec.why];
+    if (spec.loggedIn && facts && facts.logged_in) {
+      lines.push(`${plural(facts.logged_in, "has a user", "have users")} logged in right now` +
+                 (action === "unassign" ? ": they lose the desktop." : ": those will fail."));
+    }
+    if (facts && facts.without_snapshot) {
+      lines.push(`${plural(facts.without_snapshot, "has", "have")} no such snapshot: those will fail.`);
+    }
     if (!single && inUse) {
       const more = inUse - facts.in_use_names.length;
       lines.push(`In use: ${facts.in_use_names.join(", ")}${more > 0 ? ` and ${more.toLocaleString("en")} more` : ""}.`);
@@ -73,13 +91,13 @@
       lines.push(single ? "It is busy with another action: this one will be refused."
                         : `${plural(facts.busy, "is", "are")} busy with another action: those will fail.`);
     }
-    return confirmDialog({ title: `${spec.label} ${subject}?`, lines, names: single ? [] : facts.names,
-                           total: count, namesLabel: "Desktops:", confirmLabel: spec.label });
+    return confirmDialog({ title: `${spec.label} ${subject}${what ? " " + what : ""}?`, lines, names: single ? [] : facts.names,
+                           total: count, namesLabel: "Desktops:", confirmLabel: spec.label, danger: !spec.safe });
   }
 
-  async function preview(action, ids) {
+  async function preview(action, ids, options = {}) {
     try {
-      return await api("POST", "/desktops/bulk/preview", { action, desktop_ids: ids });
+      return await api("POST", "/desktops/bulk/preview", { action, desktop_ids: ids, ...options });
     } catch (error) {
       if (error.status === 404 || error.status === 405) return null;  // an older manager: ask without the counts
       throw error;
@@ -153,17 +171,17 @@
       last = null;
     }
 
-    tools.addEventListener("click", async (event) => {
-      const button = event.target.closest("[data-bulk]");
-      if (!button || busy) return;
-      const action = button.dataset.bulk, label = DESKTOP_ACTIONS[action].label;
-      const ids = selected().map((row) => row.id);
-      if (!ids.length) return;
+    // Ask (from the preview), send the one job, follow it, name the desktops that failed, show the results again.
+    // `facts`: the preview already asked for (a dialog's options were checked with it), `what`: said after the
+    // desktops in the confirmation.
+    async function run(action, ids, options = {}, facts = undefined, what = "") {
+      const label = DESKTOP_ACTIONS[action].label;
       busy = true; update();
       try {
-        const facts = await preview(action, ids);
-        if (!(await confirmDesktops(action, facts || { count: ids.length, in_use: 0, busy: 0, names: [], in_use_names: [] }))) return;
-        const job = await api("POST", "/desktops/bulk", { action, desktop_ids: ids });
+        if (facts === undefined) facts = await preview(action, ids, options);
+        if (!(await confirmDesktops(action, facts || { count: ids.length, in_use: 0, busy: 0, names: [], in_use_names: [] },
+                                    null, what))) return;
+        const job = await api("POST", "/desktops/bulk", { action, desktop_ids: ids, ...options });
         notify(`${label}: ${plural(ids.length, "desktop")}, as one job`);
         const final = await watch(job);
         const failed = Object.entries(final?.result?.failed || {});
@@ -177,6 +195,45 @@
       } finally {
         busy = false; update();
       }
+    }
+
+    // The actions that need more than the desktops ask for it in their dialog (bulk.html: #bulk-<action>) first;
+    // the options are checked by the preview while the dialog is open, so its errors show in the dialog.
+    const users = new Map();
+    initDialogs({
+      async bulk(form) {
+        const ids = selected().map((row) => row.id);
+        if (!ids.length) throw new Error("Select desktops first.");
+        const { action, user, ...rest } = values(form);
+        const options = dropEmpty(Object.fromEntries(Object.entries(rest).filter(([, v]) => v !== false)));
+        let what = options.snapshot_name ? `named ${options.snapshot_name}` : "";
+        if (action === "assign") {
+          options.user_id = users.get(user) || await findUser(user, users);
+          if (!options.user_id) throw new Error(`No user ${user}: pick one of the users found as you type.`);
+          what = `to ${user}`;
+        }
+        const facts = await preview(action, ids, options);
+        form.closest("dialog").close();
+        await run(action, ids, options, facts, what);
+      },
+    });
+    initUserPicker(users, document.querySelector("#bulk-tools ~ dialog input[data-user-picker]"));
+
+    tools.addEventListener("click", async (event) => {
+      const button = event.target.closest("[data-bulk]");
+      if (!button || busy) return;
+      const action = button.dataset.bulk;
+      const ids = selected().map((row) => row.id);
+      if (!ids.length) return;
+      const dialog = document.getElementById(`bulk-${action}`);
+      if (dialog) {
+        const form = dialog.querySelector("form");
+        form.reset();
+        formError(form, "");
+        dialog.showModal();
+        return;
+      }
+      await run(action, ids);
     });
     update();
   }
@@ -323,8 +380,7 @@
     return found.get(typed) || null;
   }
 
-  function initUserPicker(users) {
-    const input = document.querySelector("input[data-user-picker]");
+  function initUserPicker(users, input = document.querySelector("input[data-user-picker]")) {
     if (!input) return;
     const list = document.getElementById(input.getAttribute("list"));
     let timer = null, seq = 0;

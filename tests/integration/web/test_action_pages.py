@@ -93,16 +93,25 @@ def test_the_bulk_toolbar_shows_each_role_what_it_may_do(client, estate):
     tools = _bulk_tools(admin.text)
     assert 'aria-label="Actions on the selected desktops"' in tools
     assert '<span id="bulk-count" class="bulk-count" aria-live="polite">0 selected</span>' in tools
-    assert [b for b in ("Start", "Shut down", "Power off", "Reboot", "Reset to template", "Delete")
-            if f">{b}</button>" in tools] == ["Start", "Shut down", "Power off", "Reboot", "Reset to template", "Delete"]
-    assert tools.count("disabled") == 6  # nothing is selected yet
+    every = ["Start", "Shut down", "Power off", "Reboot", "Reset to template", "Re-image…", "Snapshot…", "Revert…",
+             "Assign…", "Unassign", "Delete"]
+    assert [b for b in every if f">{b}</button>" in tools] == every
+    assert tools.count("disabled") == 11  # nothing is selected yet
     assert 'data-select value="' + estate.desktop in admin.text and "actions.js" in admin.text
+    # the actions that need more than the desktops ask for it in a dialog, its fields labelled
+    for dialog in ("bulk-reimage", "bulk-snapshot", "bulk-revert", "bulk-assign"):
+        assert f'<dialog id="{dialog}"' in admin.text
+    assert '<label for="bulk-snapshot-name">Snapshot name</label>' in admin.text
+    assert '<label for="bulk-assign-user">User</label>' in admin.text and "data-user-picker" in admin.text
 
     _log_in_as(client, "helper")
     helpdesk = client.get("/admin", params={"q": "Vms: name = act*"})
     tools = _bulk_tools(helpdesk.text)
     assert ">Reboot</button>" in tools and ">Power off</button>" in tools
     assert "Delete" not in tools and "Reset" not in tools
+    for other in ("Re-image", "Snapshot", "Revert", "Assign", "Unassign"):  # none of HelpDesk's permissions
+        assert other not in tools
+    assert 'id="bulk-' not in helpdesk.text.replace('id="bulk-tools"', "").replace('id="bulk-count"', "")
 
 
 def test_pool_results_offer_a_new_pool_to_whoever_may_create_one(client, estate):
