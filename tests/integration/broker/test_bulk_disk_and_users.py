@@ -240,3 +240,37 @@ def test_preview_of_a_revert_counts_desktops_without_the_snapshot(world, client)
         r = client.post(f"{API}/desktops/bulk/preview", json=body)
         assert r.status_code == 200, r.text
         assert r.json()["without_snapshot"] == without and r.json()["logged_in"] == 1 and r.json()["count"] == 3
+
+
+def test_a_cancelled_bulk_snapshot_takes_none(world):
+    import pytest
+
+    from core.enums import JobState
+    from manager import db
+    from manager.jobs import JobCancelled, JobContext
+    from manager.models import Job
+    from manager.provisioning import bulk
+
+    world.hosts(1)
+    ids = [i for i, _n in pool_desktops(world.pool(2, pool_type="manual"))]
+    with db.session_scope() as s:  # a bulk snapshot whose cancel was asked for while it runs
+        job = Job(kind=bulk.JOB_KIND, params={}, state=JobState.RUNNING, cancel_requested=True, total=2)
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    with pytest.raises(JobCancelled):
+        bulk.run_bulk(JobContext(job_id), "snapshot", ids, actor="tests", options={"snapshot_name": "never"})
+    assert snapshots(ids) == {i: [] for i in ids} and jobs_of_kind("image.snapshot") == 0
+
+
+def test_reimage_powers_running_desktops_off_only_when_asked(world, client):
+    world.hosts(1)
+    desktops = pool_desktops(world.pool(2, pool_type="manual"))
+    ids = [i for i, _n in desktops]
+    assert ask_bulk(client, "start", ids)["result"]["failed"] == {}
+    refused = ask_bulk(client, "reimage", ids)
+    assert refused["result"]["succeeded"] == 0 and set(refused["result"]["failed"]) == {n for _i, n in desktops}
+    assert all("power it off first" in why for why in refused["result"]["failed"].values()), refused["result"]
+    done = ask_bulk(client, "reimage", ids, power_off=True)
+    assert done["result"] == {"action": "reimage", "total": 2, "succeeded": 2, "failed": {}}, done["result"]
+    assert count_events("desktop.reimaged") == 2
