@@ -151,7 +151,7 @@ def _bulk_ask(payload: BulkIn, request: Request, session: DbSession) -> BulkAsk:
     return BulkAsk(payload, who)
 
 
-_bulk_ask.permission = "desktops:power, desktops:write or pools:write and entitlements:write, by action"  # type: ignore[attr-defined]
+_bulk_ask.permission = "by action: bulk.PERMISSIONS (the single actions')"  # type: ignore[attr-defined]
 
 
 @router.post("/desktops/bulk", response_model=s.JobOut, status_code=202, tags=["desktops"])

@@ -275,7 +275,8 @@ def test_snapshot_three_selected_desktops_as_one_job(logged_in, vdi_server):
     confirm.get_by_role("button", name="Snapshot").click()
 
     tray = page.get_by_role("dialog", name="Jobs")
-    item = tray.get_by_role("listitem").filter(has=page.get_by_role("link", name="snapshot (before-update) 3 desktop(s)"))
+    job_link = page.get_by_role("link", name="snapshot (before-update) 3 desktop(s)")
+    item = tray.get_by_role("listitem").filter(has=job_link)
     expect(item).to_have_count(1)
     expect(item).to_contain_text("succeeded", timeout=120_000)
     expect(item).to_contain_text("3/3")

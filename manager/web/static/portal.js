@@ -18,7 +18,10 @@
   async function connect(body, button) {
     const result = document.getElementById("connect-result");
     if (button) { button.disabled = true; button.setAttribute("aria-busy", "true"); }
-    Console.notify("Connecting… a stopped desktop is started first, which can take a minute.");
+    result.querySelector(".connect-help").textContent =
+      "Connecting… a stopped desktop is started first, which can take a minute.";
+    result.querySelector(".console-file").replaceChildren();
+    result.hidden = false;
     try {
       const answer = await Console.api("POST", "/broker/connect", { ...body, client: NATIVE });
       const until = answer.console.expires_at ? ` before ${new Date(answer.console.expires_at).toLocaleTimeString()}` : "";
@@ -29,6 +32,7 @@
       Console.offerFile(result.querySelector(".console-file"), answer.file);
       await refresh();
     } catch (error) {
+      result.hidden = true;
       Console.notify(`Could not connect: ${error.message}`, "error");
     } finally {
       if (button) { button.disabled = false; button.removeAttribute("aria-busy"); }
