@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import html
 
-from tests.integration.broker.conftest import (API, hosts_without_heartbeats, node_agents,  # noqa: F401  (fixtures)
-                                               template_image, uniq, work_dir, world)
-from tests.integration.web.conftest import form_login
+from tests.integration.broker import conftest as broker
+from tests.integration.web.conftest import form_login, session_csrf
+
+# The broker tests' fixtures, used as they are (as test_desktop_screenshot does).
+API = broker.API
+work_dir, node_agents, template_image, uniq, world = (broker.work_dir, broker.node_agents, broker.template_image,
+                                                      broker.uniq, broker.world)
+hosts_without_heartbeats = broker.hosts_without_heartbeats
 
 PASSWORD = "portal-password-1"
 
@@ -61,7 +66,7 @@ def test_the_portal_lists_only_the_users_own_desktops_with_what_they_allow(world
     empty = anon_client.get("/portal").text
     assert "You hold no desktop yet" in empty and "Finance desktops" in empty and "Free</dt><dd>2 of 2" in empty
     got = anon_client.post(f"{API}/broker/connect", json={"pool_id": pool_id, "client": {"protocols": ["rdp"]}},
-                           headers={"X-CSRF-Token": _csrf(anon_client)})
+                           headers={"X-CSRF-Token": session_csrf(anon_client)})
     assert got.status_code == 200, got.text
     page = html.unescape(anon_client.get("/portal").text)
     name = got.json()["desktop_name"]
@@ -76,9 +81,3 @@ def test_the_portal_lists_only_the_users_own_desktops_with_what_they_allow(world
     assert form_login(anon_client, "olaf@local", PASSWORD, "/portal").status_code == 303
     theirs = anon_client.get("/portal").text
     assert name not in theirs and "You hold no desktop yet" in theirs and 'id="auto-connect"' not in theirs
-
-
-def _csrf(client) -> str:
-    from tests.integration.web.conftest import session_csrf
-
-    return session_csrf(client)
