@@ -49,6 +49,7 @@ OWN_CLASSES = frozenset({
     "INVALID_PAGE_VALUE",    # page 0 (upstream: negative OFFSET, SQL error) or an absurdly large page
     "UNBALANCED_PARENTHESES",  # extension: a ')' without '(' where it matters, or sortby/page inside a group
     "QUERY_TOO_LONG",        # guard against pathological input
+    "QUERY_TOO_COMPLEX",     # the same: groups nested too deep, or too many conditions
 })
 
 ERROR_CLASSES = UPSTREAM_CLASSES | OWN_CLASSES

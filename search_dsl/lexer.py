@@ -50,6 +50,8 @@ MAX_QUERY_LENGTH = 10_000
 FIELD_LOOKAHEAD = " !=<>"
 SORT_DIRECTIONS = ("ASC", "DESC")
 MAX_PAGE = 10**9
+# Groups nest at most this deep: the parser, the compiler and the database's planner all recurse on the tree.
+MAX_NESTING = 20
 _NOT_RE = re.compile(r"not *\(", re.IGNORECASE)
 
 
@@ -430,6 +432,9 @@ class Lexer:
             if match:
                 self._emit(T.NOT, start, start + 3, "not")
                 start = match.end() - 1
+            if self.depth >= MAX_NESTING:
+                raise self._error("QUERY_TOO_COMPLEX", f"groups nest at most {MAX_NESTING} deep; this '(' opens "
+                                  f"group {self.depth + 1}: flatten the query", start)
             self._emit(T.LPAREN, start, start + 1, "(")
             self.depth += 1
             self.open_parens.append(start)

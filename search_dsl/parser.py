@@ -13,6 +13,14 @@ read again with the extensions. A query is therefore extended only where upstrea
 terms - a lone unspaced `(name=x)` is a valid upstream free-text word and stays one. When the extended
 reading fails as well, the error reported is the extended one if the query used `(`/`not(` before the
 problem, else the strict (upstream) one.
+
+One exception to "strict first": a bare word made only of parentheses (`Vms: status = up and (`) is valid
+upstream as free text, but it is a group someone forgot to finish, not a search for the text "(" (which
+`"("` still finds). Such a query is read with the extensions, and their error (an unclosed '(' with its
+position) is reported.
+
+Limits, checked while parsing so that no query reaches the compiler or the database as a tree too deep to
+walk: groups nest at most MAX_NESTING deep (lexer.py) and a query has at most MAX_CONDITIONS terms.
 """
 from __future__ import annotations
 
@@ -26,6 +34,9 @@ from .registry import Registry
 from .tokens import T, Token
 
 TERM_STARTS = frozenset({T.FIELD, T.XREF, T.FREETEXT, T.LPAREN, T.NOT})
+# Conditions and free-text terms in one query: connectives nest the tree one level per term, and every
+# level is a frame in the compiler and in SQLAlchemy's statement compiler.
+MAX_CONDITIONS = 200
 
 
 def tokenize(query: str, registry: Registry, *, extensions: bool = False,
@@ -43,7 +54,7 @@ def parse(query: str, registry: Registry, *, extensions: bool = True, today: dat
     """
     try:
         tokens = tokenize(query, registry, today=today)
-        return Parser(tokens, query).parse()
+        parsed = Parser(tokens, query).parse()
     except SearchError as strict_error:
         if not extensions:
             raise
@@ -57,6 +68,15 @@ def parse(query: str, registry: Registry, *, extensions: bool = True, today: dat
                 raise extended_error from None
             raise strict_error from None
         return Parser(tokens, query, extended=True).parse()
+    if extensions and any(_stray_parenthesis(t) for t in tokens):
+        tokens = Lexer(query, registry, extensions=True, today=today).tokenize()
+        return Parser(tokens, query, extended=True).parse()
+    return parsed
+
+
+def _stray_parenthesis(token: Token) -> bool:
+    """A bare free-text word of parentheses only: `(`, `((`, `)`, `()`."""
+    return token.type is T.FREETEXT and not token.quoted and not token.text.strip("()")
 
 
 class Parser:
@@ -70,6 +90,7 @@ class Parser:
         self.query = query
         self.index = 0
         self.extended = extended
+        self.terms = 0
 
     # ---- token access ------------------------------------------------------------------------------
     def _peek(self) -> Token | None:
@@ -148,6 +169,12 @@ class Parser:
         token = self._peek()
         if token is None:
             raise SearchError("INCOMPLETE", "expected a condition", self.query, len(self.query))
+        if token.type is not T.LPAREN:
+            self.terms += 1
+            if self.terms > MAX_CONDITIONS:
+                raise SearchError("QUERY_TOO_COMPLEX", f"a query has at most {MAX_CONDITIONS} conditions; "
+                                  "split it, or match several values with a wildcard", self.query, token.start,
+                                  token.end)
         if token.type is T.LPAREN:
             return self._parse_group()
         if token.type is T.FREETEXT:

@@ -11,6 +11,7 @@ from core.enums import PoolType, Role
 from core.errors import Conflict, DuplicateName, InUse, Invalid
 from manager.api import schemas as s
 from manager.api.crud import CrudResource
+from manager.api.search import compile_search
 from manager.auth import Principal, hash_password
 from manager.identity.superusers import keep_a_superuser
 from manager.models import (Bookmark, Cluster, Desktop, Entitlement, Group, Host, Pool, RoleAssignment,
@@ -148,6 +149,14 @@ def _prepare_bookmark(session: Session, values: dict[str, Any], who: Principal) 
     values["owner_id"] = who.user_id
     if session.scalar(select(Bookmark.id).where(Bookmark.owner_id == who.user_id, Bookmark.name == values["name"])):
         raise DuplicateName(kind="bookmark", name=values["name"])
+    compile_search(values["query"])  # a query that cannot run is refused now, not on every run
+    return values
+
+
+def _prepare_bookmark_update(session: Session, bookmark: Bookmark, values: dict[str, Any], who: Principal) \
+        -> dict[str, Any]:
+    if values.get("query") is not None:
+        compile_search(values["query"])
     return values
 
 
@@ -229,6 +238,7 @@ RESOURCES: list[CrudResource] = [
                  before_delete=_tag_in_use, prepare_update=_check_tag_parent),
     CrudResource("bookmarks", "bookmark", Bookmark, s.BookmarkOut, s.BookmarkIn, s.partial(s.BookmarkIn, "BookmarkPatch"),
                  "bookmarks:own", "bookmarks:own", unique=(), prepare_create=_prepare_bookmark,
+                 prepare_update=_prepare_bookmark_update,
                  list_filter=lambda stmt, who: stmt.where(Bookmark.owner_id == who.user_id),
                  visible=lambda bookmark, who: bookmark.owner_id == who.user_id),
 ]

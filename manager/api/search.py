@@ -114,6 +114,20 @@ def _error_body(error: SearchError) -> dict[str, Any]:
             "query": error.query}
 
 
+def compile_search(query: str, *, page_size: int = 100, case_sensitive: bool = False) -> CompiledSearch:
+    """The query compiled against the manager's fields, or BadSearch (400) saying what is wrong and where.
+    Run by every search and by saving a bookmark, so that no stored query fails on every run."""
+    now = dt.datetime.now().astimezone()
+    if "\x00" in query:  # no database takes a NUL inside a string
+        raise BadSearch(SearchError("INVALID_CHARECTER", "remove the NUL character from the query", query,
+                                    query.index("\x00")))
+    try:
+        return compile_query(query, REGISTRY, page_size=page_size, case_sensitive=case_sensitive,
+                             today=now.date(), tz=now.tzinfo)
+    except SearchError as exc:
+        raise BadSearch(exc) from None
+
+
 def run_search(session: Session, query: str, *, page_size: int = 100, case_sensitive: bool = False) -> dict[str, Any]:
     """Run one page of a search query and return {object, kind, query, items, total, page, page_size, pages}.
 
@@ -121,15 +135,7 @@ def run_search(session: Session, query: str, *, page_size: int = 100, case_sensi
     after STATEMENT_TIMEOUT_SECONDS. Items are the rows of the searched object's table (read as plain rows, not
     ORM objects: nothing here writes them back), the page the query's `page N` says.
     """
-    now = dt.datetime.now().astimezone()
-    if "\x00" in query:  # no database takes a NUL inside a string
-        raise BadSearch(SearchError("INVALID_CHARECTER", "remove the NUL character from the query", query,
-                                    query.index("\x00")))
-    try:
-        compiled = compile_query(query, REGISTRY, page_size=page_size, case_sensitive=case_sensitive,
-                                 today=now.date(), tz=now.tzinfo)
-    except SearchError as exc:
-        raise BadSearch(exc) from None
+    compiled = compile_search(query, page_size=page_size, case_sensitive=case_sensitive)
     obj = REGISTRY.get(compiled.query.object)
     if session.get_bind().dialect.name == "postgresql":
         session.execute(SEARCH_SETTINGS)  # for this transaction only (SET LOCAL), in one round trip

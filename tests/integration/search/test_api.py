@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from core.enums import Role
 from search_dsl import ERROR_CLASSES
+from search_dsl.lexer import MAX_NESTING
+from search_dsl.parser import MAX_CONDITIONS
 
 
 def _token_for(role: Role | None, username: str) -> str:
@@ -104,9 +106,76 @@ def test_bookmarks_run_for_their_owner_only(api, helpdesk, plain_user):
     own = api.post("/api/v1/bookmarks", json={"name": "mine", "query": "Vms: name = *"}, headers=plain_user)
     assert own.status_code == 201
     assert api.get(f"/api/v1/bookmarks/{own.json()['id']}/run", headers=plain_user).status_code == 403
+    # a query that cannot run is refused when saved, with its error class and position
     broken = api.post("/api/v1/bookmarks", json={"name": "broken", "query": "Vms: status = running"})
-    body = api.get(f"/api/v1/bookmarks/{broken.json()['id']}/run").json()
+    assert broken.status_code == 400
+    assert broken.json()["error"] == "INVALID_CONDITION_VALUE" and broken.json()["position"] == 14
+    # one stored before queries were checked on save still runs into a clean 400
+    body = api.get(f"/api/v1/bookmarks/{stored_bookmark('Vms: status = running')}/run").json()
     assert body["error"] == "INVALID_CONDITION_VALUE" and body["position"] == 14
+
+
+def stored_bookmark(query: str) -> str:
+    from manager import db
+    from manager.models import Bookmark, User
+
+    with db.session_scope() as session:
+        admin = session.query(User).filter_by(username="admin", domain="local").one()
+        bookmark = Bookmark(name=f"stored {len(query)}", query=query, owner_id=admin.id)
+        session.add(bookmark)
+        session.flush()
+        return bookmark.id
+
+
+DEEP_PARENS = "Vms: " + "(" * 123 + "name = a" + ")" * 123
+DEEP_NOTS = "Vms: " + "not (" * 83 + "name = a" + ")" * 83
+
+
+@pytest.mark.parametrize("query", [DEEP_PARENS, DEEP_NOTS, "Vms: " + " or ".join(["name=a"] * 900)])
+def test_too_complex_queries_are_a_400_with_a_position(api, query):
+    response = api.get("/api/v1/search", params={"q": query})
+    assert response.status_code == 400, response.text[:300]
+    body = response.json()
+    assert body["error"] == "QUERY_TOO_COMPLEX" and 0 < body["position"] < len(query)
+
+
+@pytest.mark.parametrize("query", [
+    "Vms: " + "(" * MAX_NESTING + "name = a or status = up" + ")" * MAX_NESTING,
+    "Vms: " + "not (" * MAX_NESTING + "name = a" + ")" * MAX_NESTING,
+    "Vms: " + " or ".join(f"name = web{i}" for i in range(MAX_CONDITIONS)),
+    "Vms: " + "(" * MAX_NESTING + " or ".join(["Hosts.name = h*"] * (MAX_CONDITIONS // 2)) + ")" * MAX_NESTING,
+])
+def test_the_most_complex_queries_allowed_run_on_postgres(api, query):
+    response = api.get("/api/v1/search", params={"q": query})
+    assert response.status_code == 200, response.text[:300]
+
+
+def test_a_stray_parenthesis_is_a_400_with_its_position(api):
+    query = "Vms: status = up and ("
+    response = api.get("/api/v1/search", params={"q": query})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "INCOMPLETE" and response.json()["position"] == len(query)
+    assert "'('" in response.json()["detail"]
+
+
+def test_the_deepest_search_page_is_served(api):
+    response = api.get("/api/v1/search", params={"q": "Vms: page 1000000000", "page_size": 1000})
+    assert response.status_code == 200, response.text
+    assert response.json()["items"] == []
+    too_deep = api.get("/api/v1/search", params={"q": "Vms: page 1000000001"})
+    assert too_deep.status_code == 400 and too_deep.json()["error"] == "INVALID_PAGE_VALUE"
+
+
+@pytest.mark.parametrize("query", [DEEP_PARENS, DEEP_NOTS, "Vms: status = up and ("])
+def test_a_bookmark_keeps_only_a_query_that_runs(api, query):
+    saved = api.post("/api/v1/bookmarks", json={"name": "deep", "query": query})
+    assert saved.status_code == 400, saved.text[:300]
+    assert saved.json()["error"] in ERROR_CLASSES
+    good = api.post("/api/v1/bookmarks", json={"name": f"good {len(query)}", "query": "Vms: name = x"})
+    assert good.status_code == 201
+    changed = api.patch(f"/api/v1/bookmarks/{good.json()['id']}", json={"query": query})
+    assert changed.status_code == 400, changed.text[:300]
+    assert api.get(f"/api/v1/bookmarks/{good.json()['id']}").json()["query"] == "Vms: name = x"
 
 
 def test_search_needs_the_search_permission(api, helpdesk, plain_user):
@@ -120,7 +189,15 @@ WORDS = ["Vms:", "Hosts:", "Users:", "Events:", "Templates:", "Pools:", "Disks:"
          "=", "!=", "<", ">=", "and", "or", "AND", "sortby", "page", "desc", "*", "web*", "up", '"', "(", ")",
          "not(", "Hosts.", "Users.usrname", "Vms.name", "tag", "severity", "time", "today", "01/15/2024", "uptime",
          "01:30", "-5", "99999999999", "apps", "\\", "%", "_", "@", ".", ":", "usrname", "x@y", "cpu_usage", "id"]
+OPENERS = ["(", "not (", "not(", "( ", "(("]
+# Deeply nested queries: openers, a term, a tail (closers, sometimes too few or too many, or none).
+nested = st.builds(
+    lambda depth, opener, term, closers, tail: "Vms: " + opener * depth + term + ")" * closers + tail,
+    st.integers(0, 150), st.sampled_from(OPENERS), st.sampled_from(["name = a", "status = up or web", "web",
+                                                                     "Hosts.name = h* and not (name = b)"]),
+    st.integers(0, 160), st.sampled_from(["", " sortby name", " and (", " page 2", ")", " or name = c"]))
 queries = st.one_of(
+    nested,
     st.lists(st.sampled_from(WORDS), max_size=12).map(" ".join),
     st.lists(st.sampled_from(WORDS), max_size=12).map("".join),
     st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60),

@@ -235,3 +235,49 @@ def test_tokens_carry_spans():
     for token in tokens:
         assert query[token.start:token.end] == token.text
     assert tokens[6].value == "a b" and tokens[6].quoted
+
+
+# ---- limits and a stray parenthesis (issue 22 items 5 and 11) ------------------------------------------------------
+from search_dsl.lexer import MAX_NESTING  # noqa: E402
+from search_dsl.parser import MAX_CONDITIONS  # noqa: E402
+
+
+@pytest.mark.parametrize("opener", ["(", "not (", "not("])
+def test_groups_nest_at_most_max_nesting_deep(opener):
+    deepest = "Vms: " + opener * MAX_NESTING + "name = a" + ")" * MAX_NESTING
+    assert parse(deepest, OVIRT, today=TODAY).extended
+    too_deep = "Vms: " + opener * 123 + "name = a" + ")" * 123
+    err = error(too_deep)
+    assert err.error_class == "QUERY_TOO_COMPLEX"
+    # the caret is under the first '(' too many
+    assert err.position == too_deep.index("(", len("Vms: ") + len(opener) * MAX_NESTING)
+    assert str(MAX_NESTING) in err.reason
+
+
+@pytest.mark.parametrize("joint", [" ", " and ", " or "])
+def test_a_query_has_at_most_max_conditions(joint):
+    assert parse("Vms: " + joint.join(["name = a"] * MAX_CONDITIONS), OVIRT, today=TODAY)
+    query = "Vms: " + joint.join(["name=a"] * 800)
+    err = error(query)
+    assert err.error_class == "QUERY_TOO_COMPLEX"
+    assert err.position == len("Vms: ") + MAX_CONDITIONS * len("name=a" + joint)
+
+
+@pytest.mark.parametrize("query, error_class, at", [
+    ("Vms: status = up and (", "INCOMPLETE", len("Vms: status = up and (")),
+    ("Vms: (", "INCOMPLETE", len("Vms: (")),
+    ("Vms: status = up (", "INCOMPLETE", len("Vms: status = up (")),
+    ("Vms: status = up )", "UNBALANCED_PARENTHESES", len("Vms: status = up ")),
+    ("Vms: ()", "INVALID_POST_OR_AND_PHRASE", len("Vms: (")),
+])
+def test_a_stray_parenthesis_is_an_error_not_free_text(query, error_class, at):
+    err = error(query)
+    assert (err.error_class, err.position) == (error_class, at), str(err)
+    assert "(" in err.reason or ")" in err.reason
+
+
+def test_a_parenthesis_inside_a_word_or_quoted_is_still_text():
+    assert where("Vms: (web)") == ("text", "(web)")
+    assert where('Vms: "("') == ("text", "(")
+    # upstream's reading of a stray '(' is kept when the extensions are off
+    assert parse("Vms: status = up and (", OVIRT, today=TODAY, extensions=False)
