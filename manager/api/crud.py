@@ -5,18 +5,19 @@ validation of references (an unknown `*_id` is a 422 naming the field), uniquene
 checks before delete (409 `in_use` naming the users) and an event for every change.
 """
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from core.errors import DuplicateName, Invalid, NotFound
+from core.errors import BadRequest, DuplicateName, Invalid, NotFound
 from event_manager.service import emit
-from manager.api.common import DbSession, Page, Paging, paginate
+from manager.api.common import DbSession, Page, PageParams, Paging, paginate
 from manager.auth import Principal, require
 from manager.models import Base
 
@@ -79,6 +80,9 @@ class CrudResource:
     # Objects the caller may not see are reported as missing (404), never as forbidden: no existence leaks.
     visible: Callable[[Any, Principal], bool] | None = None
     extra_event_fields: Callable[[Any], dict[str, Any]] = field(default=lambda obj: {})
+    # Exact-match filters of the list, declared per resource (GET /<path>?pool_id=...): only these columns, never
+    # a column named by the client.
+    filters: tuple[str, ...] = ()
 
     @property
     def event_code(self) -> str:
@@ -89,6 +93,33 @@ class CrudResource:
         if obj is None or (self.visible is not None and not self.visible(obj, who)):
             raise NotFound(kind=self.kind, id=obj_id)
         return obj
+
+    def query(self, who: Principal, **match: Any) -> Select:
+        """The rows GET /<path> lists to `who`, narrowed by declared exact-match filters (a None value: any)."""
+        stmt = select(self.model)
+        if self.list_filter is not None:
+            stmt = self.list_filter(stmt, who)
+        for name, value in match.items():
+            if name not in self.filters:
+                raise Invalid(f"{self.path} cannot be filtered by {name!r}; filters: "
+                              f"{', '.join(self.filters) or 'none'}")
+            if value is not None:
+                stmt = stmt.where(getattr(self.model, name) == value)
+        return stmt
+
+    def list_page(self, session: Session, paging: PageParams, who: Principal, **match: Any) -> dict[str, Any]:
+        """One page of GET /<path> (with its filters): the route and the console's pages call this."""
+        return paginate(session, self.query(who, **match), paging, self.out,
+                        sortable={name: getattr(self.model, name) for name in self.sortable},
+                        default_order=[getattr(self.model, name) for name in self.default_order] + [self.model.id])
+
+    def fetch_many(self, session: Session, ids: Iterable[Any], who: Principal) -> dict[Any, Any]:
+        """The objects among `ids` that `who` may see (as `fetch` would give each), by id, in one query."""
+        wanted = set(ids) - {None}
+        if not wanted:
+            return {}
+        rows = session.scalars(self.query(who).where(self.model.id.in_(wanted)))
+        return {obj.id: obj for obj in rows if self.visible is None or self.visible(obj, who)}
 
     def label(self, obj: Any) -> str:
         return getattr(obj, "name", None) or getattr(obj, "username", None) or str(obj.id)
@@ -142,19 +173,38 @@ class CrudResource:
              **extra)
 
 
+PAGING_PARAMS = ("page", "per_page", "sort", "order")
+
+
+def _filter_params(res: CrudResource) -> Callable[..., dict[str, Any]]:
+    """A dependency taking the resource's declared filters as optional query parameters (shown in /docs); any
+    other parameter is a 400 naming the ones there are, rather than a filter silently ignored."""
+    allowed = (*PAGING_PARAMS, *res.filters)
+
+    def dependency(request: Request, **values: Any) -> dict[str, Any]:
+        unknown = sorted(set(request.query_params) - set(allowed))
+        if unknown:
+            raise BadRequest(f"{res.path} has no parameter {', '.join(unknown)}; its parameters: {', '.join(allowed)}")
+        return {name: value for name, value in values.items() if value is not None}
+
+    dependency.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+        *(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=str | None,
+                            default=Query(None, max_length=64, description=f"only {res.kind}s with this {name}"))
+          for name in res.filters)])
+    return dependency
+
+
 def crud_router(res: CrudResource) -> APIRouter:
     router = APIRouter(prefix=f"/{res.path}", tags=[res.path])
     Reader = Annotated[Principal, Depends(require(res.read_permission))]
     Writer = Annotated[Principal, Depends(require(res.write_permission))]
-    sortable = {name: getattr(res.model, name) for name in res.sortable}
-    default_order = [getattr(res.model, name) for name in res.default_order] + [res.model.id]
+    Filters = Annotated[dict[str, Any], Depends(_filter_params(res))]
+    filtered = f"; filters: {', '.join(res.filters)}" if res.filters else ""
 
-    @router.get("", response_model=Page[res.out], summary=f"List {res.kind}s (paged, sortable)")
-    def list_items(session: DbSession, paging: Paging, who: Reader) -> dict[str, Any]:
-        stmt = select(res.model)
-        if res.list_filter is not None:
-            stmt = res.list_filter(stmt, who)
-        return paginate(session, stmt, paging, res.out, sortable=sortable, default_order=default_order)
+    @router.get("", response_model=Page[res.out], summary=f"List {res.kind}s (paged, sortable{filtered})")
+    def list_items(session: DbSession, paging: Paging, who: Reader, match: Filters) -> dict[str, Any]:
+        return res.list_page(session, paging, who, **match)
 
     @router.get("/{item_id}", response_model=res.out, summary=f"Get one {res.kind}")
     def get_item(item_id: str, session: DbSession, who: Reader) -> Any:

@@ -4,17 +4,21 @@ bulk actions. Thin wrappers: the work is in manager.provisioning (service, power
 console's pages call too."""
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any, NamedTuple
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import Field, field_validator, model_validator
+from sqlalchemy.orm import Session
 
 import manager.provisioning  # noqa: F401  (registers the provisioning jobs)
 from core.enums import OsType
 from manager.api import schemas as s
-from manager.api.common import DbSession
+from manager.api.common import DbSession, Page, PageParams, Paging, paginate
+from manager.api.resources import RESOURCE_BY_PATH
 from manager.api.system import _job_out
 from manager.auth import Principal, require
+from manager.models import Assignment
 from manager.provisioning import bulk, pools, service
 from manager.provisioning.placement import POLICIES
 from manager.provisioning.power import DEFAULT_STOP_TIMEOUT_S, PowerAction, power_desktop
@@ -58,6 +62,13 @@ class ProvisionIn(s.In):
 
 class UserRef(s.In):
     user_id: s.Id
+
+
+class AttachmentOut(s.Out):
+    user_id: str
+    kind: str  # dedicated | pool
+    until: dt.datetime | None
+    created_at: dt.datetime
 
 
 class ResizeIn(s.In):
@@ -206,6 +217,21 @@ def attach_user(desktop_id: str, payload: UserRef, session: DbSession, who: Enti
     """Attach a desktop to a user (dedicated; with several users it is shared)."""
     users = service.attach_user(session, desktop_id, payload.user_id, actor=who.name)
     return {"desktop_id": desktop_id, "user_ids": users}
+
+
+def attachments_page(session: Session, desktop_id: str, paging: PageParams, who: Principal) -> dict[str, Any]:
+    """One page of the users the desktop is attached to, oldest attachment first (GET /desktops/{id}/users, the
+    desktop's page)."""
+    desktop = RESOURCE_BY_PATH["desktops"].fetch(session, desktop_id, who)
+    return paginate(session, service.attachments(desktop.id), paging, AttachmentOut,
+                    sortable={"created_at": Assignment.created_at, "until": Assignment.until},
+                    default_order=[Assignment.created_at, Assignment.id])
+
+
+@router.get("/desktops/{desktop_id}/users", response_model=Page[AttachmentOut], tags=["desktops"])
+def list_attached_users(desktop_id: str, session: DbSession, paging: Paging, who: DesktopReader) -> dict[str, Any]:
+    """The users the desktop is attached to (dedicated or shared, or its pool's holder), paged."""
+    return attachments_page(session, desktop_id, paging, who)
 
 
 @router.delete("/desktops/{desktop_id}/users/{user_id}", status_code=204, tags=["desktops"])

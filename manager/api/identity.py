@@ -6,21 +6,25 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import Field
-from sqlalchemy import select
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
 
 from core.errors import Forbidden, NotFound
 from manager.api import schemas as s
-from manager.api.common import DbSession
+from manager.api.common import DbSession, Page, PageParams, Paging, paginate
+from manager.api.resources import RESOURCE_BY_PATH
 from manager.auth import Principal, require
 from manager.identity.access import explain_access, find_pool
 from manager.identity.directory import Directory
+from manager.identity.membership import group_members, member_groups, parent_groups
 from manager.identity.settings import get_directory_settings
 from manager.identity.sync import sync_directory
 from manager.identity.sync_tasks import JOB_KIND, enqueue_sync
 from manager.jobs import eta_seconds
-from manager.models import DirectorySyncState, Job, User
+from manager.models import DirectorySyncState, Group, Job, User
 
 router = APIRouter()
+UsersReader = Annotated[Principal, Depends(require("users:read"))]
 
 
 class SyncIn(s.In):
@@ -84,3 +88,50 @@ def user_access(user_id: str, session: DbSession, who: Annotated[Principal, Depe
     if user is None:
         raise NotFound(kind="user", id=user_id)
     return explain_access(session, user, pool=find_pool(session, pool) if pool else None)
+
+
+# ---- a group's members and the groups around it (manager.identity.membership) -----------------------------------
+def group_members_page(session: Session, group_id: str, paging: PageParams, who: Principal, *,
+                       nested: bool = False) -> dict[str, Any]:
+    """One page of the group's member users, by user name (GET /groups/{id}/members, the group's page)."""
+    group = RESOURCE_BY_PATH["groups"].fetch(session, group_id, who)
+    return paginate(session, group_members(group.id, nested=nested), paging, s.UserOut,
+                    sortable={"username": User.username, "domain": User.domain, "last_name": User.last_name,
+                              "created_at": User.created_at},
+                    default_order=[User.username, User.domain, User.id])
+
+
+def _groups_page(session: Session, stmt: Select, paging: PageParams) -> dict[str, Any]:
+    return paginate(session, stmt, paging, s.GroupOut, sortable={"name": Group.name, "created_at": Group.created_at},
+                    default_order=[Group.name, Group.domain, Group.id])
+
+
+def subgroups_page(session: Session, group_id: str, paging: PageParams, who: Principal) -> dict[str, Any]:
+    """One page of the groups that are members of the group, by name (GET /groups/{id}/subgroups)."""
+    return _groups_page(session, member_groups(RESOURCE_BY_PATH["groups"].fetch(session, group_id, who).id), paging)
+
+
+def parents_page(session: Session, group_id: str, paging: PageParams, who: Principal) -> dict[str, Any]:
+    """One page of the groups the group is a member of, by name (GET /groups/{id}/parents)."""
+    return _groups_page(session, parent_groups(RESOURCE_BY_PATH["groups"].fetch(session, group_id, who).id), paging)
+
+
+@router.get("/groups/{group_id}/members", response_model=Page[s.UserOut], tags=["groups"])
+def list_group_members(group_id: str, session: DbSession, paging: Paging, who: UsersReader,
+                       nested: Annotated[bool, Query(description="also the members of the groups nested in it")]
+                       = False) -> dict[str, Any]:
+    """The users in the group (paged, by user name): its direct members, or with ?nested=true everyone in it
+    through its member groups too."""
+    return group_members_page(session, group_id, paging, who, nested=nested)
+
+
+@router.get("/groups/{group_id}/subgroups", response_model=Page[s.GroupOut], tags=["groups"])
+def list_subgroups(group_id: str, session: DbSession, paging: Paging, who: UsersReader) -> dict[str, Any]:
+    """The groups that are direct members of the group (paged, by name)."""
+    return subgroups_page(session, group_id, paging, who)
+
+
+@router.get("/groups/{group_id}/parents", response_model=Page[s.GroupOut], tags=["groups"])
+def list_parent_groups(group_id: str, session: DbSession, paging: Paging, who: UsersReader) -> dict[str, Any]:
+    """The groups the group is a direct member of (paged, by name)."""
+    return parents_page(session, group_id, paging, who)

@@ -218,7 +218,7 @@ RESOURCES: list[CrudResource] = [
                  extra_event_fields=lambda d: {"desktop_id": d.id}),
     CrudResource("pools", "pool", Pool, s.PoolOut, s.PoolIn, s.PoolPatch, "pools:read", "pools:write",
                  sortable=("name", "created_at", "size", "pool_type"), before_delete=_pool_in_use,
-                 prepare_update=_prepare_pool_update,
+                 prepare_update=_prepare_pool_update, filters=("template_id", "cluster_id"),
                  extra_event_fields=lambda p: {"pool_id": p.id}),
     CrudResource("users", "user", User, s.UserOut, s.UserIn, s.partial(s.UserIn, "UserPatch"), "users:read",
                  "users:write", sortable=("username", "domain", "created_at", "last_name"), unique=(),
@@ -229,10 +229,11 @@ RESOURCES: list[CrudResource] = [
                  "users:write", unique=(), prepare_create=_prepare_group, after_delete=_group_deleted),
     CrudResource("entitlements", "entitlement", Entitlement, s.EntitlementOut, s.EntitlementIn, None,
                  "entitlements:read", "entitlements:write", sortable=("created_at",), unique=(),
-                 default_order=("created_at",), prepare_create=_prepare_entitlement),
+                 default_order=("created_at",), prepare_create=_prepare_entitlement,
+                 filters=("pool_id", "desktop_id", "user_id", "group_id")),
     CrudResource("role-assignments", "role assignment", RoleAssignment, s.RoleAssignmentOut, s.RoleAssignmentIn,
                  None, "users:read", "users:write", sortable=("created_at", "role"), unique=(),
-                 default_order=("created_at",),
+                 default_order=("created_at",), filters=("user_id", "group_id"),
                  prepare_create=_prepare_role_assignment, after_delete=_role_assignment_deleted),
     CrudResource("tags", "tag", Tag, s.TagOut, s.TagIn, s.partial(s.TagIn, "TagPatch"), "tags:read", "tags:write",
                  before_delete=_tag_in_use, prepare_update=_check_tag_parent),
@@ -242,3 +243,5 @@ RESOURCES: list[CrudResource] = [
                  list_filter=lambda stmt, who: stmt.where(Bookmark.owner_id == who.user_id),
                  visible=lambda bookmark, who: bookmark.owner_id == who.user_id),
 ]
+
+RESOURCE_BY_PATH: dict[str, CrudResource] = {r.path: r for r in RESOURCES}

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from core.enums import HostStatus, OsType, PowerState, TaskState
@@ -386,6 +386,12 @@ def attach_user(session: Session, desktop_id: str, user_id: str, *, actor: str) 
          f"{user.domain}", actor=actor, user_id=user.id, desktop_id=desktop_id)
     users = list(session.scalars(select(Assignment.user_id).where(Assignment.desktop_id == desktop_id)))
     return sorted(set(users) | {user.id})
+
+
+def attachments(desktop_id: str) -> Select:
+    """SELECT of the desktop's attachments to users (dedicated, shared, or from its pool), oldest first as the
+    caller orders them (GET /desktops/{id}/users and the desktop's page)."""
+    return select(Assignment).where(Assignment.desktop_id == desktop_id)
 
 
 def detach_user(session: Session, desktop_id: str, user_id: str, *, actor: str) -> None:
