@@ -13,14 +13,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.enums import PoolType, ProtocolPolicy, ReclaimPolicy
 from image_manager.service import SNAPSHOT_IN_PREVIEW, template_versions
 from manager.api.common import DbSession
 from manager.auth import Principal, require
-from manager.models import Cluster, Desktop, Pool, Template, TemplateVersion
+from manager.models import Desktop, Pool, Template
+from manager.web.related import WHOLE, first_page, related_object, related_page
 from manager.web.render import page
 
 router = APIRouter()
@@ -36,9 +36,10 @@ def _versions(session: Session, template_id: str | None) -> list[dict[str, Any]]
 
 
 def _desktop(session: Session, desktop: Desktop, who: Principal, ctx: dict[str, Any]) -> dict[str, Any]:
-    version = session.get(TemplateVersion, desktop.template_version_id) if desktop.template_version_id else None
+    version = related_object(session, "template-versions", desktop.template_version_id, who)
+    pool = related_object(session, "pools", desktop.pool_id, who)
     previewing = next((s for s in ctx.get("snapshots", []) if s.status == SNAPSHOT_IN_PREVIEW), None)
-    manual_pool = desktop.pool is not None and desktop.pool.pool_type == PoolType.MANUAL
+    manual_pool = pool is not None and pool.pool_type == PoolType.MANUAL
     return {
         "reimage_versions": _versions(session, version.template_id if version else None),
         "previewing": previewing,
@@ -55,9 +56,11 @@ def _pool(session: Session, pool: Pool, who: Principal, ctx: dict[str, Any]) -> 
 
 
 def _template(session: Session, template: Template, who: Principal, ctx: dict[str, Any]) -> dict[str, Any]:
-    pools = session.execute(select(Pool.id, Pool.name).where(Pool.template_id == template.id)
-                            .order_by(Pool.name)).all() if who.can("pools:write") else []
-    return {"rollout_versions": _versions(session, template.id), "rollout_pools": [dict(r._mapping) for r in pools]}
+    # GET /pools?template_id=, by name
+    pools = related_page(session, "pools", first_page(WHOLE), who, template_id=template.id)["items"] \
+        if who.can("pools:write") else []
+    return {"rollout_versions": _versions(session, template.id),
+            "rollout_pools": [{"id": p.id, "name": p.name} for p in pools]}
 
 
 CONTEXT: dict[str, Callable[[Session, Any, Principal, dict[str, Any]], dict[str, Any]]] = {
@@ -75,8 +78,9 @@ def action_context(noun: str, session: Session, obj: Any, who: Principal, ctx: d
 def new_pool_page(request: Request, session: DbSession, who: PoolWriter,
                   template_id: Annotated[str, Query(max_length=36)] = "") -> HTMLResponse:
     """The new-pool form: POST /api/v1/pools, then POST /api/v1/pools/{id}/provision, from actions.js."""
-    templates = session.execute(select(Template.id, Template.name).order_by(Template.name)).all()
-    clusters = session.execute(select(Cluster.id, Cluster.name).order_by(Cluster.name)).all()
+    # GET /templates and GET /clusters, by name
+    templates = related_page(session, "templates", first_page(WHOLE), who)["items"]
+    clusters = related_page(session, "clusters", first_page(WHOLE), who)["items"]
     return page(request, "admin/pool_form.html", {
         "title": "New pool", "templates": templates, "clusters": clusters, "template_id": template_id,
         "pool_types": list(PoolType), "protocol_policies": list(ProtocolPolicy),

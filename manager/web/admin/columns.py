@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from manager.models import Desktop, Host, Pool, Template, User
+from manager.api.resources import RESOURCE_BY_PATH
+from manager.auth import Principal
+from manager.web.related import related_objects
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,12 @@ COLUMNS: dict[str, list[Column]] = {
              Column("actual_size", "On disk", "actual_size", "bytes")],
 }
 
-_REF_MODELS: dict[str, tuple[type, Any]] = {"host": (Host, Host.name), "pool": (Pool, Pool.name),
-                                            "template": (Template, Template.name), "desktop": (Desktop, Desktop.name),
-                                            "user": (User, User.username)}
 REF_PAGES = {"host": "hosts", "pool": "pools", "template": "templates", "desktop": "desktops", "user": "users"}
 
 
-def referenced_names(session: Session, obj: str, items: list[Any]) -> dict[str, dict[str, str]]:
+def referenced_names(session: Session, obj: str, items: list[Any], who: Principal) -> dict[str, dict[str, str]]:
     """{ref kind: {id: name}} for the "ref" columns of one page of results: one query per kind, for the ids on
-    the page only."""
+    the page only, read as the API reads them for `who`."""
     out: dict[str, dict[str, str]] = {}
     for column in COLUMNS.get(obj, []):
         if column.fmt != "ref" or column.ref is None:
@@ -79,6 +77,7 @@ def referenced_names(session: Session, obj: str, items: list[Any]) -> dict[str, 
         ids = {getattr(item, column.key) for item in items} - {None}
         if not ids:
             continue
-        model, name = _REF_MODELS[column.ref]
-        out[column.ref] = dict(session.execute(select(model.id, name).where(model.id.in_(ids))).all())
+        resource = RESOURCE_BY_PATH[REF_PAGES[column.ref]]
+        out[column.ref] = {ref_id: resource.label(ref) for ref_id, ref in
+                           related_objects(session, resource.path, ids, who).items()}
     return out

@@ -22,11 +22,11 @@ from sqlalchemy.orm import Session
 from event_manager.service import query_events
 from manager.api import schemas as s
 from manager.api.common import DbSession, PageParams, paginate
-from manager.api.resources import RESOURCES
+from manager.api.resources import RESOURCE_BY_PATH
 from manager.api.search import BadSearch, run_search
 from manager.auth import Principal, require
-from manager.models import Desktop, Group, Host, Job, Pool, Template, User
 from manager.web.admin.actions import action_context
+from manager.web.related import first_page, may_read, related_object, related_objects, related_page
 from manager.web.render import page
 from search_dsl import value_text
 
@@ -55,7 +55,7 @@ class ObjectKind:
     permission: str              # what reading one needs (the API's GET of the object needs the same)
     load: Callable[[Session, str, Principal], Any]  # the object, or NotFound
     title: Callable[[Any], str]
-    facts: Callable[[Session, Any], list[Fact]]
+    facts: Callable[[Session, Any, Principal], list[Fact]]  # related objects read as `who` may see them
     related: Callable[[Session, Any, Principal], dict[str, Any]] = lambda session, obj, who: {}
     # query_events filters that select this object's events (None: events do not record this kind)
     event_filter: Callable[[Any], dict[str, Any] | None] | None = None
@@ -86,20 +86,24 @@ def _named(obj: Any) -> str:
     return obj.name
 
 
-# The kinds of object that have a page, by noun: (their URL segment, model, how one is named).
-PAGE_KINDS: dict[str, tuple[str, type, Callable[[Any], str]]] = {
-    "desktop": ("desktops", Desktop, _named), "host": ("hosts", Host, _named), "pool": ("pools", Pool, _named),
-    "template": ("templates", Template, _named), "user": ("users", User, user_label),
-    "group": ("groups", Group, lambda g: f"{g.name}@{g.domain}"),
-    "job": ("jobs", Job, lambda j: j.description or j.kind)}
+def group_label(group: Any) -> str:
+    return f"{group.name}@{group.domain}"
 
 
-def object_fact(session: Session, label: str, noun: str, obj_id: Any) -> Fact:
-    """A fact naming another object as a link to its page (its id, marked deleted, when it is gone)."""
-    path, model, name = PAGE_KINDS[noun]
-    obj = session.get(model, obj_id)
+# The kinds of object that have a page, by noun: (their URL segment, how one is named).
+PAGE_KINDS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "desktop": ("desktops", _named), "host": ("hosts", _named), "pool": ("pools", _named),
+    "template": ("templates", _named), "user": ("users", user_label), "group": ("groups", group_label),
+    "job": ("jobs", lambda j: j.description or j.kind)}
+
+
+def object_fact(session: Session, who: Principal, label: str, noun: str, obj_id: Any) -> Fact:
+    """A fact naming another object as a link to its page, read as `who` may see it (its id, marked deleted,
+    when it is gone; its id alone when `who` may not read that kind)."""
+    path, name = PAGE_KINDS[noun]
+    obj = related_object(session, path, obj_id, who)
     if obj is None:
-        return Fact(label, f"{noun} {obj_id} (deleted)")
+        return Fact(label, f"{noun} {obj_id}" + (" (deleted)" if may_read(path, who) else ""))
     return Fact(label, name(obj), "link", href(path, obj_id))
 
 
@@ -124,8 +128,19 @@ def search_preview(session: Session, query_head: str, value: str, tail: str = ""
 
 def resource_loader(path: str) -> Callable[[Session, str, Principal], Any]:
     """Load through the API's CRUD resource (GET /api/v1/<path>/{id}: the same visibility and NotFound)."""
-    resource = next(r for r in RESOURCES if r.path == path)
+    resource = RESOURCE_BY_PATH[path]
     return lambda session, obj_id, who: resource.fetch(session, obj_id, who)
+
+
+def entitlements_shown(session: Session, who: Principal, shown: int, **match: str) -> dict[str, Any]:
+    """The first `shown` entitlements matching `match` as GET /api/v1/entitlements?<match> pages them, each with
+    its user or group and its pool or desktop (as `who` may see them; None when gone), and their total."""
+    found = related_page(session, "entitlements", first_page(shown), who, **match)
+    related = {column: related_objects(session, path, (getattr(e, f"{column}_id") for e in found["items"]), who)
+               for path, column in (("users", "user"), ("groups", "group"), ("pools", "pool"), ("desktops", "desktop"))}
+    return {"items": [{"entitlement": e, **{column: objs.get(getattr(e, f"{column}_id"))
+                                            for column, objs in related.items()}} for e in found["items"]],
+            "total": found["total"]}
 
 
 def events_page(session: Session, filters: dict[str, Any], page_number: int) -> dict[str, Any]:
@@ -142,7 +157,7 @@ def _add_page(router: APIRouter, kind: ObjectKind) -> None:
                     tab: Annotated[str, Query(max_length=32)] = "overview",
                     events_page_number: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1) -> HTMLResponse:
         obj = kind.load(session, object_id, who)
-        ctx: dict[str, Any] = {"kind": kind, "obj": obj, "title": kind.title(obj), "facts": kind.facts(session, obj),
+        ctx: dict[str, Any] = {"kind": kind, "obj": obj, "title": kind.title(obj), "facts": kind.facts(session, obj, who),
                                "tabs": [("overview", "Overview")]}
         ctx.update(kind.related(session, obj, who))
         ctx.update(action_context(kind.noun, session, obj, who, ctx))  # what the actions toolbar needs

@@ -5,16 +5,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
-from sqlalchemy import select
 
 from manager.api.common import DbSession
-from manager.api.resources import RESOURCES
 from manager.api.search import BadSearch, run_search
 from manager.auth import Principal, require
-from manager.models import Bookmark
 from manager.search_fields import REGISTRY
 from manager.tagging import TAGGED_KINDS, tags_of
 from manager.web.admin.columns import COLUMNS, PAGE_KIND, REF_PAGES, referenced_names
+from manager.web.related import WHOLE, first_page, related_page
 from manager.web.render import page
 from search_dsl import SearchError, parse, value_text
 from search_dsl.rewrite import with_tail
@@ -25,13 +23,11 @@ PAGE_SIZE = 100  # oVirt's SearchResultsLimit
 EXAMPLES = ["Vms: status = up and cpu_usage > 50", "Vms: status = down sortby name", "Hosts: status = up",
             "Vms: loggedinuser = alice*", "Pools:", "Events: severity >= warning sortby time desc",
             "Users: department = Finance", "Vms: Hosts.name = vs-a and mem_usage > 80"]
-BOOKMARKS = next(r for r in RESOURCES if r.path == "bookmarks")
 
 
-def my_bookmarks(session, who: Principal) -> list[Bookmark]:
+def my_bookmarks(session, who: Principal) -> list[Any]:
     """The caller's bookmarks, through the bookmark resource's own filter (as GET /api/v1/bookmarks lists them)."""
-    stmt = BOOKMARKS.list_filter(select(Bookmark), who) if BOOKMARKS.list_filter else select(Bookmark)
-    return list(session.scalars(stmt.order_by(Bookmark.name)))
+    return related_page(session, "bookmarks", first_page(WHOLE), who)["items"]
 
 
 def _sort_links(query: str, obj: str) -> dict[str, dict[str, Any]]:
@@ -84,7 +80,7 @@ def search_page(request: Request, session: DbSession, who: SearchViewer,
             obj = result["object"]
             pages = result["pages"]
             ctx.update(result=result, obj=obj, columns=COLUMNS.get(obj, []), page_kind=PAGE_KIND.get(obj),
-                       refs=referenced_names(session, obj, result["items"]), ref_pages=REF_PAGES,
+                       refs=referenced_names(session, obj, result["items"], who), ref_pages=REF_PAGES,
                        sort_links=_sort_links(q, obj),
                        page_links={n: with_tail(q, REGISTRY, page=n) for n in
                                    sorted({1, result["page"] - 1, result["page"] + 1, pages} - {0, pages + 1})

@@ -4,44 +4,45 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker import sessions
 from broker.protocol import parse_protocols
 from image_manager.service import list_snapshots
 from manager.api.broker import SessionOut
-from manager.api.common import PageParams, paginate
+from manager.api.common import paginate
+from manager.api.desktop_actions import attachments_page
 from manager.auth import Principal
-from manager.models import Assignment, Desktop, Host, Pool, Template, TemplateVersion, User
+from manager.models import Desktop
 from manager.provisioning.screens import SHOWS_A_SCREEN
-from manager.web.admin.objects import (Fact, ObjectKind, href, resource_loader, search_href, user_label,
-                                       version_label)
+from manager.web.admin.objects import (Fact, ObjectKind, href, resource_loader, search_href,
+                                       user_label, version_label)
+from manager.web.related import WHOLE, first_page, related_object, related_objects
 
 SESSIONS_SHOWN = 10
 
 
-def _version_facts(session: Session, label: str, version_id: str | None) -> list[Fact]:
-    version = session.get(TemplateVersion, version_id) if version_id else None
+def _version_facts(session: Session, who: Principal, label: str, version_id: str | None) -> list[Fact]:
+    version = related_object(session, "template-versions", version_id, who)
     if version is None:
         return [Fact(label, None)] if label == "Template" else []
-    template = session.get(Template, version.template_id)
+    template = related_object(session, "templates", version.template_id, who)
     return [Fact(label, template.name if template else version.template_id, "link",
                  href("templates", version.template_id)),
             Fact(f"{label} version", version_label(version), "link",
                  href("templates", version.template_id) + f"#version-{version.number}")]
 
 
-def facts(session: Session, d: Desktop) -> list[Fact]:
-    host = session.get(Host, d.host_id) if d.host_id else None
-    pool = session.get(Pool, d.pool_id) if d.pool_id else None
-    user = session.get(User, d.assigned_user_id) if d.assigned_user_id else None
+def facts(session: Session, d: Desktop, who: Principal) -> list[Fact]:
+    host = related_object(session, "hosts", d.host_id, who)
+    pool = related_object(session, "pools", d.pool_id, who)
+    user = related_object(session, "users", d.assigned_user_id, who)
     return [
         Fact("Status", d.power_state, "state"), Fact("Task", d.task_state, "state"),
         Fact("Host", host.name if host else None, "link", href("hosts", host.id) if host else None),
         Fact("Pool", pool.name if pool else None, "link", href("pools", pool.id) if pool else None),
-        *_version_facts(session, "Template", d.template_version_id),
-        *_version_facts(session, "Moving to template", d.pending_template_version_id),
+        *_version_facts(session, who, "Template", d.template_version_id),
+        *_version_facts(session, who, "Moving to template", d.pending_template_version_id),
         Fact("Assigned user", user_label(user) if user else None, "link", href("users", user.id) if user else None),
         Fact("Assigned at", d.assigned_at, "when"), Fact("Lease until", d.lease_until, "when"),
         Fact("Logged-in user", d.logged_in_user), Fact("IP address", d.ip), Fact("Guest host name", d.guest_hostname),
@@ -59,22 +60,23 @@ def facts(session: Session, d: Desktop) -> list[Fact]:
 
 
 def related(session: Session, d: Desktop, who: Principal) -> dict[str, Any]:
-    attached = session.execute(select(Assignment, User).join(User, User.id == Assignment.user_id)
-                               .where(Assignment.desktop_id == d.id).order_by(User.username, User.domain)).all()
+    # GET /desktops/{id}/users, each user read as GET /users/{id} reads it for the viewer
+    attached = attachments_page(session, d.id, first_page(WHOLE), who)["items"]
+    users = related_objects(session, "users", (a.user_id for a in attached), who)
     out: dict[str, Any] = {
-        "attached": [{"user": user, "label": user_label(user), "kind": a.kind, "until": a.until}
-                     for a, user in attached],
+        "attached": sorted(({"user": users[a.user_id], "label": user_label(users[a.user_id]), "kind": a.kind,
+                             "until": a.until} for a in attached if a.user_id in users),
+                           key=lambda row: (row["user"].username, row["user"].domain)),
         "snapshots": list_snapshots(session, d),
         "can_console": who.can("desktops:console"),
         "has_screen": d.power_state in SHOWS_A_SCREEN,
         "protocols": [p.value for p in parse_protocols(d.console_protocols)],
     }
     if who.can("sessions:read"):
-        found = paginate(session, sessions.query_sessions(desktop_id=d.id),
-                         PageParams(page=1, per_page=SESSIONS_SHOWN, sort=None, order="asc"), SessionOut,
+        found = paginate(session, sessions.query_sessions(desktop_id=d.id), first_page(SESSIONS_SHOWN), SessionOut,
                          default_order=list(sessions.NEWEST_FIRST))
-        users = {u.id: user_label(u) for u in session.scalars(
-            select(User).where(User.id.in_({row.user_id for row in found["items"]})))}
+        users = {user_id: user_label(u) for user_id, u in
+                 related_objects(session, "users", (row.user_id for row in found["items"]), who).items()}
         out["sessions"] = {"items": found["items"], "total": found["total"], "users": users}
     return out
 

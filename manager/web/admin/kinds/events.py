@@ -22,10 +22,10 @@ def load(session: Session, event_id: str, who: Principal) -> Event:
     return get_or_404(session, Event, int(event_id), "event")
 
 
-def facts(session: Session, e: Event) -> list[Fact]:
+def facts(session: Session, e: Event, who: Principal) -> list[Fact]:
     out = [Fact("Time", e.time, "when"), Fact("Severity", e.severity, "state"), Fact("Code", e.code, "code"),
            Fact("Message", e.message, "multiline", optional=True), Fact("By", e.actor)]
-    out += [object_fact(session, label, noun, getattr(e, column)) for column, label, noun in NAMED
+    out += [object_fact(session, who, label, noun, getattr(e, column)) for column, label, noun in NAMED
             if getattr(e, column) is not None]
     out += [Fact("Correlation id", e.correlation_id, "code", optional=True), Fact("ID", e.id, "code")]
     return out

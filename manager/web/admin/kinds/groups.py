@@ -4,23 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from manager.api.identity import group_members_page, parents_page, subgroups_page
 from manager.auth import Principal
-from manager.identity.membership import member_user_ids_of_group
-from manager.models import (Desktop, Entitlement, Group, GroupGroupMembership, Pool, RoleAssignment, User,
-                            UserGroupMembership)
-from manager.web.admin.objects import Fact, ObjectKind, href, resource_loader, search_href, user_label
+from manager.models import Group
+from manager.web.admin.objects import (Fact, ObjectKind, entitlements_shown, group_label,
+                                       href, resource_loader, search_href, user_label)
+from manager.web.related import WHOLE, first_page, related_page
 
 MEMBERS_SHOWN = 200
 
 
-def group_label(group: Group) -> str:
-    return f"{group.name}@{group.domain}"
-
-
-def facts(session: Session, g: Group) -> list[Fact]:
+def facts(session: Session, g: Group, who: Principal) -> list[Fact]:
     return [
         Fact("Name", g.name), Fact("Domain", g.domain), Fact("Source", g.source, "state"),
         Fact("Removed from the directory", g.deleted_in_directory, "bool"),
@@ -30,38 +26,35 @@ def facts(session: Session, g: Group) -> list[Fact]:
     ]
 
 
-def _links(groups: list[Group]) -> list[dict[str, str]]:
+def _links(groups: list[Any]) -> list[dict[str, str]]:
     return [{"label": group_label(g), "href": href("groups", g.id)} for g in groups]
 
 
 def related(session: Session, g: Group, who: Principal) -> dict[str, Any]:
-    users = session.scalars(select(User).join(UserGroupMembership, UserGroupMembership.user_id == User.id)
-                            .where(UserGroupMembership.group_id == g.id).order_by(User.username, User.domain)
-                            .limit(MEMBERS_SHOWN))
+    """What GET /groups/{id}/members (?nested=true), /subgroups, /parents, /role-assignments?group_id= and
+    /entitlements?group_id= answer."""
+    members = group_members_page(session, g.id, first_page(MEMBERS_SHOWN), who)
+    roles = related_page(session, "role-assignments", first_page(WHOLE), who, group_id=g.id)
     out: dict[str, Any] = {
         "members": {
-            "items": [{"label": user_label(u), "href": href("users", u.id), "name": u.display_name} for u in users],
-            "total": session.scalar(select(func.count()).select_from(UserGroupMembership)
-                                    .where(UserGroupMembership.group_id == g.id)) or 0,
-            "nested_total": len(member_user_ids_of_group(session, g.id)),
+            "items": [{"label": user_label(u), "href": href("users", u.id), "name": u.display_name}
+                      for u in members["items"]],
+            "total": members["total"],
+            "nested_total": group_members_page(session, g.id, first_page(1), who, nested=True)["total"],
         },
-        "subgroups": _links(list(session.scalars(
-            select(Group).join(GroupGroupMembership, GroupGroupMembership.child_id == Group.id)
-            .where(GroupGroupMembership.parent_id == g.id).order_by(Group.name)))),
-        "parents": _links(list(session.scalars(
-            select(Group).join(GroupGroupMembership, GroupGroupMembership.parent_id == Group.id)
-            .where(GroupGroupMembership.child_id == g.id).order_by(Group.name)))),
-        "roles": sorted({r.value for r in session.scalars(select(RoleAssignment.role)
-                                                          .where(RoleAssignment.group_id == g.id))}),
+        "subgroups": _links(subgroups_page(session, g.id, first_page(WHOLE), who)["items"]),
+        "parents": _links(parents_page(session, g.id, first_page(WHOLE), who)["items"]),
+        "roles": sorted({r.role.value for r in roles["items"]}),
     }
     if who.can("entitlements:read"):
-        rows = session.execute(select(Entitlement, Pool, Desktop).outerjoin(Pool, Pool.id == Entitlement.pool_id)
-                               .outerjoin(Desktop, Desktop.id == Entitlement.desktop_id)
-                               .where(Entitlement.group_id == g.id).order_by(Pool.name, Desktop.name)).all()
-        out["entitlements"] = [{"label": f"pool {p.name}" if p else f"desktop {d.name}",
-                                "href": href("pools", p.id) if p else href("desktops", d.id),
-                                "note": "" if e.source == "manual" else f"from the {e.source}"}
-                               for e, p, d in rows]
+        found = entitlements_shown(session, who, WHOLE, group_id=g.id)
+        links = [{"label": f"pool {e['pool'].name}" if e["pool"] else f"desktop {e['desktop'].name}",
+                  "href": href("pools", e["pool"].id) if e["pool"] else href("desktops", e["desktop"].id),
+                  "note": "" if e["entitlement"].source == "manual" else f"from the {e['entitlement'].source}",
+                  "pool": e["pool"] is not None}
+                 for e in found["items"] if e["pool"] or e["desktop"]]
+        # pools first, then desktops, each by name
+        out["entitlements"] = sorted(links, key=lambda link: (not link["pool"], link["label"]))
     return out
 
 

@@ -6,12 +6,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from manager.auth import Principal
-from manager.models import Cluster, Host
+from manager.models import Host
 from manager.web.admin.objects import Fact, ObjectKind, resource_loader, search_href, search_preview
+from manager.web.related import related_object
 
 
-def facts(session: Session, h: Host) -> list[Fact]:
-    cluster = session.get(Cluster, h.cluster_id)
+def facts(session: Session, h: Host, who: Principal) -> list[Fact]:
+    cluster = related_object(session, "clusters", h.cluster_id, who)
     return [
         Fact("Status", h.status, "state"), Fact("Cluster", cluster.name if cluster else h.cluster_id),
         Fact("Address", h.address), Fact("Node agent", h.agent_url, "code"),

@@ -14,10 +14,10 @@ from core.errors import Invalid
 from manager.api.common import DbSession, PageParams
 from manager.api.system import jobs_page
 from manager.auth import Principal, require
-from manager.db import get_or_404
 from manager.jobs import eta_seconds
 from manager.models import Job
 from manager.web.admin.objects import PAGE_KINDS, Fact, ObjectKind, href, object_fact
+from manager.web.related import READERS
 from manager.web.render import page
 
 JOBS_PER_PAGE = 50
@@ -35,9 +35,9 @@ def _eta(seconds: float | None) -> str | None:
     return f"about {minutes} min {secs} s" if minutes else f"about {secs} s"
 
 
-def _target_fact(session: Session, j: Job) -> Fact:
+def _target_fact(session: Session, j: Job, who: Principal) -> Fact:
     if target_href(j):
-        return object_fact(session, "Works on", j.target_kind, j.target_id)
+        return object_fact(session, who, "Works on", j.target_kind, j.target_id)
     return Fact("Works on", f"{j.target_kind.replace('_', ' ')} {j.target_id}".strip() or None)
 
 
@@ -45,12 +45,12 @@ def _json(value: dict[str, Any]) -> str | None:
     return json.dumps(value, indent=2, sort_keys=True, default=str) if value else None
 
 
-def facts(session: Session, j: Job) -> list[Fact]:
+def facts(session: Session, j: Job, who: Principal) -> list[Fact]:
     return [
         Fact("State", j.state, "state"), Fact("Kind", j.kind, "code"), Fact("Description", j.description),
         Fact("Progress", round(j.progress), "percent"), Fact("Done", f"{j.done} of {j.total}" if j.total else None),
         Fact("Time left", _eta(eta_seconds(j))),
-        _target_fact(session, j),
+        _target_fact(session, j, who),
         Fact("Error", j.error, "multiline", optional=True), Fact("Cancel requested", j.cancel_requested, "bool"),
         Fact("Started by", j.created_by), Fact("Created", j.created_at, "when"), Fact("Started", j.started_at, "when"),
         Fact("Finished", j.finished_at, "when"), Fact("Last sign of life", j.heartbeat_at, "when"),
@@ -60,7 +60,7 @@ def facts(session: Session, j: Job) -> list[Fact]:
     ]
 
 
-KIND = ObjectKind("jobs", "job", "jobs:read", lambda session, job_id, who: get_or_404(session, Job, job_id, "job"),
+KIND = ObjectKind("jobs", "job", "jobs:read", READERS["jobs"][1],
                   lambda j: j.description or j.kind, facts, event_filter=lambda j: {"job_id": j.id}, plural="Jobs",
                   list_href="/admin/jobs")
 

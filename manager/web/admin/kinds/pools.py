@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from manager.auth import Principal
-from manager.models import Cluster, Entitlement, Group, Pool, Template, TemplateVersion, User
-from manager.web.admin.objects import (Fact, ObjectKind, href, resource_loader, search_href, search_preview,
-                                       user_label, version_label)
+from manager.models import Pool
+from manager.web.admin.objects import (Fact, ObjectKind, entitlements_shown, group_label, href, resource_loader,
+                                       search_href, search_preview, user_label, version_label)
+from manager.web.related import related_object
 
 ENTITLEMENTS_SHOWN = 100
 
 
-def facts(session: Session, p: Pool) -> list[Fact]:
-    template = session.get(Template, p.template_id)
-    version = session.get(TemplateVersion, p.template_version_id) if p.template_version_id else None
-    cluster = session.get(Cluster, p.cluster_id) if p.cluster_id else None
+def facts(session: Session, p: Pool, who: Principal) -> list[Fact]:
+    template = related_object(session, "templates", p.template_id, who)
+    version = related_object(session, "template-versions", p.template_version_id, who)
+    cluster = related_object(session, "clusters", p.cluster_id, who)
     return [
         Fact("Type", p.pool_type, "state"),
         Fact("Template", template.name if template else p.template_id, "link", href("templates", p.template_id)),
@@ -40,16 +40,14 @@ def related(session: Session, p: Pool, who: Principal) -> dict[str, Any]:
     out: dict[str, Any] = {"desktops": search_preview(session, "Vms: pool =", p.name)
                            if who.can("desktops:read") else None}
     if who.can("entitlements:read"):
-        rows = session.execute(
-            select(Entitlement, User, Group).outerjoin(User, User.id == Entitlement.user_id)
-            .outerjoin(Group, Group.id == Entitlement.group_id).where(Entitlement.pool_id == p.id)
-            .order_by(Group.name, User.username).limit(ENTITLEMENTS_SHOWN)).all()
-        out["entitlements"] = {
-            "items": [{"label": user_label(u) if u else f"{g.name}@{g.domain}",
-                       "href": href("users", u.id) if u else href("groups", g.id), "what": "user" if u else "group",
-                       "source": e.source, "since": e.created_at} for e, u, g in rows],
-            "total": session.scalar(select(func.count()).select_from(Entitlement)
-                                    .where(Entitlement.pool_id == p.id)) or 0}
+        found = entitlements_shown(session, who, ENTITLEMENTS_SHOWN, pool_id=p.id)
+        items = [{"label": user_label(e["user"]) if e["user"] else group_label(e["group"]),
+                  "what": "user" if e["user"] else "group",
+                  "href": href("users", e["user"].id) if e["user"] else href("groups", e["group"].id),
+                  "source": e["entitlement"].source, "since": e["entitlement"].created_at}
+                 for e in found["items"] if e["user"] or e["group"]]
+        # groups first, then users, each by name
+        out["entitlements"] = {"items": sorted(items, key=lambda i: (i["what"], i["label"])), "total": found["total"]}
     return out
 
 

@@ -3,19 +3,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from image_manager.service import template_versions
 from manager.auth import Principal
-from manager.models import Desktop, StorageDomain, Template, TemplateVersion
+from manager.models import Template
 from manager.web.admin.objects import (Fact, ObjectKind, href, resource_loader, search_href, search_preview,
                                        version_label)
+from manager.web.related import related_object, related_objects
 
 
-def facts(session: Session, t: Template) -> list[Fact]:
-    domain = session.get(StorageDomain, t.storage_domain_id) if t.storage_domain_id else None
-    latest = session.get(TemplateVersion, t.latest_version_id) if t.latest_version_id else None
+def facts(session: Session, t: Template, who: Principal) -> list[Fact]:
+    domain = related_object(session, "storage-domains", t.storage_domain_id, who)
+    latest = related_object(session, "template-versions", t.latest_version_id, who)
     return [
         Fact("Status", t.status, "state"), Fact("Operating system", t.os_type, "state"),
         Fact("Latest version", version_label(latest) if latest else None, "link",
@@ -34,9 +34,9 @@ def facts(session: Session, t: Template) -> list[Fact]:
 
 def related(session: Session, t: Template, who: Principal) -> dict[str, Any]:
     versions = template_versions(session, t.id)
-    sources = {v.created_from_desktop_id for v in versions} - {None}
-    names = dict(session.execute(select(Desktop.id, Desktop.name).where(Desktop.id.in_(sources))).all()) \
-        if sources else {}
+    # the desktops versions were made from, as GET /desktops/{id} reads them for the viewer
+    names = {desktop_id: d.name for desktop_id, d in
+             related_objects(session, "desktops", (v.created_from_desktop_id for v in versions), who).items()}
     return {
         "versions": [{"version": v, "latest": v.id == t.latest_version_id,
                       "source": {"name": names[v.created_from_desktop_id],

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.enums import Role
 from manager.auth import ROLE_ORDER, Principal, roles_of
 from manager.identity.access import explain_access
-from manager.models import RoleAssignment, User
-from manager.web.admin.objects import Fact, ObjectKind, resource_loader, search_href, user_label
+from manager.models import User
+from manager.web.admin.objects import (Fact, ObjectKind, resource_loader, search_href,
+                                       user_label)
+from manager.web.related import WHOLE, first_page, related_page
 
 
-def facts(session: Session, u: User) -> list[Fact]:
+
+def facts(session: Session, u: User, who: Principal) -> list[Fact]:
     return [
         Fact("User name", u.username), Fact("Domain", u.domain), Fact("UPN", u.upn),
         Fact("Display name", u.display_name), Fact("First name", u.first_name), Fact("Last name", u.last_name),
@@ -27,7 +29,9 @@ def facts(session: Session, u: User) -> list[Fact]:
 
 def related(session: Session, u: User, who: Principal) -> dict[str, Any]:
     held = set(roles_of(session, u.id))
-    direct = set(session.scalars(select(RoleAssignment.role).where(RoleAssignment.user_id == u.id)))
+    # the roles given to the user themself: GET /role-assignments?user_id=
+    direct = {r.role for r in related_page(session, "role-assignments", first_page(WHOLE), who,
+                                                                             user_id=u.id)["items"]}
     return {
         # each role the user holds, and whether it is their own or comes through a group
         "roles": [(role, "directly" if role in direct else "through a group" if role != Role.USER else "everyone")
