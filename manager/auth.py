@@ -3,6 +3,11 @@
 Authentication: `Authorization: Bearer <token>` (API tokens) or the `vdi_session` cookie (browser sessions).
 Both are random secrets of which only the SHA-256 is stored (table api_tokens). Roles come from role
 assignments on the user and on every group the user is in (nested groups included).
+
+Every token's life is bounded by configuration, also for tokens made before a limit was lowered: a session lives
+VDI_SESSION_HOURS (12) from its creation, an API token at most VDI_API_TOKEN_MAX_DAYS (90). A token minted by
+another credential without the password again is that credential's child: it expires no later and is revoked with
+it (a logout revokes what the session minted). A password change revokes the user's other tokens.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
-from sqlalchemy import bindparam, event, or_, select, update
+from sqlalchemy import bindparam, delete, event, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.enums import Role
@@ -66,6 +71,10 @@ class Principal:
     domain: str
     load_roles: Callable[[], set[Role]] | None = field(default=None, repr=False)
     _roles: set[Role] | None = field(default=None, repr=False)
+    # the credential this request presented: its id, kind (session | api) and when it expires
+    token_id: str = ""
+    token_kind: str = ""
+    token_expires_at: dt.datetime | None = None
 
     @property
     def roles(self) -> set[Role]:
@@ -114,17 +123,40 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def token_lifetime_limit(kind: str) -> dt.timedelta:
+    """The longest a token of this kind lives from its creation (VDI_SESSION_HOURS, VDI_API_TOKEN_MAX_DAYS)."""
+    from manager.config import get_settings
+
+    settings = get_settings()
+    if kind == "session":
+        return dt.timedelta(hours=settings.session_hours)
+    return dt.timedelta(days=settings.api_token_max_days)
+
+
 def issue_token(session: Session, user: User, *, name: str = "", kind: str = "api",
-                lifetime: dt.timedelta | None = None, client_address: str = "") -> str:
-    """Create a bearer token for `user`; returns the secret (shown once, never stored)."""
+                lifetime: dt.timedelta | None = None, client_address: str = "", parent_id: str | None = None,
+                not_after: dt.datetime | None = None) -> str:
+    """Create a bearer token for `user`; returns the secret (shown once, never stored). It lives `lifetime`, at
+    most (and by default) its kind's limit, and not past `not_after`. `parent_id`: the token it dies with."""
+    limit = token_lifetime_limit(kind)
+    expires_at = utcnow() + min(lifetime or limit, limit)
+    if not_after is not None:
+        expires_at = min(expires_at, not_after)
     secret = "vdi_" + secrets.token_urlsafe(32)
     session.add(ApiToken(user_id=user.id, name=name, kind=kind, token_hash=token_digest(secret),
-                         expires_at=(utcnow() + lifetime) if lifetime else None, client_address=client_address))
+                         expires_at=expires_at, client_address=client_address, parent_id=parent_id))
     session.flush()
     return secret
 
 
-SESSION_LIFETIME = dt.timedelta(hours=12)
+def revoke_tokens(session: Session, user_id: str, *, keep_token_id: str = "") -> int:
+    """Delete the user's tokens (with what they minted), except `keep_token_id` and its children. Returns how
+    many were deleted."""
+    stmt = delete(ApiToken).where(ApiToken.user_id == user_id)
+    if keep_token_id:
+        stmt = stmt.where(ApiToken.id != keep_token_id,
+                          or_(ApiToken.parent_id.is_(None), ApiToken.parent_id != keep_token_id))
+    return session.execute(stmt.execution_options(synchronize_session=False)).rowcount or 0
 
 
 def start_browser_session(session: Session, request: Request, response: Response, login: str, password: str) \
@@ -136,15 +168,16 @@ def start_browser_session(session: Session, request: Request, response: Response
 
     client = request.client.host if request.client else ""
     user = authenticate_password(session, login, password, client_address=client)
-    secret = issue_token(session, user, name="browser session", kind="session", lifetime=SESSION_LIFETIME,
-                         client_address=client)
+    secret = issue_token(session, user, name="browser session", kind="session", client_address=client)
     response.set_cookie(SESSION_COOKIE, secret, httponly=True, samesite="strict",
-                        max_age=int(SESSION_LIFETIME.total_seconds()), secure=request.url.scheme == "https")
+                        max_age=int(token_lifetime_limit("session").total_seconds()),
+                        secure=request.url.scheme == "https")
     return user, secret
 
 
 def end_browser_session(session: Session, request: Request, response: Response) -> None:
-    """Revoke the token this request presented (cookie or bearer) and clear the cookie on `response`."""
+    """Revoke the token this request presented (cookie or bearer), and with it the tokens it minted (the
+    database's ON DELETE CASCADE), and clear the cookie on `response`."""
     secret, _ = _presented_secret(request)
     if secret:
         token = session.scalar(select(ApiToken).where(ApiToken.token_hash == token_digest(secret)))
@@ -179,7 +212,7 @@ def _presented_secret(request: Request) -> tuple[str | None, bool]:
 
 # Every request runs these: columns rather than ORM objects, statements built once.
 _TOKEN_HOLDER = select(ApiToken.id, ApiToken.expires_at, ApiToken.last_used_at, User.id, User.username, User.domain,
-                       User.enabled, User.deleted_in_directory) \
+                       User.enabled, User.deleted_in_directory, ApiToken.kind, ApiToken.created_at) \
     .join(User, User.id == ApiToken.user_id).where(ApiToken.token_hash == bindparam("digest"))
 # The same, locking the user's row (FOR NO KEY UPDATE: foreign-key checks are not blocked) until the transaction ends.
 _TOKEN_HOLDER_LOCKING = _TOKEN_HOLDER.with_for_update(of=User, key_share=True)
@@ -223,15 +256,21 @@ def authenticate(request: Request, session: Session, *, lock_user: bool = False,
     found = session.execute(_TOKEN_HOLDER_LOCKING if lock_user else _TOKEN_HOLDER,
                             {"digest": token_digest(secret)}).first()
     now = utcnow()
-    if found is None or (found[1] is not None and found[1] <= now):
+    if found is None:
         raise NotAuthenticated("your session or token is unknown or expired; log in again")
-    token_id, _expires, last_used, user_id, username, domain, enabled, deleted = found
+    token_id, expires, last_used, user_id, username, domain, enabled, deleted, kind, created = found
+    # the configured limit bounds every token, also one made before the limit was lowered (or without an expiry)
+    bound = created + token_lifetime_limit(kind)
+    expires = bound if expires is None else min(expires, bound)
+    if expires <= now:
+        raise NotAuthenticated("your session or token is unknown or expired; log in again")
     if not enabled or deleted:
         raise Forbidden("this account is disabled")
     if last_used is None or (now - last_used).total_seconds() > 60:
         session.info[_TOKEN_TOUCH] = {"token_id": token_id, "now": now}
     principal = Principal(user_id=user_id, username=username, domain=domain,
-                          load_roles=lambda: roles_of(session, user_id))
+                          load_roles=lambda: roles_of(session, user_id), token_id=token_id, token_kind=kind,
+                          token_expires_at=expires)
     request.state.principal = principal
     return principal
 

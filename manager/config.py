@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     admin_password: str = Field(default="", description="bootstrap local admin's password; empty = generated")
     page_size: int = Field(default=100, ge=1, le=10000)
     ticket_seconds: int = Field(default=120, ge=5, le=86400)
+    session_hours: int = Field(default=12, ge=1, le=24 * 30, description="a browser session's (and a login "
+                               "token's) lifetime")
+    api_token_max_days: int = Field(default=90, ge=1, le=3650, description="the longest an API token lives "
+                                    "(POST /auth/tokens' default and upper bound; older tokens expire at it too)")
+    trusted_proxies: str = Field(default="", description="comma-separated addresses of reverse proxies whose "
+                                 "X-Forwarded-For names the client; empty = none (the socket's peer is the client)")
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     host_dead_after_seconds: float = Field(default=30.0, gt=0)
     embedded_nodes: bool = Field(default=True, description="run the node agents listed in "

@@ -12,7 +12,7 @@ from core.errors import Conflict, DuplicateName, InUse, Invalid
 from manager.api import schemas as s
 from manager.api.crud import CrudResource
 from manager.api.search import compile_search
-from manager.auth import Principal, hash_password
+from manager.auth import Principal, hash_password, revoke_tokens
 from manager.identity.superusers import keep_a_superuser
 from manager.models import (Bookmark, Cluster, Desktop, Entitlement, Group, Host, Pool, RoleAssignment,
                             StorageDomain, Tag, Template, TemplateVersion, User, Volume)
@@ -98,6 +98,8 @@ def _prepare_user_update(session: Session, user: User, values: dict[str, Any], w
         if user.source != "local":
             raise Invalid("only local accounts have a password here; change directory passwords in the directory")
         values["password_hash"] = hash_password(password)
+        # whoever knew the old password may hold a token: revoke them all but the one making this change
+        revoke_tokens(session, user.id, keep_token_id=who.token_id if who.user_id == user.id else "")
     if "username" in values or "domain" in values:
         raise Invalid("username and domain cannot change; create a new user instead")
     return values

@@ -16,18 +16,18 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from core.enums import HostStatus, JobState, Severity
-from core.errors import BadRequest, Conflict, NotAuthenticated, NotFound
+from core.errors import BadRequest, Conflict, Forbidden, Invalid, NotAuthenticated, NotFound
 from event_manager.service import query_events
 from image_manager.service import get_template, template_versions
 from manager import db
 from manager.api import schemas as s
 from manager.api.common import DbSession, Page, PageParams, Paging, paginate
 from manager.auth import (Principal, csrf_token, end_browser_session, issue_token, public, require,
-                          start_browser_session)
+                          start_browser_session, token_digest, token_lifetime_limit)
 from manager.config import get_settings
 from manager.heartbeat import ingest_heartbeat
 from manager.jobs import enqueue, eta_seconds, request_cancel
-from manager.models import Event, Host, Job, StorageDomain
+from manager.models import ApiToken, Event, Host, Job, StorageDomain
 
 router = APIRouter()
 
@@ -250,7 +250,13 @@ class LoginIn(s.In):
 
 class TokenIn(s.In):
     name: str = Field(default="", max_length=255)
-    lifetime_days: int | None = Field(default=None, ge=1, le=3650)
+    lifetime_days: int | None = Field(default=None, ge=1, le=3650,
+                                      description="days until it expires; default and upper bound: "
+                                                  "VDI_API_TOKEN_MAX_DAYS (90)")
+    password: str | None = Field(default=None, min_length=1, max_length=1024,
+                                 description="your password again: the token is then your own and outlives the "
+                                             "session (or token) that asked for it; without it, the new token "
+                                             "expires with that credential and is revoked at its logout")
 
 
 @router.post("/auth/login", tags=["auth"], dependencies=[Depends(public())])
@@ -275,12 +281,34 @@ def me(who: Annotated[Principal, Depends(require("self:read"))]) -> dict[str, An
 
 
 @router.post("/auth/tokens", tags=["auth"], status_code=201)
-def create_token(payload: TokenIn, session: DbSession,
+def create_token(payload: TokenIn, request: Request, session: DbSession,
                  who: Annotated[Principal, Depends(require("self:read"))]) -> dict[str, Any]:
-    """An API token for scripts, acting as you. The secret is shown once."""
+    """An API token for scripts, acting as you. The secret is shown once. It expires after lifetime_days (at most
+    VDI_API_TOKEN_MAX_DAYS). Without `password`, it is bound to the credential this request presented: it expires
+    no later and is revoked with it (a browser session's logout revokes what the session minted), so a stolen
+    session cannot leave a token behind. With your password, it is independent of the session."""
+    from manager.identity.login import authenticate_password
     from manager.models import User
 
+    limit = token_lifetime_limit("api")
+    if payload.lifetime_days is not None and dt.timedelta(days=payload.lifetime_days) > limit:
+        raise Invalid(f"lifetime_days may be at most {limit.days} (VDI_API_TOKEN_MAX_DAYS)")
+    parent_id, not_after = who.token_id, who.token_expires_at
+    if payload.password is not None:
+        client = request.client.host if request.client else ""
+        try:
+            confirmed = authenticate_password(session, f"{who.username}@{who.domain}", payload.password,
+                                              client_address=client)
+        except NotAuthenticated:
+            raise Forbidden("that is not your password; send your own password, or none for a token that ends "
+                            "with this session") from None
+        if confirmed.id != who.user_id:
+            raise Forbidden("that is not your password")
+        parent_id, not_after = None, None
     user = session.get(User, who.user_id)
     lifetime = dt.timedelta(days=payload.lifetime_days) if payload.lifetime_days else None
-    secret = issue_token(session, user, name=payload.name, kind="api", lifetime=lifetime)
-    return {"token": secret, "name": payload.name}
+    secret = issue_token(session, user, name=payload.name, kind="api", lifetime=lifetime, parent_id=parent_id,
+                         not_after=not_after)
+    token = session.scalar(select(ApiToken).where(ApiToken.token_hash == token_digest(secret)))
+    return {"token": secret, "name": payload.name, "expires_at": token.expires_at,
+            "bound_to": parent_id}

@@ -14,15 +14,16 @@ import datetime as dt
 from collections import deque
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from broker import entitlement
 from core.enums import PoolType, SessionState
 from core.errors import NotFound
 from event_manager.service import emit
+from manager.auth import revoke_tokens
 from manager.identity.membership import group_ids_for_user
-from manager.models import (ApiToken, Assignment, Desktop, DesktopSession, Entitlement, Group, GroupGroupMembership,
+from manager.models import (Assignment, Desktop, DesktopSession, Entitlement, Group, GroupGroupMembership,
                             Pool, User, UserGroupMembership, utcnow)
 
 
@@ -31,7 +32,7 @@ def revoke_access(session: Session, user: User, *, reason: str, actor: str = "sy
     """Delete every API and session token of `user` and end their open desktop sessions, emitting one event
     per ended session and one for the account. Idempotent. Returns {"tokens": n, "sessions": m}."""
     now = utcnow()
-    tokens = session.execute(delete(ApiToken).where(ApiToken.user_id == user.id)).rowcount or 0
+    tokens = revoke_tokens(session, user.id)
     open_sessions = list(session.scalars(select(DesktopSession).where(
         DesktopSession.user_id == user.id, DesktopSession.state != SessionState.ENDED)))
     for desktop_session in open_sessions:

@@ -135,7 +135,8 @@ class DesktopSession(IdMixin, CreatedMixin, Base):
 
 
 class ApiToken(IdMixin, CreatedMixin, Base):
-    """A bearer token for scripts; only its SHA-256 is stored."""
+    """A bearer token (kind api, for scripts) or a browser session (kind session); only its SHA-256 is stored.
+    Every token expires (manager.auth bounds each kind's life by configuration)."""
 
     __tablename__ = "api_tokens"
 
@@ -146,6 +147,9 @@ class ApiToken(IdMixin, CreatedMixin, Base):
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     client_address: Mapped[str] = mapped_column(String(255), default="")
+    # The credential that minted this token without the password again: it dies with it (logout, revocation).
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), nullable=True,
+                                                  index=True)
 
 
 class LoginAttempt(IdMixin, CreatedMixin, Base):
