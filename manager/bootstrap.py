@@ -30,8 +30,34 @@ def ensure_admin(session: Session, password: str | None = None, password_file: P
         session.add(RoleAssignment(user_id=user.id, role=Role.SUPER_USER))
         session.flush()
         if generated and password_file is not None:
-            password_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(generated + "\n")
+            _write_secret(password_file, generated)
     return user, generated
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+
+
+def restore_admin(session: Session, password: str | None = None, password_file: Path | None = None) -> str:
+    """Break glass (`vdi restore-admin`, run on the manager host): admin@local exists, is enabled, holds SuperUser
+    and has a new password (given, or generated and written to `password_file`, mode 0600); its old tokens are
+    revoked. For when no enabled SuperUser remains (e.g. the directory removed the last one). Returns the password."""
+    from manager.auth import revoke_tokens
+
+    user, generated = ensure_admin(session, password, password_file)
+    if generated is not None:
+        return generated
+    password = password or secrets.token_urlsafe(12)
+    user.password_hash, user.enabled, user.deleted_in_directory = hash_password(password), True, False
+    if session.scalar(select(RoleAssignment.id).where(RoleAssignment.user_id == user.id,
+                                                      RoleAssignment.role == Role.SUPER_USER)) is None:
+        session.add(RoleAssignment(user_id=user.id, role=Role.SUPER_USER))
+    revoke_tokens(session, user.id)
+    session.flush()
+    if password_file is not None:
+        _write_secret(password_file, password)
+    return password

@@ -19,8 +19,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"VDI manager on http://{host}:{port}: admin console http://{host}:{port}/admin, "
           f"API docs http://{host}:{port}/docs", flush=True)
     uvicorn.run("manager.app:create_app", factory=True, host=host, port=port, workers=args.workers,
-                log_level=settings.log_level.lower(), access_log=args.access_log)
+                log_level=settings.log_level.lower(), access_log=args.access_log,
+                **proxy_options(settings.trusted_proxies))
     return 0
+
+
+def proxy_options(trusted_proxies: str) -> dict:
+    """uvicorn's handling of X-Forwarded-For/-Proto: only from the configured reverse proxies (VDI_TRUSTED_PROXIES,
+    comma-separated addresses or networks). uvicorn's own default trusts 127.0.0.1, so any local process could
+    claim to be any client (and escape the login's per-address limits); with no proxy configured the headers are
+    ignored and the socket's peer is the client."""
+    proxies = [p.strip() for p in trusted_proxies.split(",") if p.strip()]
+    return {"proxy_headers": bool(proxies), "forwarded_allow_ips": proxies or ""}
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -83,6 +93,21 @@ def _safe(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _cmd_restore_admin(args: argparse.Namespace) -> int:
+    from manager import db
+    from manager.bootstrap import restore_admin
+    from manager.config import get_settings
+
+    settings = get_settings()
+    db.configure(settings.effective_database_url)
+    password_file = settings.data_dir / "admin-password"
+    with db.session_scope() as session:
+        restore_admin(session, settings.admin_password or None, password_file=password_file)
+    told = "VDI_ADMIN_PASSWORD" if settings.admin_password else str(password_file)
+    print(f"admin@local is enabled and a SuperUser again; its password is in {told}; its old tokens are revoked")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -156,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("revision", nargs="?", help="target revision (downgrade; default base)")
     p.add_argument("--url", help="database URL (default VDI_DATABASE_URL or the embedded SQLite file)")
     p.set_defaults(func=_cmd_db)
+
+    p = sub.add_parser("restore-admin", help="make admin@local an enabled SuperUser with a new password",
+                       description="Break glass when no enabled SuperUser remains: admin@local is created or "
+                                   "re-enabled, given the SuperUser role and a new password (VDI_ADMIN_PASSWORD, or "
+                                   "generated into $VDI_DATA_DIR/admin-password, mode 0600); its old tokens are "
+                                   "revoked.")
+    p.set_defaults(func=_cmd_restore_admin)
 
     p = sub.add_parser("demo", help="seed demo data (idempotent)",
                        description="Create a demo cluster, hosts, a template, a pool, desktops and users. "

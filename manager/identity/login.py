@@ -8,8 +8,19 @@
 - Unknown user and wrong password give the same 401 message. A disabled account is 403, but only once the
   password was right (AD itself reports "disabled" only then), so no guess learns that an account exists.
 - Brute force: failures are recorded in login_attempts, in their own transaction (the request's is rolled back
-  by the 401). Too many failures for one login name, or from one client address, within the window -> 429
-  with the seconds to wait. A successful login clears that login's failures.
+  by the 401), under the canonical account (`bob`, `bob@local`, `LOCAL\\bob` and `BOB` are one account) and the
+  client address (the socket's peer, or X-Forwarded-For only from VDI_TRUSTED_PROXIES). Two limits, each a 429
+  with the seconds to wait:
+  * per (account, address): after VDI_LOGIN_MAX_FAILURES_PER_LOGIN (5) failures that address waits
+    window_seconds (300), doubling with every further failure up to max_lock_seconds (3600). The account is not
+    locked for other addresses: an attacker cannot lock the real user out by failing from elsewhere, and each
+    address they use starts at 5 guesses and then backs off;
+  * per address: VDI_LOGIN_MAX_FAILURES_PER_ADDRESS (20) failures over all accounts within the window, so one
+    address cannot try a few passwords on every account.
+  A successful login clears the failures of that account from that address only (the attacker's elsewhere stay).
+  Keycloak and oVirt's internal domain lock the account itself after N failures (from anywhere), which lets
+  anyone who knows a user name lock that user out; we key the lock by address instead and leave account lockout
+  to the directory's own policy.
 """
 from __future__ import annotations
 
@@ -20,7 +31,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from core.enums import PrincipalSource
-from core.errors import Forbidden, NotAuthenticated, TooManyRequests
+from core.errors import Forbidden, NotAuthenticated, TooManyRequests, Unavailable
 from event_manager.service import emit
 from manager import db
 from manager.auth import verify_password
@@ -37,6 +48,9 @@ _FORBIDDEN = {
     BindOutcome.LOCKED: "this account is locked out in the directory",
     BindOutcome.RESTRICTED: "this account may not log in from here or at this time",
 }
+# How long failures count towards the backoff (and are kept), and how many of them are read to compute it.
+BACKOFF_MEMORY = dt.timedelta(days=1)
+BACKOFF_COUNTED = 64
 # A pbkdf2 hash of a random password: checked when the login names no account, so both paths cost the same.
 _DUMMY_HASH = "pbkdf2_sha256$120000$00000000000000000000000000000000$" + "0" * 64
 
@@ -69,41 +83,78 @@ def _login_key(login: str) -> str:
     return visible[:255]
 
 
-def check_throttle(session: Session, login: str, client_address: str, settings: LoginSettings | None = None,
-                   now: dt.datetime | None = None) -> None:
-    """Raise LoginThrottled when this login name or this client address failed too often lately."""
-    settings = settings or get_login_settings()
-    now = now or utcnow()
-    since = now - dt.timedelta(seconds=settings.window_seconds)
-    checks = [(LoginAttempt.login == _login_key(login), settings.max_failures_per_login)]
+def account_key(session: Session, login: str, directory_settings: DirectorySettings | None = None) -> str:
+    """The account a login name means, however it is written: 'user@local' for a local account, 'user@<netbios
+    domain>' for the directory's (`user`, `user@realm`, `user@CORP`, `CORP\\user`), 'user@<domain>' for a domain
+    nobody knows. A UPN whose prefix differs from the sAMAccountName is its own key (no directory lookup here)."""
+    username, domain = split_login(login.strip())
+    name = username.lower()
+    if domain is not None and domain.lower() == LOCAL_DOMAIN:
+        return _login_key(f"{name}@{LOCAL_DOMAIN}")
+    if domain is None and username.isprintable() and _local_user(session, username) is not None:
+        return _login_key(f"{name}@{LOCAL_DOMAIN}")
+    settings = directory_settings
+    if settings is None:
+        try:
+            settings = get_directory_settings()
+        except Unavailable:
+            settings = None
+    if settings is not None and settings.configured and (domain is None or settings.matches_domain(domain)):
+        return _login_key(f"{name}@{settings.netbios_domain.lower()}")
+    return _login_key(f"{name}@{(domain or LOCAL_DOMAIN).lower()}")
+
+
+def _throttled_wait(session: Session, account: str, client_address: str, settings: LoginSettings,
+                    now: dt.datetime) -> float:
+    """Seconds this address must wait before trying this account again (0: it may try now)."""
+    waits = [0.0]
+    window = dt.timedelta(seconds=settings.window_seconds)
+    pair = list(session.scalars(select(LoginAttempt.created_at).where(
+        LoginAttempt.login == account, LoginAttempt.client_address == client_address[:255],
+        LoginAttempt.succeeded.is_(False), LoginAttempt.created_at > now - BACKOFF_MEMORY)
+        .order_by(LoginAttempt.created_at.desc()).limit(BACKOFF_COUNTED)))
+    over = len(pair) - settings.max_failures_per_login
+    if over >= 0:  # window, 2 x window, 4 x window ... after the latest failure, up to max_lock_seconds
+        lock = min(settings.window_seconds * 2 ** over, settings.max_lock_seconds)
+        waits.append((pair[0] + dt.timedelta(seconds=lock) - now).total_seconds())
     if client_address:
-        checks.append((LoginAttempt.client_address == client_address, settings.max_failures_per_address))
-    waits = []
-    for clause, limit in checks:
+        limit = settings.max_failures_per_address
         times = list(session.scalars(select(LoginAttempt.created_at).where(
-            clause, LoginAttempt.succeeded.is_(False), LoginAttempt.created_at > since)
-            .order_by(LoginAttempt.created_at.desc()).limit(limit)))
+            LoginAttempt.client_address == client_address[:255], LoginAttempt.succeeded.is_(False),
+            LoginAttempt.created_at > now - window).order_by(LoginAttempt.created_at.desc()).limit(limit)))
         if len(times) >= limit:
             # the limit-th most recent failure has to leave the window before one more try is allowed
-            waits.append((times[-1] + dt.timedelta(seconds=settings.window_seconds) - now).total_seconds())
-    if waits:
-        raise LoginThrottled(max(1, math.ceil(max(waits))))
+            waits.append((times[-1] + window - now).total_seconds())
+    return max(waits)
 
 
-def record_failure(login: str, client_address: str) -> None:
+def check_throttle(session: Session, account: str, client_address: str, settings: LoginSettings | None = None,
+                   now: dt.datetime | None = None) -> None:
+    """Raise LoginThrottled when this address failed too often on this account, or on any, lately. `account`:
+    account_key()'s canonical name."""
+    wait = _throttled_wait(session, account, client_address, settings or get_login_settings(), now or utcnow())
+    if wait > 0:
+        raise LoginThrottled(max(1, math.ceil(wait)))
+
+
+def record_failure(account: str, client_address: str) -> None:
     """Committed on its own: the request's transaction is rolled back by the error that follows. Also drops
-    failures older than a day, which no window needs (names that never log in would otherwise pile up)."""
+    failures older than a day, which no backoff needs (names that never log in would otherwise pile up)."""
     with db.session_scope() as session:
         prune_attempts(session)
-        session.add(LoginAttempt(login=_login_key(login), client_address=client_address[:255], succeeded=False))
+        session.add(LoginAttempt(login=account, client_address=client_address[:255], succeeded=False))
 
 
-def clear_failures(session: Session, login: str) -> None:
-    session.execute(delete(LoginAttempt).where(LoginAttempt.login == _login_key(login)))
+def clear_failures(session: Session, account: str, client_address: str) -> None:
+    """A right password from this address: its failures on this account no longer count (an attacker's failures
+    from other addresses do)."""
+    session.execute(delete(LoginAttempt).where(LoginAttempt.login == account,
+                                               LoginAttempt.client_address == client_address[:255]))
 
 
-def prune_attempts(session: Session, older_than: dt.timedelta = dt.timedelta(days=1)) -> int:
+def prune_attempts(session: Session, older_than: dt.timedelta | None = None) -> int:
     """Drop attempts no window can need any more."""
+    older_than = older_than or BACKOFF_MEMORY
     return session.execute(delete(LoginAttempt).where(LoginAttempt.created_at < utcnow() - older_than)).rowcount or 0
 
 
@@ -182,7 +233,8 @@ def authenticate_password(session: Session, login: str, password: str, *, client
     or Unavailable (503: the directory cannot be reached).
     """
     login = login.strip()
-    check_throttle(session, login, client_address)
+    account = account_key(session, login, directory_settings)
+    check_throttle(session, account, client_address)
     username, domain = split_login(login)
     try:
         if not username or not password or not login.isprintable():
@@ -196,12 +248,12 @@ def authenticate_password(session: Session, login: str, password: str, *, client
         else:
             user = _check_directory(session, settings, username, domain, password)
     except NotAuthenticated:
-        record_failure(login, client_address)
+        record_failure(account, client_address)
         raise
     except Forbidden as exc:
         emit_refusal(login, client_address, exc.message)
         raise
-    clear_failures(session, login)
+    clear_failures(session, account, client_address)
     return user
 
 

@@ -103,13 +103,16 @@ class DirectorySettings(BaseSettings):
 
 
 class LoginSettings(BaseSettings):
-    """Brute-force protection: too many failures in the window -> 429 until the oldest one leaves it."""
+    """Brute-force protection (manager.identity.login): per (account, address) a lock after
+    max_failures_per_login failures, window_seconds long and doubling with each further failure up to
+    max_lock_seconds; per address, max_failures_per_address failures over all accounts within the window."""
 
     model_config = SettingsConfigDict(env_prefix="VDI_LOGIN_", env_file=None, extra="ignore")
 
-    max_failures_per_login: int = Field(default=5, ge=1)
-    max_failures_per_address: int = Field(default=20, ge=1)
+    max_failures_per_login: int = Field(default=5, ge=1, description="per account and client address")
+    max_failures_per_address: int = Field(default=20, ge=1, description="per client address, all accounts")
     window_seconds: int = Field(default=300, ge=1)
+    max_lock_seconds: int = Field(default=3600, ge=1, description="the longest backoff of one address")
 
 
 @functools.lru_cache(maxsize=1)

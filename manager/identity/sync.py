@@ -26,12 +26,13 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from core.enums import PrincipalSource
+from core.enums import PrincipalSource, Severity
 from event_manager.service import emit
 from manager.identity.access import revoke_access
 from manager.identity.directory import (DeletedObject, Directory, DirectoryGroup, DirectoryUser,
                                         normalize_dn)
 from manager.identity.permissions import apply_directory_permissions
+from manager.identity.superusers import count_superusers
 from manager.identity.settings import DirectorySettings
 from manager.models import DirectorySyncState, Group, GroupGroupMembership, User, UserGroupMembership, utcnow
 
@@ -389,6 +390,12 @@ def apply_plan(session: Session, plan: SyncPlan, settings: DirectorySettings, *,
                                     actor=actor))
 
     permissions = apply_directory_permissions(session, domain=domain, actor=actor, settings=settings)
+    if count_superusers(session) == 0:
+        # The directory is the authority on its accounts and groups, so the sync is not refused; it says loudly
+        # what it did (the API refuses the same removal with a 409).
+        emit(session, "identity.no_superuser", "after the directory sync no enabled account holds the SuperUser "
+             "role; map a directory group to SuperUser (VDI_AD_ROLE_MAP) or run `vdi restore-admin` on the manager "
+             "host", severity=Severity.ALERT, actor=actor)
 
     state = _state(session, directory_name, lock=False)
     if state is None:

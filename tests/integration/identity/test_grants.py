@@ -176,3 +176,40 @@ def test_two_superusers_removing_each_other_at_once_leave_one(client):
             session.flush()
             for user in session.scalars(select(User).where(User.username.in_(["ann", "ben"]))):
                 session.delete(user)
+
+
+def test_a_sync_that_removes_the_last_superuser_raises_an_alert_and_restore_admin_recovers(clean_db, ad,
+                                                                                           ad_settings, pg_url,
+                                                                                           tmp_path):
+    """The directory is the authority on its groups: a sync that takes the role from the last SuperUser is
+    applied, with an alert; `vdi restore-admin` on the manager host gives admin@local the role back."""
+    import os
+    import subprocess
+    import sys
+
+    from manager.identity.directory import Directory
+    from manager.identity.sync import sync_directory
+    from manager.models import Event
+
+    with db.session_scope() as session:
+        sync_directory(session, Directory(ad_settings), full=True)  # vdi-admins -> SuperUser
+        assert count_superusers(session) > 0
+    with db.session_scope() as session:
+        sync_directory(session, Directory(ad_settings.model_copy(update={"role_map": {}})), full=True)
+        assert count_superusers(session) == 0
+    with db.session_scope() as session:
+        alerts = list(session.scalars(select(Event.message).where(Event.code == "identity.no_superuser")))
+        assert len(alerts) == 1 and "vdi restore-admin" in alerts[0]
+
+    env = {**os.environ, "VDI_DATABASE_URL": pg_url, "VDI_DATA_DIR": str(tmp_path)}
+    env.pop("VDI_ADMIN_PASSWORD", None)
+    done = subprocess.run([sys.executable, "-m", "manager.cli", "restore-admin"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    password_file = tmp_path / "admin-password"
+    assert password_file.stat().st_mode & 0o077 == 0
+    with db.session_scope() as session:
+        assert count_superusers(session) == 1
+        admin = session.scalar(select(User).where(User.username == "admin", User.domain == "local"))
+        from manager.auth import verify_password
+        assert admin.enabled and verify_password(password_file.read_text().strip(), admin.password_hash)

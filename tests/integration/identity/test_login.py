@@ -123,16 +123,16 @@ def test_five_failures_lock_the_login_and_success_resets(ad, ad_env, anon_client
 
     # failures older than the window no longer count
     with db.session_scope() as session:
-        for attempt in session.scalars(select(LoginAttempt).where(LoginAttempt.login == "user012")):
+        for attempt in session.scalars(select(LoginAttempt).where(LoginAttempt.login == "user012@corp")):
             attempt.created_at = utcnow() - dt.timedelta(minutes=6)
     assert login(anon_client, "user012", password).status_code == 200
     with db.session_scope() as session:
         assert session.scalar(select(func.count()).select_from(LoginAttempt)
-                              .where(LoginAttempt.login == "user012")) == 0
+                              .where(LoginAttempt.login == "user012@corp")) == 0
         session.add(LoginAttempt(login="forgotten", created_at=utcnow() - dt.timedelta(days=2)))
     login(anon_client, "user012", "wrong")  # each failure also drops attempts no window needs
     with db.session_scope() as session:
-        assert set(session.scalars(select(LoginAttempt.login))) == {"user012"}
+        assert set(session.scalars(select(LoginAttempt.login))) == {"user012@corp"}  # the account, canonical
 
 
 def test_throttled_login_sends_retry_after(ad, ad_env, anon_client):
