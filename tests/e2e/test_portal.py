@@ -101,3 +101,41 @@ def test_alice_connects_reboots_and_logs_off_from_the_portal(page, portal_pool, 
     desk.get_by_role("button", name="Log off").click()
     expect(page.get_by_role("status").filter(has_text="You are logged off.")).to_be_visible()
     expect(page.get_by_role("article", name=name)).to_have_count(0)  # back to the automatic pool, to be reset
+
+
+def test_a_user_with_one_desktop_chooses_auto_connect_and_it_is_remembered(portal_pool, vdi_server, browser,
+                                                                          offsite_guard):
+    solo = vdi_server.create_user("e2e-solo", password="solo-password-1")
+    vdi_server.admin_api.post("/entitlements", json={"pool_id": portal_pool["id"], "user_id": solo.user_id}) \
+        .raise_for_status()
+    held = vdi_server.api(solo).post("/broker/connect", json={"pool_id": portal_pool["id"],
+                                                               "client": {"protocols": ["rdp"]}})
+    assert held.status_code == 200, held.text
+
+    def visit():
+        context = new_guarded_context(browser, offsite_guard, vdi_server.base_url)
+        page = context.new_page()
+        page.goto("/")
+        page.get_by_label("Username").fill("e2e-solo@local")
+        page.get_by_label("Password").fill("solo-password-1")
+        return context, page
+
+    first, page = visit()
+    try:
+        page.get_by_role("button", name="Log in").click()
+        auto = page.get_by_role("checkbox", name="Connect to my desktop as soon as I open this page")
+        expect(auto).not_to_be_checked()
+        auto.check()
+        expect(page.get_by_role("status").filter(has_text="Saved.")).to_be_visible()
+    finally:
+        first.close()
+    # another browser: the choice came with the account, and the portal connects at once
+    second, page = visit()
+    try:
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Log in").click()
+        assert download.value.suggested_filename == f"{held.json()['desktop_name']}.rdp"
+        expect(page.get_by_role("checkbox", name="Connect to my desktop as soon as I open this page")).to_be_checked()
+        expect(page.get_by_role("radio", name="With the viewer app on this device")).to_be_checked()
+    finally:
+        second.close()
