@@ -78,6 +78,13 @@ class Conflict(VdiError):
     msg_fmt = "conflict"
 
 
+class TooLarge(VdiError):
+    code = "too_large"
+    status = 413
+    expected = True
+    msg_fmt = "the request body is larger than {limit} bytes, the most this route accepts"
+
+
 class TooManyRequests(VdiError):
     code = "too_many_requests"
     status = 429

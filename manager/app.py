@@ -15,6 +15,7 @@ from manager.api.common import install_error_handlers
 from manager.api.broker import router as broker_router
 from manager.api.crud import crud_router
 from manager.api.dashboard import router as dashboard_router
+from manager.api.guard import RequestGuard
 from manager.api.desktop_actions import router as desktop_actions_router
 from manager.api.identity import router as identity_router
 from manager.api.hosts import router as hosts_router
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
                               "broker, events and search. Every route needs a bearer token or a session cookie "
                               "except /health and /auth/login.",
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+    app.add_middleware(RequestGuard, fastapi_app=app, prefix=f"{API_PREFIX}/", max_body=settings.max_body_bytes)
     install_error_handlers(app)
     _install_offline_docs(app)
     api = APIRouter(prefix=API_PREFIX)

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     secret_key: str = Field(default="", description="signs browser sessions; empty = generated into data_dir")
     admin_password: str = Field(default="", description="bootstrap local admin's password; empty = generated")
     page_size: int = Field(default=100, ge=1, le=10000)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="the largest request body (JSON, forms) "
+                                "the manager reads; a larger one is a 413 before it is read")
+    max_upload_bytes: int = Field(default=64 << 30, ge=1 << 20, description="the largest image upload "
+                                  "(POST /templates/{id}/upload, streamed to disk)")
     ticket_seconds: int = Field(default=120, ge=5, le=86400)
     session_hours: int = Field(default=12, ge=1, le=24 * 30, description="a browser session's (and a login "
                                "token's) lifetime")

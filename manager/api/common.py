@@ -39,8 +39,14 @@ class PageParams(BaseModel):
     order: Literal["asc", "desc"]
 
 
-def page_params(page: Annotated[int, Query(ge=1, description="1-based page number")] = 1,
-                per_page: Annotated[int, Query(ge=1, le=1000, description="items per page")] = 50,
+# The deepest page a list serves: (page - 1) * per_page is the database's OFFSET, a 64-bit integer that a
+# client-chosen page must not overflow (a 500 from the driver), and no one pages a million pages deep.
+MAX_PAGE = 1_000_000
+MAX_PER_PAGE = 1000
+
+
+def page_params(page: Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")] = 1,
+                per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE, description="items per page")] = 50,
                 sort: Annotated[str | None, Query(description="field to sort by")] = None,
                 order: Annotated[Literal["asc", "desc"], Query()] = "asc") -> PageParams:
     return PageParams(page=page, per_page=per_page, sort=sort, order=order)
@@ -103,7 +109,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         if is_page(request) and exc.status_code == 404:
             return render_error(request, NotFound("no such page"))
-        code = {404: "not_found", 405: "method_not_allowed", 401: "not_authenticated", 403: "forbidden"}.get(
+        code = {404: "not_found", 405: "method_not_allowed", 401: "not_authenticated", 403: "forbidden",
+                413: "too_large"}.get(
             exc.status_code, "http_error")
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":

@@ -8,13 +8,14 @@ from typing import Annotated, Any, Literal, get_type_hints
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import Field, create_model
 
-from core.errors import Invalid
+from core.errors import Invalid, TooLarge
 from image_manager.errors import StorageFull
 from image_manager import fileops, service
 from manager.api import schemas as s
 from manager.api.common import DbSession
 from manager.api.system import _job_out
 from manager.auth import Principal, require
+from manager.config import get_settings
 from manager.jobs import enqueue
 from manager.models import Pool, Volume
 
@@ -99,20 +100,30 @@ def import_template(template_id: str, payload: ImportIn, session: DbSession, who
         storage_domain_id=payload.storage_domain_id, version_name=payload.version_name, actor=who.name))
 
 
-@router.post("/templates/{template_id}/upload", response_model=s.JobOut, status_code=202)
+# The app's body limit (settings.max_body_bytes, manager.api.guard) is for JSON; an image streams to disk under
+# its own limit, settings.max_upload_bytes, which the route checks itself: declaring a max_body_size of its own
+# takes the route out of the guard's limit.
+@router.post("/templates/{template_id}/upload", response_model=s.JobOut, status_code=202,
+             max_body_size=1 << 62)
 async def upload_template(template_id: str, request: Request, session: DbSession, who: TemplatesWrite,
                           format: Annotated[ImageFormat | None, Query(description="probed when omitted")] = None,
                           storage_domain_id: Annotated[str | None, Query(max_length=36)] = None,
                           version_name: Annotated[str, Query(max_length=255)] = "") -> Any:
     """Upload an image as the request body (application/octet-stream); it is imported like a file by a job."""
+    limit = get_settings().max_upload_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge(limit=limit)
     template = service.get_template(session, template_id)
     path = service.upload_path(session, template, storage_domain_id)
     size = 0
     try:
         with open(path, "wb") as fh:
             async for chunk in request.stream():
-                fh.write(chunk)
                 size += len(chunk)
+                if size > limit:
+                    raise TooLarge(limit=limit)
+                fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
         if size == 0:
