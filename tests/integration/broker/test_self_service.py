@@ -34,6 +34,14 @@ def test_reboot_and_reset_own_desktop_and_flags(world, anon_client):
         row = s.get(Desktop, desktop_id)
         row.pending_template_version_id = row.template_version_id
     assert mine(anon_client, erin_token, desktop_id)["new_image_at_logoff"]
+    from core.enums import HostStatus
+    from manager.models import Host
+    with db.session_scope() as s:  # its host goes into maintenance (as the host's page would set it)
+        host = s.get(Host, s.get(Desktop, desktop_id).host_id)
+        host.status, before = HostStatus.MAINTENANCE, host.status
+    assert mine(anon_client, erin_token, desktop_id)["maintenance"]
+    with db.session_scope() as s:
+        s.get(Host, s.get(Desktop, desktop_id).host_id).status = before
 
     # fred cannot act on erin's desktop: it does not exist for him
     for action in ("reboot", "reset", "extend"):
