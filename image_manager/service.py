@@ -192,7 +192,9 @@ def _claim(session: Session, desktop: Desktop, task: TaskState, action: str, *,
                           action=f"{action}: power it off first (disk changes are offline)")
     claimed = session.execute(update(Desktop).where(Desktop.id == desktop.id, Desktop.task_state.is_(None))
                               .values(task_state=task).execution_options(synchronize_session=False)).rowcount
-    session.refresh(desktop)
+    # Read it again (not refresh(): a removal that won the race leaves no row to refresh, which was a 500).
+    if session.get(Desktop, desktop.id, populate_existing=True) is None:
+        raise NotFound(kind="desktop", id=desktop.id)
     if not claimed:
         raise DesktopBusy(desktop_id=desktop.name, state=desktop.task_state.value if desktop.task_state else "busy",
                           action=action)

@@ -88,8 +88,10 @@ class CrudResource:
     def event_code(self) -> str:
         return self.kind.replace(" ", "_")
 
-    def fetch(self, session: Session, obj_id: Any, who: Principal) -> Any:
-        obj = session.get(self.model, obj_id)
+    def fetch(self, session: Session, obj_id: Any, who: Principal, *, lock: bool = False) -> Any:
+        """The object, or NotFound. `lock`: lock its row until the transaction ends (FOR UPDATE): of two requests
+        changing it at once, the second waits for the first, and finds it gone after a delete."""
+        obj = session.get(self.model, obj_id, with_for_update=lock or None)
         if obj is None or (self.visible is not None and not self.visible(obj, who)):
             raise NotFound(kind=self.kind, id=obj_id)
         return obj
@@ -160,8 +162,9 @@ class CrudResource:
         return obj
 
     def delete_object(self, session: Session, obj_id: Any, who: Principal) -> None:
-        """Delete a row (refused by before_delete when it is in use) and emit `<kind>.deleted`."""
-        obj = self.fetch(session, obj_id, who)
+        """Delete a row (refused by before_delete when it is in use) and emit `<kind>.deleted`. Of concurrent
+        deletes of one row exactly one does it; the others wait for its lock and get NotFound."""
+        obj = self.fetch(session, obj_id, who, lock=True)
         if self.before_delete is not None:
             self.before_delete(session, obj)
         label, extra = self.label(obj), self.extra_event_fields(obj)
