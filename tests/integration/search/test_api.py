@@ -3,7 +3,7 @@ permissions, and fuzzing (no query ever gets a 500)."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from core.enums import Role
@@ -190,12 +190,14 @@ WORDS = ["Vms:", "Hosts:", "Users:", "Events:", "Templates:", "Pools:", "Disks:"
          "not(", "Hosts.", "Users.usrname", "Vms.name", "tag", "severity", "time", "today", "01/15/2024", "uptime",
          "01:30", "-5", "99999999999", "apps", "\\", "%", "_", "@", ".", ":", "usrname", "x@y", "cpu_usage", "id"]
 OPENERS = ["(", "not (", "not(", "( ", "(("]
-# Deeply nested queries: openers, a term, a tail (closers, sometimes too few or too many, or none).
+# Deeply nested queries: openers, a term, as many closers (mostly; sometimes one too few or too many), a tail.
 nested = st.builds(
-    lambda depth, opener, term, closers, tail: "Vms: " + opener * depth + term + ")" * closers + tail,
-    st.integers(0, 150), st.sampled_from(OPENERS), st.sampled_from(["name = a", "status = up or web", "web",
+    lambda depth, opener, term, extra, tail: "Vms: " + opener * depth + term + ")" * max(0, depth + extra) + tail,
+    st.one_of(st.sampled_from([MAX_NESTING, MAX_NESTING + 1, 83, 123, 300]), st.integers(0, 300)),
+    st.sampled_from(OPENERS), st.sampled_from(["name = a", "status = up or web", "web",
                                                                      "Hosts.name = h* and not (name = b)"]),
-    st.integers(0, 160), st.sampled_from(["", " sortby name", " and (", " page 2", ")", " or name = c"]))
+    st.sampled_from([0, 0, 0, 0, -1, 1]), st.sampled_from(["", "", " sortby name", " and (", " page 2",
+                                                            " or name = c"]))
 queries = st.one_of(
     nested,
     st.lists(st.sampled_from(WORDS), max_size=12).map(" ".join),
@@ -209,6 +211,9 @@ queries = st.one_of(
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(query=queries)
+@example(query=DEEP_PARENS)
+@example(query=DEEP_NOTS)
+@example(query="Vms: " + "(" * 300 + "web" + ")" * 300)
 def test_no_query_gets_a_500(api, query):
     response = api.get("/api/v1/search", params={"q": query, "page_size": 5})
     assert response.status_code in (200, 400), (query, response.text)
