@@ -472,7 +472,7 @@ POOLS = ObjectDef("Pool", Pool, (
     # ours
     I("size"), I("prestarted"), I("max_desktops_per_user"), I("vcpus", "cpus"), I("memory", "memory_mib"),
     S("pattern", "name_pattern"), E("protocol_policy", PROTOCOL_POLICIES, _text("protocol_policy")),
-    I("lease_seconds"), D("window_start", "window_start"), D("window_end", "window_end"),
+    I("lease_seconds"), I("max_lease_seconds"), D("window_start", "window_start"), D("window_end", "window_end"),
     E("reclaim_policy", RECLAIM_POLICIES, _text("reclaim_policy")),
     S("template", _related("template", "template_id"), sortable=False), D("creationdate", "created_at"),
     U("id", hidden=True),
@@ -698,6 +698,8 @@ EXEMPT: dict[type, dict[str, str]] = {
         "usn_changed": "directory sync bookkeeping",
         "synced_at": "directory sync bookkeeping",
         "created_at": "row bookkeeping",
+        "console_client": "the user's own portal preference (native or browser client)",
+        "auto_connect": "the user's own portal preference",
     },
     Group: {
         "object_guid": "the directory's internal key",
