@@ -48,6 +48,8 @@ def test_a_user_without_console_rights_gets_a_page_saying_so(anon_client, admin_
     response = anon_client.get("/admin")
     assert response.status_code == 403 and "text/html" in response.headers["content-type"]
     assert "not allowed to search read" in response.text
+    assert '<a href="/">Back to your home page</a>' in response.text  # and home is the portal for them
+    assert anon_client.get("/", follow_redirects=False).headers["location"] == "/portal"
 
 
 def test_an_unknown_page_is_a_page(admin_browser):
