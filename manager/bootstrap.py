@@ -1,7 +1,6 @@
 """First-start set-up: the local bootstrap administrator (admin@local, SuperUser)."""
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from core.enums import PrincipalSource, Role
 from manager.auth import hash_password
+from manager.config import write_private
 from manager.models import RoleAssignment, User
 
 ADMIN_USERNAME = "admin"
@@ -35,11 +35,7 @@ def ensure_admin(session: Session, password: str | None = None, password_file: P
 
 
 def _write_secret(path: Path, secret: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret + "\n")
+    write_private(path, secret + "\n")
 
 
 def restore_admin(session: Session, password: str | None = None, password_file: Path | None = None) -> str:

@@ -9,9 +9,10 @@ from collections.abc import Callable
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from manager.config import get_settings
+    from manager.config import ensure_data_dir, get_settings
 
     settings = get_settings()
+    ensure_data_dir(settings.data_dir)  # 0711: its secrets are 0600, the storage inside it stays reachable
     host = args.host or settings.host
     port = args.port or settings.port
     if args.upgrade:
@@ -61,13 +62,13 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 def _upgrade_db(url: str | None = None) -> str:
-    from manager.config import get_settings
+    from manager.config import ensure_data_dir, get_settings
     from manager.migrate import upgrade
 
     settings = get_settings()
     url = url or settings.effective_database_url
     if url.startswith("sqlite:///"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_data_dir(settings.data_dir)
     upgrade(url)
     return url
 

@@ -3,6 +3,8 @@ an in-process job worker, the local hypervisor."""
 from __future__ import annotations
 
 import functools
+import os
+import stat
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -16,6 +18,10 @@ class Settings(BaseSettings):
     database_url: str = Field(default="", description="SQLAlchemy URL; empty = sqlite:///<data_dir>/vdi.db")
     redis_url: str = Field(default="", description="Celery broker; empty = in-process worker (embedded)")
     storage_dir: Path | None = Field(default=None, description="default storage domain; empty = <data_dir>/storage")
+    import_dirs: str = Field(default="", description="comma-separated directories on the manager host that "
+                             "templates are imported from, by file name; empty = <data_dir>/import")
+    export_dirs: str = Field(default="", description="comma-separated directories on the manager host that "
+                             "images are exported to; empty = <data_dir>/export")
     cache_dir: Path = Field(default=Path.home() / ".cache" / "vdi", description="built images cached outside git")
     libvirt_uri: str = Field(default="qemu:///system", description="the local hypervisor for the embedded node")
     host: str = "127.0.0.1"
@@ -55,6 +61,14 @@ class Settings(BaseSettings):
         return (self.storage_dir or self.data_dir / "storage").expanduser().resolve()
 
     @property
+    def effective_import_dirs(self) -> list[Path]:
+        return _dir_list(self.import_dirs) or [self.data_dir / "import"]
+
+    @property
+    def effective_export_dirs(self) -> list[Path]:
+        return _dir_list(self.export_dirs) or [self.data_dir / "export"]
+
+    @property
     def effective_public_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
 
@@ -63,6 +77,43 @@ class Settings(BaseSettings):
         return not self.redis_url
 
 
+def _dir_list(value: str) -> list[Path]:
+    return [Path(part.strip()).expanduser().resolve() for part in value.split(",") if part.strip()]
+
+
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+# The data directory holds secrets (the SQLite database, admin-password, embedded-nodes.json, node-key), each 0600.
+# Others may traverse it but not list it: QEMU runs as libvirt-qemu and must reach the storage directory inside it.
+DATA_DIR_MODE = 0o711
+PRIVATE_FILE_MODE = 0o600
+
+
+def ensure_data_dir(path: Path) -> Path:
+    """Create the data directory (or a folder in it that holds secrets) with mode 0711; an older install's
+    world-listable 0755 is closed to 0711."""
+    path.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+    if stat.S_IMODE(path.stat().st_mode) != DATA_DIR_MODE:
+        path.chmod(DATA_DIR_MODE)
+    return path
+
+
+def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) -> int:
+    """A file descriptor of a secret file, created 0600 (the O_CREAT mode, never readable by others in between); a
+    missing folder is created 0711. An existing file is brought to 0600 through the descriptor before anything is
+    written."""
+    if not path.parent.is_dir():
+        ensure_data_dir(path.parent)
+    fd = os.open(path, flags, PRIVATE_FILE_MODE)
+    if stat.S_IMODE(os.fstat(fd).st_mode) != PRIVATE_FILE_MODE:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+    return fd
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a secret file (mode 0600, see open_private)."""
+    with os.fdopen(open_private(path), "w") as fh:
+        fh.write(text)

@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import select
 import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 from anyio import from_thread
 from sqlalchemy import create_engine, event, exc
@@ -57,6 +59,7 @@ _sessionmaker: sessionmaker[Session] | None = None
 
 def make_engine(url: str, **kwargs) -> Engine:
     if url.startswith("sqlite"):
+        _create_private_sqlite_file(url)
         kwargs.setdefault("connect_args", {"check_same_thread": False, "timeout": 30})
         engine = create_engine(url, **kwargs)
 
@@ -77,6 +80,19 @@ def make_engine(url: str, **kwargs) -> Engine:
         event.listen(engine, "checkin", _note_idle_since)
         event.listen(engine, "checkout", _ping_if_suspect(engine.dialect))
     return engine
+
+
+def _create_private_sqlite_file(url: str) -> None:
+    """The embedded database holds secrets: create its file 0600 before SQLite does (SQLite would make it 0644;
+    its -wal and -shm files take the database file's mode)."""
+    from sqlalchemy.engine import make_url
+
+    from manager.config import open_private
+
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    os.close(open_private(Path(database), os.O_RDONLY | os.O_CREAT))
 
 
 # A pooled connection is pinged before use only when it may be dead: the server wrote to it while it sat in the

@@ -23,7 +23,7 @@ from event_manager.service import emit
 from manager import db
 from manager.auth import hash_password
 from manager.bootstrap import ensure_admin
-from manager.config import Settings, get_settings
+from manager.config import Settings, ensure_data_dir, get_settings
 from manager.embedded_nodes import (EmbeddedNode, EmbeddedNodes, free_port, load_config, save_config,
                                     libvirt_test_driver_uri)
 from manager.models import (Cluster, Desktop, Entitlement, Group, Host, Job, Pool, RoleAssignment, StorageDomain,
@@ -201,6 +201,7 @@ def _provision(ids: dict[str, str], real: bool) -> None:
 def seed_demo(real_guests: str = "auto") -> list[str]:
     """Create the demo objects and return lines telling the operator what to open."""
     settings = get_settings()
+    ensure_data_dir(settings.data_dir)
     db.configure(settings.effective_database_url)
     real = {"yes": True, "no": False}.get(real_guests, None)
     if real is None:

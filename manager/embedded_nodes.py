@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from manager.config import write_private
+
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "embedded-nodes.json"
@@ -93,11 +95,7 @@ def load_config(data_dir: Path) -> list[EmbeddedNode]:
 
 
 def save_config(data_dir: Path, nodes: list[EmbeddedNode]) -> None:
-    path = data_dir / CONFIG_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the node tokens
-    with os.fdopen(fd, "w") as fh:
-        json.dump([asdict(n) for n in nodes], fh, indent=2)
+    write_private(data_dir / CONFIG_NAME, json.dumps([asdict(n) for n in nodes], indent=2))  # the node tokens
 
 
 class NodeAgentProcess:

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -29,9 +31,23 @@ def run_vdi(env, *args, timeout=300):
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def assert_secrets_private(data_dir):
+    """Every file holding secrets is 0600 and the data directory 0711: others may traverse it to the storage
+    directory (QEMU runs as libvirt-qemu) but neither list it nor read the database or the node tokens."""
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o711
+    secret_files = [p for p in data_dir.iterdir()
+                    if p.name.startswith("vdi.db") or p.name in ("embedded-nodes.json", "admin-password", "node-key")]
+    assert {p.name for p in secret_files} >= {"vdi.db", "embedded-nodes.json"}
+    for path in secret_files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{path.name} is {oct(path.stat().st_mode)}"
+    assert stat.S_IMODE((data_dir / "storage").stat().st_mode) & 0o005 == 0o005  # guests still reach their disks
+
+
 def test_make_run_path_serves_health_and_demo_desktops(embedded_env):
     first = run_vdi(embedded_env, "demo", "--real-guests", "no")
     assert first.returncode == 0, first.stderr
+    data_dir = Path(embedded_env["VDI_DATA_DIR"])
+    assert_secrets_private(data_dir)
     assert "admin@local" in first.stdout
     second = run_vdi(embedded_env, "demo", "--real-guests", "no")
     assert second.returncode == 0, second.stderr  # a second run reuses the data
@@ -57,6 +73,8 @@ def test_make_run_path_serves_health_and_demo_desktops(embedded_env):
         names = sorted(d["name"] for d in desktops["items"])
         assert names == ["carol-finance", "eng-001", "eng-002", "eng-003"]
         assert httpx.get(f"{base}/desktops").status_code == 401
+        assert {"vdi.db-wal", "vdi.db-shm"} <= {p.name for p in data_dir.iterdir()}
+        assert_secrets_private(data_dir)
     finally:
         server.terminate()
         server.wait(timeout=20)
