@@ -1,6 +1,7 @@
 """What the administrator search (search_dsl) can find: oVirt's object and field names mapped onto our models.
 
-Objects and fields follow search-language.md (section 4) as far as our models have them: `Vms` are desktops,
+Objects and fields follow oVirt's (docs/search-language.md section 4 is generated from here) as far as our
+models have them: `Vms` are desktops,
 `Disks` are volumes, `Users.usrname` splits at the last '@' into username and domain, and so on. A few fields
 are our own (marked "ours" below) where a model column has no oVirt counterpart. Every column of a searched
 model is either reachable from a field or a cross-reference, or listed in `EXEMPT` with the reason; models
@@ -540,7 +541,7 @@ DISKS = ObjectDef("Disk", Volume, (
     default_sort=(("path", "asc"),))
 
 
-# ---- link views and cross-references (search-language.md 5.1/5.2, intended meanings) ---------------------------
+# ---- link views and cross-references (docs/search-language.md section 6) ---------------------------
 _V, _TV = aliased(Desktop, name="linked_desktop"), aliased(TemplateVersion, name="linked_version")
 
 USERS_BY_DESKTOP = _held("users_by_desktop", lambda link, desktop_id, user_id: select(

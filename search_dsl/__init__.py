@@ -11,7 +11,8 @@
 * `registry.py`: `Registry`, `ObjectDef`, `Field`, `Kind`, `XRef`, `Relation`, `TagTree` - what callers
   declare; nothing about our own models lives in this package (it never imports `manager`).
 
-Validity is upstream's (search-language.md): the tokenizer reproduces the upstream state machine.
+Validity is upstream's (oVirt's SyntaxChecker; docs/search-language.md is the users' reference): the
+tokenizer reproduces the upstream state machine.
 Extensions - parentheses and `not(...)` - only give meaning to queries upstream rejects: a query is read
 strictly first, and re-read with the extensions only if that fails (details in parser.py). Deliberate
 deviations, all on queries upstream silently mangles or fails on, are listed in lexer.py.

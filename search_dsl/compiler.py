@@ -3,7 +3,7 @@
 Everything is filtered in SQL, every value is a bound parameter, and every table or column comes from the
 registry's declarations - never from the query text.
 
-Row semantics (search-language.md 6.2). Upstream joins every related table with LEFT OUTER JOIN and
+Row semantics (docs/search-language.md section 6). Upstream joins every related table with LEFT OUTER JOIN and
 keeps an entity when *some* combination of related rows (or a NULL row when there is none) satisfies the
 whole expression. This compiler gives the same answers with correlated EXISTS subqueries instead of one
 big join plus DISTINCT:
@@ -22,7 +22,7 @@ big join plus DISTINCT:
 `not(...)` (extension) is the complement at the entity level: `NOT ((...) IS TRUE)`, so a NULL inside
 never makes both a query and its negation miss a row. Relations inside `not(...)` are quantified inside.
 
-Value semantics follow section 3: strings ILIKE with `*` -> `%` and `_`, `%`, `\\` escaped (ESCAPE
+Value semantics (docs/search-language.md section 3): strings ILIKE with `*` -> `%` and `_`, `%`, `\\` escaped (ESCAPE
 '\\'); `!=` adds `IS NULL OR`; `""` is the empty string, not NULL; enums compare stored values; dates
 become local midnight (`=` is a one-day BETWEEN); uptime compares seconds; `apps` is a substring match;
 `usrname = u@d` splits at the last `@`; comma lists match any element (case-insensitive, no wildcard);

@@ -4,7 +4,7 @@ Upstream reads the query one character at a time and emits a token as soon as th
 *equals* a word it expects in the current state; which words it expects depends on the searched object's
 catalogue. That is why tokenizing needs the `Registry`, and why it decides validity: `Vms: hostname = x`
 fails because `host` is a cross-reference and is taken before `name` is seen. The states and what they
-accept (search-language.md section 2.3):
+accept (oVirt's SyntaxChecker; for users, docs/search-language.md section 1):
 
 * BEGIN: an object spelling, then one optional plural `s`; SEARCH_OBJECT: only `:`.
 * after `:` (COLON): a field only if followed by ` ! = < >` (so `Cluster: name*` is free text), SORTBY,

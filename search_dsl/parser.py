@@ -1,6 +1,6 @@
 """The parser: tokens to a `Query` tree, one `_parse_<level>` per precedence level.
 
-Precedence, weakest first (search-language.md 2.6): juxtaposition (implicit AND) < OR < AND; both
+Precedence, weakest first (docs/search-language.md section 1): juxtaposition (implicit AND) < OR < AND; both
 connectives are left-associative, so `a or b and c d` is `(a OR (b AND c)) AND d`.
 
 Extensions (`extensions=True`, the default): parentheses group, and `not(...)` negates a group. The

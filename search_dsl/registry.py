@@ -49,7 +49,7 @@ NEGATIVE_OPS = frozenset({NE})
 
 
 class Kind(enum.Enum):
-    """How a field's values are validated and compared (search-language.md section 3)."""
+    """How a field's values are validated and compared (docs/search-language.md section 3)."""
 
     STRING = "string"                    # ILIKE, * wildcard, != includes NULL
     NULLABLE_STRING = "nullable_string"  # 'null' / "" mean IS NULL; otherwise exact equality

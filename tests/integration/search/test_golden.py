@@ -1,4 +1,4 @@
-"""Golden results: every worked example of search-language.md section 10 that maps onto our objects, and the
+"""Golden results: every worked example of tests/data/search/upstream-examples.tsv that maps onto our objects, and the
 white paper's examples, run through GET /api/v1/search against the fixture inventory (dataset.py) in Postgres.
 
 Expected values are names (Events: messages, Users: usernames, Disks: paths); a list means the order matters.

@@ -1,4 +1,5 @@
-"""oVirt's search catalogue (search-language.md sections 1, 3.7, 4, 5) as a Registry, for conformance tests.
+"""oVirt's search catalogue (objects, fields, enum names and cross-references of its *AutoCompleter classes)
+as a Registry, for conformance tests.
 
 Only the parser uses it, so entities and joins are placeholders: what matters is names, kinds, operators,
 enum names, hidden flags and cross-references.
