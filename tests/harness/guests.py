@@ -46,7 +46,7 @@ def demo_domain_xml(image: DemoImage, name: str, disk: Path, serial_log: Path, *
         cmdline=image.cmdline(hostname=name),
         serial_log=str(serial_log),
         sound=False,
-        domain_type="qemu",  # nested KVM cannot run guests on these machines (docs/real-hypervisors.md)
+        domain_type="qemu",  # nested KVM cannot run guests on these machines (docs/hypervisors.md)
     )
     caps = HostCaps(hostname=host_name, domain_types=["qemu"], cpus=os.cpu_count() or 1,
                     memory_mib=1024, free_memory_mib=1024)

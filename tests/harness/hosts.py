@@ -142,7 +142,7 @@ class HostCluster:
         agent_argv: build a different agent command line (e.g. to plug in a test server).
         agent_options: extra agent arguments, e.g. ["--heartbeat-seconds", "1"].
         domain_types: the agents' --domain-types ("qemu": TCG, because nested KVM fails on these
-            machines; see docs/real-hypervisors.md). The shared directory is a local directory libvirt
+            machines; see docs/hypervisors.md). The shared directory is a local directory libvirt
             cannot recognise as shared, so agents also get --trust-shared-storage (live migration).
         """
         _require_root_tools()

@@ -45,14 +45,14 @@ def real_node() -> NodeAgentProcess:
 
     if not shutil.which("virsh") or subprocess.run(["virsh", "-c", SYSTEM_URI, "version"], capture_output=True,
                                                    timeout=30).returncode != 0:
-        pytest.skip("qemu:///system does not answer: start libvirtd (see docs/real-hypervisors.md)")
+        pytest.skip("qemu:///system does not answer: run bash scripts/services.sh libvirtd (docs/hypervisors.md)")
     SHARED_ROOT.mkdir(parents=True, exist_ok=True)
     os.chmod(SHARED_ROOT, 0o755)
     work = SHARED_ROOT / f"run-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     work.mkdir()
     os.chmod(work, 0o755)
     manager_id = f"broker-tests-{uuid.uuid4().hex[:8]}"
-    # nested KVM cannot run these guests here (real-hypervisors.md): TCG
+    # nested KVM cannot run these guests here (docs/hypervisors.md): TCG
     node = EmbeddedNode(name="real1", libvirt_uri=SYSTEM_URI, port=free_port(), token=f"tok-{uuid.uuid4().hex}",
                         domain_types=os.environ.get("VDI_NODE_DOMAIN_TYPES", "qemu"))
     agent = NodeAgentProcess(node, manager_url=None, log_path=work / "agent.log", manager_id=manager_id)

@@ -2,7 +2,7 @@
 agent processes and a heartbeat receiver standing in for the manager's endpoint.
 
 `system_libvirtd` is reusable by any area: it connects to qemu:///system, starting virtlogd and libvirtd
-first when they are not running (as docs/real-hypervisors.md describes). It leaves them running at the
+first when they are not running (as docs/hypervisors.md describes). It leaves them running at the
 end, like the Postgres and Redis servers the suite also expects: other test sessions may be using them.
 """
 from __future__ import annotations
