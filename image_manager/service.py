@@ -1,6 +1,6 @@
 """The image manager's public API: templates, versions, desktop disks, snapshots, re-image, lineage.
 
-Other packages call only this module (ARCHITECTURE import rule). Functions here take the caller's
+Other packages call only this module (docs/architecture.md, import rules). Functions here take the caller's
 `Session` and at most flush; long work is enqueued as a job (manager.jobs) that runs after the caller
 commits, in image_manager.tasks. Every job is tied to its files by its id: temporaries are named
 `.tmp-<job_id>-…`, and a re-run with the same id finishes the work (see image_manager.fileops), which

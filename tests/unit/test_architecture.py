@@ -1,4 +1,4 @@
-"""The import rules of ARCHITECTURE.md, checked on the source (AST), so a violation fails the build."""
+"""The import rules of docs/architecture.md, checked on the source (AST), so a violation fails the build."""
 from __future__ import annotations
 
 import ast
