@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     public_url: str = Field(default="", description="how nodes reach the manager; empty = http://host:port")
     secret_key: str = Field(default="", description="signs browser sessions; empty = generated into data_dir")
     admin_password: str = Field(default="", description="bootstrap local admin's password; empty = generated")
+    node_key_file: Path | None = Field(default=None, description="the key that seals node agents' tokens in the "
+                                       "database (0600, generated when missing); every manager process of one "
+                                       "installation uses the same file; empty = <data_dir>/node-key")
     page_size: int = Field(default=100, ge=1, le=10000)
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="the largest request body (JSON, forms) "
                                 "the manager reads; a larger one is a 413 before it is read")
@@ -55,6 +58,10 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'vdi.db'}"
+
+    @property
+    def effective_node_key_file(self) -> Path:
+        return (self.node_key_file or self.data_dir / "node-key").expanduser().resolve()
 
     @property
     def effective_storage_dir(self) -> Path:

@@ -674,7 +674,8 @@ EXEMPT: dict[type, dict[str, str]] = {
     },
     Host: {
         "agent_url": "the node agent's endpoint, an internal address",
-        "agent_token": "secret",
+        "agent_token_sha256": "secret (the node token's digest)",
+        "agent_token_sealed": "secret (the node token, sealed)",
         "libvirt_uri": "connection detail of the node agent",
         "domain_types": "hypervisor capability flags reported by the node, not an inventory attribute",
         "ksm_pages_shared": "a raw KSM counter",

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hmac
 import json
 import os
 from typing import Annotated, Any
@@ -225,7 +224,7 @@ def node_token() -> Any:
     def dependency(name: str, request: Request, session: DbSession) -> Host:
         host = session.scalar(select(Host).where(Host.name == name))
         presented = request.headers.get("authorization", "")[7:].strip()
-        if host is None or not host.agent_token or not hmac.compare_digest(presented, host.agent_token):
+        if host is None or not host.agent_token_matches(presented):
             raise NotAuthenticated("unknown host or wrong node token")
         return host
 

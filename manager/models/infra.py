@@ -30,8 +30,10 @@ class Host(IdMixin, CreatedMixin, Base):
     cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id", ondelete="RESTRICT"), index=True)
     address: Mapped[str] = mapped_column(String(255), default="")
     agent_url: Mapped[str] = mapped_column(String(1024), default="")
-    # The per-node bearer secret (both directions); never returned by the API, never logged.
-    agent_token: Mapped[str] = mapped_column(String(255), default="")
+    # The per-node bearer secret (both directions) is not in the database: only its SHA-256 (to verify the node)
+    # and its sealed form (to call the node, opened with the node key file); see manager.node_secrets.
+    agent_token_sha256: Mapped[str] = mapped_column(String(64), default="")
+    agent_token_sealed: Mapped[str] = mapped_column(String(512), default="")
     libvirt_uri: Mapped[str] = mapped_column(String(1024), default="")
     status: Mapped[HostStatus] = mapped_column(enum_type(HostStatus), default=HostStatus.DOWN, index=True)
     cpus: Mapped[int] = mapped_column(Integer, default=0)
@@ -53,6 +55,24 @@ class Host(IdMixin, CreatedMixin, Base):
     comment: Mapped[str] = mapped_column(Text, default="")
 
     cluster: Mapped[Cluster] = relationship(back_populates="hosts")
+
+    @property
+    def agent_token(self) -> str:
+        """The node's token, opened from its sealed form (never returned by the API, never logged)."""
+        from manager.node_secrets import unseal
+
+        return unseal(self.agent_token_sealed, self.agent_token_sha256, self.name)
+
+    @agent_token.setter
+    def agent_token(self, token: str) -> None:
+        from manager.node_secrets import digest, seal
+
+        self.agent_token_sha256, self.agent_token_sealed = (digest(token), seal(token)) if token else ("", "")
+
+    def agent_token_matches(self, presented: str) -> bool:
+        from manager.node_secrets import verify
+
+        return verify(presented, self.agent_token_sha256)
 
 
 class StorageDomain(IdMixin, CreatedMixin, Base):

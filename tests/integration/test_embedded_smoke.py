@@ -1,6 +1,7 @@
 """The embedded default, as `make run` starts it: SQLite, in-process jobs, the demo data, `vdi serve`."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -37,7 +38,7 @@ def assert_secrets_private(data_dir):
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o711
     secret_files = [p for p in data_dir.iterdir()
                     if p.name.startswith("vdi.db") or p.name in ("embedded-nodes.json", "admin-password", "node-key")]
-    assert {p.name for p in secret_files} >= {"vdi.db", "embedded-nodes.json"}
+    assert {p.name for p in secret_files} >= {"vdi.db", "embedded-nodes.json", "node-key"}
     for path in secret_files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{path.name} is {oct(path.stat().st_mode)}"
     assert stat.S_IMODE((data_dir / "storage").stat().st_mode) & 0o005 == 0o005  # guests still reach their disks
@@ -48,6 +49,9 @@ def test_make_run_path_serves_health_and_demo_desktops(embedded_env):
     assert first.returncode == 0, first.stderr
     data_dir = Path(embedded_env["VDI_DATA_DIR"])
     assert_secrets_private(data_dir)
+    database = b"".join(p.read_bytes() for p in data_dir.iterdir() if p.name.startswith("vdi.db"))
+    tokens = [node["token"] for node in json.loads((data_dir / "embedded-nodes.json").read_text())]
+    assert tokens and not any(t.encode() in database for t in tokens)  # the database yields no node token
     assert "admin@local" in first.stdout
     second = run_vdi(embedded_env, "demo", "--real-guests", "no")
     assert second.returncode == 0, second.stderr  # a second run reuses the data

@@ -244,7 +244,8 @@ def api_server(settings_env, work_dir) -> Iterator[Server]:
     port = free_port()
     tmp_path = Path(tempfile.mkdtemp(prefix="server-", dir=work_dir))
     env = dict(os.environ, VDI_DATABASE_URL=settings_env.effective_database_url,
-               VDI_DATA_DIR=str(tmp_path / "server-data"), VDI_LOG_LEVEL="WARNING")
+               VDI_DATA_DIR=str(tmp_path / "server-data"), VDI_LOG_LEVEL="WARNING",
+               VDI_NODE_KEY_FILE=str(settings_env.effective_node_key_file))  # opens the tokens the tests sealed
     env.pop("VDI_REDIS_URL", None)
     log = tmp_path / "uvicorn.log"
     with open(log, "wb") as out:

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from core.enums import PowerState
 from core.specs import DesktopSpec
 from image_manager import qcow2
-from manager import db
+from manager import db, node_secrets
 from manager.embedded_nodes import free_port
 from manager.models import Cluster, Desktop, Host
 from manager.nodes.client import NodeClient
@@ -31,6 +31,7 @@ def manager_process(pg_url, tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VDI_")}
     env.update(VDI_DATABASE_URL=pg_url, VDI_PORT=str(port), VDI_DATA_DIR=str(tmp_path / "manager"),
+               VDI_NODE_KEY_FILE=str(node_secrets.key_file()),  # opens the tokens this process sealed
                VDI_LOG_LEVEL="WARNING", VDI_HOST_DEAD_AFTER_SECONDS="3600")
     proc = subprocess.Popen([sys.executable, "-m", "manager.cli", "serve", "--no-upgrade"], env=env,
                             stdout=open(tmp_path / "manager.log", "wb"), stderr=subprocess.STDOUT)

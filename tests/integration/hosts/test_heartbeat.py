@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from core.enums import HostStatus, PowerState
 from manager import db
@@ -85,3 +85,16 @@ def test_silent_hosts_are_marked_once(client, anon_client):
     _beat(anon_client, host, [], seq=2)
     with db.session_scope() as session:
         assert session.scalar(select(Host.status)) == HostStatus.UP
+
+
+def test_the_database_holds_no_usable_node_token(client, anon_client):
+    """Issue 22 item 8: whoever reads the hosts table gets nothing a heartbeat accepts; the real token still works."""
+    host, _ = _host_and_desktops(client, n=0)
+    with db.session_scope() as session:
+        row = dict(session.execute(text("SELECT * FROM hosts WHERE id = :id"), {"id": host["id"]}).mappings().one())
+    assert host["agent_token"] not in " ".join(str(v) for v in row.values())
+    for stolen in row.values():
+        if isinstance(stolen, str) and stolen:
+            response = _beat(anon_client, {**host, "agent_token": stolen}, [])
+            assert response.status_code == 401, stolen
+    assert _beat(anon_client, host, []).status_code == 200

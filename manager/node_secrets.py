@@ -1,0 +1,91 @@
+"""Node agents' tokens, kept so that reading the database does not yield them.
+
+One token per host serves both directions: the node presents it in its heartbeats, the manager presents it when it
+calls the node. The hosts table holds two columns and neither is the token:
+- agent_token_sha256, its SHA-256: all the manager needs to VERIFY a node (heartbeats compare in constant time);
+- agent_token_sealed, the token encrypted under the manager's node key (a file outside the database, 0600,
+  VDI_NODE_KEY_FILE, default <data_dir>/node-key), which the manager opens only to CALL the node.
+A copy of the database alone is worth nothing to a thief; the key file alone is too. The cipher is a stream cipher
+from the standard library (HMAC-SHA256 as a PRF in counter mode, a fresh 16-byte nonce per seal); the digest
+column doubles as its integrity check.
+"""
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from core.errors import Unavailable
+
+NONCE_BYTES = 16
+KEY_BYTES = 32
+
+
+def digest(token: str) -> str:
+    """The SHA-256 (hex) the database keeps to verify a node's token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def verify(presented: str, stored_digest: str) -> bool:
+    """Does the token a node presented match the stored digest? (constant time; an empty digest matches nothing)"""
+    return bool(stored_digest) and hmac.compare_digest(digest(presented), stored_digest)
+
+
+def key_file() -> Path:
+    from manager.config import get_settings
+
+    return get_settings().effective_node_key_file
+
+
+@functools.lru_cache(maxsize=4)
+def _key(path: Path) -> bytes:
+    """The node key at `path`, created (0600 from its creation, atomically: a concurrent creator's key wins) if
+    missing."""
+    if not path.exists():
+        from manager.config import open_private
+
+        spare = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        with os.fdopen(open_private(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w") as fh:
+            fh.write(secrets.token_hex(KEY_BYTES) + "\n")
+        try:
+            os.link(spare, path)
+        except FileExistsError:
+            pass
+        finally:
+            spare.unlink()
+    return bytes.fromhex(path.read_text().strip())
+
+
+def _stream(key: bytes, nonce: bytes, length: int) -> bytes:
+    blocks = (hmac.new(key, nonce + i.to_bytes(4, "big"), hashlib.sha256).digest() for i in range(length // 32 + 1))
+    return b"".join(blocks)[:length]
+
+
+def seal(token: str) -> str:
+    """The token encrypted under the node key (url-safe base64 of nonce + ciphertext)."""
+    nonce, plain = secrets.token_bytes(NONCE_BYTES), token.encode()
+    cipher = bytes(a ^ b for a, b in zip(plain, _stream(_key(key_file()), nonce, len(plain))))
+    return base64.urlsafe_b64encode(nonce + cipher).decode()
+
+
+def unseal(sealed: str, stored_digest: str, host: str) -> str:
+    """The token back from its sealed form; NodeKeyMismatch if this manager's node key is not the one that sealed
+    it (Unavailable: the manager cannot call that node). An empty seal is an empty token (a host without one)."""
+    if not sealed:
+        return ""
+    path = key_file()
+    try:
+        raw = base64.urlsafe_b64decode(sealed.encode())
+        nonce, cipher = raw[:NONCE_BYTES], raw[NONCE_BYTES:]
+        token = bytes(a ^ b for a, b in zip(cipher, _stream(_key(path), nonce, len(cipher)))).decode()
+    except (ValueError, UnicodeDecodeError):
+        token = ""
+    if not verify(token, stored_digest):
+        raise Unavailable(what=f"host {host}", reason=f"its node token was sealed with another node key than "
+                          f"{path}; give the host its token again (PATCH /api/v1/hosts/<id> agent_token) or point "
+                          "VDI_NODE_KEY_FILE at the key that sealed it")
+    return token
