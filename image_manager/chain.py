@@ -137,9 +137,10 @@ def reimage(active: PathLike, template: PathLike, *, new_active: PathLike | None
 # ---- full copies ---------------------------------------------------------------------------------------
 def flatten(top: PathLike, dest: PathLike, *, out_fmt: str = "qcow2", compress: bool = False,
             progress: qemu_img.ProgressCallback | None = None, job_id: str | None = None,
-            timeout: float = qemu_img.COPY_TIMEOUT) -> Path:
+            timeout: float = qemu_img.COPY_TIMEOUT, mode: int | None = None) -> Path:
     """Copy what `top` reads (its whole chain) into a new standalone image `dest`, e.g. a desktop's
-    disk into a new template version, or an export. Returns `dest`.
+    disk into a new template version, or an export. Returns `dest`. `mode` (e.g. 0o640 for an export) is
+    set on the file before it gets its final name, so it is never visible with qemu-img's default mode.
 
     Built as a temporary, checked with qemu-img check, then published without clobbering. Idempotent:
     an existing standalone `dest` is kept (a published file is always complete). Raises ImageExists if
@@ -157,6 +158,8 @@ def flatten(top: PathLike, dest: PathLike, *, out_fmt: str = "qcow2", compress: 
     qcow2.backing_chain(top)  # a clear ImageNotFound naming the missing link, before any copying
     with fileops.atomic_output(dest, job_id=job_id, replace=False) as tmp:
         qemu_img.convert(top, tmp, out_fmt=out_fmt, compress=compress, progress=progress, timeout=timeout)
+        if mode is not None:
+            os.chmod(tmp, mode)
         if out_fmt == "qcow2":
             result = qemu_img.check(tmp)
             if result.status in ("corrupt", "error"):

@@ -19,7 +19,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,34 @@ def check_name(kind: str, value: object) -> str:
             " starting with a letter or digit"
         )
     return text
+
+
+def resolve_inside(name: str, roots: Sequence[str | os.PathLike[str]], *, what: str, where: str,
+                   kind: str = "file") -> Path:
+    """The real path a client-given `name` names inside one of `roots`: a path relative to a root (the first
+    root holding it wins) or an absolute path inside one. Every symlink is followed before the check, so none
+    leads out; '..' may not climb out either. `kind` is "file" (a regular file) or "dir" (a directory).
+    Raises Invalid, naming `where` (e.g. "import directories") and the roots, when it is outside them, missing
+    or of the wrong kind."""
+    real_roots = [Path(os.path.realpath(root)) for root in roots]
+    listed = ", ".join(str(root) for root in real_roots)
+    if "\x00" in name:
+        raise Invalid(f"{what} must not contain a NUL character")
+    candidates = [Path(name)] if os.path.isabs(name) else [root / name for root in real_roots]
+    inside: list[Path] = []
+    for candidate in candidates:
+        real = Path(os.path.realpath(candidate))
+        if any(real.is_relative_to(root) for root in real_roots):
+            inside.append(real)
+    if not inside:
+        raise Invalid(f"{what} {name!r} is outside the {where} ({listed}): give a name inside one of them")
+    for real in inside:
+        if kind == "dir" and real.is_dir() or kind == "file" and real.is_file():
+            return real
+    if any(os.path.lexists(real) for real in inside):
+        wanted = "a directory" if kind == "dir" else "a regular file"
+        raise Invalid(f"{what} {name!r} in the {where} ({listed}) is not {wanted}")
+    raise Invalid(f"{what} {name!r} does not exist in the {where} ({listed})")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,9 @@ host and the database agree; Desktop.volume_id moves to the volume of that file)
 """
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,18 +248,47 @@ def _new_template_volume(session: Session, template: Template, version: Template
 
 
 def check_import_source(source_path: str, source_format: str | None = None) -> qemu_img.ImageInfo:
-    """Validate a file on the manager host as an importable image. Raises Invalid, ImageNotFound, ImageInvalid."""
+    """Validate a file on the manager host as an importable image: a readable, non-empty regular file (opened
+    without following a symlink), in qcow2 or raw, standalone (no backing or external data file, which would
+    read other files), and for raw a whole number of 512-byte sectors. Raises Invalid, ImageNotFound,
+    ImageInvalid; nothing is created before it passes."""
     if not source_path or not os.path.isabs(source_path):
         raise Invalid(f"source_path must be an absolute path on the manager host, not {source_path!r}")
-    if not os.path.lexists(source_path):
-        raise ImageNotFound(path=source_path)
-    if not os.path.isfile(source_path):
-        raise Invalid(f"source_path {source_path} is not a regular file")
     if source_format is not None and source_format not in IMPORT_FORMATS:
         raise Invalid(f"format must be one of {', '.join(IMPORT_FORMATS)}, not {source_format!r}")
+    if not os.path.lexists(source_path):
+        raise ImageNotFound(path=source_path)
+    try:
+        fd = os.open(source_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        reason = "it is a symbolic link; name the file itself" if exc.errno == errno.ELOOP \
+            else f"it cannot be read ({exc.strerror})"
+        raise ImageInvalid(path=source_path, reason=reason) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Invalid(f"source_path {source_path} is not a regular file")
+        if st.st_size == 0:
+            raise ImageInvalid(path=source_path, reason="it is empty (0 bytes)")
+        try:
+            os.read(fd, 1)
+        except OSError as exc:
+            raise ImageInvalid(path=source_path, reason=f"it cannot be read ({exc.strerror})") from exc
+    finally:
+        os.close(fd)
     info = qemu_img.info(source_path, fmt=source_format)
     if info.format not in IMPORT_FORMATS:
         raise ImageInvalid(path=source_path, reason=f"it is in {info.format} format; import qcow2 or raw")
+    if info.backing_filename:
+        raise ImageInvalid(path=source_path, reason=f"it has a backing file ({info.backing_filename}); import a "
+                           "standalone image (qemu-img convert it into one first)")
+    specific = (info.raw.get("format-specific") or {}).get("data") or {}
+    if specific.get("data-file"):
+        raise ImageInvalid(path=source_path, reason="it keeps its data in an external data file; import a "
+                           "standalone image (qemu-img convert it into one first)")
+    if info.format == "raw" and st.st_size % 512:  # qemu-img rounds a raw file's virtual size up to a sector
+        raise ImageInvalid(path=source_path, reason=f"its size ({st.st_size} bytes) is not a whole number "
+                           "of 512-byte sectors, so it is not a disk image")
     return info
 
 

@@ -76,6 +76,7 @@ def import_image(ctx: JobContext, *, template_id: str, version_id: str, volume_i
                   source_format=source_format, created_version=created_version, delete_source=delete_source)
 
     def build(dest: Path) -> None:
+        service.check_import_source(source, source_format)  # again: the file may have changed since the request
         with fileops.atomic_output(dest, job_id=ctx.job_id, replace=False) as tmp:
             qemu_img.convert(source, tmp, src_fmt=source_format, out_fmt="qcow2", progress=_percent_progress(ctx))
             result = qemu_img.check(tmp)
@@ -203,6 +204,9 @@ def check_images(ctx: JobContext, *, volume_ids: list[str]) -> dict[str, Any]:
     return {"results": results, "ok": all(r["status"] == "ok" for r in results.values())}
 
 
+EXPORT_MODE = 0o640  # an export holds a whole disk: never world-readable
+
+
 @task("image.export")
 def export_image(ctx: JobContext, *, volume_id: str, source: str, dest: str, format: str = "qcow2",
                  compress: bool = False, desktop_id: str | None = None) -> dict[str, Any]:
@@ -211,7 +215,7 @@ def export_image(ctx: JobContext, *, volume_id: str, source: str, dest: str, for
     ctx.progress(0, 1000, force=True)
     try:
         chain.flatten(source, dest, out_fmt=format, compress=compress, progress=_percent_progress(ctx),
-                      job_id=ctx.job_id)
+                      job_id=ctx.job_id, mode=EXPORT_MODE)
     except BaseException as exc:
         reason = exc.message if isinstance(exc, VdiError) else f"{type(exc).__name__}: {exc}"
         with db.session_scope() as session:

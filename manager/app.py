@@ -92,7 +92,10 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
             nodes.enter_context(EmbeddedNodes(settings.data_dir, settings.effective_public_url,
                                               heartbeat_seconds=settings.heartbeat_seconds))
         from image_manager.reconcile import reconcile_at_startup
+        from manager.api.images import transfer_dirs
 
+        for kind in ("import", "export"):
+            transfer_dirs(kind, settings)  # there for an operator to put images in before the first import
         reconcile_at_startup(in_process_jobs=settings.embedded_jobs)
         try:
             yield

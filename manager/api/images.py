@@ -3,6 +3,7 @@ savings, checks, exports and reconcile. Long work answers 202 with the job (GET 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Any, Literal, get_type_hints
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -15,7 +16,7 @@ from manager.api import schemas as s
 from manager.api.common import DbSession
 from manager.api.system import _job_out
 from manager.auth import Principal, require
-from manager.config import get_settings
+from manager.config import Settings, ensure_data_dir, get_settings
 from manager.jobs import enqueue
 from manager.models import Pool, Volume
 
@@ -31,7 +32,8 @@ MAX_UPLOAD_CHUNK = 1 << 20
 
 
 class ImportIn(s.In):
-    source_path: Annotated[str, Field(min_length=1, max_length=4096, description="absolute path on the manager host")]
+    source_path: Annotated[str, Field(min_length=1, max_length=4096, description="a file name (or a path relative "
+                                      "to it) in one of the import directories, VDI_IMPORT_DIRS")]
     format: ImageFormat | None = Field(default=None, description="source format; probed when omitted")
     storage_domain_id: s.Id | None = Field(default=None, description="default: the template's storage domain")
     version_name: Annotated[str, Field(max_length=255)] = ""
@@ -76,7 +78,8 @@ class RolloutOut(s.Out):
 
 
 class ExportIn(s.In):
-    target_dir: Annotated[str, Field(min_length=1, max_length=4096, description="absolute directory on the manager host")]
+    target_dir: Annotated[str, Field(max_length=4096, description="an existing directory inside one of the export "
+                                     "directories (VDI_EXPORT_DIRS), relative to it; empty = the first of them")] = ""
     format: ImageFormat = "qcow2"
     compress: bool = False
 
@@ -90,13 +93,42 @@ def _job(job) -> s.JobOut:
     return _job_out(job)
 
 
+def transfer_dirs(kind: Literal["import", "export"], settings: Settings | None = None) -> list[Path]:
+    """The import or export directories (VDI_IMPORT_DIRS / VDI_EXPORT_DIRS). The default one, under the data
+    directory, is created when missing: the import directory 0700 (only the manager reads what is put there),
+    the export directory 0750 (its files are 0640)."""
+    settings = settings or get_settings()
+    configured = settings.import_dirs if kind == "import" else settings.export_dirs
+    dirs = settings.effective_import_dirs if kind == "import" else settings.effective_export_dirs
+    if not configured.strip():
+        mode = 0o700 if kind == "import" else 0o750
+        ensure_data_dir(settings.data_dir)
+        try:
+            dirs[0].mkdir(mode=mode)
+        except FileExistsError:
+            pass  # an operator's own mode is kept
+        else:
+            dirs[0].chmod(mode)  # the umask may have taken bits the mode asked for; it never adds any
+    return dirs
+
+
+def _import_source(name: str) -> str:
+    return str(fileops.resolve_inside(name, transfer_dirs("import"), what="source_path", where="import directories"))
+
+
+def _export_target(name: str) -> str:
+    return str(fileops.resolve_inside(name or ".", transfer_dirs("export"), what="target_dir",
+                                      where="export directories", kind="dir"))
+
+
 # ---- templates ---------------------------------------------------------------------------------------------
 @router.post("/templates/{template_id}/import", response_model=s.JobOut, status_code=202)
 def import_template(template_id: str, payload: ImportIn, session: DbSession, who: TemplatesWrite) -> Any:
-    """Import a qcow2/raw file on the manager host as the template's next version (a job with progress)."""
+    """Import a qcow2/raw file from an import directory (VDI_IMPORT_DIRS), named relative to it, as the
+    template's next version (a job with progress)."""
     template = service.get_template(session, template_id)
     return _job(service.import_template_image(
-        session, template, source_path=payload.source_path, source_format=payload.format,
+        session, template, source_path=_import_source(payload.source_path), source_format=payload.format,
         storage_domain_id=payload.storage_domain_id, version_name=payload.version_name, actor=who.name))
 
 
@@ -191,11 +223,12 @@ def check_version(template_id: str, version_id: str, session: DbSession, who: Te
 @router.post("/templates/{template_id}/versions/{version_id}/export", response_model=s.JobOut, status_code=202)
 def export_version(template_id: str, version_id: str, payload: ExportIn, session: DbSession,
                    who: TemplatesWrite) -> Any:
-    """Archive the version's image to a directory on the manager host (a job)."""
+    """Archive the version's image into an export directory (VDI_EXPORT_DIRS) as a 0640 file (a job)."""
     template = service.get_template(session, template_id)
     version = service.get_version(session, template, version_id)
     volume = service.version_volume(session, version)
-    return _job(service.export_image(session, volume, payload.target_dir, label=f"{template.name}-v{version.number}",
+    return _job(service.export_image(session, volume, _export_target(payload.target_dir),
+                                     label=f"{template.name}-v{version.number}",
                                      out_format=payload.format, compress=payload.compress, actor=who.name,
                                      template_id=template.id))
 
@@ -269,10 +302,11 @@ def check_desktop(desktop_id: str, session: DbSession, who: DesktopsWrite) -> An
 
 @router.post("/desktops/{desktop_id}/export", response_model=s.JobOut, status_code=202)
 def export_desktop(desktop_id: str, payload: ExportIn, session: DbSession, who: DesktopsWrite) -> Any:
-    """Archive what the powered-off desktop's disk reads as one standalone file (a job)."""
+    """Archive what the powered-off desktop's disk reads as one standalone 0640 file in an export directory
+    (VDI_EXPORT_DIRS; a job)."""
     desktop = service.get_desktop(session, desktop_id)
     volume = service.active_volume(session, desktop)
-    return _job(service.export_image(session, volume, payload.target_dir, label=desktop.name,
+    return _job(service.export_image(session, volume, _export_target(payload.target_dir), label=desktop.name,
                                      out_format=payload.format, compress=payload.compress, actor=who.name,
                                      desktop=desktop))
 

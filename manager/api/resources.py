@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from core.enums import PoolType, Role
 from core.errors import Conflict, DuplicateName, InUse, Invalid
+from image_manager import fileops
 from manager.api import schemas as s
 from manager.api.crud import CrudResource
 from manager.api.search import compile_search
@@ -191,6 +192,35 @@ def _check_tag_parent(session: Session, tag: Tag, values: dict[str, Any], who: P
     return values
 
 
+def _check_boot_files(session: Session, values: dict[str, Any], domain_id: str | None,
+                      current: Template | None = None) -> dict[str, Any]:
+    """boot_kernel and boot_initrd name files inside the template's storage domain (relative to it, or absolute
+    inside it; symlinks followed before the check): QEMU is given them to read, so they must never be other files
+    of the host. Kept paths are checked again when the template moves to another storage domain."""
+    moved = current is not None and "storage_domain_id" in values and values["storage_domain_id"] != domain_id
+    domain_id = values.get("storage_domain_id", domain_id)
+    for field in ("boot_kernel", "boot_initrd"):
+        value = values.get(field, getattr(current, field, "") if moved else "")
+        if not value:
+            continue
+        domain = session.get(StorageDomain, domain_id) if domain_id else None
+        if domain is None:
+            raise Invalid(f"{field} must be a file inside the template's storage domain: give the template a "
+                          "storage_domain_id first")
+        values[field] = str(fileops.resolve_inside(value, [domain.path], what=field,
+                                                   where=f"template's storage domain {domain.name}"))
+    return values
+
+
+def _prepare_template(session: Session, values: dict[str, Any], who: Principal) -> dict[str, Any]:
+    return _check_boot_files(session, values, values.get("storage_domain_id"))
+
+
+def _prepare_template_update(session: Session, template: Template, values: dict[str, Any],
+                             who: Principal) -> dict[str, Any]:
+    return _check_boot_files(session, values, template.storage_domain_id, template)
+
+
 def _template_created(session: Session, template: Template, who: Principal) -> None:
     """A template starts with version 1 (its image is attached by the image manager's import)."""
     version = TemplateVersion(template_id=template.id, number=1, name="base version")
@@ -213,6 +243,7 @@ RESOURCES: list[CrudResource] = [
     CrudResource("templates", "template", Template, s.TemplateOut, s.TemplateIn,
                  s.partial(s.TemplateIn, "TemplatePatch"), "templates:read", "templates:write",
                  before_delete=_template_in_use, after_create=_template_created,
+                 prepare_create=_prepare_template, prepare_update=_prepare_template_update,
                  extra_event_fields=lambda t: {"template_id": t.id}),
     CrudResource("desktops", "desktop", Desktop, s.DesktopOut, s.DesktopIn, s.partial(s.DesktopIn, "DesktopPatch"),
                  "desktops:read", "desktops:write",
