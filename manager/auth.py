@@ -31,7 +31,6 @@ from manager.models import ApiToken, RoleAssignment, User, utcnow
 
 SESSION_COOKIE = "vdi_session"
 CSRF_HEADER = "x-csrf-token"
-CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PBKDF2_ITERATIONS = 120_000
 
