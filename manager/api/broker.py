@@ -15,7 +15,7 @@ from sqlalchemy import select
 import manager.provisioning  # noqa: F401  (registers the provisioning jobs)
 from broker import service, sessions
 from broker.console import ConsoleDescriptor, render_file
-from core.enums import PowerState, Protocol, SessionState, TaskState
+from core.enums import Protocol, SessionState
 from core.errors import Conflict, Invalid
 from event_manager.service import emit
 from manager.api import schemas as s
@@ -127,42 +127,18 @@ class SessionOut(s.Out):
     created_at: dt.datetime
 
 
-class MyDesktopOut(s.Out):
-    id: str
-    name: str
-    pool_id: str | None
-    pool_name: str | None = None
-    pool_type: str | None = None
-    how: str = Field(description="pool (assigned to you from a pool) | dedicated | entitled")
-    power_state: PowerState
-    task_state: TaskState | None = None
-    os_type: str
-    console_protocols: str
-    lease_until: dt.datetime | None
-    lease_limit: dt.datetime | None = Field(default=None, description="the latest your lease may be extended to")
-    session_id: str | None = Field(default=None, description="your live session on it (to log off)")
-    session_state: SessionState | None = None
-    maintenance: bool = Field(default=False, description="its host is in maintenance")
-    new_image_at_logoff: bool = Field(default=False, description="a new template version applies at next logoff")
-    in_use: bool = Field(default=False, description="a console client of yours is connected")
-    can_reboot: bool = False
-    can_reset: bool = Field(default=False, description="you may reset it to a clean desktop (automatic and "
-                                                       "time-based pools)")
-    can_extend: bool = Field(default=False, description="you may extend its lease (time-based pools with a limit)")
-
-
-class MyPoolOut(s.Out):
-    id: str
-    name: str
-    description: str
-    pool_type: str
-    free: int
-    size: int
-    holding: int = Field(description="desktops of this pool you hold")
-    max_desktops_per_user: int = 1
-    lease_seconds: int | None = None
-    max_lease_seconds: int | None = None
-    can_take: bool = Field(default=False, description="a desktop is free and you hold fewer than the pool allows")
+MyDesktopOut = s.out_of("MyDesktopOut", service.MyDesktop, {
+    "how": "pool (assigned to you from a pool) | dedicated | entitled",
+    "lease_limit": "the latest your lease may be extended to",
+    "session_id": "your live session on it (to log off)",
+    "maintenance": "its host is in maintenance",
+    "new_image_at_logoff": "a new template version applies at next logoff",
+    "in_use": "a console client of yours is connected",
+    "can_reset": "you may reset it to a clean desktop (automatic and time-based pools)",
+    "can_extend": "you may extend its lease (time-based pools with a limit)",
+})
+MyPoolOut = s.out_of("MyPoolOut", service.MyPool, {"holding": "desktops of this pool you hold"},
+                     can_take=(bool, Field(description="a desktop is free and you hold fewer than the pool allows")))
 
 
 class LeaseOut(s.Out):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import Field, create_model
+from pydantic import Field
 
 from core.errors import Invalid, TooLarge
 from image_manager.errors import StorageFull
@@ -50,8 +50,7 @@ class SnapshotIn(s.In):
 
 
 # The fields of image_manager.service.SnapshotInfo (listed there only), validated from its attributes.
-SnapshotOut = create_model("SnapshotOut", __base__=s.Out,
-                           **{name: (hint, ...) for name, hint in get_type_hints(service.SnapshotInfo).items()})
+SnapshotOut = s.out_of("SnapshotOut", service.SnapshotInfo)
 
 
 class SnapshotCreated(s.Out):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
@@ -24,6 +24,17 @@ class In(BaseModel):
 
 class Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
+
+
+def out_of(name: str, source: type, descriptions: dict[str, str] | None = None,
+           **extra: Any) -> type[Out]:
+    """The reply schema of a service's dataclass: its fields as they are typed there (so a field added to the
+    service cannot be missing from the API), with OpenAPI `descriptions` by field name; `extra` adds fields the
+    dataclass computes (properties), as (type, FieldInfo) pairs."""
+    described = descriptions or {}
+    fields = {field: (hint, Field(description=described.get(field)))
+              for field, hint in get_type_hints(source).items()}
+    return create_model(name, __base__=Out, **fields, **extra)
 
 
 def partial(model: type[In], name: str) -> type[In]:
