@@ -8,7 +8,7 @@ APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q -o DPkg::Loc
 
 # Debian packages: building libvirt-python, real guests (QEMU TCG, qemu-img), the demo image, the browser tests.
 RUN_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
-	qemu-system-x86 qemu-utils dnsmasq-base cpio busybox-static e2fsprogs
+	qemu-system-x86 qemu-utils dnsmasq-base cpio busybox-static e2fsprogs nodejs npm
 TEST_PACKAGES := $(RUN_PACKAGES) postgresql postgresql-client redis-server redis-tools iproute2 \
 	chromium chromium-driver
 
@@ -35,7 +35,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[node,test]'
 	@touch $@
 
-venv: $(VENV)/.installed
+# The browser console's one third-party front-end package (noVNC), pinned by the lock file; served as-is.
+NPM_DIR := manager/web/vendor
+$(NPM_DIR)/node_modules/.installed: $(NPM_DIR)/package.json $(NPM_DIR)/package-lock.json
+	cd $(NPM_DIR) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+venv: $(VENV)/.installed $(NPM_DIR)/node_modules/.installed
 
 services:
 	bash scripts/services.sh postgres redis libvirtd
