@@ -6,9 +6,12 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends
 
-# Debian packages: building libvirt-python, real guests (QEMU TCG, qemu-img), the demo image, the browser tests.
+# Debian packages: building libvirt-python, real guests (QEMU TCG, qemu-img), the demo image, the browser console's
+# noVNC (npm only when none is on the PATH: NodeSource's nodejs brings its own, which Debian's npm conflicts with),
+# the browser tests.
 RUN_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
-	qemu-system-x86 qemu-utils dnsmasq-base cpio busybox-static e2fsprogs nodejs npm
+	qemu-system-x86 qemu-utils dnsmasq-base cpio busybox-static e2fsprogs nodejs \
+	$(shell command -v npm >/dev/null || echo npm)
 TEST_PACKAGES := $(RUN_PACKAGES) postgresql postgresql-client redis-server redis-tools iproute2 \
 	chromium chromium-driver
 
