@@ -131,7 +131,6 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": "unavailable", "detail": "the database is unavailable; try again shortly"},
                             status_code=503)
 
-    @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         incident = uuid.uuid4().hex[:12]
         log.exception("unhandled error (incident %s)", incident)
@@ -139,3 +138,34 @@ def install_error_handlers(app: FastAPI) -> None:
             return render_error(request, VdiError(f"internal error; the manager log has incident {incident}"))
         return JSONResponse({"error": "internal", "detail": f"internal error; the manager log has incident {incident}"},
                             status_code=500)
+
+    app.add_middleware(CatchAll, handler=_unexpected)
+
+
+class CatchAll:
+    """Turns an exception nothing else handled into `handler`'s answer (a 500 naming an incident, logged once).
+    Not registered as Starlette's `Exception` handler: that one runs in ServerErrorMiddleware, which sends the
+    answer and then re-raises, so uvicorn logs the error a second time and closes the keep-alive connection,
+    failing the client's next request on it. Here the exception ends with the answer."""
+
+    def __init__(self, app: Any, *, handler: Any) -> None:
+        self.app, self.handler = app, handler
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:
+            if started:  # half an answer is out: only closing the connection tells the client (uvicorn logs it)
+                raise
+            response = await self.handler(Request(scope, receive), exc)
+            await response(scope, receive, send)
