@@ -18,13 +18,12 @@ from core.enums import Protocol
 TICKET_BYTES = 18  # 24 URL-safe characters
 RDP_PORT = 3389
 
-# virt-viewer hotkeys: the ones users need to leave a full-screen console.
+# virt-viewer hotkeys: the ones users need to leave a full-screen console. No smartcard-insert/-remove: Debian 12's
+# remote-viewer 11.0 aborts on them ("free(): double free", exit 134) before it connects.
 HOTKEYS = {
     "toggle-fullscreen": "shift+f11",
     "release-cursor": "shift+f12",
     "secure-attention": "ctrl+alt+end",
-    "smartcard-insert": "shift+f8",
-    "smartcard-remove": "shift+f9",
 }
 
 
@@ -49,17 +48,25 @@ class ConsoleDescriptor:
     title: str = ""
     fullscreen: bool = False
     usb_redirect: bool = True
+    proxy: str = ""  # SPICE through an HTTP CONNECT proxy, e.g. http://proxy:3128
+    ca: str = ""  # PEM of the CA that signed the host's SPICE TLS certificate (with tls_port)
+    host_subject: str = ""  # the subject the host's certificate must carry, e.g. "CN=host1"
 
     def to_dict(self) -> dict:
         return {"protocol": self.protocol.value, "host": self.host, "port": self.port, "tls_port": self.tls_port,
                 "password": self.password, "expires_at": self.expires_at.isoformat() if self.expires_at else None,
                 "desktop_id": self.desktop_id, "desktop_name": self.desktop_name, "username": self.username,
-                "title": self.title or self.desktop_name}
+                "title": self.title or self.desktop_name, "proxy": self.proxy}
 
 
 def _ini_value(value: object) -> str:
     """One line, no control characters: a value must not be able to start a new key or section."""
     return re.sub(r"[\x00-\x1f\x7f]", " ", str(value))
+
+
+def _keyfile_string(value: str) -> str:
+    """A multi-line value as one GKeyFile string (virt-viewer reads the .vv with GKeyFile): escapes, no newline."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "")
 
 
 def render_vv(desc: ConsoleDescriptor) -> str:
@@ -72,6 +79,10 @@ def render_vv(desc: ConsoleDescriptor) -> str:
         lines.append(f"port={int(desc.port)}")
     if desc.tls_port is not None:
         lines.append(f"tls-port={int(desc.tls_port)}")
+        if desc.ca:
+            lines.append(f"ca={_keyfile_string(desc.ca)}")
+        if desc.host_subject:
+            lines.append(f"host-subject={_ini_value(desc.host_subject)}")
     if desc.password is not None:
         lines.append(f"password={_ini_value(desc.password)}")
     lines += [
@@ -83,6 +94,8 @@ def render_vv(desc: ConsoleDescriptor) -> str:
     if desc.protocol == Protocol.SPICE:
         lines += [f"enable-usbredir={1 if desc.usb_redirect else 0}", "enable-smartcard=0",
                   "enable-usb-autoshare=1"]
+        if desc.proxy:
+            lines.append(f"proxy={_ini_value(desc.proxy)}")
     return "\n".join(lines) + "\n"
 
 

@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=64 << 30, ge=1 << 20, description="the largest image upload "
                                   "(POST /templates/{id}/upload, streamed to disk)")
     ticket_seconds: int = Field(default=120, ge=5, le=86400)
+    spice_proxy: str = Field(default="", pattern=r"^(http://[A-Za-z0-9.:\[\]-]+:[0-9]{1,5})?$",
+                             description="an HTTP CONNECT proxy that clients outside the hypervisors' network reach "
+                             "the displays through, e.g. http://proxy.example.com:3128 (the .vv file's proxy=); "
+                             "`vdi spice-proxy` is one; empty = clients connect to the hosts directly")
+    display_ports: str = Field(default="5900-65535", pattern=r"^[0-9]{1,5}-[0-9]{1,5}$",
+                               description="the hosts' display port range (libvirt's remote_display_port_min-max); "
+                               "`vdi spice-proxy` opens tunnels to these ports only")
     session_hours: int = Field(default=12, ge=1, le=24 * 30, description="a browser session's (and a login "
                                "token's) lifetime")
     api_token_max_days: int = Field(default=90, ge=1, le=3650, description="the longest an API token lives "

@@ -35,11 +35,13 @@ def _intended_specs(session: Session, host: Host) -> dict[str, Any]:
         .join(Template, TemplateVersion.template_id == Template.id)
         .join(Volume, Desktop.volume_id == Volume.id)
         .where(Desktop.host_id == host.id, Desktop.task_state.is_(None))).all()
-    return {desktop.id: desktop_spec(desktop, template, path) for desktop, template, path in rows}
+    return {desktop.id: desktop_spec(desktop, template, path, host.display_listen) for desktop, template, path in rows}
 
 
-def reconcile_host(host_id: str) -> dict[str, Any]:
-    """Bring one host in line with the database. Returns what was fixed and what was found."""
+def reconcile_host(host_id: str, *, redefine_known: bool = False) -> dict[str, Any]:
+    """Bring one host in line with the database. Returns what was fixed and what was found. `redefine_known`: define
+    again the desktops libvirt already knows too (after the host's display address changed: each domain's displays
+    listen on the new address from its next start)."""
     with db.session_scope() as session:
         host = session.get(Host, host_id)
         if host is None:
@@ -48,13 +50,13 @@ def reconcile_host(host_id: str) -> dict[str, Any]:
         intended = _intended_specs(session, host)
         host_name = host.name
     reported = {d["uuid"] if isinstance(d, dict) else d.uuid: d for d in nodes.client(target).list_domains()}
-    redefined, failed = [], {}
+    redefined, updated, failed = [], [], {}
     for desktop_id, spec in intended.items():
-        if desktop_id in reported:
+        if desktop_id in reported and not redefine_known:
             continue
         try:
             nodes.define(target, spec)
-            redefined.append((desktop_id, spec.name))
+            (updated if desktop_id in reported else redefined).append((desktop_id, spec.name))
         except VdiError as exc:
             failed[spec.name] = exc.message
     unknown_ids = set(reported) - set(intended)
@@ -76,9 +78,10 @@ def reconcile_host(host_id: str) -> dict[str, Any]:
     if redefined or failed or unknown:
         log.warning("reconciled host %s: %d redefined, %d failed, %d unknown", host_name, len(redefined),
                     len(failed), len(unknown))
-    return {"redefined": [name for _, name in redefined], "failed": failed, "unknown": unknown}
+    return {"redefined": [name for _, name in redefined], "updated": [name for _, name in updated], "failed": failed,
+            "unknown": unknown}
 
 
 @task("hosts.reconcile")
-def reconcile_host_job(ctx: JobContext, host_id: str) -> dict[str, Any]:
-    return reconcile_host(host_id)
+def reconcile_host_job(ctx: JobContext, host_id: str, redefine_known: bool = False) -> dict[str, Any]:
+    return reconcile_host(host_id, redefine_known=redefine_known)

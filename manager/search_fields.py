@@ -677,6 +677,7 @@ EXEMPT: dict[type, dict[str, str]] = {
         "agent_token_sha256": "secret (the node token's digest)",
         "agent_token_sealed": "secret (the node token, sealed)",
         "libvirt_uri": "connection detail of the node agent",
+        "display_address": "console connection detail (search the management address)",
         "domain_types": "hypervisor capability flags reported by the node, not an inventory attribute",
         "ksm_pages_shared": "a raw KSM counter",
         "ksm_pages_sharing": "a raw KSM counter",

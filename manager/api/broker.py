@@ -91,6 +91,7 @@ class ConsoleOut(s.Out):
     desktop_name: str
     username: str = ""
     title: str = ""
+    proxy: str = Field(default="", description="the HTTP CONNECT proxy a SPICE client goes through (empty: none)")
 
 
 class FileOut(s.Out):

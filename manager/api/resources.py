@@ -15,6 +15,7 @@ from manager.api.crud import CrudResource
 from manager.api.search import compile_search
 from manager.auth import Principal, hash_password, revoke_tokens
 from manager.identity.superusers import keep_a_superuser
+from manager.jobs import enqueue
 from manager.models import (Bookmark, Cluster, Desktop, Entitlement, Group, Host, Pool, RoleAssignment,
                             StorageDomain, Tag, Template, TemplateVersion, User, Volume)
 
@@ -79,6 +80,15 @@ def _prepare_host(session: Session, values: dict[str, Any], who: Principal) -> d
     if not values.get("agent_token"):
         values["agent_token"] = secrets.token_urlsafe(32)
     return values
+
+
+def _host_updated(session: Session, host: Host, values: dict[str, Any]) -> None:
+    """A new display address reaches the host's domains: they are defined again (a job), and listen on it from
+    their next start."""
+    if {"address", "display_address"} & values.keys() and host.agent_url:
+        enqueue(session, "hosts.reconcile", params={"host_id": host.id, "redefine_known": True},
+                description=f"apply the display address {host.console_address or '(none)'} to host {host.name}",
+                target_kind="host", target_id=host.id)
 
 
 def _prepare_user(session: Session, values: dict[str, Any], who: Principal) -> dict[str, Any]:
@@ -235,6 +245,7 @@ RESOURCES: list[CrudResource] = [
                  "hosts:read", "hosts:write", before_delete=_cluster_in_use),
     CrudResource("hosts", "host", Host, s.HostOut, s.HostIn, s.partial(s.HostIn, "HostPatch"),
                  "hosts:read", "hosts:write", before_delete=_host_in_use, prepare_create=_prepare_host,
+                 after_update=_host_updated,
                  sortable=("name", "created_at", "cpu_usage", "mem_usage", "status", "free_memory_mib"),
                  created_out=s.HostCreated, extra_event_fields=lambda h: {"host_id": h.id}),
     CrudResource("storage-domains", "storage domain", StorageDomain, s.StorageDomainOut, s.StorageDomainIn,

@@ -74,10 +74,18 @@ class ClusterOut(Out):
     created_at: dt.datetime
 
 
+# A host name (RFC 1123 labels) or an IPv4/IPv6 literal.
+NetAddress = r"^(([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|[0-9A-Fa-f:.]+)?$"
+
+
 class HostIn(In):
     name: Name
     cluster_id: Id
     address: Annotated[str, Field(max_length=255)] = ""
+    display_address: Annotated[str, Field(
+        max_length=255, pattern=NetAddress,
+        description="where the guests' SPICE/VNC displays listen and what a .vv names, reachable by clients (an IP "
+                    "address; a host name makes the displays listen on every address); empty: the address")] = ""
     agent_url: Annotated[str, Field(max_length=1024, pattern=r"^(https?://.+)?$")] = ""
     agent_token: Annotated[str | None, Field(min_length=16, max_length=255,
                                              description="the node's bearer secret; generated when omitted")] = None
@@ -90,6 +98,7 @@ class HostOut(Out):
     name: str
     cluster_id: str
     address: str
+    display_address: str
     agent_url: str
     libvirt_uri: str
     status: HostStatus

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -29,6 +30,8 @@ class Host(IdMixin, CreatedMixin, Base):
     name: Mapped[str] = mapped_column(String(255), unique=True)
     cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id", ondelete="RESTRICT"), index=True)
     address: Mapped[str] = mapped_column(String(255), default="")
+    # Where the guests' SPICE and VNC displays listen and what a .vv names ("" = the management address).
+    display_address: Mapped[str] = mapped_column(String(255), default="", server_default="")
     agent_url: Mapped[str] = mapped_column(String(1024), default="")
     # The per-node bearer secret (both directions) is not in the database: only its SHA-256 (to verify the node)
     # and its sealed form (to call the node, opened with the node key file); see manager.node_secrets.
@@ -73,6 +76,23 @@ class Host(IdMixin, CreatedMixin, Base):
         from manager.node_secrets import verify
 
         return verify(presented, self.agent_token_sha256)
+
+    @property
+    def console_address(self) -> str:
+        """The address a console client is given: the display address, else the management address."""
+        return self.display_address or self.address
+
+    @property
+    def display_listen(self) -> str:
+        """The IP the guests' displays listen on: the console address when it is an IP literal, every address
+        (0.0.0.0) when it is a host name, loopback only when the host has no address at all."""
+        address = self.console_address
+        if not address:
+            return "127.0.0.1"
+        try:
+            return str(ipaddress.ip_address(address))
+        except ValueError:
+            return "0.0.0.0"
 
 
 class StorageDomain(IdMixin, CreatedMixin, Base):

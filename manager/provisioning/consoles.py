@@ -56,11 +56,13 @@ def issue(target: NodeTarget | None, *, desktop_id: str, desktop_name: str, prot
         raise Conflict(f"desktop {desktop_name} shows no {protocol.value} display (is it running?); start it "
                        "and connect again")
     listen = display.get("listen")
-    host = listen if listen not in _WILDCARDS else (target.address or urlparse(target.url).hostname or "127.0.0.1")
+    host = listen if listen not in _WILDCARDS else (target.console_address or urlparse(target.url).hostname
+                                                    or "127.0.0.1")
     expires = _parse_valid_to(valid_to, utcnow() + dt.timedelta(seconds=valid_seconds))
     return ConsoleDescriptor(protocol, host, int(display["port"]), desktop_id, desktop_name, password=password,
                              expires_at=expires, tls_port=display.get("tls_port") or None, username=username,
-                             fullscreen=fullscreen)
+                             fullscreen=fullscreen,
+                             proxy=get_settings().spice_proxy if protocol == Protocol.SPICE else "")
 
 
 def issue_for_desktop(session: Session, desktop: Any, protocol: Protocol, *, username: str,

@@ -32,7 +32,7 @@ class NodeTarget:
     host_name: str
     url: str
     token: str = ""
-    address: str = ""
+    console_address: str = ""  # what a .vv names (Host.console_address)
 
     def __repr__(self) -> str:  # the token is a secret
         return f"NodeTarget({self.host_name} at {self.url})"
@@ -41,7 +41,8 @@ class NodeTarget:
 def target_of_host(host: Host) -> NodeTarget:
     if not host.agent_url:
         raise Unavailable(what=f"host {host.name}", reason="it has no node agent URL configured")
-    return NodeTarget(host.id, host.name, host.agent_url.rstrip("/"), host.agent_token, host.address)
+    return NodeTarget(host.id, host.name, host.agent_url.rstrip("/"), host.agent_token,
+                      host.console_address)
 
 
 def target_of_desktop(session: Session, desktop: Desktop) -> NodeTarget:

@@ -178,20 +178,21 @@ def plan_desktops(session: Session, requests: Sequence[DesktopRequest], *, polic
             if session.get(User, user_id) is None:
                 raise Invalid(f"user_ids: user {user_id} does not exist")
             session.add(Assignment(desktop_id=desktop.id, user_id=user_id, kind="dedicated"))
-        spec = desktop_spec(desktop, template, str(disk))
+        spec = desktop_spec(desktop, template, str(disk), host.display_listen)
         out.append(Planned(desktop.id, desktop.name, nodes.target_of_host(host), spec, template_volume.path,
                            str(disk), req.disk_size_gib * 1024 ** 3 if req.disk_size_gib else None))
     session.flush()
     return out
 
 
-def desktop_spec(desktop: Desktop, template: Template, disk_path: str) -> DesktopSpec:
-    """What a node needs to define this desktop's domain (the designer decides the XML)."""
+def desktop_spec(desktop: Desktop, template: Template, disk_path: str, display_listen: str) -> DesktopSpec:
+    """What a node needs to define this desktop's domain (the designer decides the XML); its displays listen on
+    `display_listen` (the host's Host.display_listen)."""
     return DesktopSpec(uuid=desktop.id, name=desktop.name, vcpus=desktop.cpus, memory_mib=desktop.memory_mib,
                        disk_path=disk_path, os_type=desktop.os_type.value, monitors=desktop.monitors,
                        kernel=template.boot_kernel or None, initrd=template.boot_initrd or None,
                        cmdline=_cmdline(template.boot_cmdline, desktop.name) if template.boot_kernel else None,
-                       serial_log=str(Path(disk_path).parent / "serial.log"))
+                       serial_log=str(Path(disk_path).parent / "serial.log"), spice_listen=display_listen)
 
 
 def _cmdline(base: str, name: str) -> str:

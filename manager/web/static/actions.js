@@ -541,6 +541,10 @@
         await api("POST", `${base}/maintenance`, values(form));
         reload();
       },
+      async display(form) {
+        await api("PATCH", base, values(form));
+        reload();
+      },
     });
     root.querySelector("[data-host-op=activate]")?.addEventListener("click", async (event) => {
       try {

@@ -130,7 +130,7 @@ def live_desk(host_cluster_factory, demo_image, settings_env, pg_engine, clean_d
         session.add(desktop)
         session.flush()
         (volume,) = service.create_desktop_disks(session, [desktop])
-        spec = desktop_spec(desktop, session.get(Template, template_id), volume.path)
+        spec = desktop_spec(desktop, session.get(Template, template_id), volume.path, "127.0.0.1")
         target = nodes.target_of_desktop(session, desktop)
         desktop_id = desktop.id
     nodes.define(target, spec)  # as provisioning does: the agent stamps the domain as ours

@@ -76,3 +76,23 @@ def test_render_file_picks_the_format_and_a_safe_name():
 
 def test_repr_hides_the_password():
     assert "s3cret" not in repr(spice())
+
+
+def test_vv_has_no_smartcard_hotkeys_remote_viewer_11_aborts_on():
+    """Debian 12's remote-viewer 11.0 dies with "free(): double free" on smartcard-insert/-remove (issue 21)."""
+    vv = parse_ini(render_vv(spice()))
+    assert not [key for key in vv if key.startswith("smartcard-")]
+
+
+def test_vv_names_the_proxy_for_spice():
+    assert parse_ini(render_vv(spice(proxy="http://proxy.example:3128")))["proxy"] == "http://proxy.example:3128"
+    assert "proxy" not in parse_ini(render_vv(spice()))
+
+
+def test_vv_carries_the_ca_as_one_escaped_line_with_tls():
+    pem = "-----BEGIN CERTIFICATE-----\nMIIBabc\n-----END CERTIFICATE-----\n"
+    text = render_vv(spice(tls_port=5903, ca=pem, host_subject="CN=host1"))
+    vv = parse_ini(text)
+    assert vv["ca"] == pem.replace("\n", "\\n")  # GKeyFile turns \n back into newlines
+    assert vv["host-subject"] == "CN=host1" and vv["tls-port"] == "5903"
+    assert "ca" not in parse_ini(render_vv(spice(ca=pem)))  # no TLS port: no CA either

@@ -15,7 +15,10 @@ def facts(session: Session, h: Host, who: Principal) -> list[Fact]:
     cluster = related_object(session, "clusters", h.cluster_id, who)
     return [
         Fact("Status", h.status, "state"), Fact("Cluster", cluster.name if cluster else h.cluster_id),
-        Fact("Address", h.address), Fact("Node agent", h.agent_url, "code"),
+        Fact("Address", h.address),
+        Fact("Display address", h.display_address or (f"{h.address} (the address)" if h.address else ""),
+             optional=True),
+        Fact("Node agent", h.agent_url, "code"),
         Fact("Libvirt URI", h.libvirt_uri, "code", optional=True),
         Fact("CPUs", h.cpus), Fact("CPU model", h.cpu_model), Fact("CPU use", h.cpu_usage, "percent"),
         Fact("Memory", h.memory_mib, "mib"), Fact("Free memory", h.free_memory_mib, "mib"),
