@@ -27,7 +27,7 @@ from sqlalchemy import and_, bindparam, case, exists, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from broker.entitlement import pool_entitlement
-from broker.errors import NotEntitled, PoolClosed, TooManyDesktops
+from broker.errors import PoolClosed, TooManyDesktops
 from core.enums import PoolType, PowerState, TaskState
 from core.errors import NotFound, PoolFull
 from core.ids import new_id
@@ -272,20 +272,21 @@ def take_from_pool(session: Session, user_id: str, by: str, key: str, *, new_des
     order and the guarantees): (a POOL_BRIEF row, Assigned).
 
     `new_desktop=True` asks for one more desktop than the user holds. `user_locked` says the transaction already
-    holds the user's lock (user_lock; on Postgres the connect route takes it as it authenticates). Raises NotFound,
-    NotEntitled when neither the user nor any of their groups is entitled, PoolClosed outside a time-based pool's
-    window, TooManyDesktops past max_desktops_per_user, PoolFull when no desktop is free. The caller commits; a
-    raise must roll the transaction back (a first look on Postgres may already have claimed a desktop).
+    holds the user's lock (user_lock; on Postgres the connect route takes it as it authenticates). Raises NotFound
+    when the pool is missing or neither the user nor any of their groups is entitled to it, PoolClosed outside a
+    time-based pool's window, TooManyDesktops past max_desktops_per_user, PoolFull when no desktop is free. The
+    caller commits; a raise must roll the transaction back (a first look on Postgres may already have claimed a
+    desktop).
     """
     now = now or utcnow()
     if not user_locked:
         lock_user(session, user_id)
     start = new_id()  # where a pick starts among the pool's free desktops (see _locked_pick)
     pool, mine = _first_look(session, user_id, by, key, new_desktop=new_desktop, start=start, now=now)
-    if pool is None:
-        raise NotFound(kind="pool", id=key)
-    if not pool.entitled:
-        raise NotEntitled(target=f"pool {pool.name}")
+    if pool is None or not pool.entitled:
+        # A pool the user may not use does not exist for them, as in oVirt's filtered API: one answer for both, so
+        # that a user cannot learn which pools exist by asking.
+        raise NotFound(f"pool {key} does not exist or you are not entitled to it; ask an administrator for access")
     check_window(pool, now)
     lease_until = lease_end(pool, now)
     claimed = next((d for how, d in mine if how == "new"), None)

@@ -1,12 +1,7 @@
 """The broker's typed errors (core.errors families, so the API renders them as {"error", "detail"})."""
 from __future__ import annotations
 
-from core.errors import BadRequest, Conflict, Forbidden, GatewayTimeout
-
-
-class NotEntitled(Forbidden):
-    code = "not_entitled"
-    msg_fmt = "you are not entitled to {target}; ask an administrator for access"
+from core.errors import BadRequest, Conflict, GatewayTimeout
 
 
 class NoCommonProtocol(Conflict):

@@ -101,8 +101,9 @@ def connect(session: Session, who: Caller, target: ConnectTarget, client: Client
     transaction is held while a desktop boots or a node is called); the result is final.
 
     `user_locked`: the caller's transaction already holds the user's row lock (the API's connect takes it as it
-    authenticates); otherwise the pool's take locks it. Raises NotFound, NotEntitled, PoolClosed, PoolFull,
-    TooManyDesktops, NoCommonProtocol, BadConnectRequest, DesktopStartTimeout and node errors."""
+    authenticates); otherwise the pool's take locks it. Raises NotFound (also for a pool the user is not entitled
+    to), PoolClosed, PoolFull, TooManyDesktops, NoCommonProtocol, BadConnectRequest, DesktopStartTimeout and node
+    errors."""
     now = now or utcnow()
     client_protocols = list(client.protocols)
 

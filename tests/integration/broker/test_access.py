@@ -36,9 +36,40 @@ def test_entitlement_through_nested_groups_and_cycles(world, anon_client):
     assert ok.status_code == 200, ok.text
     refused = anon_client.post(f"{API}/broker/connect", json={"pool_id": pool_id, "client": RDP},
                                headers=bearer(outside_token))
-    assert refused.status_code == 403 and refused.json()["error"] == "not_entitled"
+    assert refused.status_code == 404 and refused.json()["error"] == "not_found"  # not entitled: not there for ivan
     assert [p["id"] for p in anon_client.get(f"{API}/me/pools", headers=bearer(inside_token)).json()] == [pool_id]
     assert anon_client.get(f"{API}/me/pools", headers=bearer(outside_token)).json() == []
+
+
+def test_a_pool_a_user_may_not_use_answers_as_a_missing_one(world, anon_client):
+    """Issue 22 item 11: a plain user could tell a real pool (403 not_entitled) from a missing one (404). Every
+    route a User can call with a pool in it answers the same for a pool they may not use as for none."""
+    import uuid
+
+    from manager.api.guard import api_routes
+
+    world.hosts(1)
+    pool_id = world.pool(1, os_type="windows_11", protocols="rdp", ip_prefix="10.4")
+    _, token = world.user("lena")
+    missing = str(uuid.uuid4())
+    with_pool = [(path, method) for path, route in api_routes(anon_client.app) if "{pool_id}" in path
+                 for method in sorted(getattr(route, "methods", None) or ())]
+    assert with_pool, "no route names a pool"
+    for path, method in with_pool:
+        answers = [anon_client.request(method, path.replace("{pool_id}", p), json={}, headers=bearer(token))
+                   for p in (pool_id, missing)]
+        assert answers[0].status_code == answers[1].status_code, (method, path, answers[0].text)
+    from manager import db
+    from manager.models import Pool
+
+    with db.session_scope() as s:
+        name = s.get(Pool, pool_id).name
+    for key, real, absent in [("pool_id", pool_id, missing), ("pool", name, "no-such-pool")]:
+        answers = [anon_client.post(f"{API}/broker/connect", json={key: value, "client": RDP}, headers=bearer(token))
+                   for value in (real, absent)]
+        assert [a.status_code for a in answers] == [404, 404], [a.text for a in answers]
+        # the same words, but for the key the user gave
+        assert answers[0].json() == {k: v.replace(absent, real) for k, v in answers[1].json().items()}
 
 
 def test_a_user_cannot_see_or_reach_another_users_desktop(world, anon_client):
