@@ -127,6 +127,12 @@ class PoolFull(Conflict):
     msg_fmt = "pool {pool} is full: {in_use} of {size} desktops in use"
 
 
+class NotPlaced(Conflict):
+    code = "not_placed"
+    msg_fmt = ("desktop {desktop} is on no host ({why}), so nothing can run it; deprovision it and provision it "
+               "again to place it on a host that is up")
+
+
 class NoHostAvailable(Conflict):
     code = "no_host"
     msg_fmt = "no host can run {what}: {reason}"

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from core.enums import HostStatus, PowerState
-from core.errors import NodeUnreachable, Unavailable
+from core.errors import NodeUnreachable, NotPlaced, Unavailable
 from core.specs import DesktopSpec
 from manager.models import Desktop, Host
 
@@ -46,12 +46,11 @@ def target_of_host(host: Host) -> NodeTarget:
 
 
 def target_of_desktop(session: Session, desktop: Desktop) -> NodeTarget:
-    """The node of a placed desktop. Raises Unavailable if it has no host or the host cannot be used."""
-    if desktop.host_id is None:
-        raise Unavailable(what=f"desktop {desktop.name}", reason="it is not placed on a host yet")
-    host = session.get(Host, desktop.host_id)
-    if host is None:
-        raise Unavailable(what=f"desktop {desktop.name}", reason="its host no longer exists")
+    """The node of a placed desktop. Raises NotPlaced (409) if it has no host, Unavailable if the host cannot be
+    used."""
+    host = session.get(Host, desktop.host_id) if desktop.host_id is not None else None
+    if host is None:  # never placed, or its host was removed (the reference is then cleared)
+        raise NotPlaced(desktop=desktop.name, why="it was never placed, or its host was removed")
     if host.status in (HostStatus.MAINTENANCE, HostStatus.NON_RESPONSIVE, HostStatus.ERROR):
         raise NodeUnreachable(host=host.name, reason=f"the host is {host.status.value}")
     return target_of_host(host)

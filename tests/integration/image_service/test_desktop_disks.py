@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from core.enums import PoolType, PowerState, SessionState, TaskState
-from core.errors import Conflict, DesktopBusy, DuplicateName, Unavailable
+from core.errors import Conflict, DesktopBusy, DuplicateName, NotPlaced
 from image_manager import qcow2, qemu_img, service
 from manager import db
 from manager.models import Desktop, DesktopSession, Pool, Snapshot, Template, TemplateVersion, User, Volume
@@ -150,7 +150,7 @@ def test_disk_changes_need_the_desktop_down_and_idle(env):
         session.rollback()
     # a running desktop's snapshot is taken live by its host (test_live_snapshots.py): it needs one
     with db.session_scope() as session:
-        with pytest.raises(Unavailable, match="not placed on a host"):
+        with pytest.raises(NotPlaced, match="on no host"):
             service.create_snapshot(session, _desktop(session, desktop_id), "s1")
         session.rollback()
     with db.session_scope() as session:
