@@ -15,13 +15,14 @@ from core.enums import HostStatus, PowerState, Severity
 from core.specs import DomainStats, HostCaps
 from event_manager.service import emit
 from manager.jobs import enqueue
-from manager.models import Desktop, Host, utcnow
+from manager.models import Desktop, Event, Host, utcnow
 
 _STATES = {s.value for s in PowerState}
 
 
 def ingest_heartbeat(session: Session, host: Host, payload: dict[str, Any]) -> dict[str, int]:
-    """Store one heartbeat. Returns counts of updated desktops, state transitions and unknown domains."""
+    """Store one heartbeat. Returns counts of updated desktops, state transitions, unknown domains and foreign ones
+    (desktops placed on another host: ignored)."""
     now = utcnow()
     caps = HostCaps.from_dict(payload.get("caps") or {"hostname": host.name, "domain_types": [], "cpus": 0,
                                                       "memory_mib": 0, "free_memory_mib": 0})
@@ -55,8 +56,13 @@ def ingest_heartbeat(session: Session, host: Host, payload: dict[str, Any]) -> d
     # also says which those were. What remains is a transition or a domain we do not know: rare, looked up.
     steady = _write_steady_stats(session, host.id, by_id, states)
     rest = [i for i in by_id if i not in steady]
-    known = dict(session.execute(
-        select(Desktop.id, Desktop.power_state).where(Desktop.id.in_(rest))).all()) if rest else {}
+    found = session.execute(select(Desktop.id, Desktop.power_state, Desktop.host_id)
+                            .where(Desktop.id.in_(rest))).all() if rest else []
+    # A node speaks only for its own desktops (and adopts unplaced ones): a report of a desktop the database places
+    # on another host is refused, or one node's token could claim any desktop.
+    foreign = {r.id: r.host_id for r in found if r.host_id not in (None, host.id)}
+    _warn_foreign(session, host, foreign, by_id, now)
+    known = {r.id: r.power_state for r in found if r.id not in foreign}
     rows: list[dict[str, Any]] = []
     transitions = 0
     for desktop_id, old_state in known.items():
@@ -79,16 +85,36 @@ def ingest_heartbeat(session: Session, host: Host, payload: dict[str, Any]) -> d
     for row in (r for r in rows if "power_state" in r):  # transitions are rare: one statement each is fine
         session.execute(update(Desktop).where(Desktop.id == row.pop("id")).values(**row))
     return {"desktops": len(steady) + len(rows), "transitions": transitions,
-            "unknown": len(by_id) - len(steady) - len(known)}
+            "unknown": len(by_id) - len(steady) - len(known) - len(foreign), "foreign": len(foreign)}
+
+
+FOREIGN_WARNING_EVERY = dt.timedelta(minutes=10)
+
+
+def _warn_foreign(session: Session, host: Host, foreign: dict[str, str], by_id: dict[str, DomainStats],
+                  now: dt.datetime) -> None:
+    """A warning event per desktop that `host` reports but the database places elsewhere (a stale host still
+    running a desktop restarted on another, or a node speaking for desktops that are not its own), at most one per
+    host and desktop every FOREIGN_WARNING_EVERY: heartbeats come every few seconds."""
+    if not foreign:
+        return
+    warned = set(session.scalars(select(Event.desktop_id).where(
+        Event.code == "host.foreign_desktop", Event.host_id == host.id, Event.desktop_id.in_(list(foreign)),
+        Event.time > now - FOREIGN_WARNING_EVERY)))
+    for desktop_id in sorted(set(foreign) - warned):
+        emit(session, "host.foreign_desktop", f"host {host.name} reports desktop {by_id[desktop_id].name} "
+             f"({by_id[desktop_id].state}), which runs on another host; its report was ignored",
+             severity=Severity.WARNING, actor=host.name, desktop_id=desktop_id, host_id=host.id)
 
 
 # One constant statement (compiled once, cached) taking the figures as arrays: no per-row SQL. It writes only
-# desktops whose stored power state is the reported one and returns their ids.
+# desktops whose stored power state is the reported one, placed on this host or on none, and returns their ids.
 _PG_WRITE_STEADY_STATS = text(
     "UPDATE desktops AS d SET cpu_usage = r.cpu_usage, mem_usage = r.mem_usage, host_id = :host_id "
     "FROM unnest(CAST(:ids AS varchar[]), CAST(:cpu AS integer[]), CAST(:mem AS integer[]), "
     "CAST(:states AS varchar[])) AS r(id, cpu_usage, mem_usage, state) "
-    "WHERE d.id = r.id AND d.power_state = r.state RETURNING d.id")
+    "WHERE d.id = r.id AND d.power_state = r.state AND (d.host_id = :host_id OR d.host_id IS NULL) "
+    "RETURNING d.id")
 
 
 def _write_steady_stats(session: Session, host_id: str, by_id: dict[str, DomainStats],

@@ -3,7 +3,8 @@
 - A desktop the database places on the host but libvirt does not know (a host reinstalled, a test-driver host
   restarted, a definition lost) is defined again from the database: one event per desktop fixed.
 - A domain carrying our ownership stamp that the database does not know is reported (one event) and left alone:
-  a manager never destroys what it cannot account for.
+  a manager never destroys what it cannot account for. So is a domain of a desktop the database places on another
+  host (a node speaks only for its own desktops).
 - Power states come in with every heartbeat (manager.heartbeat) and are not touched here.
 Runs as the job "hosts.reconcile", which the heartbeat ingest enqueues when it sees a new agent start time.
 """
@@ -61,9 +62,15 @@ def reconcile_host(host_id: str, *, redefine_known: bool = False) -> dict[str, A
             failed[spec.name] = exc.message
     unknown_ids = set(reported) - set(intended)
     with db.session_scope() as session:
-        known_elsewhere = set(session.scalars(select(Desktop.id).where(Desktop.id.in_(unknown_ids)))) \
-            if unknown_ids else set()
-        unknown = sorted(unknown_ids - known_elsewhere)
+        known_elsewhere = dict(session.execute(select(Desktop.id, Desktop.host_id)
+                                               .where(Desktop.id.in_(unknown_ids))).all()) if unknown_ids else {}
+        unknown = sorted(unknown_ids - set(known_elsewhere))
+        # a desktop the database places on another host: this host's copy is not claimed, only reported
+        foreign = sorted(i for i, on in known_elsewhere.items() if on not in (None, host_id))
+        for desktop_id in foreign:
+            emit(session, "host.foreign_desktop", f"host {host_name} holds a domain of desktop {desktop_id}, which "
+                 "the database places on another host; left untouched", severity=Severity.WARNING,
+                 actor="manager", desktop_id=desktop_id, host_id=host_id)
         for desktop_id, name in redefined:
             emit(session, "desktop.redefined", f"desktop {name} was missing on host {host_name}; defined it again "
                  "from the database", severity=Severity.WARNING, actor="manager", desktop_id=desktop_id,
@@ -75,11 +82,11 @@ def reconcile_host(host_id: str, *, redefine_known: bool = False) -> dict[str, A
             emit(session, "host.unknown_domain", f"host {host_name} runs domain {domain_id} stamped by this "
                  "manager but unknown to the database; left untouched", severity=Severity.WARNING,
                  actor="manager", host_id=host_id)
-    if redefined or failed or unknown:
-        log.warning("reconciled host %s: %d redefined, %d failed, %d unknown", host_name, len(redefined),
-                    len(failed), len(unknown))
+    if redefined or failed or unknown or foreign:
+        log.warning("reconciled host %s: %d redefined, %d failed, %d unknown, %d placed elsewhere", host_name,
+                    len(redefined), len(failed), len(unknown), len(foreign))
     return {"redefined": [name for _, name in redefined], "updated": [name for _, name in updated], "failed": failed,
-            "unknown": unknown}
+            "unknown": unknown, "foreign": foreign}
 
 
 @task("hosts.reconcile")

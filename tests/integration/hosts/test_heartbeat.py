@@ -36,7 +36,7 @@ def test_heartbeat_stores_stats_and_transitions(client, anon_client):
     domains.append({"uuid": "ffffffff-0000-0000-0000-000000000000", "name": "foreign", "state": "up"})
     response = _beat(anon_client, host, domains)
     assert response.status_code == 200, response.text
-    assert response.json() == {"ok": True, "desktops": 3, "transitions": 3, "unknown": 1}
+    assert response.json() == {"ok": True, "desktops": 3, "transitions": 3, "unknown": 1, "foreign": 0}
     got = {d["name"]: d for d in client.get(f"{API}/desktops").json()["items"]}
     assert [got[f"d{i}"]["cpu_usage"] for i in range(3)] == [0, 10, 20]
     assert all(got[f"d{i}"]["power_state"] == "up" and got[f"d{i}"]["host_id"] == host["id"] for i in range(3))
@@ -52,7 +52,7 @@ def test_heartbeat_stores_stats_and_transitions(client, anon_client):
     # One desktop pauses while the others keep running: one transition, and everyone's figures are stored.
     domains[1]["state"], domains[1]["cpu_usage"], domains[2]["mem_usage"] = "paused", 0, 77
     assert _beat(anon_client, host, domains, seq=3).json() == {"ok": True, "desktops": 3, "transitions": 1,
-                                                                "unknown": 1}
+                                                                "unknown": 1, "foreign": 0}
     with db.session_scope() as session:
         ids = [d["id"] for d in desktops]
         stored = {d.name: d for d in session.scalars(select(Desktop).where(Desktop.id.in_(ids)))}
@@ -61,6 +61,32 @@ def test_heartbeat_stores_stats_and_transitions(client, anon_client):
         assert (stored["d2"].power_state.value, stored["d2"].mem_usage) == ("up", 77)
         assert session.scalar(select(func.count()).select_from(Event).where(
             Event.code == "desktop.state_changed", Event.desktop_id == desktops[1]["id"])) == 2
+
+
+def test_a_node_cannot_claim_another_hosts_desktop_through_its_heartbeat(client, anon_client):
+    """Issue 22 item 11: host vs-a's token reported vs-b's desktops and took them over (host_id, power state).
+    A node speaks only for its own desktops: the report is ignored and a warning event (one, not one per beat)
+    names the host."""
+    host, (theirs, running) = _host_and_desktops(client, n=2)
+    other = client.post(f"{API}/hosts", json={"name": "vs-b", "cluster_id": host["cluster_id"]}).json()
+    with db.session_scope() as session:
+        for desktop_id, state in ((theirs["id"], PowerState.DOWN), (running["id"], PowerState.UP)):
+            desktop = session.get(Desktop, desktop_id)
+            desktop.host_id, desktop.power_state = other["id"], state
+    # one report that would be a transition (down -> up), one that matches the stored state (the batch path)
+    domains = [{"uuid": theirs["id"], "name": theirs["name"], "state": "up", "cpu_usage": 50},
+               {"uuid": running["id"], "name": running["name"], "state": "up", "cpu_usage": 60}]
+    for seq in (1, 2):
+        answer = _beat(anon_client, host, domains, seq=seq)
+        assert answer.json() == {"ok": True, "desktops": 0, "transitions": 0, "unknown": 0, "foreign": 2}
+    with db.session_scope() as session:
+        stored = [session.get(Desktop, d["id"]) for d in (theirs, running)]
+        assert [(d.host_id, d.power_state, d.cpu_usage) for d in stored] == [
+            (other["id"], PowerState.DOWN, 0), (other["id"], PowerState.UP, 0)]
+        warnings = session.execute(select(Event.desktop_id, Event.severity, Event.message)
+                                   .where(Event.code == "host.foreign_desktop")).all()
+    assert sorted(w.desktop_id for w in warnings) == sorted([theirs["id"], running["id"]])  # once each, not per beat
+    assert all(w.severity.value == "warning" and "vs-a" in w.message for w in warnings)
 
 
 def test_heartbeat_needs_the_hosts_own_token(client, anon_client):
