@@ -7,6 +7,10 @@ the node and disk work (reset, deprovision, prestart) as jobs after the transact
   is reset before anyone else gets it).
 - time_based: a lease until now + lease_seconds (or the window's end); at expiry the desktop is reclaimed
   by the pool's policy (reimage or deprovision), and one event tells the user and the administrators.
+
+Any kind: a desktop whose user's console client left (a DISCONNECTED session) and stayed away the pool's
+disconnect_after_minutes gets the pool's disconnect_action: logoff (as the user's own logoff) or reset (the user
+loses the desktop, which is reset to its template).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from broker import assignment, sessions
-from core.enums import PoolType, PowerState, ReclaimPolicy, Severity, TaskState
+from core.enums import DisconnectAction, PoolType, PowerState, ReclaimPolicy, SessionState, Severity, TaskState
 from core.errors import Conflict
 from event_manager.service import emit
 from manager.models import Assignment, Desktop, DesktopSession, Pool, User, utcnow
@@ -99,6 +103,46 @@ def expire_leases(session: Session, now: dt.datetime | None = None, limit: int =
              user_id=user_id, desktop_id=desktop_id, pool_id=pool_id)
         out.append(Reclaimed(desktop_id, name, user_id, pool_id, policy))
     return out
+
+
+def act_on_disconnected(session: Session, now: dt.datetime | None = None, limit: int = 500) -> list[str]:
+    """Apply each pool's disconnect policy to its desktops whose session has been disconnected for the pool's
+    disconnect_after_minutes. Each session is ended by a compare-and-swap on the disconnection it read (a client
+    that attached again meanwhile, or another manager process, wins). Returns the ids of the desktops to reset
+    (marked REIMAGING; the caller enqueues the reset jobs after the commit)."""
+    now = now or utcnow()
+    rows = session.execute(
+        select(DesktopSession.id, DesktopSession.user_id, DesktopSession.disconnected_at, Desktop, Pool)
+        .join(Desktop, Desktop.id == DesktopSession.desktop_id).join(Pool, Pool.id == Desktop.pool_id)
+        .where(DesktopSession.state == SessionState.DISCONNECTED, DesktopSession.disconnected_at.is_not(None),
+               Pool.disconnect_action != DisconnectAction.NONE)
+        .order_by(DesktopSession.disconnected_at).limit(limit)).all()
+    to_reset: list[str] = []
+    for session_id, user_id, since, desktop, pool in rows:
+        if since > now - dt.timedelta(minutes=pool.disconnect_after_minutes):
+            continue
+        if not session.execute(update(DesktopSession).where(
+                DesktopSession.id == session_id, DesktopSession.state == SessionState.DISCONNECTED,
+                DesktopSession.disconnected_at == since).values(state=SessionState.ENDED, ended_at=now)
+                .execution_options(synchronize_session=False)).rowcount:
+            continue
+        away = f"disconnected for {pool.disconnect_after_minutes} min" if pool.disconnect_after_minutes \
+            else "disconnected"
+        actor = f"pool {pool.name} ({away})"
+        if pool.disconnect_action == DisconnectAction.LOGOFF:
+            if logoff(session, desktop, user_id, actor=actor, now=now) == AfterLogoff.RESET:
+                to_reset.append(desktop.id)
+            continue
+        sessions.end_sessions_of_desktop(session, desktop.id, now)
+        if assignment.release(session, desktop.id, user_id=user_id, next_task=TaskState.REIMAGING):
+            to_reset.append(desktop.id)
+            what = "taken back and will be reset to its template"
+        else:
+            what = "left as it is (not the user's any more, or busy)"
+        emit(session, "broker.disconnect_reset", f"{_user_label(session, user_id)} stayed {away} from desktop "
+             f"{desktop.name}; pool {pool.name} ended the session and the desktop was {what}", actor=actor,
+             user_id=user_id, desktop_id=desktop.id, pool_id=pool.id)
+    return to_reset
 
 
 def lease_limit(pool: Pool, desktop: Desktop) -> dt.datetime | None:

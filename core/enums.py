@@ -118,9 +118,23 @@ class ReclaimPolicy(StrEnum):
 
 
 class SessionState(StrEnum):
+    """A console session as a user of oVirt or Horizon sees it: PENDING once a connect issued a ticket and no
+    console client has attached yet; CONNECTED while a client is attached (reported by the host: libvirt's
+    graphics events); DISCONNECTED when the last client left (the desktop stays the user's and the pool's
+    disconnect policy may act); ENDED after a logoff."""
+
+    PENDING = "pending"
     CONNECTED = "connected"
     DISCONNECTED = "disconnected"
     ENDED = "ended"
+
+
+class DisconnectAction(StrEnum):
+    """What a pool does with a desktop whose user disconnected and stayed away for its delay."""
+
+    NONE = "none"  # nothing: the desktop waits for its user
+    LOGOFF = "logoff"  # the user is logged off (an automatic pool then takes the desktop back and resets it)
+    RESET = "reset"  # the user loses the desktop, which is reset to its template
 
 
 class Role(StrEnum):

@@ -36,6 +36,9 @@ class DesktopSpec:
     spice_password: str | None = None
     spice_password_valid_to: str | None = None  # ISO-8601 UTC, e.g. 2026-11-22T10:00:00
     vnc_fallback: bool = True
+    # The desktop's network interface: a libvirt network's name, or None for QEMU's user-mode network (NAT and
+    # DHCP inside QEMU: works on any host without set-up, but the guest is not reachable from outside).
+    network: str | None = None
     domain_type: str | None = None  # None: the designer picks from the host's capabilities
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from core.errors import BadRequest, Invalid, NotAuthenticated, VdiError
 from core.specs import DesktopSpec
 from hypervisor_node import hoststats
+from hypervisor_node.consoles import ConsoleReporter
 from hypervisor_node.driver import DEFAULT_BLOCK_JOB_TIMEOUT_S, DEFAULT_MANAGER_ID, LibvirtDriver, NodeDriver
 
 log = logging.getLogger("hypervisor_node.agent")
@@ -154,8 +155,10 @@ def create_app(
     *,
     node_name: str = "node",
     heartbeat: "Heartbeat | None" = None,
+    consoles: "ConsoleReporter | None" = None,
 ) -> Starlette:
-    """The agent's ASGI app over `driver`; `heartbeat`, when given, runs for the app's lifetime."""
+    """The agent's ASGI app over `driver`; `heartbeat` and `consoles` (console clients reported to the manager),
+    when given, run for the app's lifetime."""
     if not token:
         raise Invalid("the node token must not be empty")
     started_at = heartbeat.started_at if heartbeat is not None else utc_now_iso()
@@ -267,13 +270,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        task = None
-        if heartbeat is not None:
-            task = asyncio.create_task(heartbeat.run(), name="heartbeat")
+        tasks = [asyncio.create_task(loop.run(), name=name)
+                 for name, loop in (("heartbeat", heartbeat), ("consoles", consoles)) if loop is not None]
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -448,10 +450,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     domain_types = [t.strip() for t in args.domain_types.split(",") if t.strip()] or None
     driver = LibvirtDriver(args.libvirt_uri, manager_id=args.manager_id, domain_types=domain_types,
                            trust_shared_storage=args.trust_shared_storage, validate_xml=args.validate_xml)
-    heartbeat = None
+    heartbeat = consoles = None
     if args.manager:
         heartbeat = Heartbeat(driver, args.name, args.manager, args.token, args.heartbeat_seconds)
-    app = create_app(driver, args.token, node_name=args.name, heartbeat=heartbeat)
+        consoles = ConsoleReporter(driver, args.name, args.manager, args.token)
+    app = create_app(driver, args.token, node_name=args.name, heartbeat=heartbeat, consoles=consoles)
     host, port = args.listen
     log.info("node agent %s serving on %s:%d for %s", args.name, host, port, args.libvirt_uri)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level.lower(), access_log=False,

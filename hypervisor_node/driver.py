@@ -67,6 +67,8 @@ _STATE_MAP = {
     libvirt.VIR_DOMAIN_CRASHED: PowerState.DOWN,
     libvirt.VIR_DOMAIN_PMSUSPENDED: PowerState.SUSPENDED,
 }
+MAX_KEYS_AT_ONCE = 16  # virDomainSendKey's limit (VIR_DOMAIN_SEND_KEY_MAX_KEYS)
+MAX_KEYCODE = 767  # KEY_MAX of linux/input-event-codes.h
 _PAUSED_MIGRATING = {libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY}
 
 
@@ -167,6 +169,11 @@ class NodeDriver(Protocol):
 
     def screenshot(self, uuid: str, screen: int = 0) -> bytes:
         """PNG of the running domain's `screen`. Raises Conflict when it is not running."""
+
+    def send_key(self, uuid: str, keycodes: list[int], hold_ms: int = 50) -> None:
+        """Press the keys `keycodes` (Linux input codes, e.g. 29 56 111 for Ctrl+Alt+Del) together on the
+        running domain's keyboard, as a person at its console would, then release them. Raises Invalid for
+        more than 16 keys or a code outside 1-767, Conflict when the domain is not running."""
 
     def bulk_stats(self) -> list[DomainStats]:
         """Stats of every owned domain from ONE hypervisor call.
@@ -625,6 +632,21 @@ class LibvirtDriver:
         mime, data = self._run(act, name=uuid)
         return to_png(data, mime)
 
+    def send_key(self, uuid: str, keycodes: list[int], hold_ms: int = 50) -> None:
+        if not isinstance(keycodes, list) or not 1 <= len(keycodes) <= MAX_KEYS_AT_ONCE or not all(
+                isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= MAX_KEYCODE for k in keycodes):
+            raise Invalid(f"keycodes must be 1-{MAX_KEYS_AT_ONCE} Linux input key codes (1-{MAX_KEYCODE}), "
+                          f"got {keycodes!r}")
+        if isinstance(hold_ms, bool) or not isinstance(hold_ms, int) or not 0 <= hold_ms <= 10_000:
+            raise Invalid(f"hold_ms must be a whole number of milliseconds from 0 to 10000, got {hold_ms!r}")
+
+        def act(conn: libvirt.virConnect) -> None:
+            dom = self._owned(conn, uuid)
+            self._require_active(dom, uuid, "send keys to")
+            dom.sendKey(libvirt.VIR_KEYCODE_SET_LINUX, hold_ms, keycodes, len(keycodes), 0)
+
+        self._run(act, name=uuid)
+
     # ---- stats ------------------------------------------------------------------------------------------
     def bulk_stats(self) -> list[DomainStats]:
         wanted = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
@@ -884,3 +906,110 @@ def _translate(exc: libvirt.libvirtError, name: str | None) -> VdiError:
     error = HypervisorError(libvirt_code=code, detail=detail)
     error.libvirt_code = code  # type: ignore[attr-defined]
     return error
+
+
+# ---- console clients: libvirt's graphics events ------------------------------------------------------------
+GRAPHICS_PHASES = {libvirt.VIR_DOMAIN_EVENT_GRAPHICS_CONNECT: "connect",
+                   libvirt.VIR_DOMAIN_EVENT_GRAPHICS_INITIALIZE: "initialize",
+                   libvirt.VIR_DOMAIN_EVENT_GRAPHICS_DISCONNECT: "disconnect"}
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+@dataclass(frozen=True)
+class GraphicsEvent:
+    """A console client of one of our domains' displays: its TCP connection opened (connect), it passed
+    authentication (initialize: it is attached) or it went away (disconnect). QEMU reports each SPICE channel
+    (main, display, inputs...) as a client of its own; `client` is the remote address and port."""
+
+    uuid: str
+    phase: str
+    protocol: str  # spice | vnc ("" when the display port was not found)
+    client: str
+
+
+def start_event_loop() -> None:
+    """libvirt's default event loop, once per process, on a daemon thread. Connections that register event
+    callbacks must be opened after it (GraphicsWatch opens its own)."""
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                if libvirt.virEventRunDefaultImpl() < 0:
+                    log.warning("libvirt's event loop failed once; running it again")
+                    time.sleep(1)
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+class GraphicsWatch:
+    """Calls `on_event` with a GraphicsEvent for every console client coming to or leaving one of the driver's
+    own domains (foreign domains stay invisible), from libvirt's graphics events on a connection of its own.
+    `ensure()` (re)opens that connection when it is missing or dropped (libvirtd restarted); call it now and
+    then. `on_event` runs on libvirt's event thread: it must be quick and must not call libvirt."""
+
+    def __init__(self, driver: LibvirtDriver, on_event: Callable[[GraphicsEvent], None]) -> None:
+        self.driver = driver
+        self.on_event = on_event
+        self._conn: libvirt.virConnect | None = None
+        self._callback_id: int | None = None
+        self._lock = threading.Lock()
+        self._failing = False
+
+    def ensure(self) -> bool:
+        """True when the callback is registered on a live connection (opening one if needed)."""
+        start_event_loop()
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    if self._conn.isAlive() == 1:
+                        return True
+                except libvirt.libvirtError:
+                    pass
+                LibvirtDriver._close_quietly(self._conn)
+                self._conn = None
+            try:
+                conn = libvirt.open(self.driver.uri)
+                self._callback_id = conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_GRAPHICS,
+                                                                self._graphics, None)
+            except libvirt.libvirtError as exc:
+                if not self._failing:
+                    log.warning("cannot watch console clients on %s (%s); trying again later", self.driver.uri, exc)
+                self._failing = True
+                return False
+            if self._failing:
+                log.info("watching console clients on %s again", self.driver.uri)
+            self._failing = False
+            self._conn = conn
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    if self._callback_id is not None:
+                        self._conn.domainEventDeregisterAny(self._callback_id)
+                except libvirt.libvirtError:
+                    pass  # the connection is gone already
+                LibvirtDriver._close_quietly(self._conn)
+                self._conn = None
+
+    def _graphics(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, phase: int, local: dict[str, str],
+                  remote: dict[str, str], _auth_scheme: str, _subject: Any, _opaque: Any) -> None:
+        try:
+            if not self.driver._is_ours_if_present(dom):
+                return
+            port = str(local.get("service", ""))
+            protocol = ""
+            for graphics in ET.fromstring(dom.XMLDesc(0)).findall("devices/graphics"):
+                if port and port in (graphics.get("port"), graphics.get("tlsPort")):
+                    protocol = graphics.get("type", "")
+            client = f"{remote.get('node', '')}:{remote.get('service', '')}"
+            self.on_event(GraphicsEvent(dom.UUIDString(), GRAPHICS_PHASES.get(phase, str(phase)), protocol, client))
+        except Exception:  # an exception must not reach libvirt's event loop: log it and carry on
+            log.exception("a graphics event of domain %s could not be handled", dom.UUIDString())

@@ -7,12 +7,16 @@ What it is:
 - a template disk (ext4, populated without loop mounts, converted to qcow2) holding busybox, the
   desktop's init, a guest agent, the installed-applications list and a random template id.
 
-What the guest does at boot (all on the serial console, one marker per line):
+What the guest does at boot (markers on the serial console, one per line):
     VDI-BOOT template=<id> hostname=<name> boot=<n>      the template this disk descends from
     VDI-USERFILE <path> exists: <first line>             once per file under /home/user ...
     VDI-USERFILE none                                    ... or this when there are none
     VDI-AGENT ready port=/dev/vportNpM                   the guest agent answers on its channel
     VDI-READY                                            boot finished
+    VDI-SCREEN login prompt on tty1                      the screen shows the name and a login prompt
+    VDI-NET addresses=<a,b,...>                          DHCP (or link-local) done
+The screen (tty1 on the VGA text console; the cloud kernel has no framebuffer driver for QEMU's
+cards) is white on blue with the desktop's name and a getty login prompt: "user", no password.
 The hostname is `vdi.hostname=` from the kernel command line, else /etc/hostname of the disk.
 An ACPI power-button press (libvirt's shutdown()) powers the guest off cleanly (VDI-SHUTDOWN poweroff).
 
@@ -20,6 +24,8 @@ The guest agent speaks one line per request on the virtio-serial port named
 `org.vdi.guest_agent.0` (see AGENT_PORT_NAME) and answers one line:
     ping -> pong                      hostname -> <name>            uptime -> <seconds>
     apps -> App 1,App 2,...           sync -> ok                    help -> the command list
+    ip -> 10.0.2.15,fec0::...         (every address but loopback's, IPv4 first; empty before DHCP)
+    user -> user,...                  (who is logged in on the console, from utmp; empty: nobody)
     write PATH TEXT -> ok <bytes>     (writes TEXT and a newline into PATH, then syncs)
     read PATH -> <content>            (newlines shown as the two characters \\n)
     run OP -> OP <milliseconds>       (OP: cpu, disk, compress, memory; a bounded amount of work)
@@ -58,7 +64,7 @@ from image_manager import qemu_img
 from image_manager.errors import ImageToolMissing
 
 # Bump when the recipe changes in a way the hash below cannot see (e.g. a different build tool flag).
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
@@ -76,7 +82,9 @@ DEFAULT_APPS: tuple[str, ...] = (
 
 # The cloud kernel builds virtio as modules; insmod has no dependency resolution, so the order matters
 # (a module before its dependencies fails with "unknown symbol"). evdev + button let acpid see the
-# ACPI power button, virtio_balloon gives libvirt the guest's memory figures.
+# ACPI power button, virtio_balloon gives libvirt the guest's memory figures, virtio_net (after the
+# failover modules it needs) the desktop's network interface. The screen needs no module: the cloud
+# kernel has the VGA text console built in (and no DRM, vesafb or simplefb: no framebuffer).
 KERNEL_MODULES: tuple[str, ...] = (
     "virtio_ring",
     "virtio",
@@ -88,6 +96,9 @@ KERNEL_MODULES: tuple[str, ...] = (
     "virtio_balloon",
     "evdev",
     "button",
+    "failover",
+    "net_failover",
+    "virtio_net",
 )
 
 # Serial-console markers (see the module docstring); tests and the node read the log for these.
@@ -132,6 +143,7 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/bin && /bin/busybox --install -s /run/bin
 export PATH=/run/bin
 mount -t tmpfs tmpfs /tmp
+: > /run/utmp  # /var/run is /run: the console's logins are recorded here (who, the agent's user command)
 name=$(cat /etc/hostname 2>/dev/null)
 for word in $(cat /proc/cmdline); do
     case "$word" in vdi.hostname=?*) name=${word#vdi.hostname=} ;; esac
@@ -150,7 +162,9 @@ for file in @USERDIR@/*; do
 done
 [ "$found" = 1 ] || echo "VDI-USERFILE none"
 acpid -c /etc/acpi -l /run/acpid.log
+/usr/sbin/vdi-network &
 ( while true; do /usr/sbin/vdi-agent; echo "VDI-AGENT exited with $?; restarting"; sleep 1; done ) &
+/usr/sbin/vdi-screen &
 echo "VDI-READY"
 while true; do wait; sleep 60; done
 """
@@ -164,6 +178,77 @@ sync
 mount -o remount,ro / 2>/dev/null
 sync
 if [ "$action" = reboot ]; then reboot -f; else poweroff -f; fi
+"""
+
+# The screen (tty1, the VGA text console): white on blue over the whole screen, the desktop's name, then a
+# login prompt (busybox getty + login; "user" has no password). Respawned after every logout.
+SCREEN_SCRIPT = r"""#!/bin/busybox sh
+export PATH=/run/bin
+while true; do
+    {
+        printf '\033[0m\033[1;37;44m\033[2J\033[H\n'
+        printf '   +------------------------------------------------------------------------+\n'
+        printf '   |  VDI Demo Desktop                                                      |\n'
+        printf '   |  Desktop name: %-55s |\n' "$(hostname)"
+        printf '   +------------------------------------------------------------------------+\n\n'
+        printf '   Log in as "user" (no password).\n\n'
+    } > /dev/tty1
+    echo "VDI-SCREEN login prompt on tty1" > /dev/console
+    setsid getty -i -l /run/bin/login 38400 tty1 linux
+    sleep 1
+done
+"""
+
+# The network: DHCP on every interface (the libvirt network's dnsmasq, or QEMU's user-mode server); without
+# an answer a link-local address from the MAC (RFC 3927's range, as zeroconf picks one).
+NETWORK_SCRIPT = r"""#!/bin/busybox sh
+export PATH=/run/bin
+ip link set lo up
+for dir in /sys/class/net/*; do
+    dev=${dir##*/}
+    [ "$dev" = lo ] && continue
+    ip link set "$dev" up
+    if ! udhcpc -i "$dev" -n -t 5 -T 2 -x "hostname:$(hostname)" -s /usr/sbin/vdi-dhcp-event >/dev/null 2>&1
+    then
+        mac=$(cat "$dir/address")
+        low=$(( 0x$(echo "$mac" | cut -d: -f5) % 254 + 1 ))
+        ip addr add "169.254.$low.$(( 0x$(echo "$mac" | cut -d: -f6) ))/16" dev "$dev"
+    fi
+done
+echo "VDI-NET addresses=$(/usr/sbin/vdi-addresses)" > /dev/console
+"""
+
+# udhcpc's event script: it sets the address it was given and the default route.
+DHCP_EVENT_SCRIPT = r"""#!/bin/busybox sh
+export PATH=/run/bin
+case "$1" in
+    deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
+    bound|renew)
+        ip addr flush dev "$interface"
+        ip addr add "$ip/${mask:-24}" dev "$interface"
+        [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
+        ;;
+esac
+exit 0
+"""
+
+# The addresses of every interface but lo, comma-separated, IPv4 first (the agent's ip command).
+ADDRESSES_SCRIPT = r"""#!/bin/busybox sh
+export PATH=/run/bin
+for family in inet inet6; do
+    for dir in /sys/class/net/*; do
+        dev=${dir##*/}
+        [ "$dev" = lo ] && continue
+        ip addr show dev "$dev" | awk -v family="$family" '$1 == family { sub("/.*", "", $2); print $2 }'
+    done
+done | tr '\n' ',' | sed 's/,$//'
+echo
+"""
+
+# The static busybox cannot look names up through NSS (id -un fails): login's $USER names the user.
+PROFILE = r"""export PATH=/run/bin
+export PS1="$USER@\h:\w\$ "
+echo "Welcome to $(hostname), $USER."
 """
 
 POWER_BUTTON_SCRIPT = """#!/bin/busybox sh
@@ -209,6 +294,8 @@ handle() {
         hostname) hostname ;;
         uptime) cut -d. -f1 /proc/uptime ;;
         apps) grep -v '^$' /etc/vdi/apps | tr '\n' ',' | sed 's/,$//'; echo ;;
+        ip) /usr/sbin/vdi-addresses ;;
+        user) who | awk '{ print $1 }' | sort -u | tr '\n' ',' | sed 's/,$//'; echo ;;
         sync) sync; echo ok ;;
         write)
             path=${rest%% *}
@@ -242,7 +329,7 @@ handle() {
             echo ok
             ( sleep 1; /usr/sbin/vdi-shutdown "$command" ) < /dev/null > /dev/null 2>&1 &
             ;;
-        help) echo "commands: ping hostname uptime apps sync write read run sleep reboot poweroff help; prefix @ID to get @ID before the answer" ;;
+        help) echo "commands: ping hostname uptime apps ip user sync write read run sleep reboot poweroff help; prefix @ID to get @ID before the answer" ;;
         "") echo "ERR empty request: send a command such as ping" ;;
         *) echo "ERR unknown command '$command': send help for the list" ;;
     esac
@@ -315,8 +402,9 @@ class DemoImage:
     build_seconds: float = 0.0
 
     def cmdline(self, hostname: str | None = None) -> str:
-        """The kernel command line that shows the guest's console on the first serial port."""
-        parts = ["console=ttyS0", "quiet"]
+        """The kernel command line: the console on the first serial port, kernel messages on the screen too."""
+        # tty1 first: the kernel writes to both, /dev/console (the init's markers) is the last one
+        parts = ["console=tty1", "console=ttyS0", "quiet"]
         if hostname:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", hostname):
                 raise Invalid(f"hostname {hostname!r} is not a valid host name: use 1-63 letters, digits"
@@ -377,7 +465,8 @@ def recipe_key(apps: Sequence[str] = DEFAULT_APPS) -> str:
             "modules": list(KERNEL_MODULES),
             "disk_mib": DISK_SIZE_MIB,
             "apps": list(apps),
-            "scripts": [INITRAMFS_INIT, DISK_INIT, SHUTDOWN_SCRIPT, POWER_BUTTON_SCRIPT, AGENT_SCRIPT],
+            "scripts": [INITRAMFS_INIT, DISK_INIT, SHUTDOWN_SCRIPT, POWER_BUTTON_SCRIPT, AGENT_SCRIPT,
+                        SCREEN_SCRIPT, NETWORK_SCRIPT, DHCP_EVENT_SCRIPT, ADDRESSES_SCRIPT, PROFILE],
         },
         sort_keys=True,
     )
@@ -560,14 +649,27 @@ def _make_initramfs(root: Path, extracted: Path, kernel_version: str, busybox: P
 
 def _make_template(root: Path, busybox: Path, apps: list[str], template_id: str, target: Path) -> None:
     for sub in ("bin", "sbin", "usr/sbin", "etc/vdi", "etc/acpi/PWRF", "dev", "proc", "sys", "run", "tmp",
-                "var/tmp", "var/lib/vdi", USER_DATA_DIR.lstrip("/")):
+                "var/tmp", "var/lib/vdi", "root", USER_DATA_DIR.lstrip("/")):
         (root / sub).mkdir(parents=True, exist_ok=True)
     os.chmod(root / "tmp", 0o1777)
     shutil.copy2(busybox, root / "bin" / "busybox")
+    os.symlink("busybox", root / "bin" / "sh")  # the login shell of /etc/passwd
+    os.symlink("../run", root / "var" / "run")  # utmp on the tmpfs: no logins survive a reboot
     _write_script(root / "sbin" / "init", DISK_INIT.replace("@USERDIR@", USER_DATA_DIR))
     _write_script(root / "usr" / "sbin" / "vdi-agent", AGENT_SCRIPT.replace("@PORTNAME@", AGENT_PORT_NAME))
     _write_script(root / "usr" / "sbin" / "vdi-shutdown", SHUTDOWN_SCRIPT)
     _write_script(root / "etc" / "acpi" / "PWRF" / "00000080", POWER_BUTTON_SCRIPT)
+    _write_script(root / "usr" / "sbin" / "vdi-screen", SCREEN_SCRIPT)
+    _write_script(root / "usr" / "sbin" / "vdi-network", NETWORK_SCRIPT)
+    _write_script(root / "usr" / "sbin" / "vdi-dhcp-event", DHCP_EVENT_SCRIPT)
+    _write_script(root / "usr" / "sbin" / "vdi-addresses", ADDRESSES_SCRIPT)
+    (root / "etc" / "profile").write_text(PROFILE)
+    # root is locked; "user" logs in on the console without a password (a demo, reachable only by its console)
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n"
+                                         f"user::1000:1000:Desktop user:{USER_DATA_DIR}:/bin/sh\n")
+    (root / "etc" / "shadow").write_text("root:*:0:0:99999:7:::\n")
+    os.chmod(root / "etc" / "shadow", 0o600)
+    (root / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\n")
     (root / "template-id").write_text(template_id + "\n")
     (root / "etc" / "hostname").write_text("vdi-template\n")
     (root / "etc" / "vdi" / "apps").write_text("".join(f"{app}\n" for app in apps))

@@ -72,7 +72,7 @@ SNAPSHOT_OK = "ok"
 SNAPSHOT_IN_PREVIEW = "in_preview"
 SNAPSHOT_MERGE_FAILED = "merge_failed"  # a live delete stopped part-way: its file holds newer data; delete only
 
-LIVE_SESSION_STATES = (SessionState.CONNECTED, SessionState.DISCONNECTED)
+LIVE_SESSION_STATES = (SessionState.PENDING, SessionState.CONNECTED, SessionState.DISCONNECTED)
 # power states in which snapshots and merges go through the node (the QEMU process is there)
 RUNNING_STATES = (PowerState.UP, PowerState.PAUSED)
 

@@ -58,7 +58,7 @@ class DesktopStates(BaseModel):
 
 
 class SessionCounts(BaseModel):
-    live: int = Field(description="connected + disconnected (not ended)")
+    live: int = Field(description="pending (a ticket issued, no client yet) + connected + disconnected (not ended)")
     connected: int
     disconnected: int
     by_protocol: dict[str, int] = Field(description="live sessions by console protocol (spice, rdp, vnc…)")

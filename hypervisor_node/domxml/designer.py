@@ -25,6 +25,7 @@ from hypervisor_node.domxml.model import (
     Domain,
     Graphics,
     Input,
+    Interface,
     MemBalloon,
     OsBoot,
     Owner,
@@ -130,6 +131,11 @@ def validate_spec(spec: DesktopSpec) -> None:
             raise Invalid(f"spice_password must be 1-{SPICE_MAX_PASSWORD} characters")
     if spec.spice_password_valid_to is not None:
         normalise_valid_to(spec.spice_password_valid_to)
+    if spec.network is not None:
+        _check_type(spec, "network", str)
+        if not spec.network or _NAME_FORBIDDEN.search(spec.network) or len(spec.network) > 128:
+            raise Invalid(f"network {spec.network!r} must be a libvirt network's name (1-128 characters without "
+                          "'/' or control characters), or null for QEMU's user-mode network")
     if spec.domain_type is not None and spec.domain_type not in ("kvm", "qemu"):
         raise Invalid(f"domain_type {spec.domain_type!r} must be 'kvm', 'qemu' or null (host decides)")
     if not isinstance(spec.extra, dict):
@@ -210,6 +216,7 @@ def _devices(spec: DesktopSpec, windows: bool, legacy: bool) -> Devices:
             Disk(source_file=spec.disk_path, target_dev="vda", target_bus="virtio", driver_type="qcow2",
                  driver_cache="none", driver_discard="unmap"),
         ],
+        interfaces=[_interface(spec)],
         controllers=[
             Controller(type="usb", index=0, model="qemu-xhci", ports=USB_PORTS),
             Controller(type="virtio-serial", index=0),
@@ -239,6 +246,13 @@ def _devices(spec: DesktopSpec, windows: bool, legacy: bool) -> Devices:
                                 audio_id=_AUDIO_ID)]
         devices.audios = [Audio(id=_AUDIO_ID, type="spice")]
     return devices
+
+
+def _interface(spec: DesktopSpec) -> Interface:
+    # virtio: the guest's DHCP client gets an address, which its agent reports (RDP connects to it)
+    if spec.network is None:
+        return Interface(type="user", model="virtio")
+    return Interface(type="network", model="virtio", source_network=spec.network)
 
 
 def _console_password(spec: DesktopSpec) -> tuple[str, str | None]:

@@ -382,6 +382,35 @@ class Serial:
 
 
 @dataclass
+class Interface:
+    type: str = "user"  # "user": QEMU's own NAT and DHCP; "network": the libvirt network source_network
+    model: str = "virtio"
+    source_network: str | None = None
+    mac: str | None = None  # None: libvirt picks one when the domain is defined
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("interface", type=self.type)
+        if self.mac is not None:
+            ET.SubElement(el, "mac", address=self.mac)
+        if self.source_network is not None:
+            ET.SubElement(el, "source", network=self.source_network)
+        ET.SubElement(el, "model", type=self.model)
+        return el
+
+    @classmethod
+    def from_element(cls, el: ET.Element) -> "Interface":
+        mac = el.find("mac")
+        source = el.find("source")
+        model = el.find("model")
+        return cls(
+            type=el.get("type", ""),
+            model=model.get("type", "") if model is not None else "",
+            source_network=source.get("network") if source is not None else None,
+            mac=mac.get("address") if mac is not None else None,
+        )
+
+
+@dataclass
 class Input:
     type: str = "tablet"
     bus: str = "usb"
@@ -398,6 +427,7 @@ class Input:
 class Devices:
     emulator: str | None = None
     disks: list[Disk] = field(default_factory=list)
+    interfaces: list[Interface] = field(default_factory=list)
     controllers: list[Controller] = field(default_factory=list)
     inputs: list[Input] = field(default_factory=list)
     graphics: list[Graphics] = field(default_factory=list)
@@ -412,6 +442,7 @@ class Devices:
     # (XML tag, attribute, class) in the order they are written
     _LISTS = (
         ("disk", "disks", Disk),
+        ("interface", "interfaces", Interface),
         ("controller", "controllers", Controller),
         ("input", "inputs", Input),
         ("graphics", "graphics", Graphics),

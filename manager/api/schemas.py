@@ -6,8 +6,8 @@ from typing import Annotated, Any, Optional, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from core.enums import (HostStatus, JobState, OsType, PoolType, PowerState, PrincipalSource, ProtocolPolicy,
-                        ReclaimPolicy, Role, Severity, TaskState)
+from core.enums import (DisconnectAction, HostStatus, JobState, OsType, PoolType, PowerState, PrincipalSource,
+                        ProtocolPolicy, ReclaimPolicy, Role, Severity, TaskState)
 
 Name = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f/\\]+$")]
 # Desktop and pool names become libvirt domain names and file names: keep them simple.
@@ -245,6 +245,13 @@ def lease_limit_problem(lease_seconds: int | None, max_lease_seconds: int | None
         raise raise_as(f"max_lease_seconds ({max_lease_seconds}) cannot be less than lease_seconds ({lease_seconds})")
 
 
+DISCONNECT_ACTION_TEXT = ("what happens once a user's console client has left the desktop and stayed away "
+                          "disconnect_after_minutes: none, logoff (as the user's own logoff: an automatic pool takes "
+                          "the desktop back and resets it) or reset (the user loses the desktop, reset to its template)")
+DisconnectMinutes = Annotated[int, Field(ge=0, le=7 * 24 * 60, description="minutes a session stays disconnected "
+                                         "before the pool's disconnect_action (0: at the next maintenance pass)")]
+
+
 class PoolIn(In):
     name: MachineName
     description: Text = ""
@@ -266,6 +273,8 @@ class PoolIn(In):
     window_start: dt.datetime | None = None
     window_end: dt.datetime | None = None
     reclaim_policy: ReclaimPolicy = ReclaimPolicy.REIMAGE
+    disconnect_action: DisconnectAction = Field(default=DisconnectAction.NONE, description=DISCONNECT_ACTION_TEXT)
+    disconnect_after_minutes: DisconnectMinutes = 0
 
     @model_validator(mode="after")
     def _consistent(self) -> "PoolIn":
@@ -294,6 +303,8 @@ class PoolPatch(In):
     window_start: dt.datetime | None = None
     window_end: dt.datetime | None = None
     reclaim_policy: ReclaimPolicy | None = None
+    disconnect_action: DisconnectAction | None = Field(default=None, description=DISCONNECT_ACTION_TEXT)
+    disconnect_after_minutes: DisconnectMinutes | None = None
 
     @model_validator(mode="after")
     def _no_nulls(self) -> "PoolPatch":
@@ -325,6 +336,8 @@ class PoolOut(Out):
     window_start: dt.datetime | None
     window_end: dt.datetime | None
     reclaim_policy: ReclaimPolicy
+    disconnect_action: DisconnectAction
+    disconnect_after_minutes: int
     created_at: dt.datetime
 
 

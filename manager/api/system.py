@@ -14,6 +14,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from broker.sessions import ConsoleEvent, record_console_events
 from core.enums import HostStatus, JobState, Severity
 from core.errors import BadRequest, Conflict, Forbidden, Invalid, NotAuthenticated, NotFound
 from event_manager.service import query_events
@@ -239,6 +240,31 @@ def heartbeat(name: str, payload: dict[str, Any], session: DbSession,
     if not isinstance(payload.get("domains", []), list):
         raise BadRequest("domains must be a list")
     return {"ok": True, **ingest_heartbeat(session, host, payload)}
+
+
+class ConsoleEventIn(s.In):
+    desktop_id: Annotated[str, Field(min_length=1, max_length=64)]
+    attached: bool = Field(description="true: the first console client attached; false: the last one left")
+    at: dt.datetime = Field(description="when, by the host's clock (with a time zone)")
+    protocol: Annotated[str, Field(max_length=16)] = ""
+    client: Annotated[str, Field(max_length=255)] = ""
+
+
+class ConsoleEventsIn(s.In):
+    events: Annotated[list[ConsoleEventIn], Field(max_length=10_000)]
+
+
+@router.post("/nodes/{name}/console-events", tags=["nodes"])
+def console_events(name: str, payload: ConsoleEventsIn, session: DbSession,
+                   host: Annotated[Host, Depends(node_token())]) -> dict[str, Any]:
+    """A node's console clients attaching to and leaving its desktops' displays (libvirt graphics events): they
+    make console sessions connected and disconnected. Events about desktops the host does not run are ignored."""
+    events = []
+    for e in payload.events:
+        if e.at.tzinfo is None:
+            raise Invalid(f"event time {e.at.isoformat()} has no time zone")
+        events.append(ConsoleEvent(e.desktop_id, e.attached, e.at, e.protocol, e.client))
+    return {"ok": True, **record_console_events(session, host.id, host.name, events)}
 
 
 # ---- authentication -------------------------------------------------------------------------------------------

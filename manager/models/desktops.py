@@ -6,7 +6,7 @@ import datetime as dt
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from core.enums import OsType, PoolType, PowerState, ProtocolPolicy, ReclaimPolicy, TaskState
+from core.enums import DisconnectAction, OsType, PoolType, PowerState, ProtocolPolicy, ReclaimPolicy, TaskState
 from manager.models.base import Base, CreatedMixin, IdMixin, UTCDateTime, enum_type, utcnow
 
 
@@ -37,6 +37,11 @@ class Pool(IdMixin, CreatedMixin, Base):
     window_start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     window_end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     reclaim_policy: Mapped[ReclaimPolicy] = mapped_column(enum_type(ReclaimPolicy), default=ReclaimPolicy.REIMAGE)
+    # What happens to a desktop whose user's console client left and stayed away disconnect_after_minutes
+    # (broker.lifecycle.act_on_disconnected, run by the pool maintenance loop).
+    disconnect_action: Mapped[DisconnectAction] = mapped_column(
+        enum_type(DisconnectAction), default=DisconnectAction.NONE, server_default=DisconnectAction.NONE.value)
+    disconnect_after_minutes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     desktops: Mapped[list["Desktop"]] = relationship(back_populates="pool")
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from broker import lifecycle
+from broker import lifecycle, sessions
 from core.enums import ReclaimPolicy, TaskState
 from core.errors import DesktopBusy, VdiError
 from event_manager.service import emit
@@ -163,19 +163,25 @@ def prestart(pool_id: str) -> int:
 
 
 def maintain_pools(pool_id: str | None = None) -> dict[str, Any]:
-    """Expire time-based leases (reclaim jobs are enqueued) and top up prestarted desktops."""
+    """Expire time-based leases (reclaim jobs are enqueued), apply the pools' disconnect policies (reset jobs are
+    enqueued) and top up prestarted desktops."""
     with db.session_scope() as session:
         reclaimed = lifecycle.expire_leases(session)
         for item in reclaimed:
             kind = "desktops.reset" if item.policy == ReclaimPolicy.REIMAGE else "desktops.deprovision"
             enqueue(session, kind, params={"desktop_id": item.desktop_id}, target_kind="desktop",
                     target_id=item.desktop_id, description=f"reclaim desktop {item.desktop_name} (lease expired)")
+        sessions.expire_pending(session)
+        away = lifecycle.act_on_disconnected(session)
+        for desktop_id in away:
+            enqueue(session, "desktops.reset", params={"desktop_id": desktop_id}, target_kind="desktop",
+                    target_id=desktop_id, description="reset a desktop its user left disconnected (pool policy)")
         stmt = select(Pool.id).where(Pool.prestarted > 0)
         if pool_id:
             stmt = select(Pool.id).where(Pool.id == pool_id)
         pool_ids = list(session.scalars(stmt))
     started = sum(prestart(pid) for pid in pool_ids)
-    return {"reclaimed": len(reclaimed), "prestarted": started}
+    return {"reclaimed": len(reclaimed), "disconnect_policy": len(away), "prestarted": started}
 
 
 @task("pools.maintain")

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from hypervisor_node.driver import LibvirtDriver
 from manager.embedded_nodes import EmbeddedNode, NodeAgentProcess, free_port
 from tests.harness.guests import remove_owned_domains
+from tests.harness.rfb import vnc_password_accepted
 from tests.integration.broker.conftest import API, bearer, wait_for_jobs
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
@@ -247,41 +248,6 @@ def test_pools_on_real_guests(real_node, published_image, world, anon_client, cl
     for password in (console["password"], second["console"]["password"], again["console"]["password"]):
         assert password not in messages
         assert password not in caplog.text
-
-
-def _des_ecb(key: bytes, data: bytes) -> bytes:
-    """DES as VNC authentication needs it, through the openssl command (no DES in Python's standard library)."""
-    out = subprocess.run(["openssl", "enc", "-des-ecb", "-K", key.hex(), "-nopad", "-provider", "legacy",
-                          "-provider", "default"], input=data, capture_output=True, check=True, timeout=10)
-    return out.stdout
-
-
-def vnc_password_accepted(port: int, password: str) -> bool:
-    """Run the RFB 3.8 handshake with VNC authentication against QEMU's display; True when QEMU accepts."""
-    import socket
-    import struct
-
-    def read(sock, n):
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("the VNC server closed the connection")
-            data += chunk
-        return data
-
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        assert read(sock, 12).startswith(b"RFB 003.")
-        sock.sendall(b"RFB 003.008\n")
-        count = read(sock, 1)[0]
-        types = read(sock, count)
-        assert 2 in types, f"VNC authentication not offered: {list(types)}"
-        sock.sendall(b"\x02")
-        challenge = read(sock, 16)
-        # VNC's DES key: the password's first 8 bytes, NUL-padded, each byte's bits reversed.
-        key = bytes(int(f"{b:08b}"[::-1], 2) for b in password.encode()[:8].ljust(8, b"\0"))
-        sock.sendall(_des_ecb(key, challenge))
-        return struct.unpack(">I", read(sock, 4))[0] == 0
 
 
 def test_a_ticket_works_only_before_its_expiry(real_node, published_image, world, anon_client, monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -14,16 +15,18 @@ import httpx
 import libvirt
 import pytest
 
-from core.errors import Conflict, GatewayTimeout
+from core.errors import Conflict, GatewayTimeout, Invalid
 from hypervisor_node import guest_agent
 from hypervisor_node.driver import LibvirtDriver
 from tests.harness.guests import SerialLog, agent_channel_path
+from tests.harness.screens import keycodes_for, share_of_colour
 
 from .conftest import AgentProcess, demo_spec, make_overlay, remove_owned_domains, unique_manager_id
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
 TOKEN = "real-guest-agent-token"
+VGA_BLUE = (0, 0, 170)  # the VGA palette's blue, the demo screen's background
 
 
 class RunningDesktop:
@@ -143,9 +146,40 @@ def test_bulk_stats_report_cpu_and_memory_of_the_running_guest(desktop):
     assert 0 < mine.mem_usage < 100  # from the guest's balloon driver
 
 
-def test_screenshot_of_the_console(desktop):
-    png = desktop.driver.screenshot(desktop.uuid)
-    assert png.startswith(b"\x89PNG") and len(png) > 100
+def test_the_screen_shows_the_desktop_and_typing_on_it_reaches_its_shell(desktop):
+    """The screen (VGA text console) is the demo's white on blue, not SeaBIOS's grey on black; keys pressed
+    through libvirt log "user" in at the getty prompt and run a command whose output the agent reads back."""
+    desktop.serial.wait_for(r"VDI-SCREEN login prompt on tty1", timeout=60)
+    login_screen = desktop.driver.screenshot(desktop.uuid)
+    assert login_screen.startswith(b"\x89PNG")
+    assert share_of_colour(login_screen, VGA_BLUE) > 0.8  # SeaBIOS's screen has none of it
+    assert desktop.driver.guest_call(desktop.uuid, "user", timeout=30) == ""  # nobody logged in yet
+
+    for chord in keycodes_for("user\n"):
+        desktop.driver.send_key(desktop.uuid, chord)
+    deadline = time.monotonic() + 60
+    while desktop.driver.guest_call(desktop.uuid, "user", timeout=30) != "user":
+        assert time.monotonic() < deadline, "typing 'user' at the login prompt did not log anyone in"
+        time.sleep(0.5)
+    for chord in keycodes_for("hostname > /tmp/typed-on-the-console\n"):
+        desktop.driver.send_key(desktop.uuid, chord)
+    deadline = time.monotonic() + 60
+    while (typed := desktop.driver.guest_call(desktop.uuid, "read /tmp/typed-on-the-console", timeout=30)) \
+            .startswith("ERR"):
+        assert time.monotonic() < deadline, f"the typed command wrote nothing: {typed}"
+        time.sleep(0.5)
+    assert typed == desktop.spec.name
+    shell_screen = desktop.driver.screenshot(desktop.uuid)
+    assert shell_screen != login_screen and share_of_colour(shell_screen, VGA_BLUE) > 0.8
+    with pytest.raises(Invalid, match="key codes"):
+        desktop.driver.send_key(desktop.uuid, [])
+
+
+def test_the_guest_agent_reports_its_address_from_dhcp(desktop):
+    """QEMU's user-mode network (the designer's default) answers DHCP with 10.0.2.15."""
+    desktop.serial.wait_for(r"VDI-NET addresses=", timeout=120)
+    addresses = desktop.driver.guest_call(desktop.uuid, "ip", timeout=30).split(",")
+    assert addresses[0] == "10.0.2.15"
 
 
 def test_killing_and_restarting_the_agent_leaves_the_guest_running(desktop, heartbeat_receiver,

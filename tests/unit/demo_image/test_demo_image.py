@@ -77,8 +77,8 @@ def test_publish_copies_once_and_keeps_the_template_id(tmp_path):
 
 def test_cmdline_carries_the_console_and_a_valid_hostname(tmp_path):
     image = demo_image._load_manifest(_fake_entry(tmp_path / "k1"))
-    assert image.cmdline() == "console=ttyS0 quiet"
-    assert image.cmdline("desk-01") == "console=ttyS0 quiet vdi.hostname=desk-01"
+    assert image.cmdline() == "console=tty1 console=ttyS0 quiet"
+    assert image.cmdline("desk-01") == "console=tty1 console=ttyS0 quiet vdi.hostname=desk-01"
     for bad in ("bad name", "-lead", "x" * 64, "semi;colon"):
         with pytest.raises(Invalid):
             image.cmdline(bad)

@@ -230,6 +230,13 @@ def test_direct_kernel_boot_only_when_a_kernel_is_given():
     assert (disk.kernel, disk.boot_devices) == (None, ["hd"])
 
 
+def test_every_desktop_has_one_virtio_nic_on_the_named_network_or_qemus_own():
+    (own,) = design_domain(desktop_spec(), TCG_HOST).devices.interfaces
+    assert (own.type, own.model, own.source_network) == ("user", "virtio", None)
+    (named,) = design_domain(desktop_spec(network="default"), TCG_HOST).devices.interfaces
+    assert (named.type, named.model, named.source_network) == ("network", "virtio", "default")
+
+
 def test_owner_stamp_defaults_to_the_desktop_uuid():
     spec = desktop_spec()
     owner = design_domain(spec, TCG_HOST).owner
@@ -252,6 +259,8 @@ def test_owner_stamp_defaults_to_the_desktop_uuid():
     ({"spice_password_valid_to": "tomorrow"}, "not ISO-8601"),
     ({"domain_type": "xen"}, "domain_type 'xen'"),
     ({"sound": "yes"}, "sound must be a bool"),
+    ({"network": ""}, "must be a libvirt network's name"),
+    ({"network": "a/b"}, "must be a libvirt network's name"),
 ])
 def test_bad_specs_are_refused_with_a_message_naming_the_field(overrides, message):
     with pytest.raises(Invalid, match=re.escape(message)):

@@ -1,14 +1,12 @@
 """Host figures from /proc and /sys, and screenshot conversion to PNG."""
 from __future__ import annotations
 
-import struct
-import zlib
-
 import pytest
 
 from core.errors import HypervisorError
 from hypervisor_node.hoststats import HostCpuMeter, read_ksm, read_mem_usage
-from hypervisor_node.screenshot import PNG_SIGNATURE, to_png
+from hypervisor_node.screenshot import to_png
+from tests.harness.screens import png_pixels
 
 
 def test_host_cpu_usage_is_the_busy_share_between_two_reads(tmp_path):
@@ -37,30 +35,10 @@ def test_ksm_figures_and_their_absence(tmp_path):
     assert (figures.running, figures.pages_shared, figures.pages_sharing) == (True, 12, 345)
 
 
-def _png_pixels(png: bytes) -> tuple[int, int, bytes]:
-    assert png.startswith(PNG_SIGNATURE)
-    pos, idat, width, height = len(PNG_SIGNATURE), b"", 0, 0
-    while pos < len(png):
-        (length,) = struct.unpack(">I", png[pos:pos + 4])
-        kind, body = png[pos + 4:pos + 8], png[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", png[pos + 8 + length:pos + 12 + length])
-        assert crc == zlib.crc32(kind + body)
-        if kind == b"IHDR":
-            width, height = struct.unpack(">II", body[:8])
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    raw = zlib.decompress(idat)
-    stride = width * 3 + 1
-    rows = [raw[r * stride + 1:(r + 1) * stride] for r in range(height)]
-    assert all(raw[r * stride] == 0 for r in range(height))
-    return width, height, b"".join(rows)
-
-
 def test_ppm_screenshots_become_png_with_the_same_pixels():
     pixels = bytes(range(2 * 3 * 3))  # 2 wide, 3 high
     ppm = b"P6\n# made by QEMU\n2 3\n255\n" + pixels
-    assert _png_pixels(to_png(ppm, "image/x-portable-pixmap")) == (2, 3, pixels)
+    assert png_pixels(to_png(ppm, "image/x-portable-pixmap")) == (2, 3, pixels)
 
 
 def test_png_passes_through_and_other_formats_are_refused():
