@@ -28,15 +28,38 @@ from manager.provisioning.service import desktop_spec
 log = logging.getLogger(__name__)
 
 
-def _intended_specs(session: Session, host: Host) -> dict[str, Any]:
-    """Specs of the settled desktops placed on `host` (those being provisioned or deleted are left to their jobs)."""
-    rows = session.execute(
-        select(Desktop, Template, Volume.path)
-        .join(TemplateVersion, Desktop.template_version_id == TemplateVersion.id)
-        .join(Template, TemplateVersion.template_id == Template.id)
-        .join(Volume, Desktop.volume_id == Volume.id)
-        .where(Desktop.host_id == host.id, Desktop.task_state.is_(None))).all()
+def _intended_specs(session: Session, host: Host, desktop_id: str | None = None) -> dict[str, Any]:
+    """Specs of the settled desktops placed on `host` (those being provisioned or deleted are left to their jobs),
+    or of the one desktop `desktop_id` if it is placed there, whatever it is doing."""
+    stmt = (select(Desktop, Template, Volume.path)
+            .join(TemplateVersion, Desktop.template_version_id == TemplateVersion.id)
+            .join(Template, TemplateVersion.template_id == Template.id)
+            .join(Volume, Desktop.volume_id == Volume.id)
+            .where(Desktop.host_id == host.id))
+    stmt = stmt.where(Desktop.id == desktop_id) if desktop_id else stmt.where(Desktop.task_state.is_(None))
+    rows = session.execute(stmt).all()
     return {desktop.id: desktop_spec(desktop, template, path, host.display_listen) for desktop, template, path in rows}
+
+
+def _redefined(session: Session, name: str, host_name: str, desktop_id: str, host_id: str, actor: str) -> None:
+    emit(session, "desktop.redefined", f"desktop {name} was missing on host {host_name}; defined it again from the "
+         "database", severity=Severity.WARNING, actor=actor, desktop_id=desktop_id, host_id=host_id)
+
+
+def define_missing(host_id: str, desktop_id: str, *, actor: str) -> bool:
+    """Define again, from the database, a desktop its host says it does not have: what the reconcile does for the
+    whole host, for one desktop that cannot wait for it (a start right after the host's agent restarted). True
+    when it was defined; False when the database does not place it there (nothing to define)."""
+    with db.session_scope() as session:
+        host = session.get(Host, host_id)
+        spec = _intended_specs(session, host, desktop_id).get(desktop_id) if host is not None else None
+        if spec is None:
+            return False
+        target, host_name = nodes.target_of_host(host), host.name
+    nodes.define(target, spec)
+    with db.session_scope() as session:
+        _redefined(session, spec.name, host_name, desktop_id, host_id, actor)
+    return True
 
 
 def reconcile_host(host_id: str, *, redefine_known: bool = False) -> dict[str, Any]:
@@ -72,9 +95,7 @@ def reconcile_host(host_id: str, *, redefine_known: bool = False) -> dict[str, A
                  "the database places on another host; left untouched", severity=Severity.WARNING,
                  actor="manager", desktop_id=desktop_id, host_id=host_id)
         for desktop_id, name in redefined:
-            emit(session, "desktop.redefined", f"desktop {name} was missing on host {host_name}; defined it again "
-                 "from the database", severity=Severity.WARNING, actor="manager", desktop_id=desktop_id,
-                 host_id=host_id)
+            _redefined(session, name, host_name, desktop_id, host_id, "manager")
         for name, reason in failed.items():
             emit(session, "desktop.redefine_failed", f"desktop {name} is missing on host {host_name} and could not "
                  f"be defined again: {reason}", severity=Severity.ERROR, actor="manager", host_id=host_id)

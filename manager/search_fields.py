@@ -32,7 +32,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.types import UserDefinedType
 
 from core.enums import HostStatus, OsType, PoolType, PowerState, PrincipalSource, ProtocolPolicy
-from core.enums import ReclaimPolicy, TaskState
+from core.enums import DisconnectAction, ReclaimPolicy, TaskState
 from manager.models import (ApiToken, Assignment, Bookmark, Cluster, Desktop, DesktopSession, DirectorySyncState,
                             Entitlement, Event, Group, GroupGroupMembership, Host, Job, LoginAttempt, Pool,
                             RoleAssignment, Snapshot, StorageDomain, Tag, TagAssignment, Template, TemplateVersion,
@@ -249,6 +249,7 @@ TASKS = {t.value: t.value for t in TaskState}
 SOURCES = {s.value: s.value for s in PrincipalSource}
 PROTOCOL_POLICIES = {p.value: p.value for p in ProtocolPolicy}
 RECLAIM_POLICIES = {p.value: p.value for p in ReclaimPolicy}
+DISCONNECT_ACTIONS = {a.value: a.value for a in DisconnectAction}
 
 
 def _severity_code(event: Any) -> Any:
@@ -475,6 +476,7 @@ POOLS = ObjectDef("Pool", Pool, (
     S("pattern", "name_pattern"), E("protocol_policy", PROTOCOL_POLICIES, _text("protocol_policy")),
     I("lease_seconds"), I("max_lease_seconds"), D("window_start", "window_start"), D("window_end", "window_end"),
     E("reclaim_policy", RECLAIM_POLICIES, _text("reclaim_policy")),
+    E("disconnect_action", DISCONNECT_ACTIONS, _text("disconnect_action")), I("disconnect_after_minutes"),
     S("template", _related("template", "template_id"), sortable=False), D("creationdate", "created_at"),
     U("id", hidden=True),
 ), default_sort=(("name", "asc"),))

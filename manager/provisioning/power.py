@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from broker.errors import DesktopStartTimeout
 from core.enums import PowerState, Severity, StrEnum, TaskState
-from core.errors import Conflict, DesktopBusy, NotFound, VdiError
+from core.errors import Conflict, DesktopBusy, DomainNotFound, NotFound, VdiError
 from event_manager.service import emit
 from manager import db
 from manager.models import Desktop, utcnow
@@ -77,12 +78,29 @@ def settle(session: Session, desktop_id: str, task: TaskState, power_state: Powe
                            .values(**values).execution_options(synchronize_session=False)).rowcount == 1
 
 
+def _node_power(target: NodeTarget, desktop_id: str, action: PowerAction, actor: str, timeout: float | None) -> Any:
+    def call() -> Any:
+        return nodes.power(target, desktop_id, NODE_ACTION[action],
+                           timeout=timeout if action == PowerAction.STOP else None)
+
+    try:
+        return call()
+    except DomainNotFound:
+        # The host lost the definition (its agent restarted; a test-driver or reinstalled host starts empty) and
+        # its reconcile job has not run yet: a start defines the desktop from the database, as that job would, so
+        # that a user connecting now gets a running desktop instead of a 404.
+        from manager.node_reconcile import define_missing
+
+        if action != PowerAction.START or not define_missing(target.host_id, desktop_id, actor=actor):
+            raise
+        return call()
+
+
 def _act(target: NodeTarget, desktop_id: str, name: str, action: PowerAction, actor: str,
          timeout: float | None) -> PowerState:
     task = TASK_OF[action]
     try:
-        info = nodes.power(target, desktop_id, NODE_ACTION[action],
-                           timeout=timeout if action == PowerAction.STOP else None)
+        info = _node_power(target, desktop_id, action, actor, timeout)
     except VdiError as exc:
         with db.session_scope() as session:
             settle(session, desktop_id, task, None)
