@@ -9,9 +9,19 @@ Clients ask for RDP: the libvirt test driver cannot change a running domain's gr
 (virDomainUpdateDeviceFlags is unsupported), so a SPICE ticket cannot be set on these hosts; the RDP path
 does every broker step (entitlement through a group, SKIP LOCKED assignment, session, events) without it.
 
-    {"assignments", "per_second", "p50_ms", "p95_ms", "p99_ms", "double_assignments", "errors", ...}
+Two ways to storm:
 
-Usage: python bench/login_storm.py [--users 2000] [--desktops 2000] [--clients 64] [--workers 2] [--profile FILE]
+* closed loop (the default): `--clients` keep-alive connections, each sending its users' connects one after
+  another, waiting for each answer. It measures throughput; its latency is only clients / throughput.
+* open loop (`--rate R`): connects arrive at R per second whatever the answers do, as users do; each connect goes
+  out on an idle connection (a new one is opened when none is idle) and its latency counts from the moment it was
+  due, not from when it was sent, so a stalled server cannot hide its queue (no coordinated omission).
+
+    {"mode": "closed" | "open", "offered_per_second" (open), "per_second", "p50_ms", "p95_ms", "p99_ms",
+     "double_assignments", "errors", ...}
+
+Usage: python bench/login_storm.py [--users 2000] [--desktops 2000] [--clients 64 | --rate 250] [--workers 2]
+                                   [--profile FILE]
 
 --profile FILE samples the manager's processes with py-spy (`pip install py-spy`; not a project dependency) while
 the storm runs, only threads holding the GIL (Python CPU, not waiting), as py-spy's raw collapsed stacks. Sampling
@@ -187,6 +197,51 @@ def storm(base_url: str, tokens: list[str], clients: int) -> tuple[list[float], 
     return latencies, statuses, wall
 
 
+def open_storm(base_url: str, tokens: list[str], rate: float, connections: int) -> tuple[list[float], list[int], float]:
+    """One connect per token, due at `rate` per second from the start, each on an idle keep-alive connection
+    (`connections` opened beforehand; more are opened while all are busy). Latency runs from when a connect was
+    due to its answer. Returns (latencies, statuses, seconds from the first due time to the last answer)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    body = json.dumps({"pool": "storm", "client": {"protocols": ["rdp"], "address": "192.0.2.1"}}).encode()
+    prepared = [post_json("/api/v1/broker/connect", f"{host}:{port}", token, body) for token in tokens]
+    latencies: list[float] = []
+    statuses: list[int] = []
+
+    async def one(raw: bytes, due: float, idle: list) -> None:
+        conn = idle.pop() if idle else await asyncio.open_connection(host, int(port))
+        reader, writer = conn
+        writer.write(raw)
+        try:
+            status = await read_status(reader)
+        except (OSError, asyncio.IncompleteReadError):
+            status, conn = 0, None  # the connection broke: an error, and it is not reused
+            writer.close()
+        latencies.append(time.perf_counter() - due)
+        statuses.append(status)
+        if conn is not None:
+            idle.append(conn)
+
+    async def run() -> float:
+        idle = [await asyncio.open_connection(host, int(port)) for _ in range(connections)]
+        loop = asyncio.get_running_loop()
+        tasks = []
+        start = time.perf_counter() + 0.2
+        for i, raw in enumerate(prepared):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(loop.create_task(one(raw, due, idle)))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - start
+        for _reader, writer in idle:
+            writer.close()
+        return wall
+
+    wall = asyncio.run(run())
+    return latencies, statuses, wall
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
@@ -196,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--desktops", type=int, default=2000)
-    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--clients", type=int, default=64, help="closed loop: concurrent clients")
+    parser.add_argument("--rate", type=float, help="open loop: connects per second offered (instead of --clients)")
+    parser.add_argument("--connections", type=int, default=64,
+                        help="open loop: keep-alive connections opened beforehand (more open when all are busy)")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--profile", type=Path, help="write a py-spy profile of the manager during the storm here")
@@ -253,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
                                          "--nonblocking", "--rate", "200", "--format", "raw", "-o", str(args.profile)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(2)  # py-spy attaches to every worker
-        latencies, statuses, wall = storm(base, tokens, args.clients)
+        if args.rate:
+            latencies, statuses, wall = open_storm(base, tokens, args.rate, args.connections)
+        else:
+            latencies, statuses, wall = storm(base, tokens, args.clients)
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
             profiler.wait()
@@ -272,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             assigned = s.scalar(select(func.count()).select_from(Desktop).where(Desktop.pool_id == pool_id,
                                                                                   Desktop.assigned_user_id.is_not(None)))
         expected_full = max(0, args.users - args.desktops)
+        mode = {"mode": "open", "offered_per_second": args.rate} if args.rate else {"mode": "closed"}
         print(json.dumps({
+            **mode,
             "assignments": ok,
             "per_second": round(ok / wall, 1) if wall else None,
             "p50_ms": round(statistics.median(latencies) * 1000, 1),
@@ -286,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             "wall_seconds": round(wall, 2), "manager_cpu_ms_per_connect": round(server_cpu_ms, 2),
             "postgres_cpu_ms_per_connect": round(postgres_cpu_ms, 2) if postgres_cpu_ms is not None else None,
             "loadgen_cpu_ms_per_connect": round(loadgen_cpu_ms, 2),
-            "users": args.users, "desktops": args.desktops, "clients": args.clients, "workers": args.workers,
+            "users": args.users, "desktops": args.desktops, "workers": args.workers,
+            **({"clients": args.clients} if not args.rate else {"connections": args.connections}),
             "node_agents": args.agents, "hosts": "libvirt test driver (desktops running before the storm)",
             "protocol": "rdp", "setup_seconds": round(setup_seconds, 1),
         }))
