@@ -8,12 +8,12 @@ APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q -o DPkg::Loc
 
 # Debian packages: building libvirt-python, real guests (QEMU TCG, qemu-img), the demo image, the browser console's
 # noVNC (npm only when none is on the PATH: NodeSource's nodejs brings its own, which Debian's npm conflicts with),
-# the browser tests.
+# the browser tests, and the console clients of the native-client test (virt-viewer, FreeRDP, Xvfb, ImageMagick).
 RUN_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-daemon-system libvirt-clients \
 	qemu-system-x86 qemu-utils dnsmasq-base cpio busybox-static e2fsprogs nodejs \
 	$(shell command -v npm >/dev/null || echo npm)
 TEST_PACKAGES := $(RUN_PACKAGES) postgresql postgresql-client redis-server redis-tools iproute2 \
-	chromium chromium-driver
+	chromium chromium-driver virt-viewer xvfb freerdp2-x11 imagemagick
 
 .PHONY: run test screenshots venv sysdeps-run sysdeps-test services lint clean-data help
 

@@ -153,6 +153,34 @@ def _cmd_directory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_spice_proxy(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from broker.spice_proxy import SpiceProxy, known_display_addresses, parse_port_range
+    from manager import db
+    from manager.config import get_settings
+
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    db.configure(settings.effective_database_url)
+    host, _, port = args.listen.rpartition(":")
+
+    def allowed() -> set[str]:
+        with db.session_scope() as session:
+            return known_display_addresses(session)
+
+    async def run() -> None:
+        proxy = SpiceProxy(allowed, parse_port_range(settings.display_ports))
+        bound = await proxy.start(host.strip("[]") or "0.0.0.0", int(port))
+        print(f"SPICE proxy on {bound[0]}:{bound[1]}: CONNECT to the hosts' display addresses, ports "
+              f"{settings.display_ports}", flush=True)
+        await proxy.serve_forever()
+
+    asyncio.run(run())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vdi", description="VDI manager for KVM desktops")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -201,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Image tools. build-demo: build (once) and cache the tiny demo desktop template.")
     p.add_argument("action", choices=["build-demo"])
     p.set_defaults(func=_cmd_image, passthrough=True)
+
+    p = sub.add_parser("spice-proxy", help="run an HTTP CONNECT proxy to the desktops' displays",
+                       description="Tunnel SPICE clients outside the hypervisors' network to the hosts' display "
+                                   "addresses (and only there). Clients find it through VDI_SPICE_PROXY.")
+    p.add_argument("--listen", default="0.0.0.0:3128", help="address:port to listen on (default 0.0.0.0:3128)")
+    p.set_defaults(func=_cmd_spice_proxy)
 
     p = sub.add_parser("directory", help="Active Directory sync",
                        description="Sync users, groups and memberships from the directory set by VDI_AD_*.")

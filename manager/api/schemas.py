@@ -75,7 +75,8 @@ class ClusterOut(Out):
 
 
 # A host name (RFC 1123 labels) or an IPv4/IPv6 literal.
-NetAddress = r"^(([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|[0-9A-Fa-f:.]+)?$"
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+NetAddress = rf"^({_LABEL}(\.{_LABEL})*|[0-9A-Fa-f]*:[0-9A-Fa-f:.]*)?$"  # names and IPv4; IPv6 has a ':'
 
 
 class HostIn(In):

@@ -25,6 +25,8 @@ Life cycle (all by name; every process is tracked by PID, nothing is ever killed
     restart_host(name)      stop (or kill, hard=True) and start again
     restart_libvirtd(name)  restart only libvirtd; QEMU guests keep running
     partition_host(name) / heal_host(name)
+    client_namespace(name)  a network namespace on the bridge for a client program (a console viewer on
+                            "another machine": it reaches the bridge address, not this machine's 127.0.0.1)
     uri(name), agent_url(name), token(name), pids(name), host_path(name, path), shared_dir
     close()                 stop every host, remove namespaces, bridge and the cluster directory
 
@@ -165,6 +167,7 @@ class HostCluster:
         self.domain_types = domain_types
         self.network = network
         self._hosts: dict[str, Host] = {}
+        self._clients: dict[str, tuple[str, str, str]] = {}  # name -> (netns, root-side veth, address)
         self._closed = False
         self.subnet: str | None = None
         self.bridge: str | None = None
@@ -348,6 +351,30 @@ class HostCluster:
         _ip("link", "set", host.veth, "up")
         host.partitioned = False
 
+    def client_namespace(self, name: str) -> tuple[str, str]:
+        """A network namespace `vdi<N>-client-<name>` wired to the cluster's bridge, as a client machine on the hosts'
+        network: (namespace, its address). Run programs in it with `ip netns exec`. Its loopback is its own, so
+        nothing there reaches a service listening on this machine's 127.0.0.1. Removed by close()."""
+        if name in self._clients:
+            netns, _, address = self._clients[name]
+            return netns, address
+        if not self.bridge:
+            raise HarnessError("client namespaces need the cluster's bridge: make the cluster with network=True")
+        if not _NAME.match(name):
+            raise HarnessError(f"client name {name!r} must be 1-16 lower-case letters, digits or '-'")
+        number = self.bridge.removeprefix("vdib")
+        index = len(self._clients) + 1
+        netns, veth, address = f"vdi{number}-client-{name}", f"vdi{number}c{index}", f"{self.subnet}.{200 + index}"
+        _ip("netns", "add", netns)
+        _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        _ip("-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
+        _ip("-n", netns, "link", "set", "lo", "up")
+        _ip("-n", netns, "link", "set", "eth0", "up")
+        _ip("link", "set", veth, "master", self.bridge)
+        _ip("link", "set", veth, "up")
+        self._clients[name] = (netns, veth, address)
+        return netns, address
+
     def close(self) -> None:
         """Stop every host, remove namespaces, veths, the bridge and (if the cluster made it) its directory."""
         if self._closed:
@@ -359,6 +386,9 @@ class HostCluster:
             except Exception:  # never leave processes behind because one host misbehaved
                 with contextlib.suppress(Exception):
                     self.kill_host(host.name)
+        for netns, veth, _ in self._clients.values():
+            _ip("netns", "delete", netns, check=False)
+            _ip("link", "delete", veth, check=False)
         for host in self._hosts.values():
             if host.netns:
                 _ip("netns", "delete", host.netns, check=False)

@@ -89,8 +89,9 @@ def published_image(real_node):
     return ensure_demo_image().publish(real_node.work / "templates")
 
 
-def setup_pool(real_node, image, pool_type: str, **fields) -> str:
-    """A one-desktop pool on the real host, provisioned through the manager's own code."""
+def setup_pool(real_node, image, pool_type: str, host_name: str = "real1", **fields) -> str:
+    """A one-desktop pool on the real host (`real_node`, known to the manager as `host_name`), provisioned through
+    the manager's own code."""
     from core.enums import HostStatus, OsType, PoolType
     from manager import db
     from manager.models import Cluster, Host, Pool, Template, TemplateVersion, Volume
@@ -98,12 +99,12 @@ def setup_pool(real_node, image, pool_type: str, **fields) -> str:
 
     tag = uuid.uuid4().hex[:6]
     with db.session_scope() as s:
-        host = s.scalar(select(Host).where(Host.name == "real1"))
+        host = s.scalar(select(Host).where(Host.name == host_name))
         if host is None:
             cluster = Cluster(name=f"real-{tag}")
             s.add(cluster)
             s.flush()
-            s.add(Host(name="real1", cluster_id=cluster.id, agent_url=real_node.node.url,
+            s.add(Host(name=host_name, cluster_id=cluster.id, agent_url=real_node.node.url,
                        agent_token=real_node.node.token,
                        address="127.0.0.1", status=HostStatus.UP, memory_mib=8192, free_memory_mib=4096))
         volume = s.scalar(select(Volume).where(Volume.path == str(image.template)))
@@ -281,3 +282,78 @@ def test_a_ticket_works_only_before_its_expiry(real_node, published_image, world
     assert vnc_password_accepted(vnc_port, new_password)
     anon_client.post(f"{API}/broker/logoff", json={"session_id": got["session_id"]}, headers=bearer(token))
     wait_for_jobs(120)
+
+
+def wait_session_state(session_id: str, state: str, timeout: float = 90.0) -> None:
+    from manager import db
+    from manager.models import DesktopSession
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with db.session_scope() as s:
+            now = s.get(DesktopSession, session_id).state.value
+        if now == state:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"session {session_id} is {now}, not {state}, after {timeout} s")
+        time.sleep(0.5)
+
+
+def test_a_session_follows_a_real_console_client(real_node, published_image, world, anon_client, api_server):
+    """A node agent reporting to a real manager process: the user's SPICE connect leaves the session pending; a VNC
+    client that authenticates with the ticket makes it connected (libvirt's graphics events, through the agent's
+    console events); closing the client makes it disconnected. The pool's disconnect policy (reset) waits for its
+    delay (60 min: nothing happens), and with a delay of 0 the next maintenance pass resets the desktop to a fresh
+    overlay and gives it back to the pool."""
+    from image_manager import qcow2
+    from manager import db
+    from manager.models import Desktop, DesktopSession, Pool, Volume
+    from manager.provisioning.tasks import maintain_pools
+    from tests.harness.rfb import VncRefused, vnc_client
+
+    manager_id = f"console-tests-{uuid.uuid4().hex[:8]}"
+    node = EmbeddedNode(name="realw", libvirt_uri=SYSTEM_URI, port=free_port(), token=f"tok-{uuid.uuid4().hex}",
+                        domain_types=os.environ.get("VDI_NODE_DOMAIN_TYPES", "qemu"))
+    agent = NodeAgentProcess(node, manager_url=api_server.url, log_path=real_node.work / "realw.log",
+                             manager_id=manager_id, log_level="INFO")
+    agent.start(timeout=180, request_timeout=60)
+    try:
+        pool_id = setup_pool(agent, published_image, "automatic", host_name="realw", disconnect_action="reset",
+                             disconnect_after_minutes=60)
+        user, token = world.user("vera")
+        world.entitle(pool_id=pool_id, user_id=user)
+        got = connect(anon_client, token, pool_id)
+        sid, desktop_id = got["session_id"], got["desktop_id"]
+        with db.session_scope() as s:
+            assert s.get(DesktopSession, sid).state.value == "pending"  # a ticket, no client yet
+        vnc_port = int(live_graphics(desktop_id)["vnc"]["port"])
+        with pytest.raises(VncRefused):  # a wrong password attaches nothing
+            with vnc_client(vnc_port, "wrong-pw"):
+                pass
+        with vnc_client(vnc_port, got["console"]["password"]) as (width, height):
+            assert width > 0 and height > 0
+            wait_session_state(sid, "connected")
+        wait_session_state(sid, "disconnected")
+        with db.session_scope() as s:
+            row = s.get(DesktopSession, sid)
+            assert row.connected_at is not None and row.disconnected_at >= row.connected_at
+
+        assert maintain_pools()["disconnect_policy"] == 0  # 60 minutes are not over
+        with db.session_scope() as s:
+            assert s.get(DesktopSession, sid).state.value == "disconnected"
+            s.get(Pool, pool_id).disconnect_after_minutes = 0
+        assert maintain_pools()["disconnect_policy"] == 1
+        wait_for_jobs(240)
+        with db.session_scope() as s:
+            assert s.get(DesktopSession, sid).state.value == "ended"
+            d = s.get(Desktop, desktop_id)
+            assert d.assigned_user_id is None and d.task_state is None and d.power_state.value == "down"
+            assert qcow2.is_empty(s.get(Volume, d.volume_id).path)  # reset: a fresh overlay
+        assert "console client attached" in agent.log_path.read_text()
+    finally:
+        agent.stop()
+        driver = LibvirtDriver(SYSTEM_URI, manager_id=manager_id)
+        try:
+            remove_owned_domains(driver)
+        finally:
+            driver.close()
