@@ -16,6 +16,7 @@ from manager.api.broker import router as broker_router
 from manager.api.crud import crud_router
 from manager.api.dashboard import router as dashboard_router
 from manager.api.guard import RequestGuard
+from manager.api.ha import router as ha_router
 from manager.api.desktop_actions import router as desktop_actions_router
 from manager.api.identity import router as identity_router
 from manager.api.hosts import router as hosts_router
@@ -81,10 +82,18 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
-        from manager.monitor import LivenessMonitor
+        from ha_manager.service import singleton_loop, start_manager_ha, stop_manager_ha
+        from manager.monitor import mark_silent_hosts
 
-        monitor = LivenessMonitor(settings.host_dead_after_seconds, period=min(5.0, settings.heartbeat_seconds))
-        monitor.start()
+        # The leader election; background loops run on the leader only, their writes fenced (docs/ha.md).
+        start_manager_ha(settings)
+
+        def check_hosts() -> None:
+            with db.session_scope() as session:
+                mark_silent_hosts(session, settings.host_dead_after_seconds)
+
+        singleton_loop("host-liveness", min(5.0, settings.heartbeat_seconds), check_hosts,
+                       quiet_s=settings.ha_takeover_quiet_seconds)
         nodes = contextlib.ExitStack()
         if settings.embedded_nodes:
             from manager.embedded_nodes import EmbeddedNodes
@@ -101,7 +110,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
             yield
         finally:
             nodes.close()
-            monitor.stop()
+            stop_manager_ha()
 
     app = FastAPI(title="VDI manager", version="0.1.0", lifespan=lifespan,
                   description="Desktop virtualization for KVM: hosts, templates, desktops, pools, a connection "
@@ -121,6 +130,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
     api.include_router(images_router)
     api.include_router(dashboard_router)
     api.include_router(hosts_router)
+    api.include_router(ha_router)
     api.include_router(screens_router)
     for resource in RESOURCES:
         api.include_router(crud_router(resource))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import stat
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -53,6 +54,16 @@ class Settings(BaseSettings):
                                  "X-Forwarded-For names the client; empty = none (the socket's peer is the client)")
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     host_dead_after_seconds: float = Field(default=30.0, gt=0)
+    # Manager HA: several `vdi serve` on one database elect one leader for the singleton loops (docs/ha.md).
+    instance_id: str = Field(default="", max_length=255, description="this manager process's name among several "
+                             "on one database; empty = <hostname>:<port>")
+    ha_lease_ttl_seconds: float = Field(default=15.0, ge=1, le=600, description="the leader's lease lasts this long "
+                                        "after each renewal; a standby takes over once it has run out")
+    ha_lease_renew_seconds: float = Field(default=5.0, gt=0, description="how often the leader renews its lease "
+                                          "(and a standby polls it); less than the ttl")
+    ha_takeover_quiet_seconds: float = Field(default=10.0, ge=0, description="after a takeover the new leader's "
+                                             "host-liveness loop waits this long, so node agents failing over "
+                                             "between managers deliver a heartbeat before any host is judged")
     embedded_nodes: bool = Field(default=True, description="run the node agents listed in "
                                  "<data_dir>/embedded-nodes.json (written by `vdi demo`) inside `vdi serve`")
     log_level: str = "INFO"
@@ -61,6 +72,17 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _lease_renewed_within_ttl(self) -> "Settings":
+        if self.ha_lease_renew_seconds >= self.ha_lease_ttl_seconds:
+            raise ValueError(f"VDI_HA_LEASE_RENEW_SECONDS ({self.ha_lease_renew_seconds:g}) must be less than "
+                             f"VDI_HA_LEASE_TTL_SECONDS ({self.ha_lease_ttl_seconds:g})")
+        return self
+
+    @property
+    def effective_instance_id(self) -> str:
+        return self.instance_id or f"{socket.gethostname()}:{self.port}"
 
     @property
     def effective_database_url(self) -> str:

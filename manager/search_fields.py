@@ -37,6 +37,7 @@ from manager.models import (ApiToken, Assignment, Bookmark, Cluster, Desktop, De
                             Entitlement, Event, Group, GroupGroupMembership, Host, Job, LoginAttempt, Pool,
                             RoleAssignment, Snapshot, StorageDomain, Tag, TagAssignment, Template, TemplateVersion,
                             User, UserGroupMembership, Volume)
+from manager.models import ManagerInstance, ManagerLeader
 from manager.models.search_indexes import (DESKTOP_TEXT_COLUMNS, SEPARATOR, SEVERITY_CODES, dialect_function,
                                            severity_code)
 from search_dsl import Field, Kind, ObjectDef, Registry, Relation, TagTree, XRef
@@ -741,4 +742,6 @@ UNSEARCHED_MODELS: dict[type, str] = {
     Job: "jobs have no useful oVirt search fields (upstream: correlation_id only); listed under /jobs",
     Snapshot: "snapshots are listed per desktop",
     Bookmark: "bookmarks hold search queries themselves",
+    ManagerLeader: "the manager's own leader lease (GET /api/v1/ha)",
+    ManagerInstance: "the manager's own processes (GET /api/v1/ha)",
 }

@@ -18,6 +18,7 @@ from broker.console import ConsoleDescriptor, render_file
 from core.enums import Protocol, SessionState
 from core.errors import Conflict, Invalid
 from event_manager.service import emit
+from ha_manager.service import singleton_loop, stop_loop
 from manager.api import schemas as s
 from manager.api.common import DbSession, Page, Paging, paginate
 from manager.auth import Principal, require
@@ -25,22 +26,22 @@ from manager.db import get_or_404
 from manager.api.system import _job_out
 from manager.models import Desktop, DesktopSession, Event, User
 from manager.provisioning.consoles import NODES, issue_for_desktop
-from manager.provisioning.maintenance import PoolMaintainer, configured_period
+from manager.provisioning.maintenance import configured_period
 from manager.provisioning.power import PowerAction, power_desktop
+from manager.provisioning.tasks import maintain_pools
 
 
 @contextlib.asynccontextmanager
 async def _pool_maintenance(_app) -> AsyncIterator[None]:
-    """While the manager runs, leases expire and prestarted desktops are topped up without anyone asking."""
+    """While the manager runs, the leader expires leases and tops up prestarted desktops without anyone asking
+    (a singleton loop: ha_manager.service)."""
     period = configured_period()
-    maintainer = PoolMaintainer(period) if period > 0 else None
-    if maintainer is not None:
-        maintainer.start()
+    loop = singleton_loop("pool-maintenance", period, maintain_pools) if period > 0 else None
     try:
         yield
     finally:
-        if maintainer is not None:
-            maintainer.stop()
+        if loop is not None:
+            stop_loop(loop)
 
 
 router = APIRouter(tags=["broker"], lifespan=_pool_maintenance)

@@ -5,12 +5,13 @@ from manager.models.identity import (ApiToken, Assignment, DesktopSession, Direc
                                      GroupGroupMembership, LoginAttempt, RoleAssignment, User, UserGroupMembership)
 from manager.models.images import Snapshot, Template, TemplateVersion, Volume
 from manager.models.infra import Cluster, Host, StorageDomain
+from manager.models.leader import ManagerInstance, ManagerLeader
 from manager.models.ops import Bookmark, Event, Job, Tag, TagAssignment
 from manager.models import search_indexes  # noqa: E402,F401  (the search's indexes join the metadata)
 
 __all__ = [
     "ApiToken", "Assignment", "Base", "Bookmark", "Cluster", "Desktop", "DesktopSession", "DirectorySyncState",
-    "Entitlement", "Event", "Group", "GroupGroupMembership", "Host", "Job", "LoginAttempt", "Pool", "RoleAssignment",
+    "Entitlement", "Event", "Group", "GroupGroupMembership", "Host", "Job", "LoginAttempt", "ManagerInstance", "ManagerLeader", "Pool", "RoleAssignment",
     "Snapshot", "StorageDomain", "Tag", "TagAssignment", "Template", "TemplateVersion", "User",
     "UserGroupMembership", "Volume", "utcnow",
 ]
