@@ -21,6 +21,7 @@ from manager.api.desktop_actions import router as desktop_actions_router
 from manager.api.identity import router as identity_router
 from manager.api.hosts import router as hosts_router
 from manager.api.images import router as images_router
+from manager.api.openapi import install_error_docs
 from manager.api.resources import RESOURCES
 from manager.api.screens import router as screens_router
 from manager.api.search import router as search_router
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.add_middleware(RequestGuard, fastapi_app=app, prefix=f"{API_PREFIX}/", max_body=settings.max_body_bytes)
     install_error_handlers(app)
+    install_error_docs(app, f"{API_PREFIX}/")
     _install_offline_docs(app)
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(system_router)

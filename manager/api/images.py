@@ -135,7 +135,8 @@ def import_template(template_id: str, payload: ImportIn, session: DbSession, who
 # its own limit, settings.max_upload_bytes, which the route checks itself: declaring a max_body_size of its own
 # takes the route out of the guard's limit.
 @router.post("/templates/{template_id}/upload", response_model=s.JobOut, status_code=202,
-             max_body_size=1 << 62)
+             max_body_size=1 << 62, openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def upload_template(template_id: str, request: Request, session: DbSession, who: TemplatesWrite,
                           format: Annotated[ImageFormat | None, Query(description="probed when omitted")] = None,
                           storage_domain_id: Annotated[str | None, Query(max_length=36)] = None,

@@ -22,6 +22,7 @@ from image_manager.service import get_template, template_versions
 from manager import db
 from manager.api import schemas as s
 from manager.api.common import DbSession, Page, PageParams, Paging, paginate
+from manager.api.openapi import error_responses
 from manager.auth import (Principal, csrf_token, end_browser_session, issue_token, public, require,
                           start_browser_session, token_digest, token_lifetime_limit)
 from manager.config import get_settings
@@ -284,7 +285,8 @@ class TokenIn(s.In):
                                              "expires with that credential and is revoked at its logout")
 
 
-@router.post("/auth/login", tags=["auth"], dependencies=[Depends(public())])
+@router.post("/auth/login", tags=["auth"], dependencies=[Depends(public())],
+             responses=error_responses(401, 403, 429, 503))
 def login(payload: LoginIn, request: Request, response: Response, session: DbSession) -> dict[str, Any]:
     """Log in with a password; sets the session cookie and returns a bearer token for the same session."""
     user, secret = start_browser_session(session, request, response, payload.username, payload.password)
@@ -305,7 +307,7 @@ def me(who: Annotated[Principal, Depends(require("self:read"))]) -> dict[str, An
             "roles": sorted(r.value for r in who.roles), "permissions": sorted(who.permissions)}
 
 
-@router.post("/auth/tokens", tags=["auth"], status_code=201)
+@router.post("/auth/tokens", tags=["auth"], status_code=201, responses=error_responses(429, 503))
 def create_token(payload: TokenIn, request: Request, session: DbSession,
                  who: Annotated[Principal, Depends(require("self:read"))]) -> dict[str, Any]:
     """An API token for scripts, acting as you. The secret is shown once. It expires after lifetime_days (at most
