@@ -33,9 +33,9 @@ from sqlalchemy.types import UserDefinedType
 
 from core.enums import HostStatus, OsType, PoolType, PowerState, PrincipalSource, ProtocolPolicy
 from core.enums import DisconnectAction, ReclaimPolicy, TaskState
-from manager.models import (ApiToken, Assignment, Bookmark, Cluster, Desktop, DesktopSession, DirectorySyncState,
-                            Entitlement, Event, Group, GroupGroupMembership, Host, Job, LoginAttempt, Pool,
-                            RoleAssignment, Snapshot, StorageDomain, Tag, TagAssignment, Template, TemplateVersion,
+from manager.models import (ApiToken, Assignment, Bookmark, BrowserConsole, Cluster, Desktop, DesktopSession,
+                            DirectorySyncState, Entitlement, Event, Group, GroupGroupMembership, Host, Job,
+                            LoginAttempt, Pool, RoleAssignment, Snapshot, StorageDomain, Tag, TagAssignment, Template, TemplateVersion,
                             User, UserGroupMembership, Volume)
 from manager.models import ManagerInstance, ManagerLeader
 from manager.models.search_indexes import (DESKTOP_TEXT_COLUMNS, SEPARATOR, SEVERITY_CODES, dialect_function,
@@ -733,6 +733,7 @@ UNSEARCHED_MODELS: dict[type, str] = {
     Assignment: "a link table: it defines which users hold a desktop (Vms: Users. / Users: Vms.)",
     Entitlement: "a link table: direct user entitlements are holdings (Vms: Users.) and pools (Users: pool)",
     ApiToken: "secrets",
+    BrowserConsole: "single-use console tickets and their connections; audited as console.browser_* events",
     LoginAttempt: "security log, not inventory",
     DirectorySyncState: "directory sync bookkeeping",
     RoleAssignment: "authorization data, administered under /role-assignments",

@@ -1,8 +1,9 @@
 """ALL ORM classes, on one Base (Alembic's env.py imports this package's metadata)."""
 from manager.models.base import Base, utcnow
 from manager.models.desktops import Desktop, Pool
-from manager.models.identity import (ApiToken, Assignment, DesktopSession, DirectorySyncState, Entitlement, Group,
-                                     GroupGroupMembership, LoginAttempt, RoleAssignment, User, UserGroupMembership)
+from manager.models.identity import (ApiToken, Assignment, BrowserConsole, DesktopSession, DirectorySyncState,
+                                     Entitlement, Group, GroupGroupMembership, LoginAttempt, RoleAssignment, User,
+                                     UserGroupMembership)
 from manager.models.images import Snapshot, Template, TemplateVersion, Volume
 from manager.models.infra import Cluster, Host, StorageDomain
 from manager.models.leader import ManagerInstance, ManagerLeader
@@ -10,7 +11,7 @@ from manager.models.ops import Bookmark, Event, Job, Tag, TagAssignment
 from manager.models import search_indexes  # noqa: E402,F401  (the search's indexes join the metadata)
 
 __all__ = [
-    "ApiToken", "Assignment", "Base", "Bookmark", "Cluster", "Desktop", "DesktopSession", "DirectorySyncState",
+    "ApiToken", "Assignment", "Base", "Bookmark", "BrowserConsole", "Cluster", "Desktop", "DesktopSession", "DirectorySyncState",
     "Entitlement", "Event", "Group", "GroupGroupMembership", "Host", "Job", "LoginAttempt", "ManagerInstance", "ManagerLeader", "Pool", "RoleAssignment",
     "Snapshot", "StorageDomain", "Tag", "TagAssignment", "Template", "TemplateVersion", "User",
     "UserGroupMembership", "Volume", "utcnow",

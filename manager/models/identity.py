@@ -134,6 +134,24 @@ class DesktopSession(IdMixin, CreatedMixin, Base):
     ticket_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+class BrowserConsole(IdMixin, CreatedMixin, Base):
+    """One browser console (manager.console_proxy): its single-use ticket (only the SHA-256 is stored), bound to a
+    user and a desktop, then the proxied connection it opened. `opened_at` set = the ticket is spent;
+    `close_requested_at` set = an administrator asked every manager process to close it."""
+
+    __tablename__ = "browser_consoles"
+
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    desktop_id: Mapped[str] = mapped_column(ForeignKey("desktops.id", ondelete="CASCADE"), index=True)
+    session_id: Mapped[str | None] = mapped_column(ForeignKey("desktop_sessions.id", ondelete="SET NULL"),
+                                                   nullable=True)  # none for an administrator's console
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    opened_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    close_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
 class ApiToken(IdMixin, CreatedMixin, Base):
     """A bearer token (kind api, for scripts) or a browser session (kind session); only its SHA-256 is stored.
     Every token expires (manager.auth bounds each kind's life by configuration)."""
