@@ -37,6 +37,7 @@ from core.specs import DesktopSpec
 from hypervisor_node import hoststats
 from hypervisor_node.consoles import ConsoleReporter
 from hypervisor_node.driver import DEFAULT_BLOCK_JOB_TIMEOUT_S, DEFAULT_MANAGER_ID, LibvirtDriver, NodeDriver
+from hypervisor_node.managers import ManagerEndpoints
 
 log = logging.getLogger("hypervisor_node.agent")
 
@@ -293,7 +294,9 @@ def create_app(
 
 # ---- heartbeat ------------------------------------------------------------------------------------------
 class Heartbeat:
-    """Every `interval` s, POST host and domain figures to `{manager_url}/api/v1/nodes/{node}/heartbeat`.
+    """Every `interval` s, POST host and domain figures to `{manager}/api/v1/nodes/{node}/heartbeat`, where
+    `manager_url` is one manager or several (a comma-separated string, a list, or a shared ManagerEndpoints): a
+    manager that cannot be reached or answers with a server error is replaced by the next one in the same beat.
 
     Body: {"seq", "agent_started_at", "caps", "cpu_usage", "mem_usage", "domains": [DomainStats...]}.
     A manager that stops answering is logged once at WARNING, its recovery once at INFO; single
@@ -305,7 +308,7 @@ class Heartbeat:
         self,
         driver: NodeDriver,
         node_name: str,
-        manager_url: str,
+        manager_url: "str | Sequence[str] | ManagerEndpoints",
         token: str,
         interval: float = DEFAULT_HEARTBEAT_SECONDS,
         *,
@@ -317,7 +320,8 @@ class Heartbeat:
             raise Invalid(f"heartbeat interval must be positive, got {interval}")
         self.driver = driver
         self.node_name = node_name
-        self.url = f"{manager_url.rstrip('/')}/api/v1/nodes/{node_name}/heartbeat"
+        self.managers = ManagerEndpoints.of(manager_url)
+        self.path = f"/api/v1/nodes/{node_name}/heartbeat"
         self.interval = interval
         self.started_at = utc_now_iso()
         self.seq = 0
@@ -329,6 +333,11 @@ class Heartbeat:
         self._cpu = hoststats.HostCpuMeter(proc_root)
         self._transport = transport
         self._request_timeout = request_timeout
+
+    @property
+    def url(self) -> str:
+        """Where heartbeats go now."""
+        return f"{self.managers.current}{self.path}"
 
     def build_payload(self) -> dict[str, Any]:
         """One heartbeat body (blocking: calls the hypervisor). Raises VdiError when it is unreachable."""
@@ -359,8 +368,8 @@ class Heartbeat:
             log.info("reporting %d owned domain(s) to the manager: %s", len(payload["domains"]),
                      ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none")
         try:
-            response = await client.post(self.url, json=payload,
-                                         headers={"Authorization": f"Bearer {self._token}"})
+            response = await self.managers.post(client, self.path, json=payload,
+                                                headers={"Authorization": f"Bearer {self._token}"})
         except httpx.HTTPError as exc:
             self._manager_state(False, f"{type(exc).__name__}: {exc}")
             return False
@@ -413,8 +422,9 @@ def build_parser(prog: str = "vdi node") -> argparse.ArgumentParser:
     parser.add_argument("--libvirt-uri", default="qemu:///system", help="libvirt connection URI")
     parser.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8081), metavar="ADDR:PORT",
                         help="address of the agent's HTTP API (default 127.0.0.1:8081)")
-    parser.add_argument("--manager", default="", metavar="URL",
-                        help="the manager's base URL for heartbeats; empty: no heartbeat")
+    parser.add_argument("--manager", default="", metavar="URL[,URL...]",
+                        help="the managers' base URLs, comma-separated: heartbeats go to the first that answers "
+                             "and move on to the next when it stops answering; empty: no heartbeat")
     parser.add_argument("--token", default=os.environ.get("VDI_NODE_TOKEN", ""),
                         help="bearer token shared with the manager (default: $VDI_NODE_TOKEN)")
     parser.add_argument("--heartbeat-seconds", type=float, default=DEFAULT_HEARTBEAT_SECONDS,
@@ -452,8 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            trust_shared_storage=args.trust_shared_storage, validate_xml=args.validate_xml)
     heartbeat = consoles = None
     if args.manager:
-        heartbeat = Heartbeat(driver, args.name, args.manager, args.token, args.heartbeat_seconds)
-        consoles = ConsoleReporter(driver, args.name, args.manager, args.token)
+        managers = ManagerEndpoints(args.manager)
+        heartbeat = Heartbeat(driver, args.name, managers, args.token, args.heartbeat_seconds)
+        consoles = ConsoleReporter(driver, args.name, managers, args.token)
     app = create_app(driver, args.token, node_name=args.name, heartbeat=heartbeat, consoles=consoles)
     host, port = args.listen
     log.info("node agent %s serving on %s:%d for %s", args.name, host, port, args.libvirt_uri)

@@ -22,6 +22,7 @@ import httpx
 from starlette.concurrency import run_in_threadpool
 
 from hypervisor_node.driver import GraphicsEvent, GraphicsWatch, LibvirtDriver
+from hypervisor_node.managers import ManagerEndpoints
 
 log = logging.getLogger(__name__)
 MAX_BACKLOG = 10_000
@@ -31,9 +32,10 @@ RETRY_SECONDS = 5.0
 class ConsoleReporter:
     """Turns graphics events into attached/detached reports and delivers them to the manager."""
 
-    def __init__(self, driver: LibvirtDriver, node_name: str, manager_url: str, token: str, *,
+    def __init__(self, driver: LibvirtDriver, node_name: str, manager_url: "str | ManagerEndpoints", token: str, *,
                  retry_seconds: float = RETRY_SECONDS, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.url = f"{manager_url.rstrip('/')}/api/v1/nodes/{node_name}/console-events"
+        self.managers = ManagerEndpoints.of(manager_url)  # shared with the heartbeat: both follow a failover
+        self.path = f"/api/v1/nodes/{node_name}/console-events"
         self.retry_seconds = retry_seconds
         self.watch = GraphicsWatch(driver, self.record)
         self._token = token
@@ -44,6 +46,10 @@ class ConsoleReporter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._failing = False
+
+    @property
+    def url(self) -> str:
+        return f"{self.managers.current}{self.path}"
 
     def record(self, event: GraphicsEvent) -> None:
         """One graphics event (libvirt's event thread): queue a report when the domain's first client attached or
@@ -77,8 +83,8 @@ class ConsoleReporter:
         if not events:
             return True
         try:
-            response = await client.post(self.url, json={"events": events},
-                                         headers={"Authorization": f"Bearer {self._token}"})
+            response = await self.managers.post(client, self.path, json={"events": events},
+                                                headers={"Authorization": f"Bearer {self._token}"})
             ok, reason = response.status_code < 300, f"HTTP {response.status_code}: {response.text[:300]}"
         except httpx.HTTPError as exc:
             ok, reason = False, f"{type(exc).__name__}: {exc}"
