@@ -34,7 +34,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.errors import BadRequest, Invalid, NotAuthenticated, VdiError
 from core.specs import DesktopSpec
-from hypervisor_node import hoststats
+from hypervisor_node import hoststats, spice_tls
+from hypervisor_node.guest_facts import GuestFacts
 from hypervisor_node.consoles import ConsoleReporter
 from hypervisor_node.driver import DEFAULT_BLOCK_JOB_TIMEOUT_S, DEFAULT_MANAGER_ID, LibvirtDriver, NodeDriver
 from hypervisor_node.managers import ManagerEndpoints
@@ -43,6 +44,7 @@ log = logging.getLogger("hypervisor_node.agent")
 
 API_PREFIX = "/v1"
 DEFAULT_HEARTBEAT_SECONDS = 5.0
+GUEST_FACTS_EVERY_BEATS = 6  # guest facts are asked for every 6 heartbeat intervals (30 s by default)
 DEFAULT_SHUTDOWN_TIMEOUT_S = 60
 MAX_BODY_BYTES = 1024 * 1024
 POWER_ACTIONS = ("start", "shutdown", "poweroff", "reboot", "suspend", "resume")
@@ -157,6 +159,7 @@ def create_app(
     node_name: str = "node",
     heartbeat: "Heartbeat | None" = None,
     consoles: "ConsoleReporter | None" = None,
+    spice_tls_dir: str | None = None,
 ) -> Starlette:
     """The agent's ASGI app over `driver`; `heartbeat` and `consoles` (console clients reported to the manager),
     when given, run for the app's lifetime."""
@@ -243,6 +246,11 @@ def create_app(
         chain = await call(driver.snapshot_disk, request.path_params["uuid"], overlay)
         return JSONResponse({"chain": chain})
 
+    async def put_spice_tls(request: Request) -> Response:
+        """The host's SPICE TLS certificate, key and CA (hypervisor_node.spice_tls), from the manager."""
+        written = await call(spice_tls.install, spice_tls_dir, await _json_body(request))
+        return JSONResponse({"directory": spice_tls_dir, "files": written})
+
     async def blockcommit(request: Request) -> Response:
         body = await _json_body(request, required=False)
         top = _field(body, "top", (str, type(None)), None)
@@ -257,6 +265,7 @@ def create_app(
         Route(f"{p}/capabilities", capabilities, methods=["GET"]),
         Route(f"{p}/domains", list_domains, methods=["GET"]),
         Route(f"{p}/stats", stats, methods=["GET"]),
+        Route(f"{p}/spice-tls", put_spice_tls, methods=["PUT"]),
         Route(f"{p}/domains/{{uuid}}", get_domain, methods=["GET"]),
         Route(f"{p}/domains/{{uuid}}", define, methods=["PUT"]),
         Route(f"{p}/domains/{{uuid}}", undefine, methods=["DELETE"]),
@@ -298,7 +307,9 @@ class Heartbeat:
     `manager_url` is one manager or several (a comma-separated string, a list, or a shared ManagerEndpoints): a
     manager that cannot be reached or answers with a server error is replaced by the next one in the same beat.
 
-    Body: {"seq", "agent_started_at", "caps", "cpu_usage", "mem_usage", "domains": [DomainStats...]}.
+    Body: {"seq", "agent_started_at", "caps", "cpu_usage", "mem_usage", "domains": [DomainStats...],
+    "guest": {uuid: facts}} where "guest" holds the guest facts (hypervisor_node.guest_facts) that changed since the
+    manager last took them; its agent asks each running guest every GUEST_FACTS_EVERY_BEATS intervals.
     A manager that stops answering is logged once at WARNING, its recovery once at INFO; single
     attempts are logged at DEBUG only. The first beat, sent at once, reports every domain we own with
     its real state: that is how a restarted agent hands its running guests back to the manager.
@@ -333,6 +344,7 @@ class Heartbeat:
         self._cpu = hoststats.HostCpuMeter(proc_root)
         self._transport = transport
         self._request_timeout = request_timeout
+        self.guest_facts = GuestFacts(driver, period=interval * GUEST_FACTS_EVERY_BEATS)
 
     @property
     def url(self) -> str:
@@ -343,6 +355,7 @@ class Heartbeat:
         """One heartbeat body (blocking: calls the hypervisor). Raises VdiError when it is unreachable."""
         caps = self.driver.capabilities()
         domains = self.driver.bulk_stats()
+        self.guest_facts.set_running({d.uuid for d in domains if d.state == "up"})
         self.seq += 1
         return {
             "seq": self.seq,
@@ -351,6 +364,7 @@ class Heartbeat:
             "cpu_usage": self._cpu.usage(),
             "mem_usage": hoststats.read_mem_usage(self._proc_root),
             "domains": [d.to_dict() for d in domains],
+            "guest": self.guest_facts.unsent(),
         }
 
     async def beat(self, client: httpx.AsyncClient) -> bool:
@@ -377,13 +391,18 @@ class Heartbeat:
             self._manager_state(False, f"HTTP {response.status_code}: {response.text[:300]}")
             return False
         self._manager_state(True, "")
+        self.guest_facts.delivered(payload["guest"])
         return True
 
     async def run(self) -> None:
-        async with httpx.AsyncClient(transport=self._transport, timeout=self._request_timeout) as client:
-            while True:
-                await self.beat(client)
-                await asyncio.sleep(self.interval)
+        facts = asyncio.create_task(self.guest_facts.run(), name="guest-facts")
+        try:
+            async with httpx.AsyncClient(transport=self._transport, timeout=self._request_timeout) as client:
+                while True:
+                    await self.beat(client)
+                    await asyncio.sleep(self.interval)
+        finally:
+            facts.cancel()
 
     def _manager_state(self, ok: bool, reason: str) -> None:
         if ok:
@@ -440,6 +459,9 @@ def build_parser(prog: str = "vdi node") -> argparse.ArgumentParser:
                              "Ceph): allow live migration anyway")
     parser.add_argument("--validate-xml", action="store_true",
                         help="have libvirt validate every domain XML against its schema (slower defines)")
+    parser.add_argument("--spice-tls-dir", default="", metavar="DIR",
+                        help="where the manager's SPICE TLS files go: the spice_tls_x509_cert_dir of this host's "
+                             "qemu.conf (with spice_tls = 1); empty: no SPICE TLS")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -465,7 +487,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         managers = ManagerEndpoints(args.manager)
         heartbeat = Heartbeat(driver, args.name, managers, args.token, args.heartbeat_seconds)
         consoles = ConsoleReporter(driver, args.name, managers, args.token)
-    app = create_app(driver, args.token, node_name=args.name, heartbeat=heartbeat, consoles=consoles)
+    app = create_app(driver, args.token, node_name=args.name, heartbeat=heartbeat, consoles=consoles,
+                     spice_tls_dir=args.spice_tls_dir or None)
     host, port = args.listen
     log.info("node agent %s serving on %s:%d for %s", args.name, host, port, args.libvirt_uri)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level.lower(), access_log=False,

@@ -6,9 +6,10 @@ stored one is updated and one event records the transition (pollers log transiti
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.orm import Session
 
 from core.enums import HostStatus, PowerState, Severity
@@ -84,11 +85,50 @@ def ingest_heartbeat(session: Session, host: Host, payload: dict[str, Any]) -> d
         session.execute(update(Desktop), steady_rows)
     for row in (r for r in rows if "power_state" in r):  # transitions are rare: one statement each is fine
         session.execute(update(Desktop).where(Desktop.id == row.pop("id")).values(**row))
+    _write_guest_facts(session, host, payload.get("guest"))
     return {"desktops": len(steady) + len(rows), "transitions": transitions,
             "unknown": len(by_id) - len(steady) - len(known) - len(foreign), "foreign": len(foreign)}
 
 
 FOREIGN_WARNING_EVERY = dt.timedelta(minutes=10)
+
+
+def preferred_address(ips: list[str]) -> str:
+    """The address a client connects to (RDP): the first global IPv4, else any IPv4, else a global IPv6."""
+    parsed = []
+    for text_ in ips:
+        try:
+            parsed.append(ipaddress.ip_address(text_))
+        except ValueError:
+            continue
+    for wanted in (lambda a: a.version == 4 and not a.is_link_local and not a.is_loopback,
+                   lambda a: a.version == 4 and not a.is_loopback,
+                   lambda a: a.version == 6 and not a.is_link_local and not a.is_loopback):
+        found = next((a for a in parsed if wanted(a)), None)
+        if found is not None:
+            return str(found)
+    return ""
+
+
+def _write_guest_facts(session: Session, host: Host, facts: Any) -> None:
+    """What the node's guest agents said (only facts that changed: rare), on the desktops placed on this host or
+    on none. Desktop.ip is the address clients connect to; the lists are stored comma-separated."""
+    if not isinstance(facts, dict):
+        return
+    for desktop_id, fact in facts.items():
+        if not isinstance(fact, dict):
+            continue
+        ips, users, apps = (_texts(fact.get(key)) for key in ("ips", "users", "apps"))
+        hostname = fact.get("hostname") if isinstance(fact.get("hostname"), str) else ""
+        session.execute(update(Desktop).where(
+            Desktop.id == str(desktop_id), or_(Desktop.host_id == host.id, Desktop.host_id.is_(None))).values(
+            ip=preferred_address(ips), guest_hostname=hostname[:255], logged_in_user=",".join(users)[:255],
+            installed_apps=",".join(apps)))
+
+
+def _texts(value: Any) -> list[str]:
+    return [v.replace(",", " ").strip() for v in value if isinstance(v, str) and v.strip()] \
+        if isinstance(value, list) else []
 
 
 def _warn_foreign(session: Session, host: Host, foreign: dict[str, str], by_id: dict[str, DomainStats],

@@ -21,6 +21,25 @@ Text = Annotated[str, Field(max_length=4000)]
 class In(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """No text may hold a NUL character: the database cannot store one (Postgres refuses it), so it is a 422
+        here rather than a 500 at the INSERT."""
+        if _holds_nul(value):
+            raise ValueError("must not contain a NUL character")
+        return value
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds_nul(v) for v in value)
+    return False
+
 
 class Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -224,6 +243,7 @@ class DesktopOut(Out):
     cpu_usage: int
     mem_usage: int
     ip: str
+    guest_hostname: str
     started_at: dt.datetime | None
     console_protocols: str
     monitors: int
@@ -354,6 +374,13 @@ class UserIn(In):
     enabled: bool = True
     password: Annotated[str | None, Field(min_length=8, max_length=256,
                                           description="local accounts only; stored as a salted hash")] = None
+
+    @model_validator(mode="after")
+    def _upn_fits(self) -> "UserIn":
+        # the account's UPN defaults to username@domain, kept in a column of 255 characters
+        if len(self.username) + 1 + len(self.domain) > 255:
+            raise ValueError("username@domain must be at most 255 characters")
+        return self
 
 
 class UserOut(Out):

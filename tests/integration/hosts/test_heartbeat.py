@@ -124,3 +124,36 @@ def test_the_database_holds_no_usable_node_token(client, anon_client):
             response = _beat(anon_client, {**host, "agent_token": stolen}, [])
             assert response.status_code == 401, stolen
     assert _beat(anon_client, host, []).status_code == 200
+
+
+def test_guest_facts_are_stored_and_found_by_the_search(client, anon_client):
+    """Issue 21 item 4: what the guest agents report (only on changes) lands in the desktop's record: the address
+    clients connect to (IPv4 before IPv6), host name, logged-in users, installed applications; `apps = *office*`
+    finds the desktop whatever the case. A report for a desktop placed on another host is ignored."""
+    host, (mine, theirs) = _host_and_desktops(client, n=2)
+    other = client.post(f"{API}/hosts", json={"name": "vs-b", "cluster_id": host["cluster_id"]}).json()
+    with db.session_scope() as session:
+        session.get(Desktop, theirs["id"]).host_id = other["id"]
+    facts = {"ips": ["fe80::5054:ff:fe12:3456", "fec0::5054:ff:fe12:3456", "169.254.3.4", "10.0.2.15"],
+             "hostname": "mine-guest", "users": ["user", "alice"], "apps": ["LibreOffice 7.4", "Office Viewer 1.2"]}
+    domains = [{"uuid": d["id"], "name": d["name"], "state": "up"} for d in (mine, theirs)]
+    response = anon_client.post(
+        f"{API}/nodes/{host['name']}/heartbeat", headers={"Authorization": f"Bearer {host['agent_token']}"},
+        json={"seq": 1, "agent_started_at": "2026-11-22T10:00:00+00:00", "domains": domains,
+              "guest": {mine["id"]: facts, theirs["id"]: facts, "not-a-desktop": facts, mine["name"]: "junk"}})
+    assert response.status_code == 200, response.text
+    got = client.get(f"{API}/desktops/{mine['id']}").json()
+    assert (got["ip"], got["guest_hostname"], got["logged_in_user"], got["installed_apps"]) == \
+        ("10.0.2.15", "mine-guest", "user,alice", "LibreOffice 7.4,Office Viewer 1.2")
+    assert client.get(f"{API}/desktops/{theirs['id']}").json()["ip"] == ""
+    for query in ("Vms: apps = *office*", "Vms: apps = *OFFICE*", "Vms: ip = 10.0.2.15",
+                  "Vms: loggedinuser = *alice*"):
+        found = client.get(f"{API}/search", params={"q": query}).json()
+        assert [row["name"] for row in found["items"]] == [mine["name"]], query
+    # the next report, after the users logged off: the address stays, nobody is logged in
+    _beat(anon_client, host, domains, seq=2)  # a beat without facts changes none of them
+    anon_client.post(f"{API}/nodes/{host['name']}/heartbeat",
+                     headers={"Authorization": f"Bearer {host['agent_token']}"},
+                     json={"seq": 3, "domains": domains, "guest": {mine["id"]: {**facts, "users": []}}})
+    got = client.get(f"{API}/desktops/{mine['id']}").json()
+    assert (got["ip"], got["logged_in_user"]) == ("10.0.2.15", "")

@@ -182,6 +182,25 @@ def test_the_guest_agent_reports_its_address_from_dhcp(desktop):
     assert addresses[0] == "10.0.2.15"
 
 
+def test_heartbeats_carry_what_the_guest_agent_reports(desktop, heartbeat_receiver, agent_processes, tmp_path):
+    """The node agent asks the running guest for its facts and sends them once, not in every heartbeat."""
+    agent = AgentProcess(desktop.driver.uri, TOKEN, manager_url=heartbeat_receiver.url,
+                         manager_id=desktop.driver.manager_id, heartbeat_seconds=0.5, log_path=tmp_path / "agent.log")
+    agent_processes.append(agent.start())
+
+    def with_address(beat) -> bool:
+        facts = beat.body.get("guest", {}).get(desktop.uuid)
+        return bool(facts and facts["ips"])
+
+    beat = heartbeat_receiver.wait_for(with_address, timeout=120)
+    facts = beat.body["guest"][desktop.uuid]
+    assert facts["ips"][0] == "10.0.2.15" and facts["hostname"] == desktop.spec.name
+    assert facts["apps"] == desktop.image.apps and facts["users"] in ([], ["user"])
+    later = heartbeat_receiver.wait_for(lambda b: b.body["seq"] >= beat.body["seq"] + 3)
+    assert desktop.uuid not in later.body["guest"]  # unchanged facts are not sent again
+    agent.stop()
+
+
 def test_killing_and_restarting_the_agent_leaves_the_guest_running(desktop, heartbeat_receiver,
                                                                     agent_processes, tmp_path):
     qemu_pid = desktop.qemu_pid()
