@@ -65,9 +65,12 @@ def resolve_inside(name: str, roots: Sequence[str | os.PathLike[str]], *, what: 
             inside.append(real)
     if not inside:
         raise Invalid(f"{what} {name!r} is outside the {where} ({listed}): give a name inside one of them")
-    for real in inside:
-        if kind == "dir" and real.is_dir() or kind == "file" and real.is_file():
-            return real
+    try:
+        for real in inside:
+            if kind == "dir" and real.is_dir() or kind == "file" and real.is_file():
+                return real
+    except OSError as exc:  # a name too long for the file system (ENAMETOOLONG), a loop of links...
+        raise Invalid(f"{what} {name!r} cannot be used in the {where}: {exc.strerror}") from None
     if any(os.path.lexists(real) for real in inside):
         wanted = "a directory" if kind == "dir" else "a regular file"
         raise Invalid(f"{what} {name!r} in the {where} ({listed}) is not {wanted}")
