@@ -151,11 +151,14 @@ def test_create_a_pool_from_its_form_and_watch_it_provision(logged_in, vdi_serve
     expect(page.get_by_role("heading", name="New pool")).to_be_visible()
     page.get_by_label("Name", exact=True).fill("e2e-form")
     page.get_by_label("Type").select_option("time_based")
-    expect(page.get_by_label("Lease (minutes)")).to_be_visible()  # lending fields only for time-based pools
+    expect(page.get_by_label("Lease (minutes)", exact=True)).to_be_visible()  # lending fields: time-based pools
     page.get_by_label("Size").fill("3")
     page.get_by_label("Prestarted").fill("5")
     page.get_by_label("Naming pattern").fill("e2e-form-#")
-    page.get_by_label("Lease (minutes)").fill("90")
+    page.get_by_label("Lease (minutes)", exact=True).fill("90")
+    page.get_by_label("Longest lease (minutes)").fill("180")
+    page.get_by_label("Then").select_option(label="Log the user off")
+    page.get_by_label("After (minutes)").fill("15")
     page.screenshot(path=str(SCREENSHOTS / "console-pool-form.png"), full_page=True)
     page.get_by_role("button", name="Create pool").click()
     expect(page.get_by_role("alert")).to_contain_text("prestarted (5) cannot exceed size (3)")  # the API's word
@@ -170,6 +173,9 @@ def test_create_a_pool_from_its_form_and_watch_it_provision(logged_in, vdi_serve
     pool = next(p for p in vdi_server.admin_api.get("/pools", params={"per_page": 100}).json()["items"]
                 if p["name"] == "e2e-form")
     assert (pool["pool_type"], pool["size"], pool["prestarted"], pool["lease_seconds"]) == ("time_based", 3, 1, 5400)
+    assert (pool["max_lease_seconds"], pool["disconnect_action"], pool["disconnect_after_minutes"]) == \
+        (10800, "logoff", 15)
+    expect(page.locator(".fact").filter(has_text="When a user disconnects")).to_contain_text("log the user off after 15")
 
     # the pool's page: edit a setting (PATCH) and see it
     page.get_by_role("button", name="Edit…").click()
@@ -180,6 +186,18 @@ def test_create_a_pool_from_its_form_and_watch_it_provision(logged_in, vdi_serve
     expect(page.locator(".fact").filter(has_text="Desktops per user")).to_contain_text("2")
     events = vdi_server.admin_api.get("/events", params={"code": "pool.updated", "pool_id": pool["id"]}).json()
     assert events["total"] == 1 and events["items"][0]["message"].endswith("max_desktops_per_user")
+
+    # the longest lease and the disconnect policy change the same way
+    page.get_by_role("button", name="Edit…").click()
+    dialog.get_by_label("Longest lease (minutes; empty: leases cannot be extended)").fill("240")
+    dialog.get_by_label("When a user disconnects").select_option(label="Reset the desktop to its template")
+    dialog.get_by_label("After (minutes disconnected)").fill("0")
+    dialog.get_by_role("button", name="Save").click()
+    expect(page.locator(".fact").filter(has_text="When a user disconnects")).to_contain_text("reset the desktop to "
+                                                                                             "its template at once")
+    pool = vdi_server.admin_api.get(f"/pools/{pool['id']}").json()
+    assert (pool["max_lease_seconds"], pool["disconnect_action"], pool["disconnect_after_minutes"]) == \
+        (14400, "reset", 0)
 
 
 def test_a_host_goes_into_maintenance_and_back_from_its_page(logged_in, vdi_server, twenty_running):

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
-from core.enums import PoolType, ProtocolPolicy, ReclaimPolicy
+from core.enums import DisconnectAction, PoolType, ProtocolPolicy, ReclaimPolicy
 from image_manager.service import SNAPSHOT_IN_PREVIEW, template_versions
 from manager.api.common import DbSession
 from manager.auth import Principal, require
@@ -50,9 +50,15 @@ def _desktop(session: Session, desktop: Desktop, who: Principal, ctx: dict[str, 
     }
 
 
+# The pool forms' choices for a disconnected desktop (templates/admin/pool_form.html, actions/pool.html)
+DISCONNECT_LABELS = {DisconnectAction.NONE: "Nothing", DisconnectAction.LOGOFF: "Log the user off",
+                     DisconnectAction.RESET: "Reset the desktop to its template"}
+
+
 def _pool(session: Session, pool: Pool, who: Principal, ctx: dict[str, Any]) -> dict[str, Any]:
     return {"rollout_versions": _versions(session, pool.template_id), "pool_types": list(PoolType),
-            "protocol_policies": list(ProtocolPolicy), "reclaim_policies": list(ReclaimPolicy)}
+            "protocol_policies": list(ProtocolPolicy), "reclaim_policies": list(ReclaimPolicy),
+            "disconnect_actions": DISCONNECT_LABELS}
 
 
 def _template(session: Session, template: Template, who: Principal, ctx: dict[str, Any]) -> dict[str, Any]:
@@ -84,4 +90,4 @@ def new_pool_page(request: Request, session: DbSession, who: PoolWriter,
     return page(request, "admin/pool_form.html", {
         "title": "New pool", "templates": templates, "clusters": clusters, "template_id": template_id,
         "pool_types": list(PoolType), "protocol_policies": list(ProtocolPolicy),
-        "reclaim_policies": list(ReclaimPolicy)}, who=who)
+        "reclaim_policies": list(ReclaimPolicy), "disconnect_actions": DISCONNECT_LABELS}, who=who)

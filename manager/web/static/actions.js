@@ -304,10 +304,13 @@
     return field.value !== field.defaultValue;
   }
   const dropEmpty = (body) => Object.fromEntries(Object.entries(body).filter(([, v]) => v !== "" && v !== null));
+  // The forms ask for minutes; the API takes lease_seconds and max_lease_seconds ("" clears one).
   function leaseSeconds(body) {
-    if ("lease_minutes" in body) {
-      body.lease_seconds = body.lease_minutes === "" ? null : body.lease_minutes * 60;
-      delete body.lease_minutes;
+    for (const name of ["lease", "max_lease"]) {
+      if (`${name}_minutes` in body) {
+        body[`${name}_seconds`] = body[`${name}_minutes`] === "" ? null : body[`${name}_minutes`] * 60;
+        delete body[`${name}_minutes`];
+      }
     }
     return body;
   }

@@ -6,13 +6,23 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from core.enums import DisconnectAction
 from manager.auth import Principal
 from manager.models import Pool
+from manager.web.admin.actions import DISCONNECT_LABELS
 from manager.web.admin.objects import (Fact, ObjectKind, entitlements_shown, group_label, href, resource_loader,
                                        search_href, search_preview, user_label, version_label)
 from manager.web.related import related_object
 
 ENTITLEMENTS_SHOWN = 100
+
+
+def disconnect_policy(p: Pool) -> str:
+    """The pool's disconnect policy in words, as the forms ask for it."""
+    if p.disconnect_action == DisconnectAction.NONE:
+        return "nothing (the desktop waits for its user)"
+    delay = f"after {p.disconnect_after_minutes} min" if p.disconnect_after_minutes else "at once"
+    return f"{DISCONNECT_LABELS[p.disconnect_action].lower()} {delay}"
 
 
 def facts(session: Session, p: Pool, who: Principal) -> list[Fact]:
@@ -29,6 +39,8 @@ def facts(session: Session, p: Pool, who: Principal) -> list[Fact]:
         Fact("Name pattern", p.name_pattern, "code"), Fact("vCPUs", p.cpus), Fact("Memory", p.memory_mib, "mib"),
         Fact("Protocol policy", p.protocol_policy, "state"), Fact("Reclaim policy", p.reclaim_policy, "state"),
         Fact("Lease", f"{p.lease_seconds} s" if p.lease_seconds else None),
+        Fact("Longest lease", f"{p.max_lease_seconds} s" if p.max_lease_seconds else None),
+        Fact("When a user disconnects", disconnect_policy(p)),
         Fact("Window starts", p.window_start, "when"), Fact("Window ends", p.window_end, "when"),
         Fact("Description", p.description, "multiline", optional=True),
         Fact("Comment", p.comment, "multiline", optional=True),
