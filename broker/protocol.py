@@ -34,6 +34,13 @@ def parse_protocols(value: str | Iterable[str]) -> list[Protocol]:
     return out
 
 
+def with_browser_display(offered: Iterable[Protocol]) -> list[Protocol]:
+    """What a desktop offers to the browser console (noVNC speaks VNC only): a desktop showing SPICE also has a VNC
+    display (the domain's fallback, core.specs.DesktopSpec.vnc_fallback), which the browser console shows."""
+    out = list(offered)
+    return out + [Protocol.VNC] if Protocol.SPICE in out and Protocol.VNC not in out else out
+
+
 def choose_protocol(*, os_type: OsType, desktop_protocols: Iterable[Protocol], client_protocols: Iterable[Protocol],
                     policy: ProtocolPolicy = ProtocolPolicy.AUTO, preferred: Protocol | None = None,
                     desktop_name: str = "") -> ProtocolChoice:

@@ -22,7 +22,7 @@ from broker import assignment, entitlement, lifecycle, sessions
 from broker.assignment import Assigned, assignment_guard, take_from_pool
 from broker.console import ConsoleDescriptor
 from broker.errors import BadConnectRequest
-from broker.protocol import choose_protocol, parse_protocols
+from broker.protocol import choose_protocol, parse_protocols, with_browser_display
 from core.enums import HostStatus, PoolType, PowerState, Protocol, ProtocolPolicy, SessionState, Severity, TaskState
 from core.errors import Conflict, NotFound
 from event_manager.service import emit
@@ -68,6 +68,7 @@ class ClientInfo:
     prefer: Protocol | None = None
     address: str = ""  # where the client connects from
     fullscreen: bool = False
+    browser: bool = False  # the browser console: shows a SPICE desktop's VNC display (protocol.with_browser_display)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,9 @@ def connect(session: Session, who: Caller, target: ConnectTarget, client: Client
     client_protocols = list(client.protocols)
 
     def protocol_for(desktop: Any, policy: ProtocolPolicy):
-        return choose_protocol(os_type=desktop.os_type, desktop_protocols=parse_protocols(desktop.console_protocols),
+        offered = parse_protocols(desktop.console_protocols)
+        return choose_protocol(os_type=desktop.os_type,
+                               desktop_protocols=with_browser_display(offered) if client.browser else offered,
                                client_protocols=client_protocols, policy=policy, preferred=client.prefer,
                                desktop_name=desktop.name)
 
@@ -172,14 +175,16 @@ def ticket_event(session: Session, desktop: Any, who: Caller, desc: ConsoleDescr
 
 
 def admin_console(session: Session, who: Caller, desktop_id: str, protocol: Protocol = Protocol.SPICE, *,
-                  nodes: DesktopNodes) -> ConsoleResult:
+                  nodes: DesktopNodes, browser: bool = False) -> ConsoleResult:
     """An administrator's console on any running desktop, recorded as a `console.admin_access` event (a WARNING
     naming the user when someone holds the desktop). The caller checks the permission (desktops:console) and
     commits. Raises NotFound, Conflict when the desktop is not running, NoCommonProtocol, node errors."""
     desktop = get_or_404(session, Desktop, desktop_id, "desktop")
     if desktop.power_state != PowerState.UP:
         raise Conflict(f"desktop {desktop.name} is {desktop.power_state.value}; start it to open its console")
-    choice = choose_protocol(os_type=desktop.os_type, desktop_protocols=parse_protocols(desktop.console_protocols),
+    offered = parse_protocols(desktop.console_protocols)
+    choice = choose_protocol(os_type=desktop.os_type,
+                             desktop_protocols=with_browser_display(offered) if browser else offered,
                              client_protocols=[protocol], preferred=protocol, desktop_name=desktop.name)
     desc = nodes.issue_console(session, desktop, choice.protocol, username=who.username)
     holder = session.get(User, desktop.assigned_user_id) if desktop.assigned_user_id else None

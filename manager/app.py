@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from manager import db
 from manager.api.common import install_error_handlers
 from manager.api.broker import router as broker_router
+from manager.api.browser_console import router as browser_console_router
 from manager.api.crud import crud_router
 from manager.api.dashboard import router as dashboard_router
 from manager.api.guard import RequestGuard
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(system_router)
     api.include_router(broker_router)
+    api.include_router(browser_console_router)
     api.include_router(desktop_actions_router)
     api.include_router(identity_router)
     api.include_router(search_router)

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     display_ports: str = Field(default="5900-65535", pattern=r"^[0-9]{1,5}-[0-9]{1,5}$",
                                description="the hosts' display port range (libvirt's remote_display_port_min-max); "
                                "`vdi spice-proxy` opens tunnels to these ports only")
+    console_idle_seconds: int = Field(default=900, ge=10, description="a browser console without keyboard or "
+                                      "pointer input this long is closed by the proxy")
+    console_max_seconds: int = Field(default=8 * 3600, ge=60, description="the longest a browser console stays "
+                                     "open; the user connects again")
     session_hours: int = Field(default=12, ge=1, le=24 * 30, description="a browser session's (and a login "
                                "token's) lifetime")
     api_token_max_days: int = Field(default=90, ge=1, le=3650, description="the longest an API token lives "

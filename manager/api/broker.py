@@ -62,19 +62,26 @@ class ClientIn(s.In):
     fullscreen: bool = False
 
 
-class ConnectIn(s.In):
+class ConnectTargetIn(s.In):
     pool_id: s.Id | None = None
     pool: Annotated[str | None, Field(max_length=255, description="a pool's name, instead of pool_id")] = None
     desktop_id: s.Id | None = None
     new_desktop: bool = Field(default=False, description="one more desktop of the pool (up to its per-user limit)")
-    client: ClientIn = Field(default_factory=ClientIn)
 
     @model_validator(mode="after")
-    def _one_target(self) -> "ConnectIn":
+    def _one_target(self) -> "ConnectTargetIn":
         given = [n for n in ("pool_id", "pool", "desktop_id") if getattr(self, n)]
         if len(given) != 1:
             raise ValueError("give exactly one of pool_id, pool (a name) or desktop_id")
         return self
+
+    @property
+    def target(self) -> service.ConnectTarget:
+        return service.ConnectTarget(self.pool_id, self.pool, self.desktop_id, self.new_desktop)
+
+
+class ConnectIn(ConnectTargetIn):
+    client: ClientIn = Field(default_factory=ClientIn)
 
 
 class SessionRef(s.In):
@@ -179,8 +186,7 @@ def connect(payload: ConnectIn, request: Request, session: DbSession, who: Conne
     client = payload.client
     address = client.address or (request.client.host if request.client else "")
     # The connect dependency took the user's lock as it authenticated (Connecting: lock_user).
-    result = service.connect(session, who, service.ConnectTarget(payload.pool_id, payload.pool, payload.desktop_id,
-                                                                 payload.new_desktop),
+    result = service.connect(session, who, payload.target,
                              service.ClientInfo(client.protocols, client.prefer, address, client.fullscreen),
                              nodes=NODES, user_locked=True)
     # Already a validated ConnectOut: answered as is, which spares validating it again (in another worker thread).

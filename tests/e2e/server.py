@@ -150,14 +150,16 @@ def stop_manager(proc: subprocess.Popen, timeout: float = 30.0) -> None:
 
 @contextlib.contextmanager
 def running_manager(database_url: str, *, admin_password: str | None = None, real_guests: str = "no",
-                    log_level: str = "WARNING", startup_timeout: float = 120.0) -> Iterator[RunningManager]:
-    """The demo seeded into `database_url` and `vdi serve` answering on a free 127.0.0.1 port (see the module)."""
+                    log_level: str = "WARNING", startup_timeout: float = 120.0,
+                    env: dict[str, str] | None = None) -> Iterator[RunningManager]:
+    """The demo seeded into `database_url` and `vdi serve` answering on a free 127.0.0.1 port (see the module).
+    `env`: more VDI_* settings for both (e.g. VDI_MANAGER_ID, so that a test can remove its real guests)."""
     data_dir = Path(tempfile.mkdtemp(prefix="vdi-e2e-"))  # not pytest's tmp dirs: parallel sessions prune those
     logs = data_dir / "logs"
     logs.mkdir()
     port = free_port()
     admin = Account(ADMIN_USERNAME, admin_password or secrets.token_urlsafe(16), "SuperUser")
-    env = _manager_env(data_dir, database_url, port, admin.password, log_level)
+    env = _manager_env(data_dir, database_url, port, admin.password, log_level) | (env or {})
     proc = None
     try:
         _run_step(_vdi("demo", "--real-guests", real_guests), env, logs / "demo.log", "vdi demo", timeout=600)
@@ -180,3 +182,25 @@ def running_manager(database_url: str, *, admin_password: str | None = None, rea
             print(f"kept {data_dir}", file=sys.stderr)
         else:
             shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def manager_with_real_guests(prefix: str, env: dict[str, str] | None = None) -> Iterator[RunningManager]:
+    """`running_manager` on a fresh database with real guests (`vdi demo --real-guests yes`: carol-finance boots as a
+    real QEMU guest on vs-a). Its node agents run under a manager id of their own, so that every guest they defined
+    is removed afterwards, whatever the test did. Raises PostgresUnavailable before yielding."""
+    from hypervisor_node.driver import LibvirtDriver
+    from tests.harness.guests import remove_owned_domains
+    from tests.harness.postgres import fresh_database
+
+    manager_id = f"{prefix}-{secrets.token_hex(4)}"
+    try:
+        with fresh_database(prefix.replace("-", "_")) as url, \
+                running_manager(url, real_guests="yes", env={"VDI_MANAGER_ID": manager_id, **(env or {})}) as server:
+            yield server
+    finally:
+        driver = LibvirtDriver("qemu:///system", manager_id=manager_id)
+        try:
+            remove_owned_domains(driver)
+        finally:
+            driver.close()
