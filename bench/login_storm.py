@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 from sqlalchemy import func, select, text
@@ -344,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             "double_assignments": len(per_user) + len(per_desktop),
             "errors": len(statuses) - ok - min(full, expected_full),
             "pool_full": full,
+            "error_statuses": dict(sorted(Counter(s for s in statuses if s not in (200, 409)).items())),
             "assigned_in_db": assigned,
             "requests": len(statuses),
             "wall_seconds": round(wall, 2), "manager_cpu_ms_per_connect": round(server_cpu_ms, 2),

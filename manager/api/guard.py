@@ -12,8 +12,8 @@ stranger's body would be read whole, and a malformed one answered with 422, befo
   `max_body_size` of its own (the image upload, which streams to disk under settings.max_upload_bytes) is
   left to that limit.
 
-The route lists (public, own limit) are asked once, on the first request that needs them, when every route
-exists.
+The route lists (public, own limit) are asked once, at start-up (the lifespan passes through here), or on the
+first request that needs them where no lifespan runs; every route exists by then.
 """
 from __future__ import annotations
 
@@ -83,6 +83,11 @@ class RequestGuard:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                # Learn the routes at start-up (every route exists by then), not in the first requests' time: it
+                # takes FastAPI a quarter of a second of CPU, which a storm's first connects would wait for.
+                self._matches("_public", _is_public, "")
+                self._matches("_own_limit", _own_limit, "")
             await self.app(scope, receive, send)
             return
         path = scope["path"]
