@@ -11,9 +11,9 @@ whose `tick()` is one pass (read, decide, compare-and-swap) and returns a senten
 - the leader renews with `UPDATE ... SET expires_at = :db_now + ttl WHERE name = :n AND holder = me AND
   epoch = :mine`; no row matched means another instance took over: it steps down at once. A leader that cannot
   reach the database steps down when its own clock says the lease has run out;
-- an instance restarted under the same id takes its own unexpired lease at once (with a new epoch: whatever its
-  previous process left running is fenced off), and a clean stop releases the lease so a standby takes over at its
-  next poll instead of after the ttl.
+- an instance restarted under the same id (VDI_INSTANCE_ID set explicitly; the default id has the pid in it) takes
+  its own unexpired lease at once (with a new epoch: whatever its previous process left running is fenced off), and
+  a clean stop releases the lease so a standby takes over at its next poll instead of after the ttl.
 
 No session advisory lock is involved: a partitioned leader's database session can outlive its lease by hours
 (TCP keepalive defaults), a row with an expiry by the database's clock cannot.
@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlalchemy import event, func, select, text, update
+from sqlalchemy import delete, event, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -56,6 +56,7 @@ from manager.models import ManagerInstance, ManagerLeader
 log = logging.getLogger(__name__)
 
 LEADERSHIP = "manager"  # the one leadership today: the manager's singleton loops
+FORGET_INSTANCES_AFTER_S = 86400.0
 
 
 class NotLeader(Conflict):
@@ -190,6 +191,8 @@ class LeaderElector:
                 if renewed:
                     sentence = f"leader, epoch {term.epoch}, renewed until {self._fmt(now, self.ttl_s)}"
                     self._next_wait = self.renew_s
+                    session.execute(delete(ManagerInstance).where(  # instances gone for a day leave the report
+                        ManagerInstance.seen_at < now - dt.timedelta(seconds=FORGET_INSTANCES_AFTER_S)))
                 else:
                     lost = True
                     row = session.get(ManagerLeader, self.name)

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     host_dead_after_seconds: float = Field(default=30.0, gt=0)
     # Manager HA: several `vdi serve` on one database elect one leader for the singleton loops (docs/ha.md).
     instance_id: str = Field(default="", max_length=255, description="this manager process's name among several "
-                             "on one database; empty = <hostname>:<port>")
+                             "on one database, unique among the live ones; empty = <hostname>:<port>:<pid>")
     ha_lease_ttl_seconds: float = Field(default=15.0, ge=1, le=600, description="the leader's lease lasts this long "
                                         "after each renewal; a standby takes over once it has run out")
     ha_lease_renew_seconds: float = Field(default=5.0, gt=0, description="how often the leader renews its lease "
@@ -86,7 +86,8 @@ class Settings(BaseSettings):
 
     @property
     def effective_instance_id(self) -> str:
-        return self.instance_id or f"{socket.gethostname()}:{self.port}"
+        # the pid too: every `vdi serve --workers N` process is an instance of its own
+        return self.instance_id or f"{socket.gethostname()}:{self.port}:{os.getpid()}"
 
     @property
     def effective_database_url(self) -> str:

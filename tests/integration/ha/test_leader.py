@@ -5,6 +5,7 @@ A lease runs out by the database's clock, so "wait until it has expired" is a po
 never a sleep of a fixed length or an assertion on time."""
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 
@@ -244,3 +245,18 @@ def test_the_embedded_sqlite_database_runs_the_same_election(tmp_path, pg_engine
     finally:
         db.get_engine().dispose()
         db.configure(engine=pg_engine)
+
+
+def test_the_leader_forgets_instances_gone_for_a_day(clean_db):
+    from manager.models import ManagerInstance
+
+    a = elector("a")
+    a.tick()
+    with db.session_scope() as session:
+        now = db_now(session)
+        session.add(ManagerInstance(id="gone", address="", pid=1, started_at=now - dt.timedelta(days=3),
+                                    seen_at=now - dt.timedelta(days=2)))
+        session.add(ManagerInstance(id="recent", address="", pid=2, started_at=now, seen_at=now - dt.timedelta(hours=1)))
+    a.tick()
+    with db.session_scope() as session:
+        assert set(session.scalars(select(ManagerInstance.id))) == {"a", "recent"}
