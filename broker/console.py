@@ -75,7 +75,8 @@ def render_vv(desc: ConsoleDescriptor) -> str:
         raise ValueError(f"a .vv file describes SPICE or VNC, not {desc.protocol.value}")
     title = desc.title or desc.desktop_name
     lines = ["[virt-viewer]", f"type={desc.protocol.value}", f"host={_ini_value(desc.host)}"]
-    if desc.port is not None:
+    tls_only = desc.tls_port is not None and bool(desc.ca)  # with a CA to check the host by, every channel is TLS
+    if desc.port is not None and not tls_only:
         lines.append(f"port={int(desc.port)}")
     if desc.tls_port is not None:
         lines.append(f"tls-port={int(desc.tls_port)}")

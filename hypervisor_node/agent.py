@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.errors import BadRequest, Invalid, NotAuthenticated, VdiError
 from core.specs import DesktopSpec
-from hypervisor_node import hoststats
+from hypervisor_node import hoststats, spice_tls
 from hypervisor_node.guest_facts import GuestFacts
 from hypervisor_node.consoles import ConsoleReporter
 from hypervisor_node.driver import DEFAULT_BLOCK_JOB_TIMEOUT_S, DEFAULT_MANAGER_ID, LibvirtDriver, NodeDriver
@@ -159,6 +159,7 @@ def create_app(
     node_name: str = "node",
     heartbeat: "Heartbeat | None" = None,
     consoles: "ConsoleReporter | None" = None,
+    spice_tls_dir: str | None = None,
 ) -> Starlette:
     """The agent's ASGI app over `driver`; `heartbeat` and `consoles` (console clients reported to the manager),
     when given, run for the app's lifetime."""
@@ -245,6 +246,11 @@ def create_app(
         chain = await call(driver.snapshot_disk, request.path_params["uuid"], overlay)
         return JSONResponse({"chain": chain})
 
+    async def put_spice_tls(request: Request) -> Response:
+        """The host's SPICE TLS certificate, key and CA (hypervisor_node.spice_tls), from the manager."""
+        written = await call(spice_tls.install, spice_tls_dir, await _json_body(request))
+        return JSONResponse({"directory": spice_tls_dir, "files": written})
+
     async def blockcommit(request: Request) -> Response:
         body = await _json_body(request, required=False)
         top = _field(body, "top", (str, type(None)), None)
@@ -259,6 +265,7 @@ def create_app(
         Route(f"{p}/capabilities", capabilities, methods=["GET"]),
         Route(f"{p}/domains", list_domains, methods=["GET"]),
         Route(f"{p}/stats", stats, methods=["GET"]),
+        Route(f"{p}/spice-tls", put_spice_tls, methods=["PUT"]),
         Route(f"{p}/domains/{{uuid}}", get_domain, methods=["GET"]),
         Route(f"{p}/domains/{{uuid}}", define, methods=["PUT"]),
         Route(f"{p}/domains/{{uuid}}", undefine, methods=["DELETE"]),
@@ -452,6 +459,10 @@ def build_parser(prog: str = "vdi node") -> argparse.ArgumentParser:
                              "Ceph): allow live migration anyway")
     parser.add_argument("--validate-xml", action="store_true",
                         help="have libvirt validate every domain XML against its schema (slower defines)")
+    parser.add_argument("--spice-tls-dir", default="", metavar="DIR",
+                        help="where the manager's SPICE TLS files go: the spice_tls_x509_cert_dir of this host's "
+                             "qemu.conf (with spice_tls = 1; libvirtd needs the directory to exist when it "
+                             "starts); empty: no SPICE TLS")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -477,7 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         managers = ManagerEndpoints(args.manager)
         heartbeat = Heartbeat(driver, args.name, managers, args.token, args.heartbeat_seconds)
         consoles = ConsoleReporter(driver, args.name, managers, args.token)
-    app = create_app(driver, args.token, node_name=args.name, heartbeat=heartbeat, consoles=consoles)
+    app = create_app(driver, args.token, node_name=args.name, heartbeat=heartbeat, consoles=consoles,
+                     spice_tls_dir=args.spice_tls_dir or None)
     host, port = args.listen
     log.info("node agent %s serving on %s:%d for %s", args.name, host, port, args.libvirt_uri)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level.lower(), access_log=False,

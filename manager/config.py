@@ -43,6 +43,9 @@ class Settings(BaseSettings):
                              description="an HTTP CONNECT proxy that clients outside the hypervisors' network reach "
                              "the displays through, e.g. http://proxy.example.com:3128 (the .vv file's proxy=); "
                              "`vdi spice-proxy` is one; empty = clients connect to the hosts directly")
+    spice_tls: bool = Field(default=False, description="SPICE over TLS: the manager's CA (<data_dir>/spice-ca.pem) "
+                            "issues each host a certificate, sent to its agent (--spice-tls-dir) when the host is "
+                            "reconciled, and a .vv for a display with a TLS port names the CA and the host's subject")
     display_ports: str = Field(default="5900-65535", pattern=r"^[0-9]{1,5}-[0-9]{1,5}$",
                                description="the hosts' display port range (libvirt's remote_display_port_min-max); "
                                "`vdi spice-proxy` opens tunnels to these ports only")

@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 from core.enums import Severity
 from core.errors import VdiError
 from event_manager.service import emit
-from manager import db
+from manager import console_tls, db
+from manager.config import get_settings
 from manager.jobs import JobContext, task
 from manager.models import Desktop, Host, Template, TemplateVersion, Volume
 from manager.provisioning import nodes
@@ -62,6 +63,17 @@ def define_missing(host_id: str, desktop_id: str, *, actor: str) -> bool:
     return True
 
 
+def _install_spice_tls(target: nodes.NodeTarget, host_name: str, addresses: list[str]) -> str:
+    """Send the host a fresh SPICE TLS certificate from the manager's CA (manager.console_tls); "" when it took it,
+    else why not."""
+    cert, key = console_tls.host_certificate(host_name, addresses)
+    try:
+        nodes.install_spice_tls(target, console_tls.ca_certificate(), cert, key)
+    except VdiError as exc:
+        return exc.message
+    return ""
+
+
 def reconcile_host(host_id: str, *, redefine_known: bool = False) -> dict[str, Any]:
     """Bring one host in line with the database. Returns what was fixed and what was found. `redefine_known`: define
     again the desktops libvirt already knows too (after the host's display address changed: each domain's displays
@@ -73,6 +85,8 @@ def reconcile_host(host_id: str, *, redefine_known: bool = False) -> dict[str, A
         target = nodes.target_of_host(host)
         intended = _intended_specs(session, host)
         host_name = host.name
+        tls_names = [host.console_address, host.address]
+    tls_failed = _install_spice_tls(target, host_name, tls_names) if get_settings().spice_tls else ""
     reported = {d["uuid"] if isinstance(d, dict) else d.uuid: d for d in nodes.client(target).list_domains()}
     redefined, updated, failed = [], [], {}
     for desktop_id, spec in intended.items():
@@ -96,6 +110,10 @@ def reconcile_host(host_id: str, *, redefine_known: bool = False) -> dict[str, A
                  actor="manager", desktop_id=desktop_id, host_id=host_id)
         for desktop_id, name in redefined:
             _redefined(session, name, host_name, desktop_id, host_id, "manager")
+        if tls_failed:
+            emit(session, "host.spice_tls_failed", f"host {host_name} did not take its SPICE TLS certificate: "
+                 f"{tls_failed}; its consoles stay without TLS", severity=Severity.WARNING, actor="manager",
+                 host_id=host_id)
         for name, reason in failed.items():
             emit(session, "desktop.redefine_failed", f"desktop {name} is missing on host {host_name} and could not "
                  f"be defined again: {reason}", severity=Severity.ERROR, actor="manager", host_id=host_id)

@@ -135,6 +135,11 @@ class NodeClient:
         body = {"password": password, "valid_seconds": valid_seconds}
         return str(self._json("POST", f"/domains/{uuid}/ticket", json=body)["valid_to"])
 
+    def install_spice_tls(self, ca_cert: str, server_cert: str, server_key: str) -> dict[str, Any]:
+        """PUT /v1/spice-tls: the host's SPICE TLS files (see hypervisor_node.spice_tls)."""
+        return self._json("PUT", "/spice-tls", json={"ca_cert": ca_cert, "server_cert": server_cert,
+                                                     "server_key": server_key})
+
     def screenshot(self, uuid: str, screen: int = 0) -> bytes:
         """GET /v1/domains/{uuid}/screenshot: PNG bytes."""
         return self._request("GET", f"/domains/{uuid}/screenshot", params={"screen": screen},

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from broker.console import ConsoleDescriptor, new_ticket_password
 from core.enums import Protocol
 from core.errors import Conflict, Unavailable
+from manager import console_tls
 from manager.config import get_settings
 from manager.models import utcnow
 from manager.provisioning import nodes, power
@@ -59,10 +60,15 @@ def issue(target: NodeTarget | None, *, desktop_id: str, desktop_name: str, prot
     host = listen if listen not in _WILDCARDS else (target.console_address or urlparse(target.url).hostname
                                                     or "127.0.0.1")
     expires = _parse_valid_to(valid_to, utcnow() + dt.timedelta(seconds=valid_seconds))
+    settings = get_settings()
+    tls_port = display.get("tls_port") or None
+    ca, subject = "", ""
+    if tls_port and settings.spice_tls:  # the host's libvirt has spice_tls on, and our CA signed its certificate
+        ca, subject = console_tls.ca_certificate(), console_tls.host_subject(target.host_name)
     return ConsoleDescriptor(protocol, host, int(display["port"]), desktop_id, desktop_name, password=password,
-                             expires_at=expires, tls_port=display.get("tls_port") or None, username=username,
-                             fullscreen=fullscreen,
-                             proxy=get_settings().spice_proxy if protocol == Protocol.SPICE else "")
+                             expires_at=expires, tls_port=tls_port, username=username, fullscreen=fullscreen,
+                             proxy=settings.spice_proxy if protocol == Protocol.SPICE else "", ca=ca,
+                             host_subject=subject)
 
 
 def issue_for_desktop(session: Session, desktop: Any, protocol: Protocol, *, username: str,

@@ -126,6 +126,10 @@ def set_ticket(target: NodeTarget, desktop_id: str, password: str, valid_seconds
     return client(target).set_ticket(desktop_id, password, valid_seconds)
 
 
+def install_spice_tls(target: NodeTarget, ca_cert: str, server_cert: str, server_key: str) -> Any:
+    return client(target).install_spice_tls(ca_cert, server_cert, server_key)
+
+
 def screenshot(target: NodeTarget, desktop_id: str, screen: int = 0) -> bytes:
     """The domain's display `screen` as PNG bytes."""
     return client(target).screenshot(desktop_id, screen)

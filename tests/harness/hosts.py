@@ -131,6 +131,7 @@ class HostCluster:
         agent_options: list[str] | None = None,
         domain_types: str = os.environ.get("VDI_NODE_DOMAIN_TYPES", "qemu"),
         python: str = sys.executable,
+        qemu_conf_extra: str = "",
     ) -> None:
         """Prepare an empty cluster (no host runs yet).
 
@@ -142,7 +143,9 @@ class HostCluster:
         network: give each agent its own network namespace (needed by partition_host); when False the
             agents listen on free 127.0.0.1 ports instead.
         agent_argv: build a different agent command line (e.g. to plug in a test server).
-        agent_options: extra agent arguments, e.g. ["--heartbeat-seconds", "1"].
+        agent_options: extra agent arguments, e.g. ["--heartbeat-seconds", "1"]; "{host_dir}" in one stands for
+            the host's own directory.
+        qemu_conf_extra: lines added to every host's qemu.conf, "{host_dir}" as above (e.g. spice_tls settings).
         domain_types: the agents' --domain-types ("qemu": TCG, because nested KVM fails on these
             machines; see docs/hypervisors.md). The shared directory is a local directory libvirt
             cannot recognise as shared, so agents also get --trust-shared-storage (live migration).
@@ -165,6 +168,7 @@ class HostCluster:
         self.agent_argv = agent_argv
         self.agent_options = list(agent_options or [])
         self.domain_types = domain_types
+        self.qemu_conf_extra = qemu_conf_extra
         self.network = network
         self._hosts: dict[str, Host] = {}
         self._clients: dict[str, tuple[str, str, str]] = {}  # name -> (netns, root-side veth, address)
@@ -421,7 +425,7 @@ class HostCluster:
             f'host_uuid = "{host.host_uuid}"\n'
             'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
         )
-        (base / "qemu.conf").write_text(_qemu_conf(index))
+        (base / "qemu.conf").write_text(_qemu_conf(index) + self.qemu_conf_extra.replace("{host_dir}", str(base)))
         if self.network and self.agents:
             self._create_host_network(host)
         elif self.agents:
@@ -482,7 +486,7 @@ class HostCluster:
             argv += ["--domain-types", self.domain_types]
         if self.manager_url:
             argv += ["--manager", self.manager_url]
-        return argv + self.agent_options
+        return argv + [option.replace("{host_dir}", str(host.base)) for option in self.agent_options]
 
     def _start_agent(self, host: Host) -> None:
         argv = (self.agent_argv or HostCluster._default_agent_argv)(self, host)

@@ -367,3 +367,94 @@ def test_xfreerdp_opens_the_rdp_file_and_reaches_the_guests_address(network, wor
     peer, first = listener.first_bytes[0]
     assert peer == client_address and first[:1] == b"\x03", (peer, first)  # TPKT: an RDP connection request
     assert "Usage: xfreerdp" not in output, output  # what FreeRDP answers to a file it cannot parse
+
+
+@pytest.fixture(scope="module")
+def tls_cluster():
+    """One harness host whose libvirt has SPICE TLS on (its own qemu.conf: spice_tls, the certificate directory the
+    agent fills with what the manager sends)."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="vdi-cluster-", dir="/tmp"))
+    (base / "hosts" / "tls1" / "spice-tls").mkdir(parents=True)  # libvirtd refuses to start without it
+    cluster = HostCluster(base, qemu_conf_extra='spice_tls = 1\nspice_tls_x509_cert_dir = "{host_dir}/spice-tls"\n',
+                          agent_options=["--spice-tls-dir", "{host_dir}/spice-tls"])
+    try:
+        cluster.start_host("tls1")
+        yield cluster
+    finally:
+        cluster.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_remote_viewer_over_spice_tls(tls_cluster, world, anon_client, client, monkeypatch):
+    """VDI_SPICE_TLS: the manager's CA issues the host a certificate as the host is reconciled (here: when its
+    display address is set), libvirt gives the display a TLS port, and the .vv (TLS port only, the CA, the host's
+    subject) opens in remote-viewer on the user's machine, showing the guest."""
+    from types import SimpleNamespace
+
+    from core.enums import HostStatus
+    from image_manager.demo_image import ensure_demo_image
+    from manager import console_tls, db
+    from manager.config import get_settings
+    from manager.models import Cluster, Host
+
+    monkeypatch.setattr(get_settings(), "spice_tls", True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    netns, _ = tls_cluster.client_namespace("viewer")
+    display_address = tls_cluster.manager_address
+    node = SimpleNamespace(node=SimpleNamespace(url=tls_cluster.agent_url("tls1"), token=tls_cluster.token("tls1")))
+    with db.session_scope() as s:
+        cluster = Cluster(name="tls")
+        s.add(cluster)
+        s.flush()
+        host = Host(name="tls1", cluster_id=cluster.id, agent_url=node.node.url, agent_token=node.node.token,
+                    address=tls_cluster.host("tls1").address, status=HostStatus.UP, memory_mib=8192,
+                    free_memory_mib=4096)
+        s.add(host)
+        s.flush()
+        host_id = host.id
+    image = ensure_demo_image().publish(tls_cluster.shared_dir / "templates")
+    pool_id = setup_pool(None, image, "automatic", host_name="tls1")
+    r = client.patch(f"{API}/hosts/{host_id}", json={"display_address": display_address})
+    assert r.status_code == 200, r.text
+    wait_for_jobs(180)
+    tls_dir = tls_cluster.host("tls1").base / "spice-tls"
+    assert sorted(p.name for p in tls_dir.glob("*.pem")) == ["ca-cert.pem", "server-cert.pem", "server-key.pem"]
+
+    user, token = world.user("tess")
+    world.entitle(pool_id=pool_id, user_id=user)
+    r = anon_client.post(f"{API}/broker/connect", json={"pool_id": pool_id, "client": {"protocols": ["spice"]}},
+                         headers=bearer(token))
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["console"]["tls_port"], got["console"]
+    wait_guest_ready(node, got["desktop_id"])
+    text = console_file(anon_client, token, got["session_id"])
+    assert f"tls-port={got['console']['tls_port']}\n" in text and "\nport=" not in text
+    assert "host-subject=CN=tls1\n" in text
+    assert "ca=" + console_tls.ca_certificate().replace("\n", "\\n") + "\n" in text
+    with XScreen(netns, SHOTS / "home-tls") as screen:
+        vv = SHOTS / "tls.vv"
+        vv.write_text(text)
+        viewer = screen.start(["remote-viewer", str(vv)], screen.home / "tls.log")
+        fit, shot = viewer_shows_guest(screen, viewer, node, got["desktop_id"], "tls")
+        print(f"remote-viewer over TLS shows the guest at {fit[2]} ({fit[0]:.1%} differs): {shot}")
+        stop(viewer)
+
+        # a client that expects another host's certificate refuses this one
+        vv = SHOTS / "tls-wrong-subject.vv"
+        vv.write_text(console_file(anon_client, token, got["session_id"]).replace("host-subject=CN=tls1",
+                                                                                  "host-subject=CN=other"))
+        log = screen.home / "tls-wrong.log"
+        viewer = screen.start(["remote-viewer", str(vv)], log)
+        deadline = time.monotonic() + 60
+        while "verification failed" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "subject 'CN=other' verification failed" in log.read_text(), log.read_text()[-2000:]
+        shot = screen.screenshot(SHOTS / "tls-wrong-viewer.png")
+        node_shot = guest_screenshot(node, got["desktop_id"], SHOTS / "tls-wrong-node.png")
+        assert mismatch(shot, node_shot)[0] > 0.5, "a client expecting another subject showed the guest"
+        stop(viewer)
+    anon_client.post(f"{API}/broker/logoff", json={"session_id": got["session_id"]}, headers=bearer(token))
+    wait_for_jobs(180)

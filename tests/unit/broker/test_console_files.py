@@ -95,4 +95,5 @@ def test_vv_carries_the_ca_as_one_escaped_line_with_tls():
     vv = parse_ini(text)
     assert vv["ca"] == pem.replace("\n", "\\n")  # GKeyFile turns \n back into newlines
     assert vv["host-subject"] == "CN=host1" and vv["tls-port"] == "5903"
+    assert "port" not in vv  # the CA lets the client check the host: no channel goes in the clear
     assert "ca" not in parse_ini(render_vv(spice(ca=pem)))  # no TLS port: no CA either
