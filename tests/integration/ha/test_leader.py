@@ -260,3 +260,15 @@ def test_the_leader_forgets_instances_gone_for_a_day(clean_db):
     a.tick()
     with db.session_scope() as session:
         assert set(session.scalars(select(ManagerInstance.id))) == {"a", "recent"}
+
+
+def test_get_ha_answers_who_leads(client, anon_client):
+    """The manager under test leads its database alone; the route needs a credential like every other."""
+    body = client.get("/api/v1/ha").json()
+    me = body["this_instance"]
+    assert me["role"] == "leader" and me["epoch"] == body["epoch"] == body["leader"]["epoch"]
+    assert body["leader"]["instance_id"] == me["instance_id"] and not body["leader"]["expired"]
+    assert [(i["instance_id"], i["alive"], i["leader"]) for i in body["instances"]] == [(me["instance_id"], True, True)]
+    assert me["lease_ttl_seconds"] == 15.0 and me["refused_writes"] == 0
+    anon_client.headers.pop("Authorization", None)
+    assert anon_client.get("/api/v1/ha").status_code == 401
