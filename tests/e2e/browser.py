@@ -73,9 +73,10 @@ class OffsiteGuard:
         found, self.blocked = self.blocked, []
         return found
 
-    def install(self, context: BrowserContext) -> None:
+    def install(self, context: BrowserContext, *, route_web_sockets: bool = True) -> None:
         context.route("**/*", self._route)
-        context.route_web_socket(re.compile(".*"), self._route_web_socket)
+        if route_web_sockets:
+            context.route_web_socket(re.compile(".*"), self._route_web_socket)
         context.on("response", self._on_response)
         context.on("requestfailed", self._on_request_failed)
         context.on("page", self.watch_page)
@@ -112,11 +113,16 @@ class OffsiteGuard:
             self._record(f"WEBSOCKET {ws.url}")
 
 
-def new_guarded_context(browser: Browser, guard: OffsiteGuard, base_url: str, **options) -> BrowserContext:
+def new_guarded_context(browser: Browser, guard: OffsiteGuard, base_url: str, *, route_web_sockets: bool = True,
+                        **options) -> BrowserContext:
     """A fresh context (no cookies, no storage) whose every request passes `guard`; page.goto("/docs") is
-    relative to `base_url`. Service workers are blocked: their requests could bypass routing."""
+    relative to `base_url`. Service workers are blocked: their requests could bypass routing.
+
+    route_web_sockets=False: Playwright's WebSocket routing replaces the page's WebSocket with a stand-in that noVNC
+    cannot use (its binary RFB stream never arrives), so the browser console's test opens real WebSockets; one that
+    would leave 127.0.0.1 is then recorded (and fails the test) but not aborted."""
     context = browser.new_context(base_url=base_url, service_workers="block", **options)
-    guard.install(context)
+    guard.install(context, route_web_sockets=route_web_sockets)
     context.set_default_timeout(ACTION_TIMEOUT_MS)
     context.set_default_navigation_timeout(ACTION_TIMEOUT_MS)
     return context

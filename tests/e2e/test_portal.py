@@ -58,7 +58,7 @@ def test_alice_connects_reboots_and_logs_off_from_the_portal(page, portal_pool, 
     expect(page.get_by_role("heading", name="Your desktops")).to_be_visible()
     pool_card = page.get_by_role("article", name=POOL)
     expect(pool_card.get_by_text("Free")).to_be_visible()
-    expect(page.get_by_role("radio", name="In the browser (not available yet)")).to_be_disabled()
+    expect(page.get_by_role("radio", name="With the viewer app on this device")).to_be_checked()
 
     with page.expect_download() as download:
         pool_card.get_by_role("button", name="Connect").click()

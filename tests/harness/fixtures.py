@@ -7,11 +7,15 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from image_manager.demo_image import DemoImage, ensure_demo_image
 from tests.harness.hosts import HostCluster
+
+if TYPE_CHECKING:
+    from tests.e2e.server import RunningManager
 
 
 def _require_libvirt_host() -> None:
@@ -45,3 +49,18 @@ def host_cluster_factory() -> Iterator[Callable[..., HostCluster]]:
     yield make
     for cluster in clusters:
         cluster.close()
+
+
+@pytest.fixture(scope="module")
+def real_guest_manager(request) -> Iterator["RunningManager"]:
+    """`vdi demo --real-guests yes` and `vdi serve` on a fresh Postgres database, for the module: carol-finance runs
+    as a real QEMU guest on vs-a (tests.e2e.server.manager_with_real_guests; its guests are removed afterwards)."""
+    from tests.e2e.server import manager_with_real_guests
+    from tests.harness.postgres import PostgresUnavailable
+
+    prefix = "vdi-" + request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")[:20]
+    try:
+        with manager_with_real_guests(prefix) as server:
+            yield server
+    except PostgresUnavailable as exc:  # raised before the yield only
+        pytest.fail(str(exc))

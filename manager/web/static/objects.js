@@ -110,7 +110,27 @@
     });
   }
 
+  // ---- "Disconnect browser consoles": every manager process closes the desktop's proxied consoles -------------------
+  function initDisconnect() {
+    const button = document.querySelector("[data-disconnect-consoles]");
+    if (!button) return;
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        const id = encodeURIComponent(button.dataset.disconnectConsoles);
+        const answer = await Console.api("POST", `/desktops/${id}/browser-console/disconnect`);
+        Console.notify(answer.closed ? `${answer.closed} browser console(s) disconnected.`
+          : "No browser console was open.");
+      } catch (error) {
+        Console.notify(`Could not disconnect: ${error.message}`, "error");
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+
   Console.onReady(initTabs);
+  Console.onReady(initDisconnect);
   Console.onReady(initScreenshot);
   Console.onReady(initConsole);
 })();

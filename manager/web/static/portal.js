@@ -23,6 +23,12 @@
     result.querySelector(".console-file").replaceChildren();
     result.hidden = false;
     try {
+      if (main().querySelector('input[name="console_client"]:checked')?.value === "browser") {
+        // The browser console: a single-use ticket, handed to the console page in the URL's fragment.
+        const opened = await Console.api("POST", "/broker/browser-console", body);
+        location.assign(`${opened.page}#ticket=${encodeURIComponent(opened.ticket)}`);
+        return;
+      }
       const answer = await Console.api("POST", "/broker/connect", { ...body, client: NATIVE });
       const until = answer.console.expires_at ? ` before ${new Date(answer.console.expires_at).toLocaleTimeString()}` : "";
       const app = answer.protocol === "rdp" ? "a Remote Desktop client" : "your viewer app (remote-viewer)";

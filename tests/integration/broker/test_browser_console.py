@@ -14,22 +14,12 @@ from sqlalchemy import text
 
 from manager.db import make_engine
 from manager.demo import DEMO_PASSWORD
-from tests.e2e.server import manager_with_real_guests
 from tests.harness.console_viewer import Refused, console_url, open_viewer
-from tests.harness.postgres import PostgresUnavailable
+from tests.harness.fixtures import real_guest_manager  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow, pytest.mark.postgres]
 CLOSE_REFUSED = 4401
 CLOSE_ADMIN = 4409
-
-
-@pytest.fixture(scope="module")
-def manager():
-    try:
-        with manager_with_real_guests("vdi-console") as server:
-            yield server
-    except PostgresUnavailable as exc:
-        pytest.fail(str(exc))
 
 
 def login(server, username: str) -> httpx.Client:
@@ -40,8 +30,8 @@ def login(server, username: str) -> httpx.Client:
 
 
 @pytest.fixture(scope="module")
-def carol(manager):
-    client = login(manager, "carol@local")
+def carol(real_guest_manager):
+    client = login(real_guest_manager, "carol@local")
     yield client
     client.close()
 
@@ -66,52 +56,53 @@ async def _handshake(url: str):
         await viewer.ws.close()
 
 
-def handshake(manager, got: dict):
-    return asyncio.run(_handshake(console_url(manager.base_url, got["ws_path"], got["ticket"])))
+def handshake(server, got: dict):
+    return asyncio.run(_handshake(console_url(server.base_url, got["ws_path"], got["ticket"])))
 
 
-def refusal(manager, got: dict) -> Refused:
+def refusal(server, got: dict) -> Refused:
     with pytest.raises(Refused) as refused:
-        handshake(manager, got)
+        handshake(server, got)
     return refused.value
 
 
-def test_a_ticket_opens_the_guests_display_once(manager, carol, carol_desktop):
+def test_a_ticket_opens_the_guests_display_once(real_guest_manager, carol, carol_desktop):
     got = ticket(carol, carol_desktop)
     assert got["desktop_name"] == "carol-finance" and got["session_id"]
     assert "password" not in got and "port" not in got  # the browser never learns the guest's display
-    version, init = handshake(manager, got)
+    version, init = handshake(real_guest_manager, got)
     assert version == b"RFB 003.008\n"
     assert init.width > 0 and init.height > 0 and init.bits_per_pixel in (16, 32)
     assert init.name  # QEMU names its display after the domain
 
-    replay = refusal(manager, got)
+    replay = refusal(real_guest_manager, got)
     assert (replay.code, replay.reason) == (CLOSE_REFUSED, "console ticket already used")
 
-    events = manager.admin_api.get("/events", params={"desktop_id": carol_desktop, "per_page": 100}).json()["items"]
+    events = real_guest_manager.admin_api.get("/events", params={"desktop_id": carol_desktop,
+                                                                  "per_page": 100}).json()["items"]
     codes = [e["code"] for e in events]
     for code in ("console.browser_open", "console.browser_close", "console.browser_refused", "console.ticket"):
         assert code in codes, codes
     assert not any(got["ticket"] in e["message"] for e in events)
 
 
-def test_bob_cannot_reach_carols_console(manager, carol_desktop):
-    with contextlib.closing(login(manager, "bob@local")) as bob:
+def test_bob_cannot_reach_carols_console(real_guest_manager, carol_desktop):
+    with contextlib.closing(login(real_guest_manager, "bob@local")) as bob:
         assert bob.post("/broker/browser-console", json={"desktop_id": carol_desktop}).status_code == 404
         assert bob.post(f"/desktops/{carol_desktop}/browser-console").status_code == 403
         assert bob.post(f"/desktops/{carol_desktop}/browser-console/disconnect").status_code == 403
 
 
-def test_expired_and_unknown_tickets_are_refused(manager, carol, carol_desktop):
+def test_expired_and_unknown_tickets_are_refused(real_guest_manager, carol, carol_desktop):
     got = ticket(carol, carol_desktop)
-    engine = make_engine(manager.database_url)
+    engine = make_engine(real_guest_manager.database_url)
     with engine.begin() as conn:  # as if VDI_TICKET_SECONDS had passed
         conn.execute(text("UPDATE browser_consoles SET expires_at = now() - interval '1 second' "
                           "WHERE opened_at IS NULL"))
     engine.dispose()
-    expired = refusal(manager, got)
+    expired = refusal(real_guest_manager, got)
     assert (expired.code, expired.reason) == (CLOSE_REFUSED, "console ticket expired")
-    unknown = refusal(manager, {**got, "ticket": "not-a-ticket"})
+    unknown = refusal(real_guest_manager, {**got, "ticket": "not-a-ticket"})
     assert (unknown.code, unknown.reason) == (CLOSE_REFUSED, "unknown console ticket")
 
 
@@ -130,24 +121,25 @@ async def _held_open_until_closed(url: str, disconnect) -> Refused:
     raise AssertionError("the console stayed open after the administrator's disconnect")
 
 
-def test_an_administrator_disconnects_a_live_console(manager, carol, carol_desktop):
+def test_an_administrator_disconnects_a_live_console(real_guest_manager, carol, carol_desktop):
     got = ticket(carol, carol_desktop)
 
     def disconnect():
-        answer = manager.admin_api.post(f"/desktops/{carol_desktop}/browser-console/disconnect")
+        answer = real_guest_manager.admin_api.post(f"/desktops/{carol_desktop}/browser-console/disconnect")
         assert answer.status_code == 200 and answer.json()["closed"] == 1, answer.text
 
-    closed = asyncio.run(_held_open_until_closed(console_url(manager.base_url, got["ws_path"], got["ticket"]),
-                                                 disconnect))
+    url = console_url(real_guest_manager.base_url, got["ws_path"], got["ticket"])
+    closed = asyncio.run(_held_open_until_closed(url, disconnect))
     assert (closed.code, closed.reason) == (CLOSE_ADMIN, "disconnected by an administrator")
-    events = manager.admin_api.get("/events", params={"desktop_id": carol_desktop, "per_page": 50}).json()["items"]
+    events = real_guest_manager.admin_api.get("/events", params={"desktop_id": carol_desktop,
+                                                                  "per_page": 50}).json()["items"]
     assert any(e["code"] == "console.browser_close" and "administrator" in e["message"] for e in events)
 
 
-def test_an_administrators_console_of_carols_desktop(manager, carol_desktop):
-    answer = manager.admin_api.post(f"/desktops/{carol_desktop}/browser-console")
+def test_an_administrators_console_of_carols_desktop(real_guest_manager, carol_desktop):
+    answer = real_guest_manager.admin_api.post(f"/desktops/{carol_desktop}/browser-console")
     assert answer.status_code == 200, answer.text
     got = answer.json()
     assert got["session_id"] == ""
-    _, init = handshake(manager, got)
+    _, init = handshake(real_guest_manager, got)
     assert init.width > 0
