@@ -6,67 +6,38 @@ if it started it. Tests that change the directory ask for `ad_reset` (restores t
 from __future__ import annotations
 
 import os
-import shlex
 import ssl
-import subprocess
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "test-ad.sh"
-AD_DIR = os.environ.get("VDI_TEST_AD_DIR", "/tmp/vdi-test-ad")
-SEEDED_USERS = 200
-REALM = "corp.example.com"
-
-
-def _script(action: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "AD_DIR": AD_DIR, "AD_MODEL": os.environ.get("AD_MODEL", "single"),
-           "AD_USERS": str(SEEDED_USERS)}
-    return subprocess.run(["bash", str(SCRIPT), action], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, env=env)
-
-
-def _parse_exports(stdout: str) -> dict[str, str]:
-    out = {}
-    for line in stdout.splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            out[key] = shlex.split(value)[0] if value else ""
-    return out
-
-
-# Present while a test may have changed the directory; the next session (or test) restores the seed first.
-DIRTY = Path(AD_DIR.rstrip("/") + ".dirty")
+from tests.harness import samba_ad
+from tests.harness.samba_ad import REALM, SEEDED_USERS  # noqa: F401 (the tests import them from here)
 
 
 def _reset() -> None:
-    done = _script("reset")
-    if done.returncode != 0:
-        pytest.fail(f"scripts/test-ad.sh reset failed:\n{done.stderr[-3000:]}")
-    DIRTY.unlink(missing_ok=True)
+    try:
+        samba_ad.reset()
+    except samba_ad.DirectoryUnavailable as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
 def ad() -> dict[str, str]:
     if os.geteuid() != 0:
         pytest.skip("the Samba AD test DC needs root (scripts/test-ad.sh binds ports 88/389/636)")
-    was_running = _script("status", timeout=60).returncode == 0
-    started = _script("start")
-    if started.returncode != 0:
-        pytest.fail(f"scripts/test-ad.sh start failed:\n{started.stderr[-3000:]}")
-    env = _parse_exports(started.stdout)
-    assert env.get("AD_LDAPS_URL") and env.get("AD_BASE_DN"), started.stdout
-    if DIRTY.exists():
-        _reset()
+    try:
+        env, started = samba_ad.start()
+    except samba_ad.DirectoryUnavailable as exc:
+        pytest.fail(str(exc))
     yield env
-    if not was_running:
-        _script("stop", timeout=120)
+    if started:
+        samba_ad.stop()
 
 
 @pytest.fixture
 def ad_reset(ad) -> dict[str, str]:
     """For tests that change the directory: it is restored to the seeded snapshot afterwards (~1 s)."""
-    DIRTY.touch()
+    samba_ad.mark_dirty()
     yield ad
     _reset()
 
