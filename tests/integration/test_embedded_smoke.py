@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -82,3 +83,55 @@ def test_make_run_path_serves_health_and_demo_desktops(embedded_env):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+@pytest.mark.libvirt
+@pytest.mark.slow
+def test_a_second_demo_starts_what_it_says_it_starts(embedded_env):
+    """Issue 21 item 6: carol's desktop stopped while no manager ran (the machine or libvirtd restarted), the
+    database still said up, and a second `vdi demo` printed "carol-finance is booting" without starting it. The
+    demo now asks the hypervisor instead of trusting the last heartbeat's word."""
+    import sqlite3
+    import uuid as uuid_mod
+
+    from hypervisor_node.driver import LibvirtDriver
+    from tests.harness.guests import remove_owned_domains
+    from tests.integration.node.conftest import SHARED_ROOT, SYSTEM_URI, ensure_system_libvirtd
+
+    ensure_system_libvirtd()
+    embedded_env["VDI_MANAGER_ID"] = manager_id = f"demo-smoke-{uuid_mod.uuid4().hex[:8]}"
+    # QEMU (running as libvirt-qemu) must reach the storage: pytest's tmp dirs are private to their user
+    SHARED_ROOT.mkdir(parents=True, exist_ok=True)
+    os.chmod(SHARED_ROOT, 0o755)
+    shared = SHARED_ROOT / manager_id
+    shared.mkdir(mode=0o755)
+    embedded_env["VDI_DATA_DIR"] = str(shared / "data")
+    driver = LibvirtDriver(SYSTEM_URI, manager_id=manager_id)
+    database = Path(embedded_env["VDI_DATA_DIR"]) / "vdi.db"
+
+    def carol() -> tuple[str, str]:
+        """(what libvirt says, what the database says) of carol-finance's power state."""
+        domain = next(d for d in driver.list_domains() if d.name == "carol-finance")
+        with sqlite3.connect(database) as conn:
+            (stored,) = conn.execute("SELECT power_state FROM desktops WHERE name = 'carol-finance'").fetchone()
+        return driver.state(domain.uuid).value, stored
+
+    try:
+        first = run_vdi(embedded_env, "demo", "--real-guests", "yes", timeout=900)
+        assert first.returncode == 0, first.stderr
+        assert "carol-finance is booting" in first.stdout
+        assert carol() == ("up", "up")
+        # behind the manager's back, as a restart of the machine would: the database still says up
+        driver.poweroff(next(d.uuid for d in driver.list_domains() if d.name == "carol-finance"))
+        assert carol() == ("down", "up")
+
+        second = run_vdi(embedded_env, "demo", "--real-guests", "yes", timeout=900)
+        assert second.returncode == 0, second.stderr
+        assert "carol-finance is booting" in second.stdout
+        assert carol() == ("up", "up")
+    finally:
+        try:
+            remove_owned_domains(driver)
+        finally:
+            driver.close()
+            shutil.rmtree(shared, ignore_errors=True)
