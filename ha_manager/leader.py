@@ -269,9 +269,11 @@ class LeaderElector:
                 if failing:
                     log.info("leader election reaches the database again")
                 failing = False
-            except Exception as exc:  # the database is away: keep trying; give the lease up when it has run out
+            except Exception as exc:  # the database is away (or a frozen leader's fenced transaction holds the
+                # lease row until the server ends it): keep trying; give the lease up when it has run out
                 if not failing:
-                    log.warning("leader election cannot reach the database (%s); retrying", type(exc).__name__)
+                    log.warning("leader election failed (%s: %s); retrying", type(exc).__name__,
+                                str(exc).splitlines()[0][:200] if str(exc) else "")
                 failing = True
                 sentence = self._lapse()
                 self._next_wait = min(self.renew_s, 1.0)
