@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 from anyio import from_thread
-from sqlalchemy import create_engine, event, exc
+from sqlalchemy import create_engine, event, exc, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import Pool
@@ -80,6 +80,28 @@ def make_engine(url: str, **kwargs) -> Engine:
         event.listen(engine, "checkin", _note_idle_since)
         event.listen(engine, "checkout", _ping_if_suspect(engine.dialect))
     return engine
+
+
+def open_request_connections(count: int = REQUEST_SLOTS) -> None:
+    """Open the connections the request slots use before the first request, each with every table's catalog
+    entries loaded. A new Postgres connection costs a server process and, on its first statement against each
+    table, catalog lookups: paid by the first requests, they made the first second of a login storm right after a
+    start queue up (bench/login_storm.py --rate). Postgres only; the embedded SQLite needs none of it."""
+    from manager.models import Base
+
+    engine = get_engine()
+    if engine.dialect.name != "postgresql":
+        return
+    probes = [text(f'SELECT 1 FROM "{table.name}" LIMIT 0') for table in Base.metadata.sorted_tables]
+    try:
+        with contextlib.ExitStack() as held:  # all at once, so that the pool keeps `count` of them
+            for _ in range(count):
+                conn = held.enter_context(engine.connect())
+                for probe in probes:
+                    conn.execute(probe)
+                conn.rollback()
+    except exc.SQLAlchemyError as error:  # a head start, never a reason not to start: requests will say what is wrong
+        log.warning("could not open the database connections ahead of requests: %s", error)
 
 
 def _create_private_sqlite_file(url: str) -> None:

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import Field, model_validator
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 import manager.provisioning  # noqa: F401  (registers the provisioning jobs)
 from broker import service, sessions
@@ -22,7 +23,7 @@ from ha_manager.service import singleton_loop, stop_loop
 from manager.api import schemas as s
 from manager.api.common import DbSession, Page, Paging, paginate
 from manager.auth import Principal, require
-from manager.db import get_or_404
+from manager.db import get_or_404, open_request_connections
 from manager.api.system import _job_out
 from manager.models import Desktop, DesktopSession, Event, User
 from manager.provisioning.consoles import NODES, issue_for_desktop
@@ -34,7 +35,9 @@ from manager.provisioning.tasks import maintain_pools
 @contextlib.asynccontextmanager
 async def _pool_maintenance(_app) -> AsyncIterator[None]:
     """While the manager runs, the leader expires leases and tops up prestarted desktops without anyone asking
-    (a singleton loop: ha_manager.service)."""
+    (a singleton loop: ha_manager.service). Connects are ready from the start: the database connections they use
+    are opened first."""
+    await run_in_threadpool(open_request_connections)  # a storm may come right after a start
     period = configured_period()
     loop = singleton_loop("pool-maintenance", period, maintain_pools) if period > 0 else None
     try:
