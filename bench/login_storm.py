@@ -71,6 +71,12 @@ def process_tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine has spent busy (every state but idle and iowait), summed over its cores."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def postmaster_pid(engine) -> int | None:
     """The Postgres server's process on this machine (its backends are its children), or None if it is elsewhere."""
     with engine.connect() as conn:
@@ -305,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         cpu_before = process_tree_cpu_seconds(server.pid)
         postgres_before = process_tree_cpu_seconds(postgres) if postgres else 0.0
         own_before = time.process_time()
+        load_before = os.getloadavg()[0]
+        machine_before = machine_busy_seconds()
 
         profiler = None
         if args.profile:
@@ -323,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         server_cpu_ms = (process_tree_cpu_seconds(server.pid) - cpu_before) * per_request
         loadgen_cpu_ms = (time.process_time() - own_before) * per_request
         postgres_cpu_ms = (process_tree_cpu_seconds(postgres) - postgres_before) * per_request if postgres else None
+        machine_cores = (machine_busy_seconds() - machine_before) / wall
+        ours_cores = (server_cpu_ms + loadgen_cpu_ms + (postgres_cpu_ms or 0)) * len(statuses) / 1000 / wall
         ok = sum(1 for s in statuses if s == 200)
         full = sum(1 for s in statuses if s == 409)
         with db.session_scope() as s:
@@ -351,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
             "wall_seconds": round(wall, 2), "manager_cpu_ms_per_connect": round(server_cpu_ms, 2),
             "postgres_cpu_ms_per_connect": round(postgres_cpu_ms, 2) if postgres_cpu_ms is not None else None,
             "loadgen_cpu_ms_per_connect": round(loadgen_cpu_ms, 2),
+            # how much of the machine the storm had: cores busy during it, the storm's share (manager, Postgres,
+            # load generator), and the 1-minute load average as it began
+            "cores": os.cpu_count(), "machine_busy_cores": round(machine_cores, 2),
+            "storm_cores": round(ours_cores, 2), "load_average_before": round(load_before, 2),
             "users": args.users, "desktops": args.desktops, "workers": args.workers,
             **({"clients": args.clients} if not args.rate else {"connections": args.connections}),
             "node_agents": args.agents, "hosts": "libvirt test driver (desktops running before the storm)",
