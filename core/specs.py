@@ -8,6 +8,10 @@ from typing import Any
 
 from core.enums import OsType, PowerState
 
+# The fencing token on the wire (docs/ha.md): a leader manager's singleton loops send their epoch with each call to a
+# node agent, and heartbeat replies tell the agent the latest epoch; the agent refuses commands of an older one.
+LEADER_EPOCH_HEADER = "X-VDI-Leader-Epoch"
+
 
 @functools.cache
 def _field_names(cls: type) -> frozenset[str]:

@@ -28,8 +28,9 @@ transaction also gets `idle_in_transaction_session_timeout` = ttl, so a leader f
 takeover back longer than that. On SQLite (the embedded single-instance set-up) the same code runs without the row
 lock: SQLite has one writer at a time anyway.
 
-What a loop does outside the database (a call to a node agent) is not fenced by this; loops record their intent in a
-fenced transaction first (a compare-and-swap), so a fenced-off leader stops at its next write. See docs/ha.md.
+Calls to node agents are fenced by the agents: NodeClient sends `fence_epoch()` with each call a loop makes, and an
+agent that has heard of a newer epoch (from a heartbeat reply or the new leader's calls) refuses it with
+`not_leader`, raised here as NotLeader (hypervisor_node/managers.py). See docs/ha.md.
 """
 from __future__ import annotations
 
@@ -94,6 +95,11 @@ _WRITES = ("INSERT", "UPDATE", "DELETE", "MERGE")
 _idle_limit_ms = 15_000  # set from the lease ttl by LeaderElector
 
 
+def fence_epoch() -> int | None:
+    """The epoch this thread's writes are fenced with (inside `fenced`), else None. NodeClient sends it to nodes."""
+    return _FENCE_EPOCH.get()
+
+
 @contextlib.contextmanager
 def fenced(epoch: int) -> Iterator[None]:
     """Every database write made on this thread inside the block is refused (NotLeader) unless `epoch` is still the
@@ -145,6 +151,7 @@ class LeaderElector:
         self.renew_s = renew_s
         self.name = name
         self.refused_writes = 0  # fenced writes refused in this process (a former leader's loops)
+        self.known_epoch: int | None = None  # the highest epoch seen in the lease row (told to node agents)
         self._term: Term | None = None
         self._renewed_monotonic = 0.0
         self._started_at: dt.datetime | None = None
@@ -154,6 +161,7 @@ class LeaderElector:
         self._next_wait = 0.0
         self._last_sentence = ""
         self._thread: threading.Thread | None = None
+        self._seen_epoch = 0
 
     # what the rest of the manager reads
     def term(self) -> Term | None:
@@ -174,6 +182,7 @@ class LeaderElector:
     def tick(self) -> str:
         became: Term | None = None
         lost = False
+        self._seen_epoch = 0
         with db.session_scope() as session:
             postgres = db.is_postgres(session)
             if postgres:  # a takeover must not hang behind a frozen leader's share lock (it ends within the ttl)
@@ -189,6 +198,7 @@ class LeaderElector:
                     .values(renewed_at=now, expires_at=now + dt.timedelta(seconds=self.ttl_s),
                             holder_address=self.address)).rowcount
                 if renewed:
+                    self._seen_epoch = term.epoch
                     sentence = f"leader, epoch {term.epoch}, renewed until {self._fmt(now, self.ttl_s)}"
                     self._next_wait = self.renew_s
                     session.execute(delete(ManagerInstance).where(  # instances gone for a day leave the report
@@ -196,12 +206,14 @@ class LeaderElector:
                 else:
                     lost = True
                     row = session.get(ManagerLeader, self.name)
+                    self._seen_epoch = row.epoch if row is not None else 0
                     sentence = (f"stepped down: epoch {term.epoch} was superseded by epoch {row.epoch} of "
                                 f"{row.holder}" if row is not None else f"stepped down: the lease row is gone")
                     self._next_wait = self.renew_s
             else:
                 sentence, became = self._try_acquire(session, now)
         with self._lock:
+            self.known_epoch = max(self.known_epoch or 0, self._seen_epoch) or None
             if lost:
                 self._term = None
             elif term is not None:
@@ -213,6 +225,7 @@ class LeaderElector:
 
     def _try_acquire(self, session: Session, now: dt.datetime) -> tuple[str, Term | None]:
         row = session.get(ManagerLeader, self.name, populate_existing=True)
+        self._seen_epoch = row.epoch if row is not None else 0
         expires = now + dt.timedelta(seconds=self.ttl_s)
         mine = dict(holder=self.instance_id, holder_address=self.address, acquired_at=now, renewed_at=now,
                     expires_at=expires)
@@ -221,6 +234,7 @@ class LeaderElector:
                                        .on_conflict_do_nothing()).rowcount
             if inserted:
                 self._next_wait = self.renew_s
+                self._seen_epoch = 1
                 return "leader, epoch 1 (first leader)", Term(1, now, time.monotonic())
             self._next_wait = 0.0
             return "standby: another instance created the lease first", None
@@ -239,6 +253,7 @@ class LeaderElector:
         self._next_wait = self.renew_s
         if not taken:
             return "standby: another instance took the expired lease first", None
+        self._seen_epoch = seen_epoch + 1
         how = "restarted, took its own lease" if seen_holder == self.instance_id else \
             f"took over from {seen_holder} (epoch {seen_epoch}, expired {seen_expiry:%H:%M:%S})"
         return f"leader, epoch {seen_epoch + 1}: {how}", Term(seen_epoch + 1, now, time.monotonic())

@@ -18,11 +18,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ha_manager.leader import LeaderElector, NotLeader, SingletonLoop, Term, db_now, fenced
+from ha_manager.leader import LeaderElector, NotLeader, SingletonLoop, Term, db_now, fence_epoch, fenced
 from manager.models import ManagerInstance, ManagerLeader
 
-__all__ = ["NotLeader", "Term", "fenced", "ha_status", "is_leader", "leader_epoch", "leader_term", "singleton_loop",
-           "start_manager_ha", "status_section", "stop_loop", "stop_manager_ha"]
+__all__ = ["NotLeader", "Term", "fence_epoch", "fenced", "ha_status", "is_leader", "known_leader_epoch",
+           "leader_epoch", "leader_term", "singleton_loop", "start_manager_ha", "status_section", "stop_loop",
+           "stop_manager_ha"]
 
 _lock = threading.Lock()
 _elector: LeaderElector | None = None
@@ -88,6 +89,13 @@ def leader_term() -> Term | None:
     """This process's current leadership term (epoch, since when), or None on a standby."""
     elector = _elector
     return elector.term() if elector is not None else None
+
+
+def known_leader_epoch() -> int | None:
+    """The highest leader epoch this process has seen (leader or standby); heartbeat replies tell it to node agents,
+    which then refuse commands of older epochs."""
+    elector = _elector
+    return elector.known_epoch if elector is not None else None
 
 
 def is_leader() -> bool:

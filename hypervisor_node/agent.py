@@ -38,7 +38,7 @@ from hypervisor_node import hoststats, spice_tls
 from hypervisor_node.guest_facts import GuestFacts
 from hypervisor_node.consoles import ConsoleReporter
 from hypervisor_node.driver import DEFAULT_BLOCK_JOB_TIMEOUT_S, DEFAULT_MANAGER_ID, LibvirtDriver, NodeDriver
-from hypervisor_node.managers import ManagerEndpoints
+from hypervisor_node.managers import EpochFence, EpochFenceMiddleware, ManagerEndpoints
 
 log = logging.getLogger("hypervisor_node.agent")
 
@@ -166,6 +166,8 @@ def create_app(
     if not token:
         raise Invalid("the node token must not be empty")
     started_at = heartbeat.started_at if heartbeat is not None else utc_now_iso()
+    # the leader epoch heard in heartbeat replies; commands of an older one are refused (docs/ha.md)
+    fence = heartbeat.fence if heartbeat is not None else EpochFence()
 
     def call(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
         return run_in_threadpool(fn, *args)
@@ -174,7 +176,8 @@ def create_app(
         """Liveness of the agent and its hypervisor connection."""
         caps = await call(driver.capabilities)
         return JSONResponse({"status": "ok", "node": node_name, "agent_started_at": started_at,
-                             "hostname": caps.hostname, "libvirt_version": caps.libvirt_version})
+                             "hostname": caps.hostname, "libvirt_version": caps.libvirt_version,
+                             "leader_epoch": fence.highest})
 
     async def capabilities(_request: Request) -> Response:
         return JSONResponse((await call(driver.capabilities)).to_dict())
@@ -297,7 +300,8 @@ def create_app(
         exception_handlers={VdiError: _vdi_error, HTTPException: _http_error, Exception: _unexpected_error},
         lifespan=lifespan,
     )
-    app.add_middleware(BearerTokenMiddleware, token=token)
+    app.add_middleware(EpochFenceMiddleware, fence=fence)
+    app.add_middleware(BearerTokenMiddleware, token=token)  # added last: runs first
     return app
 
 
@@ -344,6 +348,7 @@ class Heartbeat:
         self._cpu = hoststats.HostCpuMeter(proc_root)
         self._transport = transport
         self._request_timeout = request_timeout
+        self.fence = EpochFence()  # learns the leader epoch from each reply
         self.guest_facts = GuestFacts(driver, period=interval * GUEST_FACTS_EVERY_BEATS)
 
     @property
@@ -392,6 +397,10 @@ class Heartbeat:
             return False
         self._manager_state(True, "")
         self.guest_facts.delivered(payload["guest"])
+        try:
+            self.fence.learn(response.json().get("leader_epoch"))
+        except (ValueError, AttributeError):  # an older manager's reply without it
+            pass
         return True
 
     async def run(self) -> None:

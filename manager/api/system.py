@@ -18,6 +18,7 @@ from broker.sessions import ConsoleEvent, record_console_events
 from core.enums import HostStatus, JobState, Severity
 from core.errors import BadRequest, Conflict, Forbidden, Invalid, NotAuthenticated, NotFound
 from event_manager.service import query_events
+from ha_manager.service import known_leader_epoch
 from image_manager.service import get_template, template_versions
 from manager import db
 from manager.api import schemas as s
@@ -237,10 +238,11 @@ def node_token() -> Any:
 @router.post("/nodes/{name}/heartbeat", tags=["nodes"])
 def heartbeat(name: str, payload: dict[str, Any], session: DbSession,
               host: Annotated[Host, Depends(node_token())]) -> dict[str, Any]:
-    """A node's periodic report: host figures and every domain's stats."""
+    """A node's periodic report: host figures and every domain's stats. The reply names the latest leader epoch
+    this manager knows, so the agent refuses commands of a former leader (docs/ha.md)."""
     if not isinstance(payload.get("domains", []), list):
         raise BadRequest("domains must be a list")
-    return {"ok": True, **ingest_heartbeat(session, host, payload)}
+    return {"ok": True, **ingest_heartbeat(session, host, payload), "leader_epoch": known_leader_epoch()}
 
 
 class ConsoleEventIn(s.In):

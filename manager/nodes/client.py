@@ -3,7 +3,8 @@
 One method per agent route. Every failure comes back as a core.errors class: a host that does not
 answer (refused, reset, timed out) raises NodeUnreachable; an error the agent reports is rebuilt from
 its `{"error", "detail"}` body with core.errors.error_from_dict, so a 404 from the agent is raised
-here as DomainNotFound, a 409 as Conflict, a 502 as HypervisorError, and so on.
+here as DomainNotFound, a 409 as Conflict, a 502 as HypervisorError, and so on. Calls made by a leader's singleton
+loop carry its epoch (docs/ha.md); an agent that knows a newer one answers 409 not_leader, raised as NotLeader.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any
 import httpx
 
 from core.errors import NodeUnreachable, VdiError, error_from_dict
-from core.specs import DesktopSpec, DomainStats, HostCaps
+from core.specs import LEADER_EPOCH_HEADER, DesktopSpec, DomainStats, HostCaps
+from ha_manager.service import fence_epoch
 
 DEFAULT_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 3.0
@@ -55,6 +57,9 @@ class NodeClient:
             kwargs["params"] = params
         if timeout is not None:
             kwargs["timeout"] = httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_S))
+        epoch = fence_epoch()
+        if epoch is not None:  # a leader's singleton loop: the agent refuses it once it knows a newer epoch
+            kwargs["headers"] = {LEADER_EPOCH_HEADER: str(epoch)}
         try:
             response = self._http.request(method, f"/v1{path}", **kwargs)
         except httpx.TransportError as exc:

@@ -1,6 +1,6 @@
 """Manager HA with real `vdi serve` processes on one real Postgres database (issue 16 item 6): exactly one leads; a
 SIGKILLed leader is replaced by the standby, which serves new requests, and a node agent given both managers' URLs
-keeps reporting through the standby; a leader paused past its lease (SIGSTOP) has its singleton loop's writes
+keeps reporting through the standby and refuses the old epoch's commands; a leader paused past its lease (SIGSTOP) has its singleton loop's writes
 refused by the epoch check when it wakes, and steps down.
 
 Lease timings are short (ttl 3 s, renewal 1 s); every wait is a poll with a generous bound, never a timing
@@ -13,8 +13,13 @@ import sys
 import threading
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from sqlalchemy import text
+
+from core.errors import DomainNotFound
+from ha_manager.service import NotLeader, fenced
+from manager.nodes.client import NodeClient
 
 from manager.db import make_engine
 from manager.embedded_nodes import free_port, wait_until_answers
@@ -116,6 +121,16 @@ def test_one_leader_and_the_standby_takes_over_a_killed_leader_with_its_node_age
         assert group.api(standby, "GET", f"/hosts/{host_id}").json()["status"] == "up"
         with db.connect() as conn:  # the takeover fenced no healthy host
             assert conn.execute(text("SELECT count(*) FROM events WHERE code LIKE 'host.fenc%'")).scalar() == 0
+        # the agent heard the new epoch in a heartbeat reply: the former leader's commands are refused
+        agent_url, auth = f"http://127.0.0.1:{agent_port}", {"Authorization": f"Bearer {NODE_TOKEN}"}
+        wait_for("the agent knowing the new epoch",
+                 lambda: httpx.get(f"{agent_url}/v1/health", headers=auth).json()["leader_epoch"] == after["epoch"])
+        missing = "00000000-0000-4000-8000-00000000000f"
+        with NodeClient(agent_url, NODE_TOKEN) as node:
+            with fenced(before["epoch"]), pytest.raises(NotLeader, match=f"epoch {before['epoch']} no longer"):
+                node.start(missing)
+            with fenced(after["epoch"]), pytest.raises(DomainNotFound):
+                node.start(missing)  # the new leader's command reaches the hypervisor
         dead = wait_for("the killed manager no longer alive", lambda: [
             i for i in group.ha(standby)["instances"] if i["instance_id"] == leader and not i["alive"]])
         assert not dead[0]["leader"]

@@ -36,7 +36,9 @@ def test_heartbeat_stores_stats_and_transitions(client, anon_client):
     domains.append({"uuid": "ffffffff-0000-0000-0000-000000000000", "name": "foreign", "state": "up"})
     response = _beat(anon_client, host, domains)
     assert response.status_code == 200, response.text
-    assert response.json() == {"ok": True, "desktops": 3, "transitions": 3, "unknown": 1, "foreign": 0}
+    # the reply also names the leader epoch this manager knows (it leads its test database alone: epoch 1)
+    assert response.json() == {"ok": True, "desktops": 3, "transitions": 3, "unknown": 1, "foreign": 0,
+                               "leader_epoch": 1}
     got = {d["name"]: d for d in client.get(f"{API}/desktops").json()["items"]}
     assert [got[f"d{i}"]["cpu_usage"] for i in range(3)] == [0, 10, 20]
     assert all(got[f"d{i}"]["power_state"] == "up" and got[f"d{i}"]["host_id"] == host["id"] for i in range(3))
@@ -52,7 +54,7 @@ def test_heartbeat_stores_stats_and_transitions(client, anon_client):
     # One desktop pauses while the others keep running: one transition, and everyone's figures are stored.
     domains[1]["state"], domains[1]["cpu_usage"], domains[2]["mem_usage"] = "paused", 0, 77
     assert _beat(anon_client, host, domains, seq=3).json() == {"ok": True, "desktops": 3, "transitions": 1,
-                                                                "unknown": 1, "foreign": 0}
+                                                                "unknown": 1, "foreign": 0, "leader_epoch": 1}
     with db.session_scope() as session:
         ids = [d["id"] for d in desktops]
         stored = {d.name: d for d in session.scalars(select(Desktop).where(Desktop.id.in_(ids)))}
@@ -78,7 +80,8 @@ def test_a_node_cannot_claim_another_hosts_desktop_through_its_heartbeat(client,
                {"uuid": running["id"], "name": running["name"], "state": "up", "cpu_usage": 60}]
     for seq in (1, 2):
         answer = _beat(anon_client, host, domains, seq=seq)
-        assert answer.json() == {"ok": True, "desktops": 0, "transitions": 0, "unknown": 0, "foreign": 2}
+        assert answer.json() == {"ok": True, "desktops": 0, "transitions": 0, "unknown": 0, "foreign": 2,
+                                 "leader_epoch": 1}
     with db.session_scope() as session:
         stored = [session.get(Desktop, d["id"]) for d in (theirs, running)]
         assert [(d.host_id, d.power_state, d.cpu_usage) for d in stored] == [
