@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
@@ -161,3 +163,20 @@ def write_private(path: Path, text: str) -> None:
     """Write a secret file (mode 0600, see open_private)."""
     with os.fdopen(open_private(path), "w") as fh:
         fh.write(text)
+
+
+def create_private_once(path: Path, make: Callable[[], str]) -> None:
+    """Create the secret file `path` with the text `make()` returns unless it exists: written 0600 under a spare name
+    first and linked into place, so no one ever reads half a file, and when two processes create it at once the
+    first link wins and both use that file."""
+    if path.exists():
+        return
+    spare = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    with os.fdopen(open_private(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w") as fh:
+        fh.write(make())
+    try:
+        os.link(spare, path)
+    except FileExistsError:
+        pass
+    finally:
+        spare.unlink()

@@ -12,15 +12,15 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import ipaddress
-import os
 import re
-import secrets
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from manager.config import create_private_once, get_settings
 
 CA_FILE = "spice-ca.pem"
 CA_DAYS = 3650
@@ -29,8 +29,6 @@ KEY_BITS = 2048
 
 
 def _ca_path() -> Path:
-    from manager.config import get_settings
-
     return get_settings().data_dir / CA_FILE
 
 
@@ -47,10 +45,8 @@ def _pem_cert(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _create_ca(path: Path) -> None:
-    """A new CA written 0600 from creation; when another process made one at the same time, theirs is kept."""
-    from manager.config import open_private
-
+def _new_ca() -> str:
+    """A new CA's key and certificate (PEM, one after the other)."""
     key = _new_key()
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "VDI manager"),
                       x509.NameAttribute(NameOID.COMMON_NAME, "VDI console CA")])
@@ -63,21 +59,12 @@ def _create_ca(path: Path) -> None:
                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
             .sign(key, hashes.SHA256()))
-    spare = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    with os.fdopen(open_private(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w") as fh:
-        fh.write(_pem_key(key) + _pem_cert(cert))
-    try:
-        os.link(spare, path)
-    except FileExistsError:
-        pass
-    finally:
-        spare.unlink()
+    return _pem_key(key) + _pem_cert(cert)
 
 
 @functools.lru_cache(maxsize=4)
 def _ca(path: Path) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
-    if not path.exists():
-        _create_ca(path)
+    create_private_once(path, _new_ca)  # 0600 from creation; of two processes making one, both keep the first
     data = path.read_bytes()
     key = serialization.load_pem_private_key(data, password=None)
     return key, x509.load_pem_x509_certificate(data[data.index(b"-----BEGIN CERTIFICATE-----"):])

@@ -15,7 +15,6 @@ import base64
 import functools
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
 
@@ -46,18 +45,9 @@ def key_file() -> Path:
 def _key(path: Path) -> bytes:
     """The node key at `path`, created (0600 from its creation, atomically: a concurrent creator's key wins) if
     missing."""
-    if not path.exists():
-        from manager.config import open_private
+    from manager.config import create_private_once
 
-        spare = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-        with os.fdopen(open_private(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w") as fh:
-            fh.write(secrets.token_hex(KEY_BYTES) + "\n")
-        try:
-            os.link(spare, path)
-        except FileExistsError:
-            pass
-        finally:
-            spare.unlink()
+    create_private_once(path, lambda: secrets.token_hex(KEY_BYTES) + "\n")
     return bytes.fromhex(path.read_text().strip())
 
 

@@ -24,8 +24,8 @@ from sqlalchemy import select
 
 from tests.harness.hosts import HostCluster
 from tests.integration.broker.conftest import API, bearer, wait_for_jobs
-from tests.integration.broker.test_real_guests import (published_image, real_node, setup_pool,  # noqa: F401
-                                                       wait_guest_ready)
+from tests.integration.broker.test_real_guests import (connect, published_image, real_node,  # noqa: F401
+                                                       setup_pool, wait_guest_ready)
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 TOOLS = ("remote-viewer", "Xvfb", "import", "convert", "xfreerdp", "ip")
@@ -250,10 +250,7 @@ def test_remote_viewer_on_another_machine_shows_the_desktop(real_node, published
 
     user, token = world.user("vera")
     world.entitle(pool_id=pool_id, user_id=user)
-    r = anon_client.post(f"{API}/broker/connect", json={"pool_id": pool_id, "client": {"protocols": ["spice"]}},
-                         headers=bearer(token))
-    assert r.status_code == 200, r.text
-    got = r.json()
+    got = connect(anon_client, token, pool_id)
     desktop_id, session_id = got["desktop_id"], got["session_id"]
     assert got["console"]["host"] == display_address
     port = got["console"]["port"]
@@ -424,10 +421,7 @@ def test_remote_viewer_over_spice_tls(tls_cluster, world, anon_client, client, m
 
     user, token = world.user("tess")
     world.entitle(pool_id=pool_id, user_id=user)
-    r = anon_client.post(f"{API}/broker/connect", json={"pool_id": pool_id, "client": {"protocols": ["spice"]}},
-                         headers=bearer(token))
-    assert r.status_code == 200, r.text
-    got = r.json()
+    got = connect(anon_client, token, pool_id)
     assert got["console"]["tls_port"], got["console"]
     wait_guest_ready(node, got["desktop_id"])
     text = console_file(anon_client, token, got["session_id"])
