@@ -22,6 +22,7 @@ from event_manager.service import emit
 from ha_manager.service import singleton_loop, stop_loop
 from manager.api import schemas as s
 from manager.api.common import DbSession, Page, Paging, paginate
+from manager.api.openapi import NODE_ERRORS, error_responses
 from manager.auth import Principal, require
 from manager.db import get_or_404, open_request_connections
 from manager.api.system import _job_out
@@ -47,7 +48,7 @@ async def _pool_maintenance(_app) -> AsyncIterator[None]:
             stop_loop(loop)
 
 
-router = APIRouter(tags=["broker"], lifespan=_pool_maintenance)
+router = APIRouter(tags=["broker"], lifespan=_pool_maintenance, responses=NODE_ERRORS)
 Connector = Annotated[Principal, Depends(require("self:connect"))]
 # A connect locks the caller's user row as it authenticates (see broker.assignment.take_from_pool).
 Connecting = Annotated[Principal, Depends(require("self:connect", lock_user=True))]
@@ -249,7 +250,8 @@ def force_logoff(session_id: str, session: DbSession,
     return SessionOut.model_validate(service.logoff(session, row, actor=who.name))
 
 
-@router.get("/desktops/{desktop_id}/console", response_model=ConnectOut, tags=["desktops"])
+@router.get("/desktops/{desktop_id}/console", response_model=ConnectOut, tags=["desktops"],
+            responses=error_responses(409))
 def admin_console(desktop_id: str, session: DbSession, who: Annotated[Principal, Depends(require("desktops:console"))],
                   protocol: Annotated[Protocol, Query()] = Protocol.SPICE) -> Any:
     """An administrator's console on any running desktop (HelpDesk and up). Recorded as an event."""

@@ -15,6 +15,7 @@ import manager.provisioning  # noqa: F401  (registers the provisioning jobs)
 from core.enums import OsType
 from manager.api import schemas as s
 from manager.api.common import DbSession, Page, PageParams, Paging, paginate
+from manager.api.openapi import NODE_ERRORS
 from manager.api.resources import RESOURCE_BY_PATH
 from manager.api.system import _job_out
 from manager.auth import Principal, require
@@ -23,7 +24,7 @@ from manager.provisioning import bulk, pools, service
 from manager.provisioning.placement import POLICIES
 from manager.provisioning.power import DEFAULT_STOP_TIMEOUT_S, PowerAction, power_desktop
 
-router = APIRouter()
+router = APIRouter(responses=NODE_ERRORS)
 Power = Annotated[Principal, Depends(require("desktops:power"))]
 DesktopReader = Annotated[Principal, Depends(require("desktops:read"))]
 DesktopWriter = Annotated[Principal, Depends(require("desktops:write"))]

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from core.errors import Forbidden, NotFound
 from manager.api import schemas as s
 from manager.api.common import DbSession, Page, PageParams, Paging, paginate
+from manager.api.openapi import error_responses
 from manager.api.resources import RESOURCE_BY_PATH
 from manager.auth import Principal, require
 from manager.identity.access import explain_access, find_pool
@@ -33,7 +34,7 @@ class SyncIn(s.In):
     dry_run: bool = Field(default=False, description="compute and return the diff, change nothing")
 
 
-@router.post("/directory/sync", tags=["directory"], status_code=202)
+@router.post("/directory/sync", tags=["directory"], status_code=202, responses=error_responses(503))
 def start_sync(payload: SyncIn, session: DbSession, response: Response,
                who: Annotated[Principal, Depends(require("directory:sync"))]) -> Any:
     """Sync users and groups from Active Directory as a job (202 + the job); with dry_run, the diff (200)."""

@@ -14,6 +14,7 @@ from image_manager.errors import StorageFull
 from image_manager import fileops, service
 from manager.api import schemas as s
 from manager.api.common import DbSession
+from manager.api.openapi import error_responses
 from manager.api.system import _job_out
 from manager.auth import Principal, require
 from manager.config import Settings, ensure_data_dir, get_settings
@@ -234,6 +235,10 @@ def export_version(template_id: str, version_id: str, payload: ExportIn, session
 
 
 # ---- desktops ---------------------------------------------------------------------------------------------------
+# These check at once that the desktop's host can be reached (a 503 when it cannot), then work in a job.
+HOST_CHECKED = error_responses(503)
+
+
 @router.get("/desktops/{desktop_id}/snapshots", response_model=list[SnapshotOut])
 def list_snapshots(desktop_id: str, session: DbSession, who: DesktopsRead) -> Any:
     """The desktop's snapshots, oldest first."""
@@ -241,7 +246,8 @@ def list_snapshots(desktop_id: str, session: DbSession, who: DesktopsRead) -> An
     return [SnapshotOut.model_validate(info) for info in service.list_snapshots(session, desktop)]
 
 
-@router.post("/desktops/{desktop_id}/snapshots", response_model=SnapshotCreated, status_code=202)
+@router.post("/desktops/{desktop_id}/snapshots", response_model=SnapshotCreated, status_code=202,
+             responses=HOST_CHECKED)
 def create_snapshot(desktop_id: str, payload: SnapshotIn, session: DbSession, who: DesktopsWrite) -> Any:
     """Take a disk snapshot of a powered-off desktop (a job)."""
     desktop = service.get_desktop(session, desktop_id)
@@ -260,13 +266,13 @@ def _snapshot_action(action):
 
 
 router.add_api_route("/desktops/{desktop_id}/snapshots/{snapshot_id}/revert", _snapshot_action(service.revert_to_snapshot),
-                     methods=["POST"], response_model=s.JobOut, status_code=202,
+                     methods=["POST"], response_model=s.JobOut, status_code=202, responses=HOST_CHECKED,
                      summary="Revert the desktop's disk to the snapshot (a job)")
 router.add_api_route("/desktops/{desktop_id}/snapshots/{snapshot_id}/preview", _snapshot_action(service.preview_snapshot),
-                     methods=["POST"], response_model=s.JobOut, status_code=202,
+                     methods=["POST"], response_model=s.JobOut, status_code=202, responses=HOST_CHECKED,
                      summary="Preview the snapshot; then commit or undo the preview (a job)")
 router.add_api_route("/desktops/{desktop_id}/snapshots/{snapshot_id}", _snapshot_action(service.delete_snapshot),
-                     methods=["DELETE"], response_model=s.JobOut, status_code=202,
+                     methods=["DELETE"], response_model=s.JobOut, status_code=202, responses=HOST_CHECKED,
                      summary="Delete the snapshot, merging its data into what is built on it (a job)")
 
 
@@ -282,7 +288,7 @@ def undo_preview(desktop_id: str, session: DbSession, who: DesktopsWrite) -> Any
     return _job(service.undo_preview(session, service.get_desktop(session, desktop_id), actor=who.name))
 
 
-@router.post("/desktops/{desktop_id}/reimage", response_model=s.JobOut, status_code=202)
+@router.post("/desktops/{desktop_id}/reimage", response_model=s.JobOut, status_code=202, responses=HOST_CHECKED)
 def reimage(desktop_id: str, payload: ReimageIn, session: DbSession, who: DesktopsWrite) -> Any:
     """Give the desktop a fresh overlay on its template version (or the given one); never under a user."""
     desktop = service.get_desktop(session, desktop_id)

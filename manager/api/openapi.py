@@ -75,6 +75,10 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorOut, "description": DESCRIPTIONS[code]} for code in codes}
 
 
+# Routes that call a host's node agent while the client waits (power actions, consoles, the broker).
+NODE_ERRORS = error_responses(502, 503, 504)
+
+
 def _dependants(route: APIRoute) -> list[Any]:
     """The route's dependant and every sub-dependency's, depth first."""
     found, stack = [], [route.dependant]
