@@ -1,6 +1,6 @@
-"""Three real guests on two harness hosts at once; their cpu_usage and mem_usage reach the manager's database by
-heartbeat. The manager is a real `vdi serve` process on the test database; each host's node agent pushes its bulk
-stats to it."""
+"""Three real guests on two harness hosts at once; their cpu_usage and mem_usage, and what their guest agents say
+(address, host name, applications), reach the manager's database by heartbeat, where the search finds them. The
+manager is a real `vdi serve` process on the test database; each host's node agent pushes its bulk stats to it."""
 from __future__ import annotations
 
 import os
@@ -13,13 +13,16 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from core.enums import PowerState
+from broker.console import render_rdp
+from core.enums import PowerState, Protocol
 from core.specs import DesktopSpec
 from image_manager import qcow2
 from manager import db, node_secrets
+from manager.api.search import run_search
 from manager.embedded_nodes import free_port
 from manager.models import Cluster, Desktop, Host
 from manager.nodes.client import NodeClient
+from manager.provisioning.consoles import issue_for_desktop
 from tests.harness.fixtures import demo_image, host_cluster_factory  # noqa: F401
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
@@ -50,7 +53,7 @@ def manager_process(pg_url, tmp_path):
     proc.wait(timeout=30)
 
 
-def test_three_guests_on_two_hosts_report_their_stats_by_heartbeat(host_cluster_factory, demo_image,  # noqa: F811
+def test_three_guests_on_two_hosts_report_their_stats_and_facts_by_heartbeat(host_cluster_factory, demo_image,  # noqa: F811
                                                                    manager_process, clean_db):
     cluster = host_cluster_factory(hosts=2, network=False, manager_url=manager_process,
                                    agent_options=["--heartbeat-seconds", "1"])
@@ -90,14 +93,26 @@ def test_three_guests_on_two_hosts_report_their_stats_by_heartbeat(host_cluster_
                 hosts = {h.name: h for h in session.scalars(select(Host))}
             seen_cpu |= {name for name, d in rows.items() if d.cpu_usage > 0}
             done = all(rows[name].power_state == PowerState.UP and rows[name].host_id == host_ids[host]
-                       and rows[name].mem_usage > 0 for name, host in PLACEMENT.items()) and seen_cpu == set(PLACEMENT)
+                       and rows[name].mem_usage > 0 and rows[name].ip for name, host in PLACEMENT.items()) \
+                and seen_cpu == set(PLACEMENT)
             if done:
                 break
             assert time.monotonic() < deadline, (
-                f"stats did not arrive: { {n: (d.power_state, d.cpu_usage, d.mem_usage) for n, d in rows.items()} }")
+                f"stats did not arrive: { {n: (d.power_state, d.cpu_usage, d.mem_usage, d.ip) for n, d in rows.items()} }")
             time.sleep(0.5)
         assert all(h.last_heartbeat_at is not None and h.active_desktops == sum(
             1 for host in PLACEMENT.values() if host == name) for name, h in hosts.items())
+        # the guest agents' facts (issue 21 item 4): QEMU's user-mode network gives each guest 10.0.2.15
+        assert {(n, d.ip, d.guest_hostname, d.installed_apps) for n, d in rows.items()} == \
+            {(n, "10.0.2.15", n, ",".join(image.apps)) for n in PLACEMENT}
+        with db.session_scope() as session:
+            found = run_search(session, "Vms: apps = *office* sortby name", page_size=10)
+        assert [row.name for row in found["items"]] == sorted(PLACEMENT)
+        # an RDP connect goes to the address the guest reported: no hand-written IP
+        with db.session_scope() as session:
+            rdp = issue_for_desktop(session, session.scalar(select(Desktop).where(Desktop.name == "g1")),
+                                    Protocol.RDP, username="alice")
+        assert "full address:s:10.0.2.15:3389" in render_rdp(rdp)
     finally:
         for name, host in PLACEMENT.items():
             try:
