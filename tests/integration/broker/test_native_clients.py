@@ -82,7 +82,7 @@ class XScreen:
         """A program in the namespace on this screen (`ip netns exec` execs it: the PID is the program's)."""
         env = {"PATH": os.environ["PATH"], "HOME": str(self.home), "DISPLAY": f":{self.number}",
                "XDG_RUNTIME_DIR": str(self.home), "NO_AT_BRIDGE": "1", "LANG": "C.UTF-8"}
-        with open(log, "ab") as out:
+        with open(log, "wb") as out:  # this run's output only: the folder outlives the test
             process = subprocess.Popen(["ip", "netns", "exec", self.netns, *argv], stdout=out, stderr=out,
                                        stdin=subprocess.DEVNULL, env=env)
         self.processes.append(process)
