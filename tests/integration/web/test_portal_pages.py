@@ -74,7 +74,7 @@ def test_the_portal_lists_only_the_users_own_desktops_with_what_they_allow(world
     for shown in ("Running", "windows 11", "RDP", "Lease ends", "In use", "Reset allowed", ">Connect<", ">Reboot<",
                   ">Log off<", ">Extend lease<", ">Reset<", "Take another desktop"):
         assert shown in page, shown
-    assert "In the browser (not available yet)" in page and 'value="browser" disabled' in page
+    assert "> In the browser</label>" in page and 'value="browser" disabled' not in page
     assert 'id="auto-connect"' in page  # exactly one desktop: auto-connect may be chosen
 
     anon_client.cookies.clear()
