@@ -83,6 +83,14 @@ _REUSE_LIVE = update(DesktopSession.__table__).where(DesktopSession.id == select
     .returning(DesktopSession.id)
 
 
+def ticket_renewed(row: DesktopSession, expires_at: dt.datetime | None) -> None:
+    """A new ticket for a live session (a fresh console file): a session that went disconnected waits for a client
+    again (PENDING), so the pool's disconnect policy does not act on it while the user opens the new file."""
+    row.ticket_expires_at = expires_at
+    if row.state == SessionState.DISCONNECTED and row.protocol in OBSERVED:
+        row.state, row.disconnected_at = SessionState.PENDING, None
+
+
 def owned_session(session: Session, session_id: str, user_id: str) -> DesktopSession:
     """The user's own session; another user's is reported as missing (no existence leak)."""
     row = session.get(DesktopSession, session_id)

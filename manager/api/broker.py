@@ -144,9 +144,11 @@ MyDesktopOut = s.out_of("MyDesktopOut", service.MyDesktop, {
     "how": "pool (assigned to you from a pool) | dedicated | entitled",
     "lease_limit": "the latest your lease may be extended to",
     "session_id": "your live session on it (to log off)",
+    "session_state": "pending: a ticket was issued and no viewer attached yet | connected: a viewer is attached (as "
+                     "the host sees it; RDP as your client reports it) | disconnected: your viewer left",
     "maintenance": "its host is in maintenance",
     "new_image_at_logoff": "a new template version applies at next logoff",
-    "in_use": "a console client of yours is connected",
+    "in_use": "a console client of yours is attached (session_state connected)",
     "can_reset": "you may reset it to a clean desktop (automatic and time-based pools)",
     "can_extend": "you may extend its lease (time-based pools with a limit)",
 })
@@ -205,7 +207,7 @@ def console_file(session_id: str, session: DbSession, who: Connector) -> PlainTe
         raise Conflict(f"session {session_id} has ended; connect again")
     desktop = service.reachable_desktop(session, who.user_id, row.desktop_id)
     desc = issue_for_desktop(session, desktop, Protocol(row.protocol), username=who.username)
-    row.ticket_expires_at = desc.expires_at
+    sessions.ticket_renewed(row, desc.expires_at)
     service.ticket_event(session, desktop, who, desc, row.id)
     name, media_type, content = render_file(desc)
     return PlainTextResponse(content, media_type=media_type,

@@ -221,3 +221,31 @@ def test_pool_maintenance_applies_the_policy_and_resets(world, anon_client, clie
         d = s.get(Desktop, gone["desktop_id"])
         assert d.assigned_user_id is None and d.task_state is None  # reset done, free again
         assert s.get(Desktop, kept["desktop_id"]).assigned_user_id == dee
+
+
+def test_the_portal_says_whether_the_viewer_is_attached(world, anon_client):
+    from tests.integration.web.conftest import form_login
+    from tests.integration.web.test_portal_pages import PASSWORD, user_with_password
+
+    world.hosts(1)
+    pool_id = world.pool(1, os_type="windows_11", protocols="spice,rdp", ip_prefix="10.27")
+    eve = user_with_password("eve")
+    world.entitle(pool_id=pool_id, user_id=eve)
+    assert form_login(anon_client, "eve@local", PASSWORD, "/portal").status_code == 303
+    from manager import db
+    from manager.auth import issue_token
+    from manager.models import User, utcnow
+
+    with db.session_scope() as s:
+        token = issue_token(s, s.get(User, eve), name="tests")
+    got = connect(anon_client, token, pool_id)
+    flags = ("Waiting for your viewer", "In use", "Disconnected")
+    page = anon_client.get("/portal").text
+    assert [f for f in flags if f in page] == ["Waiting for your viewer"]
+    host, now = host_of(got["desktop_id"]), utcnow()
+    report(anon_client, world, host, event(got["desktop_id"], True, now))
+    page = anon_client.get("/portal").text
+    assert [f for f in flags if f in page] == ["In use"]
+    report(anon_client, world, host, event(got["desktop_id"], False, now))
+    page = anon_client.get("/portal").text
+    assert [f for f in flags if f in page] == ["Disconnected"]

@@ -294,7 +294,7 @@ def wait_session_state(session_id: str, state: str, timeout: float = 90.0) -> No
             now = s.get(DesktopSession, session_id).state.value
         if now == state:
             return
-        if time.monotonic() > deadline:
+        if time.monotonic() >= deadline:
             raise AssertionError(f"session {session_id} is {now}, not {state}, after {timeout} s")
         time.sleep(0.5)
 
@@ -341,6 +341,16 @@ def test_a_session_follows_a_real_console_client(real_node, published_image, wor
         assert maintain_pools()["disconnect_policy"] == 0  # 60 minutes are not over
         with db.session_scope() as s:
             assert s.get(DesktopSession, sid).state.value == "disconnected"
+
+        # she comes back: a fresh console file waits for her client (pending), which attaches with the new ticket
+        renewed = anon_client.get(f"{API}/broker/sessions/{sid}/console-file", headers=bearer(token))
+        assert renewed.status_code == 200
+        wait_session_state(sid, "pending", timeout=0)
+        password = re.search(r"^password=(.+)$", renewed.text, re.M).group(1)
+        with vnc_client(vnc_port, password):
+            wait_session_state(sid, "connected")
+        wait_session_state(sid, "disconnected")
+        with db.session_scope() as s:
             s.get(Pool, pool_id).disconnect_after_minutes = 0
         assert maintain_pools()["disconnect_policy"] == 1
         wait_for_jobs(240)
