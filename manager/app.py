@@ -84,17 +84,13 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
+        from ha_manager.failover import HostFailover
         from ha_manager.service import singleton_loop, start_manager_ha, stop_manager_ha
-        from manager.monitor import mark_silent_hosts
 
         # The leader election; background loops run on the leader only, their writes fenced (docs/ha.md).
         start_manager_ha(settings)
-
-        def check_hosts() -> None:
-            with db.session_scope() as session:
-                mark_silent_hosts(session, settings.host_dead_after_seconds)
-
-        singleton_loop("host-liveness", min(5.0, settings.heartbeat_seconds), check_hosts,
+        # Host liveness, fencing and HA restarts; the one place the host HA round is started.
+        singleton_loop("host-ha", settings.ha_check_seconds, HostFailover(settings).run_cycle,
                        quiet_s=settings.ha_takeover_quiet_seconds)
         nodes = contextlib.ExitStack()
         if settings.embedded_nodes:

@@ -63,6 +63,29 @@ class Settings(BaseSettings):
                                  "X-Forwarded-For names the client; empty = none (the socket's peer is the client)")
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     host_dead_after_seconds: float = Field(default=30.0, gt=0)
+    # Host failure handling (ha_manager; what each one means and how they add up: docs/ha.md).
+    ha_check_seconds: float = Field(default=1.0, gt=0, le=60, description="how often the HA monitor looks at "
+                                    "every host's heartbeats")
+    ha_connecting_after_seconds: float = Field(default=6.0, gt=0, description="a host whose last heartbeat is "
+                                               "older than this is 'connecting' (suspected) and its agent is probed")
+    ha_non_responsive_after_seconds: float = Field(default=12.0, gt=0, description="a host silent this long whose "
+                                                   "agent does not answer its probe either is non-responsive")
+    ha_probe_timeout_seconds: float = Field(default=2.0, gt=0, le=30, description="the direct probe of a "
+                                            "suspected host's agent (GET /v1/health)")
+    ha_fence_timeout_seconds: float = Field(default=30.0, gt=0, le=600, description="how long a fence agent may "
+                                            "take to confirm the power-off before the next agent is tried")
+    ha_fence_retry_seconds: float = Field(default=60.0, gt=0, description="a host that could not be fenced is "
+                                          "tried again after this")
+    ha_broken_connectivity_threshold: float = Field(default=0.5, gt=0, le=1, description="when two or more hosts "
+                                                    "are unreachable together and they are at least this share "
+                                                    "of the hosts, nobody is fenced (the network failed)")
+    ha_restart_parallel: int = Field(default=4, ge=1, le=64, description="desktops started at once on the "
+                                     "surviving hosts")
+    ha_restart_retry_seconds: float = Field(default=15.0, gt=0, description="a failed or unplaceable restart is "
+                                            "tried again after this")
+    ha_restart_assigned: bool = Field(default=True, description="also restart desktops a user holds (assigned), "
+                                      "not only those marked ha_enabled")
+    ha_placement_policy: str = Field(default="spread", description="the placement policy for restarts")
     # Manager HA: several `vdi serve` on one database elect one leader for the singleton loops (docs/ha.md).
     instance_id: str = Field(default="", max_length=255, description="this manager process's name among several "
                              "on one database, unique among the live ones; empty = <hostname>:<port>:<pid>")

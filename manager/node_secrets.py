@@ -75,3 +75,16 @@ def unseal(sealed: str, stored_digest: str, host: str) -> str:
                           f"{path}; give the host its token again (PATCH /api/v1/hosts/<id> agent_token) or point "
                           "VDI_NODE_KEY_FILE at the key that sealed it")
     return token
+
+
+def open_sealed(sealed: str, what: str) -> str:
+    """A secret other than a node token (a fence agent's BMC password) back from seal(); Unavailable naming `what`
+    when this manager's node key is not the one that sealed it. An empty seal is an empty secret."""
+    if not sealed:
+        return ""
+    path = key_file()
+    try:
+        return _fernet(path).decrypt(sealed.encode()).decode()
+    except (InvalidToken, ValueError, UnicodeDecodeError):
+        raise Unavailable(what=what, reason=f"its secret was sealed with another node key than {path}; set it "
+                          "again or point VDI_NODE_KEY_FILE at the key that sealed it") from None

@@ -38,6 +38,7 @@ from manager.models import (ApiToken, Assignment, Bookmark, BrowserConsole, Clus
                             LoginAttempt, Pool, RoleAssignment, Snapshot, StorageDomain, Tag, TagAssignment, Template, TemplateVersion,
                             User, UserGroupMembership, Volume)
 from manager.models import ManagerInstance, ManagerLeader
+from manager.models import FenceAgent, HaRestart, HostHaState
 from manager.models.search_indexes import (DESKTOP_TEXT_COLUMNS, SEPARATOR, SEVERITY_CODES, dialect_function,
                                            severity_code)
 from search_dsl import Field, Kind, ObjectDef, Registry, Relation, TagTree, XRef
@@ -743,6 +744,9 @@ UNSEARCHED_MODELS: dict[type, str] = {
     Job: "jobs have no useful oVirt search fields (upstream: correlation_id only); listed under /jobs",
     Snapshot: "snapshots are listed per desktop",
     Bookmark: "bookmarks hold search queries themselves",
+    HostHaState: "the HA monitor's per-host bookkeeping (liveness, fence state), shown by GET /api/v1/ha",
+    FenceAgent: "BMC connection settings with sealed passwords, administered under /hosts/{id}/fence-agents",
+    HaRestart: "the queue of desktops waiting for an HA restart, shown by GET /api/v1/ha",
     ManagerLeader: "the manager's own leader lease (GET /api/v1/ha)",
     ManagerInstance: "the manager's own processes (GET /api/v1/ha)",
 }

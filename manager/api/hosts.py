@@ -6,6 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from pydantic import Field
 
+from ha_manager import failover
 from manager import host_maintenance
 from manager.api import schemas as s
 from manager.api.common import DbSession
@@ -36,3 +37,43 @@ def activate(host_id: str, session: DbSession, who: HostsWrite) -> Any:
     host = host_maintenance.activate(session, host_id, actor=who.name,
                                      dead_after_seconds=get_settings().host_dead_after_seconds)
     return s.HostOut.model_validate(host)
+
+
+class FenceAgentIn(s.In):
+    kind: Annotated[str, Field(min_length=1, max_length=32, description="ipmi (IPMI over LAN, UDP 623) or redfish "
+                                                                        "(HTTPS /redfish/v1)")]
+    address: Annotated[str, Field(min_length=1, max_length=255, description="the BMC's address")]
+    port: Annotated[int, Field(ge=0, le=65535, description="0: the kind's default (623, 443)")] = 0
+    username: Annotated[str, Field(max_length=255)] = ""
+    password: Annotated[str, Field(max_length=255, description="sealed under the node key; never shown again")] = ""
+    options: Annotated[dict[str, Any], Field(description='redfish: {"system": "/redfish/v1/Systems/1", '
+                                                         '"verify_tls": false, "scheme": "http"}')] = {}
+
+
+class FenceAgentsIn(s.In):
+    agents: Annotated[list[FenceAgentIn], Field(max_length=8, description="tried in this order until one "
+                                                "confirms the host is off; [] = the host cannot be fenced")]
+
+
+class FenceAgentOut(s.Out):
+    kind: str
+    address: str
+    port: int
+    username: str
+    password_set: bool
+    options: dict[str, Any]
+
+
+@router.get("/hosts/{host_id}/fence-agents", response_model=list[FenceAgentOut])
+def get_fence_agents(host_id: str, session: DbSession,
+                     _who: Annotated[Principal, Depends(require("hosts:read"))]) -> Any:
+    """How the HA monitor powers this host off when it fails (docs/ha.md); passwords are never shown."""
+    return failover.fence_agents_of(session, host_id)
+
+
+@router.put("/hosts/{host_id}/fence-agents", response_model=list[FenceAgentOut])
+def put_fence_agents(host_id: str, payload: FenceAgentsIn, session: DbSession, who: HostsWrite) -> Any:
+    """Replace the host's fence agents. Without one, a failed host is not fenced and its desktops are not restarted
+    elsewhere (they might still run there)."""
+    failover.set_fence_agents(session, host_id, [a.model_dump() for a in payload.agents], actor=who.name)
+    return failover.fence_agents_of(session, host_id)

@@ -1,18 +1,19 @@
 """ALL ORM classes, on one Base (Alembic's env.py imports this package's metadata)."""
 from manager.models.base import Base, utcnow
 from manager.models.desktops import Desktop, Pool
+from manager.models.leader import ManagerInstance, ManagerLeader
 from manager.models.identity import (ApiToken, Assignment, BrowserConsole, DesktopSession, DirectorySyncState,
                                      Entitlement, Group, GroupGroupMembership, LoginAttempt, RoleAssignment, User,
                                      UserGroupMembership)
 from manager.models.images import Snapshot, Template, TemplateVersion, Volume
 from manager.models.infra import Cluster, Host, StorageDomain
-from manager.models.leader import ManagerInstance, ManagerLeader
+from manager.models.ha import FenceAgent, HaRestart, HostHaState
 from manager.models.ops import Bookmark, Event, Job, Tag, TagAssignment
 from manager.models import search_indexes  # noqa: E402,F401  (the search's indexes join the metadata)
 
 __all__ = [
-    "ApiToken", "Assignment", "Base", "Bookmark", "BrowserConsole", "Cluster", "Desktop", "DesktopSession", "DirectorySyncState",
-    "Entitlement", "Event", "Group", "GroupGroupMembership", "Host", "Job", "LoginAttempt", "ManagerInstance", "ManagerLeader", "Pool", "RoleAssignment",
+    "ApiToken", "Assignment", "Base", "Bookmark", "BrowserConsole", "Cluster", "Desktop", "DesktopSession",
+    "DirectorySyncState", "Entitlement", "Event", "Group", "FenceAgent", "GroupGroupMembership", "HaRestart", "Host", "HostHaState", "Job", "LoginAttempt", "ManagerInstance", "ManagerLeader", "Pool", "RoleAssignment",
     "Snapshot", "StorageDomain", "Tag", "TagAssignment", "Template", "TemplateVersion", "User",
     "UserGroupMembership", "Volume", "utcnow",
 ]

@@ -8,7 +8,6 @@ from sqlalchemy import func, select, text
 from core.enums import HostStatus, PowerState
 from manager import db
 from manager.models import Desktop, Event, Host
-from manager.monitor import mark_silent_hosts
 
 API = "/api/v1"
 
@@ -101,21 +100,6 @@ def test_heartbeat_needs_the_hosts_own_token(client, anon_client):
     assert anon_client.post(f"{API}/nodes/nope/heartbeat", json={}).status_code == 401
 
 
-def test_silent_hosts_are_marked_once(client, anon_client):
-    host, _ = _host_and_desktops(client, n=0)
-    _beat(anon_client, host, [])
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=60)
-    with db.session_scope() as session:
-        assert mark_silent_hosts(session, 30, now=later) == ["vs-a"]
-    with db.session_scope() as session:
-        assert mark_silent_hosts(session, 30, now=later) == []
-        assert session.scalar(select(Host.status)) == HostStatus.NON_RESPONSIVE
-        assert len(session.scalars(select(Event).where(Event.code == "host.non_responsive")).all()) == 1
-    _beat(anon_client, host, [], seq=2)
-    with db.session_scope() as session:
-        assert session.scalar(select(Host.status)) == HostStatus.UP
-
-
 def test_the_database_holds_no_usable_node_token(client, anon_client):
     """Issue 22 item 8: whoever reads the hosts table gets nothing a heartbeat accepts; the real token still works."""
     host, _ = _host_and_desktops(client, n=0)
@@ -160,3 +144,12 @@ def test_guest_facts_are_stored_and_found_by_the_search(client, anon_client):
                      json={"seq": 3, "domains": domains, "guest": {mine["id"]: {**facts, "users": []}}})
     got = client.get(f"{API}/desktops/{mine['id']}").json()
     assert (got["ip"], got["logged_in_user"]) == ("10.0.2.15", "")
+    # alice logs in again, then the desktop stops: nobody is logged in on it any more
+    anon_client.post(f"{API}/nodes/{host['name']}/heartbeat",
+                     headers={"Authorization": f"Bearer {host['agent_token']}"},
+                     json={"seq": 4, "domains": domains, "guest": {mine["id"]: {**facts, "users": ["alice"]}}})
+    assert client.get(f"{API}/desktops/{mine['id']}").json()["logged_in_user"] == "alice"
+    _beat(anon_client, host, [{**domains[0], "state": "down"}], seq=5)
+    got = client.get(f"{API}/desktops/{mine['id']}").json()
+    assert (got["power_state"], got["logged_in_user"], got["installed_apps"]) == \
+        ("down", "", "LibreOffice 7.4,Office Viewer 1.2")

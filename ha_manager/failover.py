@@ -1,0 +1,258 @@
+"""Host failover, one round at a time: liveness -> guards -> fence -> restart elsewhere (docs/ha.md).
+
+`HostFailover.run_cycle()` is one pass and returns a sentence saying what it did (logged when it did something):
+1. liveness (ha_manager.liveness): heartbeat ages, a direct probe of the late agents (outside any transaction),
+   up -> connecting -> non_responsive;
+2. guard: nobody is fenced while two or more hosts, at least VDI_HA_BROKEN_CONNECTIVITY_THRESHOLD of them, are
+   unreachable together (the network failed: one event says so, per episode). Only the leader manager runs
+   rounds, and not during the quiet period after a takeover (ha_manager.leader.SingletonLoop);
+3. fencing (ha_manager.fencing) of each non-responsive host, in parallel, claimed by compare-and-swap of its
+   fence_state ("" -> fencing), so two managers never fence one host twice. A confirmed power-off queues the
+   host's HA desktops; a failed fence restarts nothing (its desktops may still run) and is retried later;
+4. restarts (ha_manager.restart) of the queued desktops on the surviving hosts.
+
+Every step is an event (host.suspected, host.non_responsive [ALERT], host.fence_started, host.fenced, host.fence_failed
+[ALERT], ha.fencing_skipped [ALERT], desktop.ha_restarted, desktop.ha_restart_failed, desktop.ha_waiting
+[ALERT], host.recovered). Every database write of a round happens on the calling thread (probes, fence agents
+and node starts run in worker threads that only read), so the leader's epoch fence covers all of them.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from core.enums import HostStatus, Severity
+from core.errors import Invalid, NotFound, VdiError
+from event_manager.service import emit
+from ha_manager import fencing, liveness, restart
+from manager import db
+from manager.models import FenceAgent, Host, HostHaState, utcnow
+from manager.node_secrets import open_sealed, seal
+
+log = logging.getLogger(__name__)
+
+# fence_state values
+NONE, FENCING, FENCED, FAILED, SKIPPED = "", "fencing", "fenced", "failed", "skipped"
+
+
+def fence_configs(session: Session, host_id: str, host_name: str) -> list[fencing.AgentConfig]:
+    """The host's fence agents in order, passwords opened."""
+    agents = session.scalars(select(FenceAgent).where(FenceAgent.host_id == host_id)
+                             .order_by(FenceAgent.position, FenceAgent.created_at)).all()
+    return [fencing.AgentConfig(a.kind, a.address, a.port, a.username,
+                                open_sealed(a.password_sealed, f"the fence agent {a.kind} {a.address} of {host_name}"),
+                                fencing.parse_options(a.options)) for a in agents]
+
+
+def probe_agent(host_id: str, timeout: float) -> bool:
+    """Does the host's node agent answer GET /v1/health (it asks libvirt) within `timeout`?"""
+    from manager.nodes.client import NodeClient
+    from manager.provisioning import nodes
+
+    with db.session_scope() as session:
+        host = session.get(Host, host_id)
+        if host is None:
+            return False
+        try:
+            target = nodes.target_of_host(host)
+        except VdiError:
+            return False
+    try:
+        with NodeClient(target.url, target.token, timeout=timeout) as client:
+            return client.health().get("status") == "ok"
+    except VdiError:
+        return False
+
+
+class HostFailover:
+    def __init__(self, settings, *, probe: Callable[[str], bool] | None = None,
+                 fence: Callable[[Sequence[fencing.AgentConfig], float], fencing.FenceOutcome] = fencing.fence) -> None:
+        self.settings = settings
+        self.timings = liveness.LivenessTimings(settings.ha_connecting_after_seconds,
+                                                settings.ha_non_responsive_after_seconds)
+        self.probe = probe or (lambda host_id: probe_agent(host_id, settings.ha_probe_timeout_seconds))
+        self.fence = fence
+
+    # ---- one round --------------------------------------------------------------------------------------------
+    def run_cycle(self) -> str:
+        now = utcnow()
+        with db.session_scope() as session:
+            views = liveness.observe(session, now)
+        late = liveness.to_probe(views, self.timings)
+        probes = self._probe_all(late)
+        with db.session_scope() as session:
+            views = liveness.apply(session, views, probes, self.timings, now)
+        said = []
+        judged = [v for v in views if v.status != HostStatus.MAINTENANCE and v.heartbeat_age is not None]
+        unreachable = [v for v in judged if v.liveness != liveness.UP and v.fence_state != FENCED]
+        failed = [v for v in judged if v.liveness == liveness.NON_RESPONSIVE]
+        eligible = [v for v in failed if v.fence_state in (NONE, SKIPPED) or self._retry_due(v, now)]
+        if eligible and fencing.connectivity_broken(len(unreachable), len(judged),
+                                                    self.settings.ha_broken_connectivity_threshold):
+            skipped = self._skip(eligible, unreachable, judged)
+            said.append(f"fencing held back for {', '.join(skipped) or 'hosts already held back'}: "
+                        f"{len(unreachable)} of {len(judged)} hosts unreachable")
+        elif eligible:
+            said.append(self._fence_all(eligible))
+        report = restart.restart_due(policy=self.settings.ha_placement_policy,
+                                     parallel=self.settings.ha_restart_parallel,
+                                     retry_seconds=self.settings.ha_restart_retry_seconds)
+        if report.started:
+            said.append(f"restarted {', '.join(report.started)}")
+        if report.failed:
+            said.append(f"restart failed for {', '.join(report.failed)}")
+        if report.waiting:
+            said.append(f"waiting for room: {', '.join(report.waiting)}")
+        return "; ".join(said) or "all hosts judged"
+
+    def _probe_all(self, host_ids: list[str]) -> dict[str, bool]:
+        if not host_ids:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(8, len(host_ids)), thread_name_prefix="vdi-ha-probe") as pool:
+            return dict(zip(host_ids, pool.map(self.probe, host_ids)))
+
+    def _retry_due(self, view: liveness.HostView, now: dt.datetime) -> bool:
+        """A failed fence is tried again after VDI_HA_FENCE_RETRY_SECONDS."""
+        if view.fence_state != FAILED:
+            return False
+        with db.session_scope() as session:
+            changed = session.scalar(select(HostHaState.fence_changed_at).where(HostHaState.host_id == view.host_id))
+        return changed is None or (now - changed).total_seconds() >= self.settings.ha_fence_retry_seconds
+
+    def _skip(self, eligible, unreachable, judged) -> list[str]:
+        """Hold fencing back (fence_state skipped); one event per episode, naming the hosts and why."""
+        now = utcnow()
+        skipped = []
+        with db.session_scope() as session:
+            for view in eligible:
+                if view.fence_state == SKIPPED:
+                    continue
+                if _swap_fence(session, view.host_id, view.fence_state, SKIPPED, now,
+                               f"{len(unreachable)} of {len(judged)} hosts unreachable at once"):
+                    skipped.append(view.name)
+            if skipped:
+                names = ", ".join(sorted(v.name for v in unreachable))
+                emit(session, "ha.fencing_skipped", f"no host is fenced: {len(unreachable)} of {len(judged)} hosts "
+                     f"({names}) are unreachable at once, at least "
+                     f"{self.settings.ha_broken_connectivity_threshold:.0%} of them: that is the network, not the "
+                     "hosts; their desktops are left where they are until the hosts answer again or fewer are "
+                     "unreachable", severity=Severity.ALERT, actor="ha")
+        return skipped
+
+    def _fence_all(self, eligible: list[liveness.HostView]) -> str:
+        now = utcnow()
+        claimed: list[tuple[liveness.HostView, list[fencing.AgentConfig] | None, str]] = []
+        with db.session_scope() as session:
+            for view in eligible:
+                if not _swap_fence(session, view.host_id, view.fence_state, FENCING, now, ""):
+                    continue
+                try:
+                    configs, error = fence_configs(session, view.host_id, view.name), ""
+                except VdiError as exc:
+                    configs, error = None, exc.message
+                emit(session, "host.fence_started", f"fencing host {view.name} through "
+                     f"{', '.join(f'{c.kind} {c.address}' for c in configs) if configs else 'no agent'}",
+                     severity=Severity.WARNING, actor="ha", host_id=view.host_id)
+                claimed.append((view, configs, error))
+        if not claimed:
+            return "fencing claimed by another manager"
+
+        def run(item):
+            view, configs, error = item
+            if configs is None:
+                return fencing.FenceOutcome(False, detail=error)
+            return self.fence(configs, self.settings.ha_fence_timeout_seconds)
+
+        with ThreadPoolExecutor(max_workers=len(claimed), thread_name_prefix="vdi-ha-fence") as pool:
+            outcomes = list(pool.map(run, claimed))
+        said = []
+        with db.session_scope() as session:
+            for (view, _configs, _error), outcome in zip(claimed, outcomes):
+                said.append(self._record_fence(session, view, outcome))
+        return "; ".join(said)
+
+    def _record_fence(self, session: Session, view: liveness.HostView, outcome: fencing.FenceOutcome) -> str:
+        now = utcnow()
+        if not outcome.fenced:
+            _swap_fence(session, view.host_id, FENCING, FAILED, now, outcome.detail[:4000])
+            emit(session, "host.fence_failed", f"host {view.name} could not be fenced: {outcome.detail}; its desktops "
+                 "are NOT restarted elsewhere (they may still run there); fencing is tried again in "
+                 f"{self.settings.ha_fence_retry_seconds:.0f} s", severity=Severity.ALERT, actor="ha",
+                 host_id=view.host_id)
+            return f"fencing {view.name} failed"
+        _swap_fence(session, view.host_id, FENCING, FENCED, now, f"{outcome.detail} in {outcome.seconds:.1f} s")
+        session.execute(update(Host).where(Host.id == view.host_id, Host.status != HostStatus.MAINTENANCE)
+                        .values(status=HostStatus.DOWN, active_desktops=0))
+        queued = restart.queue_restarts(session, view.host_id, restart_assigned=self.settings.ha_restart_assigned)
+        emit(session, "host.fenced", f"host {view.name} is fenced: {outcome.detail} ({outcome.seconds:.1f} s); "
+             f"{len(queued.restart)} desktop(s) to restart elsewhere"
+             + (f" ({', '.join(queued.restart)})" if queued.restart else "")
+             + (f"; not HA, left down: {', '.join(queued.left_down)}" if queued.left_down else ""),
+             severity=Severity.WARNING, actor="ha", host_id=view.host_id)
+        return f"fenced {view.name}"
+
+
+def _swap_fence(session: Session, host_id: str, old: str, new: str, now: dt.datetime, detail: str) -> bool:
+    return bool(session.execute(update(HostHaState).where(HostHaState.host_id == host_id,
+                                                          HostHaState.fence_state == old)
+                                .values(fence_state=new, fence_changed_at=now, fence_detail=detail)).rowcount)
+
+
+def host_states(session: Session) -> list[dict]:
+    """Each host's liveness and fence state for the operator (GET /api/v1/ha), by name."""
+    rows = session.execute(select(Host.id, Host.name, Host.status, Host.last_heartbeat_at, HostHaState)
+                           .outerjoin(HostHaState, HostHaState.host_id == Host.id).order_by(Host.name)).all()
+    agents: dict[str, list[str]] = {}
+    for host_id, kind, address in session.execute(select(FenceAgent.host_id, FenceAgent.kind, FenceAgent.address)
+                                                  .order_by(FenceAgent.position)):
+        agents.setdefault(host_id, []).append(f"{kind} {address}")
+    return [{"host_id": host_id, "name": name, "status": status.value,
+             "last_heartbeat_at": last.isoformat() if last else None,
+             "liveness": state.liveness if state else liveness.UP,
+             "liveness_since": state.liveness_since.isoformat() if state else None,
+             "fence_state": state.fence_state if state else NONE,
+             "fence_detail": state.fence_detail if state else "",
+             "fence_changed_at": state.fence_changed_at.isoformat() if state and state.fence_changed_at else None,
+             "fence_agents": agents.get(host_id, [])}
+            for host_id, name, status, last, state in rows]
+
+
+def set_fence_agents(session: Session, host_id: str, agents: Sequence[dict], *, actor: str) -> list[FenceAgent]:
+    """Replace the host's fence agents (tried in the given order). Each dict: kind, address, port, username,
+    password, options. Raises NotFound for an unknown host and Invalid for an unknown kind. Flushes."""
+
+    host = session.get(Host, host_id)
+    if host is None:
+        raise NotFound(kind="host", id=host_id)
+    for index, agent in enumerate(agents):
+        if agent["kind"] not in fencing.KINDS:
+            raise Invalid(f"agents[{index}].kind: {agent['kind']!r} is not a fence agent kind; use one of "
+                          f"{', '.join(sorted(fencing.KINDS))}")
+    session.execute(delete(FenceAgent).where(FenceAgent.host_id == host_id))
+    rows = [FenceAgent(host_id=host_id, position=index, kind=agent["kind"], address=agent["address"],
+                       port=agent.get("port") or 0, username=agent.get("username") or "",
+                       password_sealed=seal(agent["password"]) if agent.get("password") else "",
+                       options=json.dumps(agent.get("options") or {}))
+            for index, agent in enumerate(agents)]
+    session.add_all(rows)
+    session.flush()
+    emit(session, "host.fence_agents_set", f"{actor} set the fence agents of host {host.name}: "
+         + (", ".join(f"{a.kind} {a.address}" for a in rows) or "none (the host cannot be fenced)"),
+         actor=actor, host_id=host_id)
+    return rows
+
+
+def fence_agents_of(session: Session, host_id: str) -> list[dict]:
+    """The host's fence agents as the API shows them (never the password: whether one is set)."""
+    if session.get(Host, host_id) is None:
+        raise NotFound(kind="host", id=host_id)
+    return [{"kind": a.kind, "address": a.address, "port": a.port, "username": a.username,
+             "password_set": bool(a.password_sealed), "options": fencing.parse_options(a.options)}
+            for a in session.scalars(select(FenceAgent).where(FenceAgent.host_id == host_id)
+                                     .order_by(FenceAgent.position))]
