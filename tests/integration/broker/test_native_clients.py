@@ -452,3 +452,21 @@ def test_remote_viewer_over_spice_tls(tls_cluster, world, anon_client, client, m
         stop(viewer)
     anon_client.post(f"{API}/broker/logoff", json={"session_id": got["session_id"]}, headers=bearer(token))
     wait_for_jobs(180)
+
+
+def test_a_host_without_a_tls_directory_says_so_and_keeps_plain_consoles(world, client, monkeypatch):
+    """VDI_SPICE_TLS with a node agent started without --spice-tls-dir: applying the host's display address still
+    defines its desktops again, and one warning event says why the host has no certificate."""
+    from manager.config import get_settings
+
+    monkeypatch.setattr(get_settings(), "spice_tls", True)
+    [host_id] = world.hosts(1)
+    world.pool(1)
+    r = client.patch(f"{API}/hosts/{host_id}", json={"display_address": "192.0.2.7"})
+    assert r.status_code == 200, r.text
+    wait_for_jobs(60)
+    [job] = client.get(f"{API}/jobs", params={"kind": "hosts.reconcile"}).json()["items"]
+    assert job["state"] == "succeeded" and len(job["result"]["updated"]) == 1, job
+    events = client.get(f"{API}/events", params={"host_id": host_id}).json()["items"]
+    [warning] = [e for e in events if e["code"] == "host.spice_tls_failed"]
+    assert "--spice-tls-dir" in warning["message"]
