@@ -31,6 +31,7 @@ from core.enums import HostStatus, Severity
 from core.errors import Invalid, NotFound, VdiError
 from event_manager.service import emit
 from ha_manager import fencing, liveness, restart
+from ha_manager.service import status_section
 from manager import db
 from manager.models import FenceAgent, Host, HostHaState, utcnow
 from manager.node_secrets import open_sealed, seal
@@ -204,8 +205,9 @@ def _swap_fence(session: Session, host_id: str, old: str, new: str, now: dt.date
                                 .values(fence_state=new, fence_changed_at=now, fence_detail=detail)).rowcount)
 
 
+@status_section("hosts")
 def host_states(session: Session) -> list[dict]:
-    """Each host's liveness and fence state for the operator (GET /api/v1/ha), by name."""
+    """Each host's liveness and fence state for the operator (GET /api/v1/ha "hosts"), by name."""
     rows = session.execute(select(Host.id, Host.name, Host.status, Host.last_heartbeat_at, HostHaState)
                            .outerjoin(HostHaState, HostHaState.host_id == Host.id).order_by(Host.name)).all()
     agents: dict[str, list[str]] = {}
@@ -221,6 +223,9 @@ def host_states(session: Session) -> list[dict]:
              "fence_changed_at": state.fence_changed_at.isoformat() if state and state.fence_changed_at else None,
              "fence_agents": agents.get(host_id, [])}
             for host_id, name, status, last, state in rows]
+
+
+status_section("ha_restarts")(restart.waiting_restarts)  # the desktops waiting to start elsewhere
 
 
 def set_fence_agents(session: Session, host_id: str, agents: Sequence[dict], *, actor: str) -> list[FenceAgent]:

@@ -1,5 +1,5 @@
 """A BMC for a harness host: a real IPMI 2.0 (RMCP+) server, pyghmi's `pyghmi.ipmi.bmc.Bmc`, whose chassis power-off
-hard-kills that host (its libvirtd, virtlogd, QEMU guests and node agent), so fencing in tests goes through the real
+hard-kills that host (and, with --redfish-port, the same power control over Redfish) (its libvirtd, virtlogd, QEMU guests and node agent), so fencing in tests goes through the real
 IPMI path the manager uses with hardware BMCs.
 
 It runs as its own process (pyghmi's client and server share module-level session state, so a BMC inside the
@@ -104,9 +104,69 @@ def _serve(args: argparse.Namespace) -> int:
             return 0
 
     server = HostBmc({args.user: args.password}, port=args.port, address="127.0.0.1")
+    if args.redfish_port:
+        _serve_redfish(args, server)
     log.write(f"{time.time():.3f} listening\n")
     server.listen()
     return 0
+
+
+def _serve_redfish(args: argparse.Namespace, host_bmc) -> None:
+    """The same BMC's Redfish service over plain HTTP with basic authentication (a thread of this process): one
+    system, /redfish/v1/Systems/1, whose PowerState is the host's and whose ComputerSystem.Reset ForceOff is the
+    same power-off as IPMI's."""
+    import base64
+    import http.server
+    import json
+    import threading
+
+    expected = "Basic " + base64.b64encode(f"{args.user}:{args.password}".encode()).decode()
+    system = "/redfish/v1/Systems/1"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self, status: int, body: dict | None = None) -> None:
+            data = json.dumps(body).encode() if body is not None else b""
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _authorised(self) -> bool:
+            if self.headers.get("Authorization") != expected:
+                self._answer(401, {"error": {"message": "authentication required"}})
+                return False
+            return True
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if not self._authorised():
+                return
+            if self.path == "/redfish/v1/Systems":
+                self._answer(200, {"Members": [{"@odata.id": system}], "Members@odata.count": 1})
+            elif self.path == system:
+                state = "On" if host_bmc.get_power_state() == "on" else "Off"
+                self._answer(200, {"@odata.id": system, "Id": "1", "PowerState": state})
+            else:
+                self._answer(404, {"error": {"message": f"no resource {self.path}"}})
+
+        def do_POST(self) -> None:  # noqa: N802
+            if not self._authorised():
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            if self.path != f"{system}/Actions/ComputerSystem.Reset":
+                self._answer(404, {"error": {"message": f"no action {self.path}"}})
+            elif body.get("ResetType") != "ForceOff":
+                self._answer(400, {"error": {"message": f"ResetType {body.get('ResetType')!r} is not supported"}})
+            else:
+                host_bmc.power_off()
+                self._answer(204)
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", args.redfish_port), Handler)
+    threading.Thread(target=httpd.serve_forever, name="redfish", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wake-pid", type=int, action="append", default=[],
                         help="a process outside the host to SIGCONT after the kill (the agent's nsenter)")
     parser.add_argument("--log", required=True)
+    parser.add_argument("--redfish-port", type=int, default=0, help="also serve Redfish over HTTP on this port")
     return _serve(parser.parse_args(argv))
 
 

@@ -1,6 +1,6 @@
 """Host failover rounds on the real database: liveness and its events, the guards, fencing's outcome and what it
 does to the failed host's desktops. Heartbeat ages are set in the rows; the agents' probe and the fence agents are
-the process boundary here (the real ones: tests/integration/ha/test_ipmi_fencing.py and test_host_failure.py)."""
+the process boundary here (the real ones: tests/integration/ha/test_fence_agents.py and test_host_failure.py)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -200,4 +200,9 @@ def test_fence_agents_api(client, clean_db):
     bad = client.put(url, json={"agents": [{"kind": "telnet", "address": "x"}]})
     assert bad.status_code == 422 and "telnet" in bad.json()["detail"]
     assert client.put("/api/v1/hosts/nope/fence-agents", json={"agents": []}).status_code == 404
+    ha = client.get("/api/v1/ha")
+    assert ha.status_code == 200, ha.text
+    [shown] = ha.json()["hosts"]
+    assert (shown["name"], shown["liveness"], shown["fence_agents"]) == ("h", "up", ["ipmi 10.0.0.5", "redfish 10.0.0.6"])
+    assert ha.json()["ha_restarts"] == []
     assert client.put(url, json={"agents": []}).json() == []
