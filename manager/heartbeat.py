@@ -75,6 +75,8 @@ def ingest_heartbeat(session: Session, host: Host, payload: dict[str, Any]) -> d
             row["power_state"] = new_state
             if new_state == PowerState.UP:
                 row["started_at"] = now
+            elif new_state == PowerState.DOWN:
+                row["logged_in_user"] = ""  # nobody is logged in on a stopped guest (its agent says nothing more)
             transitions += 1
             emit(session, "desktop.state_changed", f"desktop {stats.name} is {new_state.value} on {host.name} "
                  f"(was {old_state.value})", severity=Severity.NORMAL, actor=host.name, desktop_id=desktop_id,
