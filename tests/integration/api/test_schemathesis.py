@@ -7,10 +7,11 @@ and schemathesis's own CLI against /openapi.json with a bearer token of each rol
 documented, every reply matching its documented schema. 0 failures.
 
 Path ids are drawn from the objects that exist as well as generated (schemathesis_hooks.py), so actions reach
-real desktops, pools and templates, not only 404s. Bounded: a fixed seed, a few examples per operation (hypothesis deadline off, as everywhere here). The coverage
-phase (boundary values of every parameter) runs as SuperUser, who reaches every route; the other roles fuzz.
-Excluded, with reason: POST /auth/logout (it ends the very session the run uses). SuperUser runs last: its writes
-(hosts into maintenance, accounts disabled) change what the others could reach.
+real desktops, pools and templates, not only 404s. Bounded: a fixed seed, 3 examples per operation (hypothesis
+deadline off, as everywhere here); the coverage phase (boundary values of every parameter) runs as SuperUser,
+who reaches every route, the other roles fuzz. Excluded, with reason: POST /auth/logout (it ends the very session
+the run uses). SuperUser runs last: its writes (hosts into maintenance, accounts disabled) change what the others
+could reach.
 """
 from __future__ import annotations
 
