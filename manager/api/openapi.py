@@ -13,8 +13,9 @@ each operation can really answer, from what the route is rather than from per-ro
   language rejects) and 422 (invalid input);
 * a route with a body: 413 (larger than VDI_MAX_BODY_BYTES, or the upload limit);
 * a state-changing route that needs a credential: 409 (a duplicate, an object in use, a busy desktop);
+* a route that uses the database: 503 (it is unavailable);
 * whatever a route or router declares with `responses=error_responses(...)`: the rarer answers (429 from a
-  password check, 502/503/504 from a host that fails or does not answer).
+  password check, 502/503/504 from a host that fails or does not answer, NODE_ERRORS).
 
 Each of these, and every other 4xx/5xx the document lists, refers to ErrorOut; HTTPValidationError is gone.
 A route added later is covered by the same rules (tests/integration/api/test_openapi_errors.py walks them all).
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import compile_path
 
 from manager.api.guard import api_routes
+from manager.db import request_session
 
 
 class FieldError(BaseModel):
@@ -113,6 +115,8 @@ def implied_errors(route: APIRoute, operation: dict[str, Any]) -> set[int]:
         codes.add(413)
     if credential and route.methods & WRITE_METHODS:
         codes.add(409)
+    if any(d.call is request_session for d in dependants):
+        codes.add(503)  # the database is unavailable (common.py's OperationalError handler)
     return codes
 
 
