@@ -24,8 +24,8 @@ from event_manager.service import emit
 from image_manager import chain, fileops, qcow2
 from manager.db import get_or_404
 from manager.jobs import enqueue
-from manager.models import (Assignment, Desktop, Host, Job, Pool, StorageDomain, Template, TemplateVersion, User,
-                            Volume)
+from manager.models import (Assignment, Desktop, Host, Job, Pool, Snapshot, StorageDomain, Template, TemplateVersion,
+                            User, Volume)
 from manager.provisioning import nodes, placement, power
 from manager.provisioning.nodes import NodeTarget
 
@@ -243,6 +243,9 @@ def finish(session: Session, planned: Sequence[Planned], outcome: Outcome) -> No
 def _remove_rows(session: Session, desktop_id: str) -> None:
     session.execute(update(Desktop).where(Desktop.id == desktop_id).values(volume_id=None)
                     .execution_options(synchronize_session=False))
+    # snapshots name the desktop's frozen volumes: their rows go first (remove_everywhere removed their files)
+    session.execute(delete(Snapshot).where(Snapshot.desktop_id == desktop_id)
+                    .execution_options(synchronize_session=False))
     session.execute(delete(Volume).where(Volume.desktop_id == desktop_id).execution_options(synchronize_session=False))
     session.execute(delete(Desktop).where(Desktop.id == desktop_id).execution_options(synchronize_session=False))
 
@@ -257,6 +260,7 @@ class DiskWork:
     template_path: str | None
     new_version_id: str | None
     pool_id: str | None
+    other_paths: tuple[str, ...] = ()  # the desktop's other volumes' files: its snapshots' frozen overlays
 
 
 def disk_work(session: Session, desktop_id: str, expected: TaskState) -> DiskWork | None:
@@ -272,8 +276,10 @@ def disk_work(session: Session, desktop_id: str, expected: TaskState) -> DiskWor
     if desktop.host_id is not None:
         host = session.get(Host, desktop.host_id)
         target = nodes.target_of_host(host) if host is not None and host.agent_url else None
+    others = session.scalars(select(Volume.path).where(Volume.desktop_id == desktop.id,
+                                                        Volume.id.is_distinct_from(desktop.volume_id)))
     return DiskWork(desktop.id, desktop.name, target, volume.path if volume else None,
-                    template_volume.path if template_volume else None, version_id, desktop.pool_id)
+                    template_volume.path if template_volume else None, version_id, desktop.pool_id, tuple(others))
 
 
 def power_off_quietly(work: DiskWork) -> None:
@@ -305,13 +311,13 @@ def remove_everywhere(work: DiskWork) -> None:
         except DomainNotFound:
             pass
     if work.disk_path:
-        _remove_desktop_files(work.disk_path)
+        _remove_desktop_files(work.disk_path, work.other_paths)
 
 
-def _remove_desktop_files(disk_path: str) -> None:
-    """The overlay, the serial log beside it, and the desktop's directory once empty."""
+def _remove_desktop_files(disk_path: str, other_paths: tuple[str, ...] = ()) -> None:
+    """The overlay, its snapshots' files, the serial log beside it, and the desktop's directory once empty."""
     disk = Path(disk_path)
-    for path in (disk, disk.parent / "serial.log"):
+    for path in (disk, *map(Path, other_paths), disk.parent / "serial.log"):
         if os.path.lexists(path):
             fileops.remove(path)
     if disk.parent.is_dir():
