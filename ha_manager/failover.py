@@ -119,8 +119,9 @@ class HostFailover:
             return dict(zip(host_ids, pool.map(self.probe, host_ids)))
 
     def _retry_due(self, view: liveness.HostView, now: dt.datetime) -> bool:
-        """A failed fence is tried again after VDI_HA_FENCE_RETRY_SECONDS."""
-        if view.fence_state != FAILED:
+        """A failed fence is tried again after VDI_HA_FENCE_RETRY_SECONDS; so is one left "fencing" that long (the
+        manager that claimed it died or lost the leadership in the middle)."""
+        if view.fence_state not in (FAILED, FENCING):
             return False
         with db.session_scope() as session:
             changed = session.scalar(select(HostHaState.fence_changed_at).where(HostHaState.host_id == view.host_id))

@@ -72,6 +72,10 @@ def queue_restarts(session: Session, host_id: str, *, restart_assigned: bool) ->
     return queued
 
 
+# A restart's define and start take a node call each (NodeClient's timeouts: 60 s plus 30 s for a start).
+START_GRACE_SECONDS = 300.0
+
+
 @dataclass
 class Start:
     desktop_id: str
@@ -114,7 +118,10 @@ def plan_due(session: Session, *, policy: str, retry_seconds: float, now: dt.dat
     starts: list[Start] = []
     waiting: list[str] = []
     for restart, desktop, template, disk in due:
-        if desktop.task_state is not None:  # someone else (a user's connect, another manager) acts on it
+        # A start of ours that never settled (the manager died or lost the leadership during it) is taken up again
+        # once START_GRACE_SECONDS have passed; any other action on the desktop is someone else's.
+        stale = desktop.task_state == TaskState.STARTING and restart.attempts > 0
+        if desktop.task_state is not None and not stale:
             continue
         load = choose(hosts, desktop.memory_mib)
         if load is None:
@@ -130,7 +137,8 @@ def plan_due(session: Session, *, policy: str, retry_seconds: float, now: dt.dat
                      severity=Severity.ALERT, actor="ha", desktop_id=desktop.id, host_id=restart.from_host_id)
             continue
         claimed = session.execute(
-            update(Desktop).where(Desktop.id == desktop.id, Desktop.task_state.is_(None))
+            update(Desktop).where(Desktop.id == desktop.id, Desktop.task_state == TaskState.STARTING if stale
+                                  else Desktop.task_state.is_(None))
             .values(task_state=TaskState.STARTING, host_id=load.host_id)
             .execution_options(synchronize_session=False)).rowcount
         if not claimed:
@@ -138,6 +146,7 @@ def plan_due(session: Session, *, policy: str, retry_seconds: float, now: dt.dat
         load.free_memory_mib -= desktop.memory_mib
         load.desktops += 1
         restart.attempts += 1
+        restart.next_try_at = now + dt.timedelta(seconds=START_GRACE_SECONDS)  # settled long before, normally
         host = session.get(Host, load.host_id)
         starts.append(Start(desktop.id, desktop.name, nodes.target_of_host(host),
                             desktop_spec(desktop, template, disk, host.display_listen)))

@@ -161,6 +161,19 @@ def test_a_failed_fence_restarts_nothing(world):
     assert len(world.fenced) == 1, "retried only after VDI_HA_FENCE_RETRY_SECONDS"
 
 
+def test_a_fence_left_unfinished_by_a_dead_manager_is_taken_up_again(world):
+    world.silent("h1", 20)
+    with db.session_scope() as session:
+        session.add(HostHaState(host_id=world.hosts["h1"], liveness="non_responsive", fence_state="fencing",
+                                fence_changed_at=utcnow() - dt.timedelta(seconds=30)))
+    world.failover.run_cycle()
+    assert world.fenced == [], "not before VDI_HA_FENCE_RETRY_SECONDS"
+    with db.session_scope() as session:
+        session.execute(update(HostHaState).values(fence_changed_at=utcnow() - dt.timedelta(hours=2)))
+    world.failover.run_cycle()
+    assert world.fenced == [["bmc-h1"]] and world.state("h1") == ("non_responsive", "fenced")
+
+
 def test_half_the_hosts_unreachable_at_once_fences_nobody(world):
     world.desktop("ha", "h1", ha=True)
     world.silent("h1", 20)
