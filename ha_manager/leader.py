@@ -92,7 +92,7 @@ def _dialect_insert(session: Session):
 _FENCE_EPOCH: contextvars.ContextVar[int | None] = contextvars.ContextVar("vdi_leader_epoch", default=None)
 _FENCED_TRANSACTION = "vdi_fenced_transaction"
 _WRITES = ("INSERT", "UPDATE", "DELETE", "MERGE")
-_idle_limit_ms = 15_000  # set from the lease ttl by LeaderElector
+_idle_limit_ms = 12_000  # set from the lease ttl by LeaderElector
 
 
 def fence_epoch() -> int | None:
@@ -138,7 +138,7 @@ def _fence_writes(conn, cursor, statement: str, _parameters, _context, _executem
 class LeaderElector:
     """This instance's side of the election. `tick()` is one pass; `start()` runs it on a daemon thread."""
 
-    def __init__(self, instance_id: str, address: str, *, ttl_s: float = 15.0, renew_s: float = 5.0,
+    def __init__(self, instance_id: str, address: str, *, ttl_s: float = 12.0, renew_s: float = 4.0,
                  name: str = LEADERSHIP, fenced_idle_limit_s: float | None = None) -> None:
         """`fenced_idle_limit_s` (default: the ttl): a fenced transaction idle this long is ended by the server."""
         if not 0 < renew_s < ttl_s:

@@ -140,7 +140,7 @@ def ha_status(session: Session) -> dict[str, Any]:
                 "led_for_seconds": round(term.led_for(), 3) if term is not None else None,
                 "refused_writes": elector.refused_writes, "lease_ttl_seconds": elector.ttl_s,
                 "lease_renew_seconds": elector.renew_s}
-    alive_after = now - dt.timedelta(seconds=ttl or 15.0)
+    alive_after = now - dt.timedelta(seconds=ttl or 12.0)
     instances = [{"instance_id": i.id, "address": i.address, "pid": i.pid, "started_at": i.started_at,
                   "seen_at": i.seen_at, "alive": i.seen_at >= alive_after,
                   "leader": leader is not None and not leader["expired"] and i.id == leader["instance_id"]}

@@ -89,9 +89,9 @@ class Settings(BaseSettings):
     # Manager HA: several `vdi serve` on one database elect one leader for the singleton loops (docs/ha.md).
     instance_id: str = Field(default="", max_length=255, description="this manager process's name among several "
                              "on one database, unique among the live ones; empty = <hostname>:<port>:<pid>")
-    ha_lease_ttl_seconds: float = Field(default=15.0, ge=1, le=600, description="the leader's lease lasts this long "
+    ha_lease_ttl_seconds: float = Field(default=12.0, ge=1, le=600, description="the leader's lease lasts this long "
                                         "after each renewal; a standby takes over once it has run out")
-    ha_lease_renew_seconds: float = Field(default=5.0, gt=0, description="how often the leader renews its lease "
+    ha_lease_renew_seconds: float = Field(default=4.0, gt=0, description="how often the leader renews its lease "
                                           "(and a standby polls it); less than the ttl")
     ha_takeover_quiet_seconds: float = Field(default=10.0, ge=0, description="after a takeover the new leader's "
                                              "host-liveness loop waits this long, so node agents failing over "

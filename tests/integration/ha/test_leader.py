@@ -269,6 +269,6 @@ def test_get_ha_answers_who_leads(client, anon_client):
     assert me["role"] == "leader" and me["epoch"] == body["epoch"] == body["leader"]["epoch"]
     assert body["leader"]["instance_id"] == me["instance_id"] and not body["leader"]["expired"]
     assert [(i["instance_id"], i["alive"], i["leader"]) for i in body["instances"]] == [(me["instance_id"], True, True)]
-    assert me["lease_ttl_seconds"] == 15.0 and me["refused_writes"] == 0
+    assert me["lease_ttl_seconds"] == 12.0 and me["refused_writes"] == 0
     anon_client.headers.pop("Authorization", None)
     assert anon_client.get("/api/v1/ha").status_code == 401
