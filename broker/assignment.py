@@ -28,11 +28,11 @@ from sqlalchemy.orm import Session
 
 from broker.entitlement import pool_entitlement
 from broker.errors import PoolClosed, TooManyDesktops
-from core.enums import PoolType, PowerState, TaskState
+from core.enums import HostStatus, PoolType, PowerState, TaskState
 from core.errors import NotFound, PoolFull
 from core.ids import new_id
 from manager.db import is_postgres
-from manager.models import Assignment, Desktop, Pool, User, utcnow
+from manager.models import Assignment, Desktop, Host, Pool, User, utcnow
 
 # Desktops in these task states can be handed out (a prestart in progress is fine: the broker waits for it).
 ASSIGNABLE_TASKS = (TaskState.STARTING,)
@@ -149,10 +149,14 @@ def pool_usage(session: Session, pool_id: str) -> tuple[int, int]:
 
 
 def _free(pool_id):
+    """A pool's desktops that may be handed to a user now: nobody's, not busy, and not on a host in maintenance (its
+    desktops cannot start there, and the host is being emptied; a desktop the user already holds there stays theirs,
+    its start refused naming the maintenance, as oVirt keeps a VM's owner while the host is maintained)."""
     has_owner = exists().where(Assignment.desktop_id == Desktop.id)
+    in_maintenance = exists().where(Host.id == Desktop.host_id, Host.status == HostStatus.MAINTENANCE)
     return select(Desktop.id).where(Desktop.pool_id == pool_id, Desktop.assigned_user_id.is_(None),
                                     Desktop.task_state.is_(None) | Desktop.task_state.in_(ASSIGNABLE_TASKS),
-                                    ~has_owner)
+                                    ~has_owner, ~in_maintenance)
 
 
 def _free_candidates(pool_id: str, start: str, limit: int):

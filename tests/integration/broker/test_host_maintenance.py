@@ -128,3 +128,36 @@ def test_a_heartbeat_stored_while_the_host_enters_maintenance_does_not_bring_it_
         ingest_heartbeat(beat, host, {"seq": 1, "domains": []})
     with db.session_scope() as s:
         assert s.get(Host, a).status == HostStatus.MAINTENANCE
+
+
+def test_the_broker_hands_out_no_fresh_desktop_on_a_host_in_maintenance(world, client, anon_client):
+    """A pool with one desktop on each host, one host in maintenance: a user gets the desktop on the other host, the
+    next user is told the pool is full rather than given a desktop that cannot start; the first user keeps theirs."""
+    from manager import db
+    from manager.models import Desktop
+
+    a, b = world.hosts(2)
+    pool_id = world.pool(2, os_type="windows_11", protocols="rdp", ip_prefix="10.7",
+                         name=f"{world.prefix}-mpool")
+    with db.session_scope() as s:
+        desktops = s.query(Desktop).filter_by(pool_id=pool_id).order_by(Desktop.name).all()
+        for desktop, host_id in zip(desktops, (a, b)):
+            desktop.host_id = host_id
+        on_a, on_b = desktops[0].id, desktops[1].id
+    assert client.post(f"{API}/hosts/{a}/maintenance").status_code == 200
+    users = [world.user(f"{world.prefix}-u{i}") for i in range(2)]
+    for user_id, _ in users:
+        world.entitle(pool_id=pool_id, user_id=user_id)
+    body = {"pool_id": pool_id, "client": {"protocols": ["rdp"], "address": "198.51.100.7"}}
+
+    first = anon_client.post(f"{API}/broker/connect", json=body, headers=bearer(users[0][1]))
+    assert first.status_code == 200, first.text
+    assert first.json()["desktop_id"] == on_b
+    second = anon_client.post(f"{API}/broker/connect", json=body, headers=bearer(users[1][1]))
+    assert second.status_code == 409 and second.json()["error"] == "pool_full", second.text
+    again = anon_client.post(f"{API}/broker/connect", json=body, headers=bearer(users[0][1]))
+    assert again.status_code == 200 and again.json()["desktop_id"] == on_b, again.text
+
+    assert client.post(f"{API}/hosts/{a}/activate").status_code == 200
+    third = anon_client.post(f"{API}/broker/connect", json=body, headers=bearer(users[1][1]))
+    assert third.status_code == 200 and third.json()["desktop_id"] == on_a, third.text
