@@ -287,7 +287,8 @@ class InputWatch:
     INPUT = {4, 5, 6, 255}  # KeyEvent, PointerEvent, ClientCutText, QEMU (extended key event)
     FIXED = {0: 20, 3: 10, 4: 8, 5: 6, 150: 10, 250: 4}
 
-    def __init__(self) -> None:
+    def __init__(self, skip: int = 0) -> None:
+        self.skip = skip  # bytes that are not client messages (the ClientInit before them)
         self.buffer = b""
         self.lost = False
         self.last_input = time.monotonic()
@@ -313,6 +314,8 @@ class InputWatch:
         if self.lost:
             self.last_input = time.monotonic()
             return
+        if self.skip:
+            data, self.skip = data[self.skip:], max(0, self.skip - len(data))
         self.buffer += data
         while self.buffer:
             length = self._length()
@@ -404,7 +407,7 @@ async def _relay(websocket: WebSocket, inbound: _Inbound, reader: asyncio.Stream
                  writer: asyncio.StreamWriter, closed_by: asyncio.Event) -> str:
     """Relay until one side leaves or a limit is reached; why it ended."""
     settings = get_settings()
-    watch = InputWatch()
+    watch = InputWatch(skip=1)  # the browser's ClientInit (its shared flag) comes first
     started = time.monotonic()
 
     async def upstream() -> tuple[str, int | None]:

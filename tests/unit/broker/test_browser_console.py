@@ -63,6 +63,14 @@ def test_messages_split_across_websocket_frames_are_followed():
     assert watched(UPDATE_REQUEST, KEY, chunk=5).last_input > 0
 
 
+def test_the_client_init_before_the_messages_is_skipped():
+    watch = InputWatch(skip=1)
+    watch.last_input = 0.0
+    watch.feed(b"\x01" + UPDATE_REQUEST[:4])
+    watch.feed(UPDATE_REQUEST[4:] + UPDATE_REQUEST)
+    assert not watch.lost and watch.last_input == 0.0 and watch.buffer == b""
+
+
 def test_an_unknown_message_counts_as_input_from_then_on():
     watch = watched(bytes([199, 0, 0, 0]))
     assert watch.lost and watch.last_input > 0
