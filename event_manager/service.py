@@ -11,6 +11,7 @@ from sqlalchemy import Select, event, insert, select
 from sqlalchemy.orm import Session
 
 from core.enums import Severity
+from event_manager.notifications import Dispatcher, DispatcherThread, write_outbox
 from manager.db import forget_on_rollback
 from manager.models import Event, utcnow
 
@@ -43,7 +44,9 @@ _INSERT_EVENTS = insert(Event.__table__).inline()
 def _write_pending(session: Session, *_args: Any) -> None:
     pending = session.info.pop(_PENDING, None)
     if pending:
-        session.connection().execute(_INSERT_EVENTS, pending)
+        connection = session.connection()
+        connection.execute(_INSERT_EVENTS, pending)
+        write_outbox(connection, pending)  # notifications commit or roll back with their events
 
 
 # Before every flush (so a query later in the transaction sees them) and before the commit (a transaction with no
@@ -51,6 +54,12 @@ def _write_pending(session: Session, *_args: Any) -> None:
 event.listen(Session, "before_flush", _write_pending)
 event.listen(Session, "before_commit", _write_pending)
 forget_on_rollback(_PENDING)
+
+
+def start_notifications(settings) -> DispatcherThread:
+    """The notification dispatcher of this manager process (stop() it at shutdown)."""
+    return DispatcherThread(Dispatcher(gather_s=settings.notify_gather_seconds, lease_s=settings.notify_lease_seconds),
+                            settings.notify_poll_seconds).start()
 
 
 FILTERABLE = ("severity", "code", "user_id", "desktop_id", "host_id", "pool_id", "template_id", "job_id",

@@ -18,6 +18,7 @@ from manager.api.crud import crud_router
 from manager.api.dashboard import router as dashboard_router
 from manager.api.guard import RequestGuard
 from manager.api.ha import router as ha_router
+from manager.api.notifications import router as notifications_router
 from manager.api.desktop_actions import router as desktop_actions_router
 from manager.api.identity import router as identity_router
 from manager.api.hosts import router as hosts_router
@@ -104,9 +105,13 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
         for kind in ("import", "export"):
             transfer_dirs(kind, settings)  # there for an operator to put images in before the first import
         reconcile_at_startup(in_process_jobs=settings.embedded_jobs)
+        from event_manager.service import start_notifications
+
+        notifier = start_notifications(settings)
         try:
             yield
         finally:
+            notifier.stop()
             nodes.close()
             stop_manager_ha()
 
@@ -131,6 +136,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
     api.include_router(dashboard_router)
     api.include_router(hosts_router)
     api.include_router(ha_router)
+    api.include_router(notifications_router)
     api.include_router(screens_router)
     for resource in RESOURCES:
         api.include_router(crud_router(resource))

@@ -40,7 +40,7 @@ ALL_ADMIN = {
     "templates:write", "desktops:read", "desktops:write", "desktops:power", "desktops:console", "pools:read",
     "pools:write", "users:read", "users:write", "entitlements:read", "entitlements:write", "events:read",
     "jobs:read", "jobs:write", "tags:read", "tags:write", "search:read", "directory:sync", "sessions:read",
-    "sessions:write",
+    "sessions:write", "notifications:write",
 }
 SELF_SERVICE = {"self:read", "self:connect", "bookmarks:own"}
 ROLE_PERMISSIONS: dict[Role, set[str]] = {

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     trusted_proxies: str = Field(default="", description="comma-separated addresses of reverse proxies whose "
                                  "X-Forwarded-For names the client; empty = none (the socket's peer is the client)")
     heartbeat_seconds: float = Field(default=5.0, gt=0)
+    # Notifications (event_manager/notifications.py): how long a burst of one code is gathered into one message,
+    # how often the outbox is looked at, and how long a claimed message may take before another dispatcher retries it.
+    notify_gather_seconds: float = Field(default=5.0, ge=0, le=3600, description="a burst of one event code is "
+                                         "gathered this long into one message per subscription")
+    notify_poll_seconds: float = Field(default=1.0, gt=0, le=60, description="how often the outbox is looked at")
+    notify_lease_seconds: float = Field(default=60.0, gt=0, le=3600, description="a message being sent this long "
+                                        "by a dispatcher that died is sent again (with the same idempotency key)")
     host_dead_after_seconds: float = Field(default=30.0, gt=0)
     # Host failure handling (ha_manager; what each one means and how they add up: docs/ha.md).
     ha_check_seconds: float = Field(default=1.0, gt=0, le=60, description="how often the HA monitor looks at "

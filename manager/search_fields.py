@@ -39,6 +39,7 @@ from manager.models import (ApiToken, Assignment, Bookmark, BrowserConsole, Clus
                             User, UserGroupMembership, Volume)
 from manager.models import ManagerInstance, ManagerLeader
 from manager.models import FenceAgent, HaRestart, HostHaState
+from manager.models import NotificationOutbox, NotificationSubscription
 from manager.models.search_indexes import (DESKTOP_TEXT_COLUMNS, SEPARATOR, SEVERITY_CODES, dialect_function,
                                            severity_code)
 from search_dsl import Field, Kind, ObjectDef, Registry, Relation, TagTree, XRef
@@ -749,4 +750,6 @@ UNSEARCHED_MODELS: dict[type, str] = {
     HaRestart: "the queue of desktops waiting for an HA restart, shown by GET /api/v1/ha",
     ManagerLeader: "the manager's own leader lease (GET /api/v1/ha)",
     ManagerInstance: "the manager's own processes (GET /api/v1/ha)",
+    NotificationSubscription: "sealed channel URLs, listed under /notifications/subscriptions",
+    NotificationOutbox: "the notification dispatcher's queue of messages",
 }
