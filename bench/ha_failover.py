@@ -34,16 +34,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.harness.managers import ManagerGroup, wait_for  # noqa: E402
+from tests.harness.managers import manager_group, wait_for  # noqa: E402
 from tests.harness.postgres import fresh_database  # noqa: E402
 
 
 # ---- manager takeover ----------------------------------------------------------------------------------------------
 def _takeover_once(database_url: str, workdir: Path, args: argparse.Namespace, run: int) -> float:
-    group = ManagerGroup(database_url, workdir, ttl_s=args.ttl, renew_s=args.renew, quiet_s=args.ttl)
-    try:
-        group.start(f"a{run}")
-        group.start(f"b{run}")
+    with manager_group(database_url, workdir, (f"a{run}", f"b{run}"), ttl_s=args.ttl, renew_s=args.renew,
+                       quiet_s=args.ttl) as group:
         leader = wait_for("one leader", lambda: (found := group.leaders()) and len(found) == 1 and found[0], 120)
         standby = next(name for name in group.managers if name != leader)
         group.token  # logged in before the kill: the measurement is the takeover, not a login
@@ -58,8 +56,6 @@ def _takeover_once(database_url: str, workdir: Path, args: argparse.Namespace, r
             return made.status_code == 201
         wait_for("the standby leading and serving", serves, bound_s=10 * args.ttl, every_s=0.05)
         return time.monotonic() - killed
-    finally:
-        group.close()
 
 
 def manager_takeover(args: argparse.Namespace) -> dict[str, Any]:

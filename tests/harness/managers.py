@@ -8,13 +8,14 @@ GC, a VM stopped by its hypervisor). Every process is gone when the group closes
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -150,6 +151,19 @@ class ManagerGroup:
                 manager.process.wait(20)
             except subprocess.TimeoutExpired:
                 kill_process_tree(manager.process)
+
+
+@contextlib.contextmanager
+def manager_group(database_url: str, workdir: Path, names: Sequence[str] = ("m1", "m2"),
+                  **options: Any) -> Iterator[ManagerGroup]:
+    """A ManagerGroup (`options`: its fields) with managers `names` started; every process gone on exit."""
+    group = ManagerGroup(database_url, workdir, **options)
+    try:
+        for name in names:
+            group.start(name)
+        yield group
+    finally:
+        group.close()
 
 
 def wait_for(what: str, probe: Callable[[], T | None], bound_s: float = 60.0, every_s: float = 0.1) -> T:

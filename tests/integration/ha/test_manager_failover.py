@@ -23,7 +23,7 @@ from manager.nodes.client import NodeClient
 
 from manager.db import make_engine
 from manager.embedded_nodes import free_port, wait_until_answers
-from tests.harness.managers import REPO, ManagerGroup, wait_for
+from tests.harness.managers import REPO, ManagerGroup, manager_group, wait_for
 from tests.harness.postgres import fresh_database
 from tests.harness.processes import kill_process_tree
 
@@ -38,15 +38,10 @@ def ha_database() -> Iterator[str]:
 
 @pytest.fixture
 def group(ha_database, tmp_path) -> Iterator[ManagerGroup]:
-    managers = ManagerGroup(ha_database, tmp_path / "managers",
-                            env={"VDI_HEARTBEAT_SECONDS": "0.5", "VDI_HA_CHECK_SECONDS": "0.5",
-                                 "VDI_HA_PROBE_TIMEOUT_SECONDS": "2"})
-    try:
-        managers.start("m1")
-        managers.start("m2")
+    with manager_group(ha_database, tmp_path / "managers",
+                       env={"VDI_HEARTBEAT_SECONDS": "0.5", "VDI_HA_CHECK_SECONDS": "0.5",
+                            "VDI_HA_PROBE_TIMEOUT_SECONDS": "2"}) as managers:
         yield managers
-    finally:
-        managers.close()
 
 
 @pytest.fixture

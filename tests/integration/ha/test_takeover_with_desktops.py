@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from manager.embedded_nodes import EmbeddedNode, NodeAgentProcess, free_port
-from tests.harness.managers import ManagerGroup, wait_for
+from tests.harness.managers import ManagerGroup, manager_group, wait_for
 from tests.integration.broker.conftest import World, template_image, work_dir  # noqa: F401  (fixtures)
 
 API = "/api/v1"
@@ -21,16 +21,11 @@ RDP = {"protocols": ["rdp"], "address": "127.0.0.1"}  # the test driver cannot s
 @pytest.fixture
 def group(pg_url, settings_env, clean_db, tmp_path) -> Iterator[ManagerGroup]:
     """Two managers on the test database, sharing this process's node key (World seals the hosts' tokens)."""
-    managers = ManagerGroup(pg_url, tmp_path / "managers",
-                            env={"VDI_NODE_KEY_FILE": str(settings_env.effective_node_key_file),
-                                 "VDI_HEARTBEAT_SECONDS": "0.5", "VDI_HA_CHECK_SECONDS": "0.5",
-                                 "VDI_POOL_MAINTENANCE_SECONDS": "0"})
-    try:
-        managers.start("m1")
-        managers.start("m2")
+    with manager_group(pg_url, tmp_path / "managers",
+                       env={"VDI_NODE_KEY_FILE": str(settings_env.effective_node_key_file),
+                            "VDI_HEARTBEAT_SECONDS": "0.5", "VDI_HA_CHECK_SECONDS": "0.5",
+                            "VDI_POOL_MAINTENANCE_SECONDS": "0"}) as managers:
         yield managers
-    finally:
-        managers.close()
 
 
 @pytest.fixture
