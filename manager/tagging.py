@@ -100,6 +100,16 @@ def detach(session: Session, tag_id: str, kind: str, ids: Iterable[str], who: Pr
     return {"tag": tag.name, "kind": kind, "changed": len(removed), "ids": list(objects)}
 
 
+def forget(session: Session, kind: str, ids: Iterable[str]) -> None:
+    """Remove every tag from objects of `kind` that are being deleted. An assignment names its object by kind and id,
+    which no foreign key can follow, so each place that deletes taggable objects calls this in the same
+    transaction (manager.api.crud for hosts, templates and users; manager.provisioning for desktops)."""
+    if kind in TAGGED_KINDS:
+        session.execute(delete(TagAssignment).where(TagAssignment.object_kind == kind,
+                                                    TagAssignment.object_id.in_(list(ids)))
+                        .execution_options(synchronize_session=False))
+
+
 def tags_of(session: Session, kind: str, ids: Iterable[str]) -> dict[str, list[str]]:
     """{object id: its tags' names in order} for a page of objects of `kind`, in one query (untagged: absent)."""
     wanted = list(set(ids))

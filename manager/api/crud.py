@@ -20,6 +20,7 @@ from event_manager.service import emit
 from manager.api.common import DbSession, Page, PageParams, Paging, paginate
 from manager.auth import Principal, require
 from manager.models import Base
+from manager.tagging import forget as forget_tags
 
 
 def model_for_table(table_name: str) -> type:
@@ -80,6 +81,7 @@ class CrudResource:
     # Objects the caller may not see are reported as missing (404), never as forbidden: no existence leaks.
     visible: Callable[[Any, Principal], bool] | None = None
     extra_event_fields: Callable[[Any], dict[str, Any]] = field(default=lambda obj: {})
+    describe: Callable[[Any], str] | None = None  # how events name an object without a name (default: its id)
     # Exact-match filters of the list, declared per resource (GET /<path>?pool_id=...): only these columns, never
     # a column named by the client.
     filters: tuple[str, ...] = ()
@@ -124,6 +126,8 @@ class CrudResource:
         return {obj.id: obj for obj in rows if self.visible is None or self.visible(obj, who)}
 
     def label(self, obj: Any) -> str:
+        if self.describe is not None:
+            return self.describe(obj)
         return getattr(obj, "name", None) or getattr(obj, "username", None) or str(obj.id)
 
     # The one create, update and delete of this resource: the routes below and the web console's pages call
@@ -169,6 +173,7 @@ class CrudResource:
             self.before_delete(session, obj)
         label, extra = self.label(obj), self.extra_event_fields(obj)
         session.delete(obj)
+        forget_tags(session, self.kind, [obj.id])
         session.flush()
         if self.after_delete is not None:
             self.after_delete(session, obj)

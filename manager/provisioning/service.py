@@ -28,6 +28,7 @@ from manager.models import (Assignment, Desktop, Host, Job, Pool, Snapshot, Stor
                             User, Volume)
 from manager.provisioning import nodes, placement, power
 from manager.provisioning.nodes import NodeTarget
+from manager.tagging import forget as forget_tags
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,7 @@ def _remove_rows(session: Session, desktop_id: str) -> None:
                     .execution_options(synchronize_session=False))
     session.execute(delete(Volume).where(Volume.desktop_id == desktop_id).execution_options(synchronize_session=False))
     session.execute(delete(Desktop).where(Desktop.id == desktop_id).execution_options(synchronize_session=False))
+    forget_tags(session, "desktop", [desktop_id])
 
 
 # ---- reset and removal (run by jobs; the desktop is marked REIMAGING / DELETING first) --------------------

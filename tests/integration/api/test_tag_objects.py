@@ -131,3 +131,37 @@ def test_helpdesk_may_not_tag(client, inventory):
     assert client.request("DELETE", url, json=body, headers=headers).status_code == 403
     with db.session_scope() as session:
         assert session.scalar(select(func.count()).select_from(TagAssignment)) == 0
+
+
+def test_deleting_a_tagged_object_removes_its_tags(client, inventory):
+    """Assignments name their object by kind and id (no foreign key): deleting the object must take them along, by
+    the API's DELETE (hosts, users, desktops...) and by the removal job's end (deprovisioned desktops)."""
+    from core.enums import TaskState
+    from manager.provisioning.service import disk_work, finish_removal
+
+    with db.session_scope() as session:
+        user = User(username="leaver", domain="local")
+        session.add(user)
+        session.flush()
+        user_id = user.id
+    url = f"/api/v1/tags/{inventory['tag']}/objects"
+    deleted, deprovisioned, kept = inventory["desktops"]
+    assert client.post(url, json={"kind": "desktop", "ids": inventory["desktops"]}).status_code == 200
+    assert client.post(url, json={"kind": "host", "ids": [inventory["host"]]}).status_code == 200
+    assert client.post(url, json={"kind": "user", "ids": [user_id]}).status_code == 200
+
+    for path in (f"/api/v1/desktops/{deleted}", f"/api/v1/hosts/{inventory['host']}", f"/api/v1/users/{user_id}"):
+        response = client.delete(path)
+        assert response.status_code == 204, (path, response.text)
+    with db.session_scope() as session:
+        session.get(Desktop, deprovisioned).task_state = TaskState.DELETING
+    with db.session_scope() as session:
+        assert finish_removal(session, disk_work(session, deprovisioned, TaskState.DELETING))
+
+    assert _assignments("desktop") == {kept}
+    assert _assignments("host") == set() and _assignments("user") == set()
+    found = client.get("/api/v1/search", params={"q": "Vms: tag = region-eu"})
+    assert found.status_code == 200 and [item["id"] for item in found.json()["items"]] == [kept]
+    for plural in ("Hosts", "Users"):
+        response = client.get("/api/v1/search", params={"q": f"{plural}: tag = region-eu"})
+        assert response.status_code == 200 and response.json()["total"] == 0, response.text
