@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = ["NotLeader", "Term", "fence_epoch", "fenced", "ha_status", "is_leader
            "leader_epoch", "leader_term", "singleton_loop", "start_manager_ha", "status_section", "stop_loop",
            "stop_manager_ha"]
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _elector: LeaderElector | None = None
 _loops: list[SingletonLoop] = []
@@ -43,7 +45,7 @@ def start_manager_ha(settings) -> LeaderElector:
                                            ttl_s=settings.ha_lease_ttl_seconds,
                                            renew_s=settings.ha_lease_renew_seconds)
     try:
-        elector.tick()
+        log.info("manager %s: %s", elector.instance_id, elector.tick())
     except Exception:  # the thread keeps trying (and logs); the API serves meanwhile
         pass
     elector.start()
