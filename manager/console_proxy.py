@@ -216,6 +216,7 @@ async def guest_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWr
 # node call, not one each. Another process's (or a native connect's) new password makes ours fail: set a new one.
 _passwords: dict[str, tuple[ConsoleDescriptor, float]] = {}
 _locks: dict[str, asyncio.Lock] = {}
+GUEST_TIMEOUT_S = 30.0  # a guest's display that does not finish its handshake in this time is unavailable
 
 
 async def _guest_endpoint(desktop: Desktop, username: str, fresh: bool) -> ConsoleDescriptor:
@@ -233,14 +234,15 @@ async def _guest_endpoint(desktop: Desktop, username: str, fresh: bool) -> Conso
 
 
 async def connect_guest(desktop: Desktop, username: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A TCP connection to the desktop's VNC display, authenticated (the RFB security phase done)."""
-    lock = _locks.setdefault(desktop.id, asyncio.Lock())
-    async with lock:
+    """A TCP connection to the desktop's VNC display, authenticated (the RFB security phase done). One handshake
+    at a time per desktop in a process: they share the password (one node call for many consoles). A password the
+    guest refuses (replaced since by another process or a native connect) is forgotten and a new one set."""
+    async with _locks.setdefault(desktop.id, asyncio.Lock()):
         for attempt in range(3):
             desc = await _guest_endpoint(desktop, username, fresh=attempt > 0)
-            reader, writer = await asyncio.open_connection(desc.host, desc.port)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(desc.host, desc.port), GUEST_TIMEOUT_S)
             try:
-                await guest_handshake(reader, writer, desc.password or "")
+                await asyncio.wait_for(guest_handshake(reader, writer, desc.password or ""), GUEST_TIMEOUT_S)
                 return reader, writer
             except AuthFailed:
                 writer.close()
@@ -382,7 +384,7 @@ async def proxy(websocket: WebSocket) -> None:
     try:
         try:
             reader, writer = await connect_guest(admitted.desktop, admitted.user.username)
-        except (OSError, RfbError, asyncio.IncompleteReadError, VdiError) as exc:
+        except (OSError, RfbError, asyncio.IncompleteReadError, asyncio.TimeoutError, VdiError) as exc:
             reason = f"the desktop's display could not be reached ({exc})"
             await websocket.close(CLOSE_UNAVAILABLE, "the desktop's display could not be reached")
             return
