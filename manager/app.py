@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.resources
 import logging
 
@@ -14,6 +15,7 @@ from manager import db
 from manager.api.common import install_error_handlers
 from manager.api.broker import router as broker_router
 from manager.api.browser_console import router as browser_console_router
+from manager.api.alerts import router as alerts_router
 from manager.api.crud import crud_router
 from manager.api.dashboard import router as dashboard_router
 from manager.api.guard import RequestGuard
@@ -86,6 +88,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         from ha_manager.failover import HostFailover
+        from event_manager.service import housekeeping as event_housekeeping
         from ha_manager.service import singleton_loop, start_manager_ha, stop_manager_ha
 
         # The leader election; background loops run on the leader only, their writes fenced (docs/ha.md).
@@ -93,6 +96,10 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
         # Host liveness, fencing and HA restarts; the one place the host HA round is started.
         singleton_loop("host-ha", settings.ha_check_seconds, HostFailover(settings).run_cycle,
                        quiet_s=settings.ha_takeover_quiet_seconds)
+        # Alert checks (storage, pools, directory sync) and the purge of events past their retention.
+        singleton_loop("event-housekeeping", settings.event_housekeeping_seconds, functools.partial(
+            event_housekeeping, retention_days=settings.event_retention_days,
+            storage_percent=settings.alert_storage_percent, pool_percent=settings.alert_pool_percent))
         nodes = contextlib.ExitStack()
         if settings.embedded_nodes:
             from manager.embedded_nodes import EmbeddedNodes
@@ -136,6 +143,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
     api.include_router(dashboard_router)
     api.include_router(hosts_router)
     api.include_router(ha_router)
+    api.include_router(alerts_router)
     api.include_router(notifications_router)
     api.include_router(screens_router)
     for resource in RESOURCES:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from core.enums import Role
 from core.errors import Forbidden, NotAuthenticated
+from event_manager.service import emit
 from manager.db import forget_on_rollback, request_session
 from manager.identity.membership import user_groups_select
 from manager.models import ApiToken, RoleAssignment, User, utcnow
@@ -40,6 +41,7 @@ ALL_ADMIN = {
     "templates:write", "desktops:read", "desktops:write", "desktops:power", "desktops:console", "pools:read",
     "pools:write", "users:read", "users:write", "entitlements:read", "entitlements:write", "events:read",
     "jobs:read", "jobs:write", "tags:read", "tags:write", "search:read", "directory:sync", "sessions:read",
+    "alerts:write",
     "sessions:write", "notifications:write",
 }
 SELF_SERVICE = {"self:read", "self:connect", "bookmarks:own"}
@@ -145,6 +147,11 @@ def issue_token(session: Session, user: User, *, name: str = "", kind: str = "ap
     session.add(ApiToken(user_id=user.id, name=name, kind=kind, token_hash=token_digest(secret),
                          expires_at=expires_at, client_address=client_address, parent_id=parent_id))
     session.flush()
+    if kind != "session":  # a login is its own event (start_browser_session); never the secret
+        emit(session, "user.token_created", f"{user.username}@{user.domain} created {kind} token {name[:100]!r}, "
+             f"valid until {expires_at:%Y-%m-%d %H:%M} UTC" + (", bound to the session that asked" if parent_id
+                                                               else ""),
+             actor=f"{user.username}@{user.domain}", user_id=user.id)
     return secret
 
 
@@ -168,6 +175,8 @@ def start_browser_session(session: Session, request: Request, response: Response
     client = request.client.host if request.client else ""
     user = authenticate_password(session, login, password, client_address=client)
     secret = issue_token(session, user, name="browser session", kind="session", client_address=client)
+    emit(session, "user.login", f"{user.username}@{user.domain} logged in from {client or 'an unknown address'}",
+         actor=f"{user.username}@{user.domain}", user_id=user.id)
     response.set_cookie(SESSION_COOKIE, secret, httponly=True, samesite="strict",
                         max_age=int(token_lifetime_limit("session").total_seconds()),
                         secure=request.url.scheme == "https")
@@ -182,6 +191,9 @@ def end_browser_session(session: Session, request: Request, response: Response) 
         token = session.scalar(select(ApiToken).where(ApiToken.token_hash == token_digest(secret)))
         if token is not None:
             session.delete(token)
+            user = session.get(User, token.user_id)
+            who = f"{user.username}@{user.domain}" if user is not None else token.user_id
+            emit(session, "user.logout", f"{who} logged out ({token.kind})", actor=who, user_id=token.user_id)
     response.delete_cookie(SESSION_COOKIE)
 
 

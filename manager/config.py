@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     notify_lease_seconds: float = Field(default=60.0, gt=0, le=3600, description="a message being sent this long "
                                         "by a dispatcher that died is sent again (with the same idempotency key)")
     host_dead_after_seconds: float = Field(default=30.0, gt=0)
+    # Events and alerts (event_manager): how long events are kept, how often the leader purges them and runs the
+    # alert checks, and the thresholds of those checks (docs/events.md).
+    event_retention_days: float = Field(default=30.0, gt=0, description="events older than this many days are "
+                                        "purged")
+    event_housekeeping_seconds: float = Field(default=60.0, gt=0, le=86400, description="how often the leader "
+                                              "runs the alert checks and the purge of old events")
+    alert_storage_percent: float = Field(default=90.0, gt=0, le=100, description="a storage domain used this much "
+                                         "or more raises the alert storage.nearly_full")
+    alert_pool_percent: float = Field(default=90.0, gt=0, le=100, description="a pool with this share of its "
+                                      "desktops in use or more raises the alert pool.nearly_full")
     # Host failure handling (ha_manager; what each one means and how they add up: docs/ha.md).
     ha_check_seconds: float = Field(default=1.0, gt=0, le=60, description="how often the HA monitor looks at "
                                     "every host's heartbeats")

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from event_manager.service import catalog
 from manager.models import Cluster, Desktop, Group, Host, Pool, StorageDomain, Tag, Template, User
 from manager.models.search_indexes import folded
 from search_dsl import Completion, value_text
@@ -78,6 +79,14 @@ class UserNames:
         return [f"{username}@{domain}" for username, domain in session.execute(stmt.limit(limit))]
 
 
+@dataclass(frozen=True)
+class EventCodes:
+    """The codes of the event catalog (event_manager/catalog.py), which every event's code is one of."""
+
+    def lookup(self, session: Session, prefix: str, limit: int) -> list[str]:
+        return [code for code in sorted(catalog.CATALOG) if code.startswith(prefix.lower())][:limit]
+
+
 DESKTOPS, HOSTS, POOLS, TEMPLATES = Names(Desktop.name), Names(Host.name), Names(Pool.name), Names(Template.name)
 CLUSTERS, STORAGE, TAGS, GROUPS = Names(Cluster.name), Names(StorageDomain.name), Names(Tag.name), Names(Group.name)
 USERS, LOGINS = UserNames(), Names(User.username)
@@ -93,7 +102,7 @@ SOURCES: dict[tuple[str, str | None], Source] = {
     ("Group", "name"): GROUPS, ("Group", "grpname"): GROUPS,
     ("Pool", "name"): POOLS, ("Pool", "cluster"): CLUSTERS, ("Pool", "template"): TEMPLATES,
     ("Event", "event_host"): HOSTS, ("Event", "event_vm"): DESKTOPS, ("Event", "event_template"): TEMPLATES,
-    ("Event", "event_pool"): POOLS,
+    ("Event", "event_pool"): POOLS, ("Event", "type"): EventCodes(), ("Event", "code"): EventCodes(),
     ("Cluster", "name"): CLUSTERS, ("Cluster", None): CLUSTERS,
     ("Storage", "name"): STORAGE, ("Storage", None): STORAGE,
     ("Disk", "vm_names"): DESKTOPS,

@@ -278,7 +278,10 @@ RESOURCES: list[CrudResource] = [
     CrudResource("role-assignments", "role assignment", RoleAssignment, s.RoleAssignmentOut, s.RoleAssignmentIn,
                  None, "users:read", "users:write", sortable=("created_at", "role"), unique=(),
                  default_order=("created_at",), filters=("user_id", "group_id"),
-                 prepare_create=_prepare_role_assignment, after_delete=_role_assignment_deleted),
+                 prepare_create=_prepare_role_assignment, after_delete=_role_assignment_deleted,
+                 extra_event_fields=lambda a: {"user_id": a.user_id},  # a permission change, on the user's events
+                 describe=lambda a: f"{a.id} (role {a.role} of " + (f"user {a.user_id})" if a.user_id
+                                                                  else f"group {a.group_id})")),
     CrudResource("tags", "tag", Tag, s.TagOut, s.TagIn, s.partial(s.TagIn, "TagPatch"), "tags:read", "tags:write",
                  before_delete=_tag_in_use, prepare_update=_check_tag_parent),
     CrudResource("bookmarks", "bookmark", Bookmark, s.BookmarkOut, s.BookmarkIn, s.partial(s.BookmarkIn, "BookmarkPatch"),

@@ -236,6 +236,7 @@ def authenticate_password(session: Session, login: str, password: str, *, client
     account = account_key(session, login, directory_settings)
     check_throttle(session, account, client_address)
     username, domain = split_login(login)
+    local = None
     try:
         if not username or not password or not login.isprintable():
             raise NotAuthenticated(WRONG_CREDENTIALS)
@@ -249,6 +250,8 @@ def authenticate_password(session: Session, login: str, password: str, *, client
             user = _check_directory(session, settings, username, domain, password)
     except NotAuthenticated:
         record_failure(account, client_address)
+        emit_refusal(login, client_address, "wrong user name or password", code="user.login_failed",
+                     user_id=local.id if local is not None else None)
         raise
     except Forbidden as exc:
         emit_refusal(login, client_address, exc.message)
@@ -257,9 +260,12 @@ def authenticate_password(session: Session, login: str, password: str, *, client
     return user
 
 
-def emit_refusal(login: str, client_address: str, reason: str) -> None:
-    """A refused but correctly authenticated login is worth an event (in its own transaction)."""
+def emit_refusal(login: str, client_address: str, reason: str, *, code: str = "user.login_refused",
+                 user_id: str | None = None) -> None:
+    """A failed login (wrong credentials: user.login_failed) or a refused one (right password, account disabled,
+    expired or locked: user.login_refused) is an event, in its own transaction (the login's rolls back). Never the
+    password."""
     with db.session_scope() as own:
-        emit(own, "user.login_refused", f"login {login[:100]!r} from {client_address or 'unknown'} refused: {reason}",
-             actor="system")
+        emit(own, code, f"login {login[:100]!r} from {client_address or 'unknown'} refused: {reason}",
+             actor="system", user_id=user_id)
 

@@ -1,4 +1,5 @@
-"""Events (the audit log), jobs (long work users can watch), tags and bookmarks (saved searches)."""
+"""Events (the audit log), alerts (conditions someone must see to), jobs (long work users can watch), tags and
+bookmarks (saved searches)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -30,6 +31,28 @@ class Event(Base):
     job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     correlation_id: Mapped[str] = mapped_column(String(64), default="", index=True)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Alert(IdMixin, Base):
+    """A condition the manager's own checks found and someone must see to (event_manager/alerts.py): open, then
+    acknowledged by a person, then resolved when the condition goes away (or by hand). At most one alert of a kind is
+    unresolved per object (a partial unique index)."""
+
+    __tablename__ = "alerts"
+
+    kind: Mapped[str] = mapped_column(String(64), index=True)  # e.g. host.unavailable, pool.nearly_full
+    object_kind: Mapped[str] = mapped_column(String(32))  # host, desktop, pool, storage_domain, job, directory
+    object_id: Mapped[str] = mapped_column(String(255))
+    object_name: Mapped[str] = mapped_column(String(255), default="")
+    state: Mapped[str] = mapped_column(String(16), default="open", index=True)  # open | acknowledged | resolved
+    severity: Mapped[Severity] = mapped_column(enum_type(Severity), default=Severity.ALERT)
+    message: Mapped[str] = mapped_column(Text, default="")
+    opened_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    acknowledged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    acknowledged_by: Mapped[str] = mapped_column(String(255), default="")
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    resolved_by: Mapped[str] = mapped_column(String(255), default="")  # a person, or "system" when it went away
 
 
 class Job(IdMixin, CreatedMixin, Base):
@@ -87,3 +110,5 @@ class Bookmark(IdMixin, CreatedMixin, Base):
 
 Index("ix_tag_assignments_object", TagAssignment.object_kind, TagAssignment.object_id)
 Index("ix_events_time_id", Event.time, Event.id)
+Index("uq_alerts_unresolved", Alert.kind, Alert.object_id, unique=True,
+      postgresql_where=Alert.state != "resolved", sqlite_where=Alert.state != "resolved")
