@@ -19,6 +19,7 @@ from manager.api.alerts import router as alerts_router
 from manager.api.crud import crud_router
 from manager.api.dashboard import router as dashboard_router
 from manager.api.guard import RequestGuard
+from manager.api.event_stream import router as event_stream_router
 from manager.api.ha import router as ha_router
 from manager.api.notifications import router as notifications_router
 from manager.api.desktop_actions import router as desktop_actions_router
@@ -132,6 +133,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
     install_error_docs(app, f"{API_PREFIX}/")
     _install_offline_docs(app)
     api = APIRouter(prefix=API_PREFIX)
+    api.include_router(event_stream_router)
     api.include_router(system_router)
     api.include_router(broker_router)
     api.include_router(browser_console_router)

@@ -1,18 +1,13 @@
 """Health, events, jobs, template versions, node heartbeats and authentication."""
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import json
-import os
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import Field
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from broker.sessions import ConsoleEvent, record_console_events
 from core.enums import HostStatus, JobState, Severity
@@ -82,60 +77,7 @@ def list_events(session: DbSession, paging: Paging, who: EventsRead,
                     sortable={"time": Event.time, "severity": Event.severity, "code": Event.code})
 
 
-# The stream's reads run in worker threads: a slow or locked read must never stop the event loop (and with it every
-# other request). A comment line goes out at least every KEEPALIVE_S, also while a read waits, so proxies and
-# browsers keep the connection.
-STREAM_POLL_S = 1.0
-KEEPALIVE_S = float(os.environ.get("VDI_EVENT_STREAM_KEEPALIVE_SECONDS", "15"))
-STREAM_BATCH = 500
-
-
-def _newest_event_id() -> int:
-    with db.session_scope() as session:
-        return session.scalar(select(func.max(Event.id))) or 0
-
-
-def _events_after(last: int) -> list[dict[str, Any]]:
-    with db.session_scope() as session:
-        rows = session.scalars(select(Event).where(Event.id > last).order_by(Event.id).limit(STREAM_BATCH)).all()
-        return [s.EventOut.model_validate(r).model_dump(mode="json") for r in rows]
-
-
-def _drop_result(task: asyncio.Future) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved, so a read that failed after its stream ended is not reported as lost
-
-
-@router.get("/events/stream", tags=["events"])
-async def stream_events(request: Request, who: EventsRead,
-                        after_id: Annotated[int | None, Query(ge=0)] = None) -> StreamingResponse:
-    """Server-sent events: every new event as it is written (resume with `after_id` or Last-Event-ID), and a
-    keep-alive comment at least every 15 s."""
-    last = after_id
-    if last is None and request.headers.get("last-event-id", "").isdigit():
-        last = int(request.headers["last-event-id"])
-    if last is None:
-        last = await run_in_threadpool(_newest_event_id)
-
-    async def generate():
-        nonlocal last
-        while not await request.is_disconnected():
-            read = asyncio.ensure_future(run_in_threadpool(_events_after, last))
-            try:
-                while not (await asyncio.wait({read}, timeout=KEEPALIVE_S))[0]:
-                    yield ": keep-alive\n\n"
-            finally:
-                if not read.done():  # the client went away while a read waited: let it finish on its own
-                    read.add_done_callback(_drop_result)
-            batch = read.result()
-            for item in batch:
-                last = item["id"]
-                yield f"id: {item['id']}\nevent: {item['code']}\ndata: {json.dumps(item)}\n\n"
-            if not batch:
-                yield ": keep-alive\n\n"
-                await asyncio.sleep(STREAM_POLL_S)
-
-    return StreamingResponse(generate(), media_type="text/event-stream")
+# GET /events/stream is manager/api/event_stream.py (included before this router: /events/{event_id} would take it).
 
 
 @router.get("/events/{event_id}", response_model=s.EventOut, tags=["events"])

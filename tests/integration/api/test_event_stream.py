@@ -15,6 +15,7 @@ from sqlalchemy import select, text
 from tests.integration.broker.conftest import API, api_server, bearer, work_dir  # noqa: F401 (fixtures)
 
 WAIT_S = 60.0  # how long a step may take before the test gives up (a hang is a failure, not a measurement)
+STREAM_CODE = "directory.synced"  # any declared code with no object (event_manager/catalog.py)
 
 
 @pytest.fixture
@@ -96,10 +97,10 @@ def emit_event(message: str, session=None) -> int | None:
     from manager import db
 
     if session is not None:
-        emit(session, "test.stream", message, actor="tests")
+        emit(session, STREAM_CODE, message, actor="tests")
         return None
     with db.session_scope() as own:
-        emit(own, "test.stream", message, actor="tests")
+        emit(own, STREAM_CODE, message, actor="tests")
     return event_id(message)
 
 
@@ -130,11 +131,13 @@ def test_a_stream_waiting_for_the_database_leaves_the_server_answering(quick_kee
                                                                        open_stream):
     from manager import db
 
+    with db.session_scope() as s:
+        newest = s.scalar(text("SELECT coalesce(max(id), 0) FROM events"))  # (logging in writes events too)
     locker = db.new_session()
     try:
         # Another transaction holds the events table: the stream's next read has to wait for it.
         locker.execute(text("LOCK TABLE events IN ACCESS EXCLUSIVE MODE"))
-        stream = open_stream("?after_id=0")
+        stream = open_stream(f"?after_id={newest}")
         wait_for_lock_waiter("events")
         # The same server still answers while the stream's read waits (on the old code the read blocked the
         # event loop: this request hung until the lock went away).
@@ -151,7 +154,7 @@ def test_a_stream_waiting_for_the_database_leaves_the_server_answering(quick_kee
         locker.close()
     written = event_id("written while the stream waited")
     got = stream.next_event()
-    assert got["id"] == str(written) and got["event"] == "test.stream", got
+    assert got["id"] == str(written) and got["event"] == STREAM_CODE, got
     assert f'"id": {written}' in got["data"] and "written while the stream waited" in got["data"]
 
 
@@ -160,7 +163,7 @@ def test_an_event_written_after_the_stream_opened_arrives_with_its_id(api_server
     stream = open_stream()  # from the newest event on: `before` is not sent
     first = emit_event("after the stream opened")
     got = stream.next_event()
-    assert got["id"] == str(first) and got["event"] == "test.stream" and first > before, got
+    assert got["id"] == str(first) and got["event"] == STREAM_CODE and first > before, got
     assert "after the stream opened" in got["data"]
 
     # A client that reconnects with Last-Event-ID gets what came after that id, and only that.
@@ -170,3 +173,96 @@ def test_an_event_written_after_the_stream_opened_arrives_with_its_id(api_server
     assert stream.next_event()["id"] == str(second)
     # after_id does the same
     assert open_stream(f"?after_id={before}").next_event()["id"] == str(first)
+
+
+def _user_with_desktop(name: str) -> tuple[str, str, str]:
+    """A plain user holding one desktop; returns (token, user id, desktop id)."""
+    from manager import db
+    from manager.auth import issue_token
+    from manager.models import Desktop, User
+
+    with db.session_scope() as session:
+        user = User(username=name, domain="local")
+        session.add(user)
+        session.flush()
+        desktop = Desktop(name=f"{name}-desk", assigned_user_id=user.id)
+        session.add(desktop)
+        session.flush()
+        return issue_token(session, user, name="stream"), user.id, desktop.id
+
+
+def test_a_plain_user_streams_only_events_about_them_and_their_desktops(api_server, open_stream):  # noqa: F811
+    from event_manager.service import emit
+    from manager import db
+
+    token, me, mine = _user_with_desktop("alice")
+    _, other, theirs = _user_with_desktop("bob")
+    start = emit_event("the starting line")
+    stream = Stream(f"{api_server.url}{API}/events/stream?after_id={start}", bearer(token))
+    try:
+        with db.session_scope() as session:
+            emit(session, "user.login", "bob logged in", user_id=other)
+            emit(session, "desktop.started", "bob's desktop started", desktop_id=theirs)
+            emit(session, "host.up", "a host is up", host_id="h-1")
+            emit(session, "desktop.started", "alice's desktop started", desktop_id=mine)
+            emit(session, "user.login", "alice logged in", user_id=me)
+        got = [stream.next_event() for _ in range(2)]
+        assert ["alice's desktop started" in got[0]["data"], "alice logged in" in got[1]["data"]] == [True, True]
+        # Resuming after the first of them gets the second only, still filtered.
+        resumed = Stream(f"{api_server.url}{API}/events/stream", {**bearer(token), "Last-Event-ID": got[0]["id"]})
+        try:
+            assert resumed.next_event()["id"] == got[1]["id"]
+            emit_event("an event about nobody in particular")
+            with db.session_scope() as session:
+                emit(session, "user.logout", "alice logged out", user_id=me)
+            assert "alice logged out" in resumed.next_event()["data"]  # the unrelated one was skipped
+        finally:
+            resumed.close()
+    finally:
+        stream.close()
+
+
+def test_open_streams_leave_the_api_answering(api_server, open_stream, token):  # noqa: F811
+    """Twenty streams open and idle (their reads wait on the server): other requests are still served, and every
+    stream gets the next event."""
+    streams = [open_stream() for _ in range(20)]
+    for stream in streams:
+        assert stream.next_line() == ": stream open"
+    for _ in range(5):
+        answer = httpx.get(f"{api_server.url}{API}/events?limit=1", headers=bearer(token), timeout=WAIT_S)
+        assert answer.status_code == 200, answer.text
+    written = emit_event("to every stream")
+    assert {stream.next_event()["id"] for stream in streams} == {str(written)}
+
+
+def test_the_events_table_notifies_the_newest_id_at_commit(clean_db, pg_url):
+    """The contract the streams' LISTEN relies on: NOTIFYs at commit carrying ids (the newest included), none on
+    rollback."""
+    import psycopg
+
+    from event_manager.service import emit
+    from manager import db
+
+    listener = psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+    try:
+        listener.execute("LISTEN vdi_events")
+        with db.session_scope() as session:
+            for i in range(3):
+                emit(session, STREAM_CODE, f"notify {i}", actor="tests")
+            session.flush()
+            assert list(listener.notifies(timeout=0.5, stop_after=1)) == []  # not before the commit
+        newest = event_id("notify 2")
+        notes = []
+        while not notes or max(int(n.payload) for n in notes) < newest:
+            notes += listener.notifies(timeout=WAIT_S, stop_after=1)
+        assert {n.channel for n in notes} == {"vdi_events"} and max(int(n.payload) for n in notes) == newest
+        session = db.new_session()
+        emit(session, STREAM_CODE, "rolled back", actor="tests")
+        session.flush()
+        session.rollback()
+        session.close()
+        emit_event("after the rollback")
+        [note] = list(listener.notifies(timeout=WAIT_S, stop_after=1))  # nothing came from the rolled back one
+        assert int(note.payload) == event_id("after the rollback")
+    finally:
+        listener.close()
