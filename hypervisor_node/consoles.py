@@ -61,13 +61,15 @@ class ConsoleReporter:
                 clients.add(event.client)
             elif event.phase == "disconnect":
                 clients.discard(event.client)
+            elif event.phase == "stopped":  # the domain stopped: its clients are gone, unreported by QEMU
+                clients.clear()
             after = bool(clients)
             if not clients:
                 self._clients.pop(event.uuid, None)
             if before == after:
                 return
             self._backlog.append({"desktop_id": event.uuid, "attached": after, "protocol": event.protocol,
-                                  "client": event.client.rsplit(":", 1)[0],
+                                  "client": event.client.rsplit(":", 1)[0] if event.client else "",
                                   "at": dt.datetime.now(dt.timezone.utc).isoformat()})
         log.info("console client %s desktop %s", "attached to" if after else "left", event.uuid)
         if self._loop is not None and self._wake is not None:

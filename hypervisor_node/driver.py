@@ -920,7 +920,8 @@ _event_loop_started = False
 class GraphicsEvent:
     """A console client of one of our domains' displays: its TCP connection opened (connect), it passed
     authentication (initialize: it is attached) or it went away (disconnect). QEMU reports each SPICE channel
-    (main, display, inputs...) as a client of its own; `client` is the remote address and port."""
+    (main, display, inputs...) as a client of its own; `client` is the remote address and port. Phase "stopped"
+    (no protocol, no client): the domain stopped, and with it every client, of which QEMU reports nothing."""
 
     uuid: str
     phase: str
@@ -957,7 +958,7 @@ class GraphicsWatch:
         self.driver = driver
         self.on_event = on_event
         self._conn: libvirt.virConnect | None = None
-        self._callback_id: int | None = None
+        self._callback_ids: list[int] = []
         self._lock = threading.Lock()
         self._failing = False
 
@@ -975,8 +976,9 @@ class GraphicsWatch:
                 self._conn = None
             try:
                 conn = libvirt.open(self.driver.uri)
-                self._callback_id = conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_GRAPHICS,
-                                                                self._graphics, None)
+                self._callback_ids = [
+                    conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_GRAPHICS, self._graphics, None),
+                    conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)]
             except libvirt.libvirtError as exc:
                 if not self._failing:
                     log.warning("cannot watch console clients on %s (%s); trying again later", self.driver.uri, exc)
@@ -992,8 +994,8 @@ class GraphicsWatch:
         with self._lock:
             if self._conn is not None:
                 try:
-                    if self._callback_id is not None:
-                        self._conn.domainEventDeregisterAny(self._callback_id)
+                    for callback_id in self._callback_ids:
+                        self._conn.domainEventDeregisterAny(callback_id)
                 except libvirt.libvirtError:
                     pass  # the connection is gone already
                 LibvirtDriver._close_quietly(self._conn)
@@ -1013,3 +1015,13 @@ class GraphicsWatch:
             self.on_event(GraphicsEvent(dom.UUIDString(), GRAPHICS_PHASES.get(phase, str(phase)), protocol, client))
         except Exception:  # an exception must not reach libvirt's event loop: log it and carry on
             log.exception("a graphics event of domain %s could not be handled", dom.UUIDString())
+
+    def _lifecycle(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, _detail: int,
+                   _opaque: Any) -> None:
+        if event != libvirt.VIR_DOMAIN_EVENT_STOPPED:
+            return
+        try:
+            if self.driver._is_ours_if_present(dom):
+                self.on_event(GraphicsEvent(dom.UUIDString(), "stopped", "", ""))
+        except Exception:  # as above
+            log.exception("a lifecycle event of domain %s could not be handled", dom.UUIDString())

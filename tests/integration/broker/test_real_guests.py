@@ -300,13 +300,15 @@ def wait_session_state(session_id: str, state: str, timeout: float = 90.0) -> No
         time.sleep(0.5)
 
 
-def test_a_session_follows_a_real_console_client(real_node, published_image, world, anon_client, api_server):
+def test_a_session_follows_a_real_console_client(real_node, published_image, world, anon_client, client,
+                                                 api_server):
     """A node agent reporting to a real manager process: the user's SPICE connect leaves the session pending;
-    remote-viewer opening the .vv makes it connected and its exit disconnected; a VNC client that authenticates
-    with the ticket makes it connected (libvirt's graphics events, through the agent's
-    console events); closing the client makes it disconnected. The pool's disconnect policy (reset) waits for its
-    delay (60 min: nothing happens), and with a delay of 0 the next maintenance pass resets the desktop to a fresh
-    overlay and gives it back to the pool."""
+    remote-viewer opening the .vv makes it connected and its exit disconnected; a VNC client that authenticates with
+    the ticket makes it connected (libvirt's graphics events, through the agent's console events), closing it makes
+    it disconnected. A fresh console file makes it pending again; powering the desktop off under an attached client
+    makes it disconnected. The pool's disconnect policy (reset) waits for its delay (60 min: nothing happens), and
+    with a delay of 0 the next maintenance pass resets the desktop to a fresh overlay and gives it back to the
+    pool."""
     from image_manager import qcow2
     from manager import db
     from manager.models import Desktop, DesktopSession, Pool, Volume
@@ -330,18 +332,19 @@ def test_a_session_follows_a_real_console_client(real_node, published_image, wor
             assert s.get(DesktopSession, sid).state.value == "pending"  # a ticket, no client yet
         # SPICE: Debian's remote-viewer under Xvfb opens the .vv exactly as the connect returned it; its several
         # channels make one attach, and its exit one detach
-        if shutil.which("remote-viewer") and shutil.which("xvfb-run"):
-            vv = real_node.work / f"{desktop_id}.vv"
-            vv.write_text(got["file"]["content"])
-            with open(real_node.work / "remote-viewer.log", "wb") as log:
-                viewer = subprocess.Popen(["xvfb-run", "-a", "remote-viewer", str(vv)], stdout=log,
-                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-            try:
-                wait_session_state(sid, "connected")
-            finally:
-                os.killpg(viewer.pid, signal.SIGTERM)
-                viewer.wait(30)
-            wait_session_state(sid, "disconnected")
+        if not (shutil.which("remote-viewer") and shutil.which("xvfb-run")):
+            pytest.fail("remote-viewer (virt-viewer) and xvfb-run (xvfb) are needed: apt-get install virt-viewer xvfb")
+        vv = real_node.work / f"{desktop_id}.vv"
+        vv.write_text(got["file"]["content"])
+        with open(real_node.work / "remote-viewer.log", "wb") as log:
+            viewer = subprocess.Popen(["xvfb-run", "-a", "remote-viewer", str(vv)], stdout=log,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_session_state(sid, "connected")
+        finally:
+            os.killpg(viewer.pid, signal.SIGTERM)
+            viewer.wait(30)
+        wait_session_state(sid, "disconnected")
         vnc_port = int(live_graphics(desktop_id)["vnc"]["port"])
         with pytest.raises(VncRefused):  # a wrong password attaches nothing
             with vnc_client(vnc_port, "wrong-pw"):
@@ -365,7 +368,9 @@ def test_a_session_follows_a_real_console_client(real_node, published_image, wor
         password = re.search(r"^password=(.+)$", renewed.text, re.M).group(1)
         with vnc_client(vnc_port, password):
             wait_session_state(sid, "connected")
-        wait_session_state(sid, "disconnected")
+            # the desktop is powered off under her: QEMU says nothing of its clients, the stop ends them
+            assert client.post(f"{API}/desktops/{desktop_id}/poweroff").status_code == 200
+            wait_session_state(sid, "disconnected")
         with db.session_scope() as s:
             s.get(Pool, pool_id).disconnect_after_minutes = 0
         assert maintain_pools()["disconnect_policy"] == 1

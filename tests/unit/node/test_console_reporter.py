@@ -67,3 +67,15 @@ def test_reports_wait_for_the_manager_and_keep_their_order():
     assert r.pending() == []
     assert [path for path, _, _ in seen] == ["/api/v1/nodes/vs-a/console-events"] * 2
     assert seen[0][1] == "Bearer tok" and seen[0][2] == seen[1][2]  # the same reports, in order, sent again
+
+
+def test_a_domain_that_stops_loses_its_clients():
+    """QEMU reports no disconnect when the domain stops: the lifecycle event ends its clients, so the next start's
+    first client is reported as attached again."""
+    r = reporter()
+    r.record(ev("initialize", "192.0.2.5:1", "vnc"))
+    r.record(GraphicsEvent(DESKTOP, "stopped", "", ""))
+    r.record(GraphicsEvent(DESKTOP, "stopped", "", ""))  # nothing attached any more: no second report
+    r.record(ev("initialize", "192.0.2.5:2", "vnc"))
+    assert [(e["attached"], e["client"]) for e in r.pending()] == [(True, "192.0.2.5"), (False, ""),
+                                                                     (True, "192.0.2.5")]
