@@ -58,7 +58,7 @@ def test_a_new_alert_appears_in_the_drawer_without_a_reload(logged_in, manager_d
 
     host_id = manager_db.scalar(Host.__table__.select().with_only_columns(Host.id).limit(1))
     message = f"host lost its storage {uuid.uuid4().hex[:8]}"
-    emit(manager_db, "host.storage_lost", message, severity=Severity.ALERT, host_id=host_id)
+    emit(manager_db, "ha.fencing_skipped", message, severity=Severity.ALERT, host_id=host_id)
     manager_db.commit()
 
     expect(page.locator("#events-unread")).to_have_text(re.compile(r"^[1-9]\d*$"))  # the badge counts it, unread
@@ -74,7 +74,7 @@ def test_a_new_alert_appears_in_the_drawer_without_a_reload(logged_in, manager_d
     expect(page.locator("#events-unread")).to_have_text("")  # seen now that the Alerts tab is open
 
     # a normal event is in the Events tab only; the tabs work from the keyboard
-    emit(manager_db, "desktop.note", "an ordinary event", severity=Severity.NORMAL)
+    emit(manager_db, "demo.seeded", "an ordinary event", severity=Severity.NORMAL)
     manager_db.commit()
     drawer.get_by_role("tab", name="Alerts").press("ArrowRight")
     expect(drawer.get_by_role("tab", name="Events")).to_have_attribute("aria-selected", "true")

@@ -58,7 +58,7 @@ def rename_host(host_id: str, name: str) -> None:
     """A singleton loop's kind of write: an ORM update and an event (written by event_manager at Core level)."""
     with db.session_scope() as session:
         session.execute(update(Host).where(Host.id == host_id).values(name=name))
-        emit(session, "test.renamed", f"host renamed {name}", host_id=host_id)
+        emit(session, "host.updated", f"host renamed {name}", host_id=host_id)
 
 
 def host_name(host_id: str) -> str:
@@ -95,13 +95,13 @@ def test_a_former_leaders_writes_are_refused_and_the_leaders_pass(host):
         rename_host(host, "by-a-after-takeover")
     with db.session_scope() as session:
         assert host_name(host) == "by-a-while-leading"
-        assert session.scalar(select(Event.message).where(Event.code == "test.renamed")
+        assert session.scalar(select(Event.message).where(Event.code == "host.updated")
                               .order_by(Event.id.desc()).limit(1)) == "host renamed by-a-while-leading"
     with fenced(b.term().epoch):
         rename_host(host, "by-b")
     assert host_name(host) == "by-b"
     with pytest.raises(NotLeader), fenced(1), db.session_scope() as session:  # an event alone is a write too
-        emit(session, "test.alone", "no other change")
+        emit(session, "demo.seeded", "no other change")
 
 
 def fenced_write_in_flight(host_id: str, epoch: int, release: threading.Event) -> tuple[threading.Thread, list]:

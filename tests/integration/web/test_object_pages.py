@@ -177,7 +177,7 @@ def test_the_events_tab_lists_that_objects_events_only_newest_first_and_paged(ad
     i = inventory
     with db.session_scope() as s:
         for n in range(30):
-            emit(s, "desktop.note", f"note {n:02d} on fin-01", desktop_id=i.desktop)
+            emit(s, "desktop.updated", f"note {n:02d} on fin-01", desktop_id=i.desktop)
     response = admin_browser.get(f"/admin/desktops/{i.desktop}", params={"tab": "events"})
     tab = _event_tab(response.text)
     assert re.search(r'id="object-panel-overview" role="tabpanel"[^>]* hidden>', response.text)
