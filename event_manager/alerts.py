@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, func, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -116,7 +116,8 @@ def acknowledge(session: Session, alert_id: str, actor: str) -> Alert:
     alert = _alert(session, alert_id)
     if alert.state != OPEN:
         raise Conflict(f"alert {alert_id} is {alert.state}; only an open alert can be acknowledged")
-    alert.state, alert.acknowledged_at, alert.acknowledged_by, alert.updated_at = ACKNOWLEDGED, utcnow(), actor, utcnow()
+    now = utcnow()
+    alert.state, alert.acknowledged_at, alert.acknowledged_by, alert.updated_at = ACKNOWLEDGED, now, actor, now
     events.emit(session, "alert.acknowledged", f"{actor} acknowledged alert {alert.kind} on {alert.object_kind} "
                 f"{alert.object_name or alert.object_id}", actor=actor, correlation_id=alert.id,
                 **_event_ids(alert.object_kind, alert.object_id))
@@ -174,7 +175,7 @@ def check_conditions(session: Session, *, storage_percent: float = 90.0, pool_pe
 
     in_use = func.count(Desktop.id).filter(Desktop.assigned_user_id.is_not(None))
     pools = session.execute(select(Pool.id, Pool.name, Pool.size, in_use)
-                            .outerjoin(Desktop, and_(Desktop.pool_id == Pool.id)).group_by(Pool.id)).all()
+                            .outerjoin(Desktop, Desktop.pool_id == Pool.id).group_by(Pool.id)).all()
     busy = {pid: (name, f"pool {name} has {used} of {size} desktops in use (threshold {pool_percent:g}%)")
             for pid, name, size, used in pools if size > 0 and used * 100 >= pool_percent * size}
     report["pools"] = _sync(session, "pool.nearly_full", "pool", busy, [p[0] for p in pools])

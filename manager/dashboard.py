@@ -58,7 +58,8 @@ class DesktopStates(BaseModel):
 
 
 class SessionCounts(BaseModel):
-    live: int = Field(description="pending (a ticket issued, no client yet) + connected + disconnected (not ended)")
+    live: int = Field(description="pending + connected + disconnected (not ended)")
+    pending: int = Field(description="a ticket was issued, no console client attached yet")
     connected: int
     disconnected: int
     by_protocol: dict[str, int] = Field(description="live sessions by console protocol (spice, rdp, vnc…)")
@@ -169,7 +170,8 @@ def console_sessions(session: Session) -> SessionCounts:
             .where(DesktopSession.state.in_(LIVE)).group_by(DesktopSession.protocol, DesktopSession.state)):
         by_protocol[protocol] = by_protocol.get(protocol, 0) + count
         by_state[state] += count
-    return SessionCounts(live=sum(by_state.values()), connected=by_state[SessionState.CONNECTED],
+    return SessionCounts(live=sum(by_state.values()), pending=by_state[SessionState.PENDING],
+                         connected=by_state[SessionState.CONNECTED],
                          disconnected=by_state[SessionState.DISCONNECTED], by_protocol=by_protocol)
 
 

@@ -10,8 +10,7 @@ from core.enums import Role, Severity
 from event_manager.alerts import check_conditions, clear_alerts, raise_alert
 from event_manager.service import emit
 from manager import db
-from manager.models import (Cluster, Desktop, DirectorySyncState, Event, Host, Pool, StorageDomain, Template, User,
-                            RoleAssignment)
+from manager.models import Desktop, DirectorySyncState, Event, Pool, RoleAssignment, StorageDomain, Template, User
 from manager.models.ops import Alert
 
 API = "/api/v1"
@@ -112,8 +111,8 @@ def test_the_periodic_checks_raise_and_clear_storage_pool_and_directory_alerts(c
         report = check_conditions(session, storage_percent=90, pool_percent=90)
     assert report == {"storage": {"opened": 1, "cleared": 0}, "pools": {"opened": 1, "cleared": 0},
                       "directories": {"opened": 1, "cleared": 0}}
-    assert sorted(alerts()) == sorted([("storage.nearly_full", domain_id, "open"), ("pool.nearly_full", pool_id, "open"),
-                                       ("directory.sync_failing", "corp", "open")])
+    assert sorted(alerts()) == sorted([("storage.nearly_full", domain_id, "open"),
+                                       ("pool.nearly_full", pool_id, "open"), ("directory.sync_failing", "corp", "open")])
     with db.session_scope() as session:  # checked again: nothing new
         assert check_conditions(session)["pools"] == {"opened": 0, "cleared": 0}
         # a higher threshold than the pool's 90 %: the pool alert goes away

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from core.enums import Severity
 from event_manager.service import emit, housekeeping, purge_events
 from manager import db
-from manager.models import Desktop, Event, Host, User, utcnow
+from manager.models import Event, User, utcnow
 
 API = "/api/v1"
 
@@ -148,3 +148,32 @@ def test_events_are_searched_by_code_and_severity(client, host_and_desktop):
     typed = client.get(f"{API}/search/complete", params={"q": "Events: code = host.fe"})
     assert typed.status_code == 200, typed.text
     assert "host.fenced" in str(typed.json()) and "host.fence_failed" in str(typed.json())
+
+
+def test_the_managers_housekeeping_loop_purges_old_events_and_checks_alerts(settings_env, pg_engine, clean_db):
+    """The loop the manager's lifespan starts on the leader (manager/app.py), run fast."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from manager.app import create_app
+    from manager.models import StorageDomain
+    from manager.models.ops import Alert
+
+    with db.session_scope() as session:
+        emit(session, "demo.seeded", "old")
+        session.add(StorageDomain(name="full", path="/srv/full", total_bytes=100, used_bytes=99, free_bytes=1))
+    with db.session_scope() as session:
+        session.execute(update(Event).values(time=utcnow() - dt.timedelta(days=3)))
+    settings = settings_env.model_copy(update={"event_housekeeping_seconds": 0.2, "event_retention_days": 2})
+    with TestClient(create_app(settings, configure_db=False)):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with db.session_scope() as session:
+                old = session.scalar(select(func.count()).where(Event.message == "old"))
+                full = session.scalar(select(func.count()).select_from(Alert)
+                                      .where(Alert.kind == "storage.nearly_full"))
+            if old == 0 and full == 1:
+                break
+            time.sleep(0.2)
+    assert (old, full) == (0, 1)

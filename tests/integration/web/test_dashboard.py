@@ -18,7 +18,8 @@ from manager.models import Cluster, Desktop, DesktopSession, Event, Host, Job, P
 @pytest.fixture
 def inventory(app):
     """Two hosts up and one down; pool "full" (size 10, 9 held: 90 %) and pool "roomy" (size 8, 4 desktops, 1 held);
-    desktops in several states; five console sessions (one ended); alerts old and new; jobs in every state."""
+    desktops in several states; six console sessions (one ended, one pending); alerts old and new; jobs in every
+    state."""
     now = utcnow()
     with db.session_scope() as session:
         cluster = Cluster(name="dash-cluster")
@@ -55,7 +56,9 @@ def inventory(app):
             DesktopSession(desktop_id=desktops[2].id, user_id=users[2].id, protocol="rdp", state=SessionState.CONNECTED),
             DesktopSession(desktop_id=desktops[3].id, user_id=users[3].id, protocol="rdp",
                            state=SessionState.DISCONNECTED),
-            DesktopSession(desktop_id=desktops[4].id, user_id=users[4].id, protocol="vnc", state=SessionState.ENDED)])
+            DesktopSession(desktop_id=desktops[4].id, user_id=users[4].id, protocol="vnc", state=SessionState.ENDED),
+            DesktopSession(desktop_id=desktops[5].id, user_id=users[5].id, protocol="spice",
+                           state=SessionState.PENDING)])
         session.add_all([
             Event(code="host.down", message="host dash-c is down", severity=Severity.ALERT, host_id=hosts[2].id,
                   time=now - dt.timedelta(minutes=5)),
@@ -88,8 +91,8 @@ def test_the_api_counts_what_is_there(inventory, client):
     assert {k: v for k, v in desktops["by_task_state"].items() if v} == {"starting": 1, "rebooting": 1}
     assert desktops["busy"] == 2
 
-    assert d["sessions"] == {"live": 4, "connected": 3, "disconnected": 1,
-                             "by_protocol": {"spice": 2, "rdp": 2, "vnc": 0}}
+    assert d["sessions"] == {"live": 5, "pending": 1, "connected": 3, "disconnected": 1,
+                             "by_protocol": {"spice": 3, "rdp": 2, "vnc": 0}}
 
     pools = d["pools"]
     assert (pools["total"], pools["nearly_full"]) == (2, 1)
@@ -127,7 +130,7 @@ def test_the_pages_numbers_are_the_apis(inventory, admin_browser, client):
     # every figure of the summary is on the page: hosts, desktops by each state and task, sessions, pools, alerts
     for path in ("hosts.total", "hosts.by_status.up", "hosts.cpu_usage", "desktops.total", "desktops.busy",
                  *(f"desktops.by_power_state.{s.value}" for s in PowerState),
-                 *(f"desktops.by_task_state.{t.value}" for t in TaskState), "sessions.live", "sessions.connected",
+                 *(f"desktops.by_task_state.{t.value}" for t in TaskState), "sessions.live", "sessions.connected", "sessions.pending",
                  "sessions.by_protocol.rdp", "pools.total", "pools.nearly_full", "alerts.open", "jobs.running"):
         assert path in figures, path
     for path, text in figures.items():
