@@ -9,7 +9,6 @@ tests/unit/search/test_reference_doc.py fails when the committed tables differ f
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from manager.search_fields import REGISTRY  # noqa: E402
+from scripts import generated_doc  # noqa: E402
 from search_dsl.registry import Field, Kind, ObjectDef, Registry  # noqa: E402
 
 DOC = ROOT / "docs" / "search-language.md"
@@ -96,29 +96,12 @@ def generate(registry: Registry = REGISTRY) -> str:
 
 def committed(text: str) -> str:
     """The generated part of the document's text (BEGIN to END, both included)."""
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    return text[start:end]
+    return generated_doc.committed(text, BEGIN, END)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="replace the generated part of the doc")
-    parser.add_argument("--check", action="store_true", help="exit 1 when the doc is out of date")
-    args = parser.parse_args(argv)
-    fresh = generate()
-    if not (args.write or args.check):
-        print(fresh)
-        return 0
-    text = DOC.read_text(encoding="utf-8")
-    old = committed(text)
-    if args.check:
-        if old != fresh:
-            print(f"{DOC} is out of date: run python scripts/search_reference.py --write", file=sys.stderr)
-            return 1
-        return 0
-    DOC.write_text(text.replace(old, fresh), encoding="utf-8")
-    return 0
-
+    return generated_doc.main(argv, doc=DOC, begin=BEGIN, end=END, generate=generate,
+                              description=__doc__.splitlines()[0], script="scripts/search_reference.py")
 
 if __name__ == "__main__":
     sys.exit(main())
