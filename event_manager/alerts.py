@@ -8,7 +8,8 @@ it again refreshes its message. Opening one records an `alert.opened` event of s
 Two sources raise and clear them:
 - events: a catalog entry's `opens` / `clears` (a host's non_responsive, fenced or fence_failed opens
   host.unavailable on it, its recovery clears it; a desktop's failed start or reboot opens desktop.start_failed, its
-  next start clears it; a failed job opens job.failed), applied by `on_event` as the event is emitted;
+  next start clears it; a failed job opens job.failed, which a later job of its kind on the same target that
+  succeeds clears), applied by `on_event` as the event is emitted;
 - `check_conditions`, run by the leader's "event-housekeeping" loop: storage domains above a threshold of use, pools
   with nearly every desktop in use, directories whose last sync failed.
 """
@@ -27,7 +28,7 @@ from core.errors import Conflict, Invalid, NotFound
 from core.ids import new_id
 from event_manager import service as events
 from event_manager.catalog import EventType
-from manager.models import Desktop, DirectorySyncState, Pool, StorageDomain, utcnow
+from manager.models import Desktop, DirectorySyncState, Job, Pool, StorageDomain, utcnow
 from manager.models.ops import Alert
 
 OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
@@ -38,7 +39,8 @@ EVENT_OBJECTS = ("user", "desktop", "host", "pool", "template", "job")  # alert 
 KINDS = {
     "host.unavailable": ("host", "a host stopped answering, was fenced or could not be fenced"),
     "desktop.start_failed": ("desktop", "a desktop failed to start, reboot or restart elsewhere"),
-    "job.failed": ("job", "a job failed"),
+    "job.failed": ("job", "a job failed (resolved when a later job of its kind on the same target succeeds, or by "
+                   "hand)"),
     "storage.nearly_full": ("storage_domain", "a storage domain is above the threshold of use "
                             "(VDI_ALERT_STORAGE_PERCENT, default 90)"),
     "pool.nearly_full": ("pool", "a pool has nearly every desktop in use (VDI_ALERT_POOL_PERCENT, default 90)"),
@@ -100,8 +102,24 @@ def on_event(session: Session, etype: EventType, ids: dict[str, Any], message: s
         return
     if etype.clears:
         clear_alerts(session, etype.clears, object_id, why=f"{etype.code}: {message}"[:1000])
+    if etype.code == "job.succeeded":
+        _clear_retried_jobs(session, object_id)
     if etype.opens:
         raise_alert(session, etype.opens, object_kind, object_id, message, event_ids=ids)
+
+
+def _clear_retried_jobs(session: Session, job_id: str) -> None:
+    """A job that succeeds resolves the job.failed alerts of earlier jobs of its kind on its target (a retry that
+    worked); a job without a target clears nothing."""
+    job = session.get(Job, job_id)
+    if job is None or not job.target_id:
+        return
+    failed = select(Alert.object_id).join(Job, Job.id == Alert.object_id).where(
+        Alert.kind == "job.failed", Alert.state != RESOLVED, Job.kind == job.kind,
+        Job.target_kind == job.target_kind, Job.target_id == job.target_id)
+    for earlier in session.scalars(failed).all():
+        clear_alerts(session, ["job.failed"], earlier, why=f"job {job.kind} {job_id} on the same "
+                     f"{job.target_kind} succeeded")
 
 
 def _alert(session: Session, alert_id: str) -> Alert:

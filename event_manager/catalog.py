@@ -193,7 +193,8 @@ declare("host.unknown_domain", W, "host", "{host} runs a domain of this manager 
 declare("host.spice_tls_failed", W, "host", "{host} did not take its SPICE TLS certificate", suppress_s=HALF_HOUR)
 
 # ---- jobs and the rest -------------------------------------------------------------------------------------------
-declare("job.succeeded", N, "job", "job {kind} succeeded")
+declare("job.succeeded", N, "job", "job {kind} succeeded (it resolves the job.failed alerts of earlier jobs of its "
+        "kind on its target)", clears=("job.failed",))
 declare("job.failed", E, "job", "job {kind} failed: {error}", opens="job.failed")
 declare("job.cancelled", W, "job", "job {kind} was cancelled")
 declare("tag.attached", N, ("desktop", "host", "pool", "template", "user"), "{actor} tagged objects with {tag}")

@@ -10,7 +10,7 @@ from core.enums import Role, Severity
 from event_manager.alerts import check_conditions, clear_alerts, raise_alert
 from event_manager.service import emit
 from manager import db
-from manager.models import Desktop, DirectorySyncState, Event, Pool, RoleAssignment, StorageDomain, Template, User
+from manager.models import Desktop, DirectorySyncState, Event, Job, Pool, RoleAssignment, StorageDomain, Template, User
 from manager.models.ops import Alert
 
 API = "/api/v1"
@@ -65,6 +65,24 @@ def test_a_desktop_that_fails_to_start_and_a_failed_job_open_alerts(clean_db):
     assert sorted(alerts()) == [("desktop.start_failed", "d1", "resolved"), ("desktop.start_failed", "d2", "resolved"),
                                 ("job.failed", "j1", "open")]
     assert codes().count("alert.resolved") == 2
+
+
+def test_a_failed_job_is_resolved_by_a_later_success_of_its_kind_on_its_target(clean_db):
+    with db.session_scope() as session:
+        jobs = {name: Job(kind=kind, target_kind="template", target_id=target) for name, kind, target in (
+            ("failed", "image.import", "t1"), ("other_target", "image.import", "t2"),
+            ("other_kind", "image.check", "t1"), ("retry", "image.import", "t1"))}
+        session.add_all(jobs.values())
+        session.flush()
+        ids = {name: job.id for name, job in jobs.items()}
+        emit(session, "job.failed", "import failed", job_id=ids["failed"])
+    with db.session_scope() as session:
+        emit(session, "job.succeeded", "t2 imported", job_id=ids["other_target"])
+        emit(session, "job.succeeded", "t1 checked", job_id=ids["other_kind"])
+    assert alerts() == [("job.failed", ids["failed"], "open")]
+    with db.session_scope() as session:
+        emit(session, "job.succeeded", "t1 imported", job_id=ids["retry"])
+    assert alerts() == [("job.failed", ids["failed"], "resolved")]
 
 
 def test_a_rolled_back_failure_opens_no_alert(clean_db):
