@@ -130,7 +130,8 @@ def test_the_periodic_checks_raise_and_clear_storage_pool_and_directory_alerts(c
     assert report == {"storage": {"opened": 1, "cleared": 0}, "pools": {"opened": 1, "cleared": 0},
                       "directories": {"opened": 1, "cleared": 0}}
     assert sorted(alerts()) == sorted([("storage.nearly_full", domain_id, "open"),
-                                       ("pool.nearly_full", pool_id, "open"), ("directory.sync_failing", "corp", "open")])
+                                       ("pool.nearly_full", pool_id, "open"),
+                                       ("directory.sync_failing", "corp", "open")])
     with db.session_scope() as session:  # checked again: nothing new
         assert check_conditions(session)["pools"] == {"opened": 0, "cleared": 0}
         # a higher threshold than the pool's 90 %: the pool alert goes away
