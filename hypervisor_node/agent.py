@@ -249,6 +249,14 @@ def create_app(
         chain = await call(driver.snapshot_disk, request.path_params["uuid"], overlay)
         return JSONResponse({"chain": chain})
 
+    async def keys(request: Request) -> Response:
+        """Press keys together on the domain's keyboard (e.g. Ctrl+Alt+Del), as a person at its console would."""
+        body = await _json_body(request)
+        keycodes = _field(body, "keycodes", list)
+        hold_ms = _field(body, "hold_ms", int, 50)
+        await call(driver.send_key, request.path_params["uuid"], keycodes, hold_ms)
+        return Response(status_code=204)
+
     async def put_spice_tls(request: Request) -> Response:
         """The host's SPICE TLS certificate, key and CA (hypervisor_node.spice_tls), from the manager."""
         written = await call(spice_tls.install, spice_tls_dir, await _json_body(request))
@@ -278,6 +286,7 @@ def create_app(
         Route(f"{p}/domains/{{uuid}}/guest", guest, methods=["POST"]),
         Route(f"{p}/domains/{{uuid}}/snapshot", snapshot, methods=["POST"]),
         Route(f"{p}/domains/{{uuid}}/blockcommit", blockcommit, methods=["POST"]),
+        Route(f"{p}/domains/{{uuid}}/keys", keys, methods=["POST"]),
         Route(f"{p}/domains/{{uuid}}/{{action}}", power, methods=["POST"]),
     ]
 

@@ -23,6 +23,7 @@ from ha_manager.service import singleton_loop, stop_loop
 from manager.api import schemas as s
 from manager.api.common import DbSession, Page, Paging, paginate
 from manager.api.openapi import NODE_ERRORS, error_responses
+from manager.api.screens import KeysIn, KeysOut
 from manager.auth import Principal, require
 from manager.db import get_or_404, open_request_connections
 from manager.api.system import _job_out
@@ -30,6 +31,7 @@ from manager.models import Desktop, DesktopSession, Event, User
 from manager.provisioning.consoles import NODES, issue_for_desktop
 from manager.provisioning.maintenance import configured_period
 from manager.provisioning.power import PowerAction, power_desktop
+from manager.provisioning.screens import send_keys
 from manager.provisioning.tasks import maintain_pools
 
 
@@ -281,6 +283,14 @@ def reboot_my_desktop(desktop_id: str, session: DbSession, who: Connector) -> An
     service.reachable_desktop(session, who.user_id, desktop_id)
     power_desktop(session, desktop_id, PowerAction.REBOOT, actor=who.name)
     return MyDesktopOut.model_validate(service.my_desktop(session, who.user_id, desktop_id))
+
+
+@router.post("/me/desktops/{desktop_id}/send-keys", response_model=KeysOut, tags=["me"], responses=NODE_ERRORS)
+def send_keys_to_my_desktop(desktop_id: str, body: KeysIn, session: DbSession, who: Connector) -> Any:
+    """Press keys together on one of your running desktops, e.g. ["ctrl", "alt", "delete"] at a lock screen (as an
+    administrator's send-keys). Another user's desktop is reported missing (404)."""
+    service.reachable_desktop(session, who.user_id, desktop_id)
+    return KeysOut(desktop_id=desktop_id, keys=send_keys(session, desktop_id, body.keys, actor=who.name))
 
 
 @router.post("/me/desktops/{desktop_id}/reset", response_model=s.JobOut, status_code=202, tags=["me"])

@@ -150,6 +150,11 @@ class NodeClient:
         return self._request("GET", f"/domains/{uuid}/screenshot", params={"screen": screen},
                              timeout=self.timeout + SLOW_CALL_MARGIN_S).content
 
+    def send_key(self, uuid: str, keycodes: list[int], hold_ms: int = 50) -> None:
+        """POST /v1/domains/{uuid}/keys {"keycodes", "hold_ms"}: press the keys (Linux input codes) together on the
+        running domain's keyboard, then release them."""
+        self._request("POST", f"/domains/{uuid}/keys", json={"keycodes": keycodes, "hold_ms": hold_ms})
+
     def stats(self) -> list[DomainStats]:
         """GET /v1/stats: bulk stats of every owned domain."""
         return [DomainStats.from_dict(d) for d in self._json("GET", "/stats")["domains"]]

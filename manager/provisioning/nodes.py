@@ -135,5 +135,10 @@ def screenshot(target: NodeTarget, desktop_id: str, screen: int = 0) -> bytes:
     return client(target).screenshot(desktop_id, screen)
 
 
+def send_key(target: NodeTarget, desktop_id: str, keycodes: list[int]) -> None:
+    """Press the keys (Linux input codes) together on the domain's keyboard."""
+    client(target).send_key(desktop_id, keycodes)
+
+
 def guest(target: NodeTarget, desktop_id: str, command: str, timeout: float = 5.0) -> str:
     return client(target).guest(desktop_id, command, timeout=timeout)

@@ -63,3 +63,24 @@ def test_open_console_offers_the_file_the_api_returned(logged_in, running_deskto
         page.get_by_role("button", name="Open console").click()
     assert download.value.suggested_filename == f"{running_desktop['name']}.vv"
     expect(page.get_by_role("link", name=f"Download {running_desktop['name']}.vv")).to_be_visible()
+
+
+def test_send_ctrl_alt_del_presses_the_keys_on_the_desktop(logged_in, running_desktop, vdi_server):
+    """The button sends the keys through the API to the desktop's node (a test-driver hypervisor takes them like a
+    real one; tests/integration/broker/test_send_keys.py shows a real guest rebooting) and the event records it."""
+    page = logged_in("HelpDesk")
+    page.goto(f"/admin/desktops/{running_desktop['id']}")
+    with page.expect_response(lambda r: r.url.endswith(f"/api/v1/desktops/{running_desktop['id']}/send-keys")) as sent:
+        page.get_by_role("button", name="Send Ctrl+Alt+Del").click()
+    assert sent.value.status == 200, sent.value.text()
+    expect(page.get_by_role("status").filter(has_text="Sent ctrl+alt+delete.")).to_be_visible()
+    events = vdi_server.admin_api.get("/events", params={"code": "desktop.keys_sent",
+                                                         "desktop_id": running_desktop["id"]}).json()["items"]
+    assert [e["message"].split(" sent ")[1] for e in events] == [f"ctrl+alt+delete to desktop {running_desktop['name']}"]
+
+
+def test_disconnect_browser_consoles_says_none_was_open(logged_in, running_desktop):
+    page = logged_in("HelpDesk")
+    page.goto(f"/admin/desktops/{running_desktop['id']}")
+    page.get_by_role("button", name="Disconnect browser consoles").click()
+    expect(page.get_by_role("status").filter(has_text="No browser console was open.")).to_be_visible()

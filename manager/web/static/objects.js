@@ -110,26 +110,42 @@
     });
   }
 
-  // ---- "Disconnect browser consoles": every manager process closes the desktop's proxied consoles -------------------
-  function initDisconnect() {
-    const button = document.querySelector("[data-disconnect-consoles]");
+  // A button that makes one API call about the desktop and says how it went; disabled while the call runs.
+  function initDesktopButton(selector, call, failed) {
+    const button = document.querySelector(selector);
     if (!button) return;
     button.addEventListener("click", async () => {
       button.disabled = true;
       try {
-        const id = encodeURIComponent(button.dataset.disconnectConsoles);
-        const answer = await Console.api("POST", `/desktops/${id}/browser-console/disconnect`);
-        Console.notify(answer.closed ? `${answer.closed} browser console(s) disconnected.`
-          : "No browser console was open.");
+        Console.notify(await call(button));
       } catch (error) {
-        Console.notify(`Could not disconnect: ${error.message}`, "error");
+        Console.notify(`${failed}: ${error.message}`, "error");
       } finally {
         button.disabled = false;
       }
     });
   }
 
+  // ---- "Disconnect browser consoles": every manager process closes the desktop's proxied consoles -------------------
+  function initDisconnect() {
+    initDesktopButton("[data-disconnect-consoles]", async (button) => {
+      const id = encodeURIComponent(button.dataset.disconnectConsoles);
+      const answer = await Console.api("POST", `/desktops/${id}/browser-console/disconnect`);
+      return answer.closed ? `${answer.closed} browser console(s) disconnected.` : "No browser console was open.";
+    }, "Could not disconnect");
+  }
+
+  // ---- "Send Ctrl+Alt+Del": the keys pressed together on the running desktop's keyboard (a guest at a lock screen) --
+  function initSendKeys() {
+    initDesktopButton("[data-send-keys]", async (button) => {
+      const id = encodeURIComponent(button.dataset.sendKeys);
+      const answer = await Console.api("POST", `/desktops/${id}/send-keys`, { keys: button.dataset.keys.split(" ") });
+      return `Sent ${answer.keys.join("+")}.`;
+    }, "Could not send the keys");
+  }
+
   Console.onReady(initTabs);
+  Console.onReady(initSendKeys);
   Console.onReady(initDisconnect);
   Console.onReady(initScreenshot);
   Console.onReady(initConsole);

@@ -60,6 +60,11 @@
       await Console.api("POST", `/me/desktops/${encodeURIComponent(b.dataset.id)}/reboot`);
       return "Your desktop is rebooting.";
     },
+    async ctrlAltDel(b) {
+      await Console.api("POST", `/me/desktops/${encodeURIComponent(b.dataset.id)}/send-keys`,
+        { keys: ["ctrl", "alt", "delete"] });
+      return "Ctrl+Alt+Del sent to your desktop.";
+    },
     async logoff(b) {
       await Console.api("POST", "/broker/logoff", { session_id: b.dataset.session });
       return "You are logged off.";

@@ -51,6 +51,7 @@ def test_every_route_through_the_client(client):
     stats = client.stats()
     assert [(s.uuid, s.state) for s in stats] == [(spec.uuid, "up")] and isinstance(stats[0], DomainStats)
     assert client.screenshot(spec.uuid).startswith(b"\x89PNG")
+    client.send_key(spec.uuid, [29, 56, 111])  # Ctrl+Alt+Del
     assert client.suspend(spec.uuid)["state"] == "paused"
     assert client.resume(spec.uuid)["state"] == "up"
     assert client.reboot(spec.uuid)["state"] == "up"

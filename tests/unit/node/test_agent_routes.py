@@ -80,11 +80,19 @@ def test_define_list_start_stats_screenshot_stop_delete(client, make_spec):
     assert shot.status_code == 200 and shot.headers["content-type"] == "image/png"
     assert shot.content.startswith(PNG_SIGNATURE)
 
+    keys = client.post(f"/v1/domains/{domain_uuid}/keys", json={"keycodes": [29, 56, 111]})  # Ctrl+Alt+Del
+    assert keys.status_code == 204, keys.text
+    for bad in ({"keycodes": []}, {"keycodes": [0]}, {"keycodes": ["ctrl"]}, {"keycodes": [29], "hold_ms": -1}, {}):
+        refused = client.post(f"/v1/domains/{domain_uuid}/keys", json=bad)
+        assert refused.status_code == 422 and refused.json()["error"] == "invalid", (bad, refused.text)
+
     assert client.post(f"/v1/domains/{domain_uuid}/suspend").json()["state"] == "paused"
     assert client.post(f"/v1/domains/{domain_uuid}/resume").json()["state"] == "up"
     refused = client.delete(f"/v1/domains/{domain_uuid}")
     assert refused.status_code == 409 and refused.json()["error"] == "conflict"
     assert client.post(f"/v1/domains/{domain_uuid}/shutdown", json={"timeout": 5}).json()["state"] == "down"
+    not_running = client.post(f"/v1/domains/{domain_uuid}/keys", json={"keycodes": [29, 56, 111]})
+    assert not_running.status_code == 409 and "not running" in not_running.json()["detail"], not_running.text
     assert client.delete(f"/v1/domains/{domain_uuid}").status_code == 204
     assert client.get("/v1/domains").json() == {"domains": []}
 
