@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import BigInteger, String, case, cast, func, literal, select, type_coerce, union_all
 from sqlalchemy.orm import Session
 
@@ -18,6 +18,7 @@ from broker.sessions import LIVE
 from core.enums import HostStatus, JobState, PowerState, Protocol, SessionState, Severity, TaskState
 from manager.api.schemas import EventOut
 from manager.models import Desktop, DesktopSession, Event, Host, Job, Pool, utcnow
+from manager.models.ops import Alert
 
 # Until alerts have a state of their own (acknowledged, cleared), an "open alert" is an event of one of these
 # severities written in the last ALERT_WINDOW. The console's events drawer uses the same rule (live.js isAlert).
@@ -86,10 +87,25 @@ class PoolSummary(BaseModel):
                                                  f"(up to {MAX_POOLS}), fullest first")
 
 
+class AlertItem(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    kind: str
+    object_kind: str
+    object_id: str
+    object_name: str
+    state: str
+    message: str
+    opened_at: dt.datetime
+
+
 class AlertSummary(BaseModel):
     open: int = Field(description="alert and error events in the window")
     window_hours: int
     latest: list[EventOut]
+    unresolved: int = Field(description="alerts open or acknowledged (GET /api/v1/alerts)")
+    unresolved_latest: list[AlertItem] = Field(description=f"the {LATEST_ALERTS} newest of them")
 
 
 class JobCounts(BaseModel):
@@ -218,6 +234,14 @@ def latest_alerts(session: Session, limit: int = LATEST_ALERTS, now: dt.datetime
     return [EventOut.model_validate(row) for row in rows]
 
 
+def unresolved_alerts(session: Session, limit: int = LATEST_ALERTS) -> tuple[int, list[AlertItem]]:
+    """How many alerts are open or acknowledged, and the newest of them (event_manager/alerts.py)."""
+    unresolved = Alert.state != "resolved"
+    count = session.scalar(select(func.count()).select_from(Alert).where(unresolved)) or 0
+    rows = session.scalars(select(Alert).where(unresolved).order_by(Alert.opened_at.desc(), Alert.id).limit(limit))
+    return count, [AlertItem.model_validate(row) for row in rows]
+
+
 def job_counts(session: Session) -> JobCounts:
     """Jobs waiting and running (one GROUP BY over the unfinished ones)."""
     counts = dict(session.execute(select(Job.state, func.count())
@@ -228,9 +252,11 @@ def job_counts(session: Session) -> JobCounts:
 def snapshot(session: Session) -> Dashboard:
     """Everything the dashboard shows, as of now."""
     now = utcnow()
+    unresolved, unresolved_latest = unresolved_alerts(session)
     return Dashboard(generated_at=now, hosts=host_summary(session), busiest_hosts=busiest_hosts(session),
                      desktops=desktop_states(session), sessions=console_sessions(session), pools=pool_usage(session),
                      alerts=AlertSummary(open=open_alert_count(session, now),
                                          window_hours=int(ALERT_WINDOW.total_seconds() // 3600),
-                                         latest=latest_alerts(session, now=now)),
+                                         latest=latest_alerts(session, now=now), unresolved=unresolved,
+                                         unresolved_latest=unresolved_latest),
                      jobs=job_counts(session))

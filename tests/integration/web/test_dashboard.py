@@ -13,6 +13,7 @@ import pytest
 from core.enums import HostStatus, JobState, PowerState, SessionState, Severity, TaskState
 from manager import db
 from manager.models import Cluster, Desktop, DesktopSession, Event, Host, Job, Pool, Template, User, utcnow
+from manager.models.ops import Alert
 
 
 @pytest.fixture
@@ -66,6 +67,13 @@ def inventory(app):
                   desktop_id=desktops[3].id, time=now - dt.timedelta(minutes=1)),
             Event(code="desktop.slow", message="slow", severity=Severity.WARNING, time=now),
             Event(code="host.down", message="long ago", severity=Severity.ALERT, time=now - dt.timedelta(days=2))])
+        session.add_all([  # alerts with a state (event_manager/alerts.py): two to see to, one resolved
+            Alert(kind="host.unavailable", object_kind="host", object_id=hosts[2].id, object_name="dash-c",
+                  message="host dash-c failed", opened_at=now - dt.timedelta(minutes=5)),
+            Alert(kind="job.failed", object_kind="job", object_id="j-x", state="acknowledged", message="job x failed",
+                  opened_at=now - dt.timedelta(minutes=1)),
+            Alert(kind="storage.nearly_full", object_kind="storage_domain", object_id="sd", state="resolved",
+                  message="was full", opened_at=now - dt.timedelta(days=1))])
         session.add_all([Job(kind="pool.resize", state=JobState.RUNNING, done=3, total=10, started_at=now),
                          Job(kind="pool.resize", state=JobState.PENDING),
                          Job(kind="desktop.reboot", state=JobState.SUCCEEDED)])
@@ -105,6 +113,9 @@ def test_the_api_counts_what_is_there(inventory, client):
     alerts = d["alerts"]
     assert alerts["open"] == 2 and alerts["window_hours"] == 24  # the warning and the 2-day-old alert are not
     assert [a["message"] for a in alerts["latest"]] == ["desktop full-3 failed", "host dash-c is down"]
+    assert alerts["unresolved"] == 2
+    assert [(a["message"], a["state"]) for a in alerts["unresolved_latest"]] == [
+        ("job x failed", "acknowledged"), ("host dash-c failed", "open")]
     assert d["jobs"] == {"running": 1, "pending": 1}
 
 
@@ -131,7 +142,8 @@ def test_the_pages_numbers_are_the_apis(inventory, admin_browser, client):
     for path in ("hosts.total", "hosts.by_status.up", "hosts.cpu_usage", "desktops.total", "desktops.busy",
                  *(f"desktops.by_power_state.{s.value}" for s in PowerState),
                  *(f"desktops.by_task_state.{t.value}" for t in TaskState), "sessions.live", "sessions.connected", "sessions.pending",
-                 "sessions.by_protocol.rdp", "pools.total", "pools.nearly_full", "alerts.open", "jobs.running"):
+                 "sessions.by_protocol.rdp", "pools.total", "pools.nearly_full", "alerts.open", "alerts.unresolved",
+                 "jobs.running"):
         assert path in figures, path
     for path, text in figures.items():
         assert int(text.replace(",", "").replace(" %", "")) == _value(api, path), path
@@ -150,6 +162,8 @@ def test_the_pages_numbers_are_the_apis(inventory, admin_browser, client):
     # hosts link to their pages, alerts to their object's page
     assert f'href="/admin/hosts/{inventory["hosts"][0]}"' in page.text
     assert f'<a href="/admin/hosts/{inventory["hosts"][2]}">host dash-c is down</a>' in page.text
+    assert f'<a href="/admin/hosts/{inventory["hosts"][2]}">host dash-c failed</a>' in page.text
+    assert '<a href="/admin/jobs/j-x">job x failed</a>' in page.text and "was full" not in page.text
     # the page polls the API for fresh figures
     assert "/dashboard.js" in page.text
 
@@ -159,6 +173,7 @@ def test_an_empty_installation_has_a_dashboard(admin_browser, client):
     assert (api["hosts"]["total"], api["desktops"]["total"], api["pools"]["total"], api["alerts"]["open"]) == (0, 0, 0, 0)
     page = admin_browser.get("/admin/dashboard")
     assert page.status_code == 200 and "No pools yet." in page.text and "No open alerts." in page.text
+    assert api["alerts"]["unresolved"] == 0 and "Nothing to see to." in page.text
 
 
 def test_every_page_has_the_dashboard_link_and_the_live_tools(admin_browser):
