@@ -20,8 +20,9 @@ from manager.api.schemas import EventOut
 from manager.models import Desktop, DesktopSession, Event, Host, Job, Pool, utcnow
 from manager.models.ops import Alert
 
-# Until alerts have a state of their own (acknowledged, cleared), an "open alert" is an event of one of these
-# severities written in the last ALERT_WINDOW. The console's events drawer uses the same rule (live.js isAlert).
+# `alerts.open` and `alerts.latest` count events of one of these severities written in the last ALERT_WINDOW (the
+# console's events drawer uses the same rule, live.js isAlert); `alerts.unresolved` counts the alerts with a state
+# (event_manager/alerts.py) that are open or acknowledged.
 ALERT_SEVERITIES = (Severity.ALERT, Severity.ERROR)
 ALERT_WINDOW = dt.timedelta(hours=24)
 NEARLY_FULL_PCT = 90  # a pool with at least this share of its desktops held is flagged
