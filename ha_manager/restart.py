@@ -13,6 +13,7 @@ manager process, or a user's connect at the same moment, cannot start it twice.
 """
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import logging
 from collections.abc import Sequence
@@ -192,7 +193,10 @@ def restart_due(*, policy: str, parallel: int, retry_seconds: float) -> RestartR
     if not starts:
         return RestartReport([], {}, waiting)
     with ThreadPoolExecutor(max_workers=min(parallel, len(starts)), thread_name_prefix="vdi-ha-start") as pool:
-        results = list(zip(starts, pool.map(_start, starts)))
+        # each start runs in a copy of the round's context, so it carries the leader's epoch: a former leader's
+        # node calls are refused by the agents too (docs/ha.md, the fence)
+        futures = [pool.submit(contextvars.copy_context().run, _start, item) for item in starts]
+        results = [(item, future.result()) for item, future in zip(starts, futures)]
     with db.session_scope() as session:
         settle_starts(session, results, retry_seconds=retry_seconds, now=utcnow())
     return RestartReport([s.name for s, e in results if e is None], {s.name: e for s, e in results if e}, waiting)
