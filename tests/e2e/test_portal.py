@@ -79,6 +79,11 @@ def test_alice_connects_reboots_and_logs_off_from_the_portal(page, portal_pool, 
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "the page scrolls sideways"
     page.screenshot(path=str(SCREENSHOTS / "portal-phone.png"), full_page=True)
 
+    desk.get_by_role("button", name="Send Ctrl+Alt+Del").click()
+    expect(page.get_by_role("status").filter(has_text="Ctrl+Alt+Del sent to your desktop.")).to_be_visible()
+    sent = vdi_server.admin_api.get("/events", params={"code": "desktop.keys_sent", "desktop_id": desktop_id}).json()
+    assert [e["message"] for e in sent["items"]] == [f"alice@local sent ctrl+alt+delete to desktop {name}"], sent
+
     desk.get_by_role("button", name="Reboot").click()
     expect(page.get_by_role("status").filter(has_text="Your desktop is rebooting.")).to_be_visible()
     rebooted = vdi_server.admin_api.get("/events", params={"code": "desktop.rebooted", "desktop_id": desktop_id})
@@ -97,6 +102,8 @@ def test_alice_connects_reboots_and_logs_off_from_the_portal(page, portal_pool, 
     for action in ("reboot", "reset", "extend"):
         refused = bob_api.post(f"/me/desktops/{desktop_id}/{action}")
         assert refused.status_code == 404, (action, refused.text)
+    refused = bob_api.post(f"/me/desktops/{desktop_id}/send-keys", json={"keys": ["ctrl", "alt", "delete"]})
+    assert refused.status_code == 404, refused.text
 
     desk.get_by_role("button", name="Log off").click()
     expect(page.get_by_role("status").filter(has_text="You are logged off.")).to_be_visible()
