@@ -131,6 +131,12 @@ declare("desktop.start_failed", E, ("desktop", "host"), "starting {desktop} fail
 declare("desktop.stop_failed", E, ("desktop", "host"), "shutting {desktop} down failed: {reason}")
 declare("desktop.poweroff_failed", E, ("desktop", "host"), "powering {desktop} off failed: {reason}")
 declare("desktop.reboot_failed", E, ("desktop", "host"), "rebooting {desktop} failed: {reason}", opens=_DESKTOP_START)
+declare("desktop.suspended", N, ("desktop", "host"), "{actor} suspended {desktop} on {host}")
+declare("desktop.resumed", N, ("desktop", "host"), "{actor} resumed {desktop} on {host}")
+declare("desktop.suspend_failed", E, ("desktop", "host"), "suspending {desktop} failed: {reason}")
+declare("desktop.resume_failed", E, ("desktop", "host"), "resuming {desktop} failed: {reason}")
+declare("desktop.migrated", N, ("desktop", "host", "job"), "{desktop} moved live to {host}")
+declare("desktop.migrate_failed", E, ("desktop", "host", "job"), "migrating {desktop} failed: {reason}")
 # High availability restarts (ha_manager/restart.py).
 declare("desktop.ha_restarted", N, ("desktop", "host"), "{desktop} was restarted on {host} after its host failed",
         clears=(_DESKTOP_START,))
@@ -190,6 +196,7 @@ declare("ha.fencing_skipped", A, (), "no host is fenced: too many are unreachabl
 declare("host.foreign_desktop", W, ("desktop", "host"), "{host} holds or reports {desktop}, which the database "
         "places on another host", suppress_s=HALF_HOUR)
 declare("host.unknown_domain", W, "host", "{host} runs a domain of this manager unknown to the database")
+declare("host.high_cpu", W, "host", "{host} CPU usage is {percent}% (at least 95%)", suppress_s=HALF_HOUR)
 declare("host.spice_tls_failed", W, "host", "{host} did not take its SPICE TLS certificate", suppress_s=HALF_HOUR)
 
 # ---- jobs and the rest -------------------------------------------------------------------------------------------

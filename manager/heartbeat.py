@@ -19,6 +19,9 @@ from manager.jobs import enqueue
 from manager.models import Desktop, Event, Host, utcnow
 
 _STATES = {s.value for s in PowerState}
+# A host this busy records host.high_cpu: at most once per 30 minutes per host (the catalog's flood suppression).
+# oVirt's LogMaxCpuUsedThresholdInPercentage has the same default.
+HIGH_CPU_PERCENT = 95
 
 
 def ingest_heartbeat(session: Session, host: Host, payload: dict[str, Any]) -> dict[str, int]:
@@ -38,6 +41,9 @@ def ingest_heartbeat(session: Session, host: Host, payload: dict[str, Any]) -> d
     host.ksm_pages_sharing = caps.ksm_pages_sharing
     host.cpu_usage = _percent(payload.get("cpu_usage"))
     host.mem_usage = _percent(payload.get("mem_usage"))
+    if host.cpu_usage >= HIGH_CPU_PERCENT:
+        emit(session, "host.high_cpu", f"host {host.name} CPU usage is {host.cpu_usage}% (threshold "
+             f"{HIGH_CPU_PERCENT}%)", actor=host.name, host_id=host.id)
     host.last_heartbeat_at, host.heartbeat_seq = now, seq
     started = payload.get("agent_started_at")
     if started:

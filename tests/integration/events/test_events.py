@@ -177,3 +177,25 @@ def test_the_managers_housekeeping_loop_purges_old_events_and_checks_alerts(sett
                 break
             time.sleep(0.2)
     assert (old, full) == (0, 1)
+
+
+def test_a_busy_host_records_high_cpu_once_per_half_hour(host_and_desktop):
+    from manager.heartbeat import HIGH_CPU_PERCENT, ingest_heartbeat
+    from manager.models import Host
+
+    host_id, _ = host_and_desktop
+
+    def beat(cpu: int) -> None:
+        with db.session_scope() as session:
+            ingest_heartbeat(session, session.get(Host, host_id), {"seq": 1, "cpu_usage": cpu})
+
+    beat(HIGH_CPU_PERCENT - 1)
+    assert _events("host.high_cpu") == []
+    for _ in range(3):  # every heartbeat of a busy host: one event
+        beat(99)
+    assert [e.host_id for e in _events("host.high_cpu")] == [host_id]
+    with db.session_scope() as session:
+        session.execute(update(Event).where(Event.code == "host.high_cpu")
+                        .values(time=utcnow() - dt.timedelta(minutes=31)))
+    beat(99)
+    assert len(_events("host.high_cpu")) == 2
