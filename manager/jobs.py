@@ -37,6 +37,7 @@ TASK_MODULES = [
     "manager.identity.sync_tasks",
     "manager.provisioning.tasks",
     "manager.provisioning.bulk",
+    "manager.provisioning.migration",
     "image_manager.tasks",
 ]
 

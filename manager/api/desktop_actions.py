@@ -20,7 +20,7 @@ from manager.api.resources import RESOURCE_BY_PATH
 from manager.api.system import _job_out
 from manager.auth import Principal, require
 from manager.models import Assignment
-from manager.provisioning import bulk, pools, service
+from manager.provisioning import bulk, migration, pools, service
 from manager.provisioning.placement import POLICIES
 from manager.provisioning.power import DEFAULT_STOP_TIMEOUT_S, PowerAction, power_desktop
 
@@ -145,6 +145,34 @@ def poweroff(desktop_id: str, session: DbSession, who: Power) -> Any:
 def reboot(desktop_id: str, session: DbSession, who: Power) -> Any:
     """Ask the running guest to reboot."""
     return _desktop_out(power_desktop(session, desktop_id, PowerAction.REBOOT, actor=who.name))
+
+
+@router.post("/desktops/{desktop_id}/suspend", response_model=s.DesktopOut, tags=["desktops"])
+def suspend(desktop_id: str, session: DbSession, who: Power) -> Any:
+    """Pause the running guest (its memory stays on its host); resume continues it."""
+    return _desktop_out(power_desktop(session, desktop_id, PowerAction.SUSPEND, actor=who.name))
+
+
+@router.post("/desktops/{desktop_id}/resume", response_model=s.DesktopOut, tags=["desktops"])
+def resume(desktop_id: str, session: DbSession, who: Power) -> Any:
+    """Continue a suspended guest."""
+    return _desktop_out(power_desktop(session, desktop_id, PowerAction.RESUME, actor=who.name))
+
+
+class MigrateIn(s.In):
+    host_id: s.Id | None = Field(default=None, description="the target host; default: the placement policy's best "
+                                 "other host of the desktop's cluster")
+    placement: Placement = "spread"
+
+
+@router.post("/desktops/{desktop_id}/migrate", response_model=s.JobOut, status_code=202, tags=["desktops"])
+def migrate(desktop_id: str, session: DbSession, who: Power, payload: MigrateIn | None = None) -> Any:
+    """Move the running desktop live to another host (shared storage), as a job: to `host_id`, or to the best
+    host by the placement policy. 409 when it is not running, busy, or the target is its host, in maintenance or
+    not up; 404 for an unknown desktop or host."""
+    payload = payload or MigrateIn()
+    return _job_out(migration.request_migration(session, desktop_id, host_id=payload.host_id,
+                                                policy=payload.placement, actor=who.name))
 
 
 # ---- bulk -------------------------------------------------------------------------------------------------------

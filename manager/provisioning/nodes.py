@@ -117,6 +117,12 @@ def power_off_if_defined(target: NodeTarget, desktop_id: str) -> None:
         pass
 
 
+def migrate(target: NodeTarget, desktop_id: str, dest_uri: str, migrate_uri: str | None) -> Any:
+    """Live migration of the running domain to the libvirt at `dest_uri` (shared storage; the client's long
+    migration timeout)."""
+    return client(target).migrate(desktop_id, dest_uri, migrate_uri)
+
+
 def domain(target: NodeTarget, desktop_id: str) -> Any:
     return client(target).get_domain(desktop_id)
 

@@ -33,14 +33,17 @@ class PowerAction(StrEnum):
     STOP = "stop"  # graceful (ACPI) shutdown
     POWEROFF = "poweroff"  # pull the plug
     REBOOT = "reboot"
+    SUSPEND = "suspend"  # pause the guest's CPUs, its memory kept (libvirt's suspend)
+    RESUME = "resume"
 
 
 TASK_OF = {PowerAction.START: TaskState.STARTING, PowerAction.STOP: TaskState.STOPPING,
-           PowerAction.POWEROFF: TaskState.STOPPING, PowerAction.REBOOT: TaskState.REBOOTING}
+           PowerAction.POWEROFF: TaskState.STOPPING, PowerAction.REBOOT: TaskState.REBOOTING,
+           PowerAction.SUSPEND: TaskState.SUSPENDING, PowerAction.RESUME: TaskState.RESUMING}
 NODE_ACTION = {PowerAction.START: "start", PowerAction.STOP: "shutdown", PowerAction.POWEROFF: "poweroff",
-               PowerAction.REBOOT: "reboot"}
+               PowerAction.REBOOT: "reboot", PowerAction.SUSPEND: "suspend", PowerAction.RESUME: "resume"}
 PAST = {PowerAction.START: "started", PowerAction.STOP: "shut down", PowerAction.POWEROFF: "powered off",
-        PowerAction.REBOOT: "rebooted"}
+        PowerAction.REBOOT: "rebooted", PowerAction.SUSPEND: "suspended", PowerAction.RESUME: "resumed"}
 DEFAULT_START_TIMEOUT_S = 120.0
 DEFAULT_STOP_TIMEOUT_S = 60.0  # how long a graceful shutdown may take before it counts as failed (504)
 _POLL_S = 0.1
