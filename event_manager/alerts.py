@@ -28,8 +28,7 @@ from core.errors import Conflict, Invalid, NotFound
 from core.ids import new_id
 from event_manager import service as events
 from event_manager.catalog import EventType
-from manager.models import Desktop, DirectorySyncState, Job, Pool, StorageDomain, utcnow
-from manager.models.ops import Alert
+from manager.models import Alert, Desktop, DirectorySyncState, Job, Pool, StorageDomain, utcnow
 
 OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
 STATES = (OPEN, ACKNOWLEDGED, RESOLVED)

@@ -17,8 +17,7 @@ from sqlalchemy.orm import Session
 from broker.sessions import LIVE
 from core.enums import HostStatus, JobState, PowerState, Protocol, SessionState, Severity, TaskState
 from manager.api.schemas import EventOut
-from manager.models import Desktop, DesktopSession, Event, Host, Job, Pool, utcnow
-from manager.models.ops import Alert
+from manager.models import Alert, Desktop, DesktopSession, Event, Host, Job, Pool, utcnow
 
 # `alerts.open` and `alerts.latest` count events of one of these severities written in the last ALERT_WINDOW (the
 # console's events drawer uses the same rule, live.js isAlert); `alerts.unresolved` counts the alerts with a state

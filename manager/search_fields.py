@@ -39,7 +39,7 @@ from manager.models import (ApiToken, Assignment, Bookmark, BrowserConsole, Clus
                             User, UserGroupMembership, Volume)
 from manager.models import ManagerInstance, ManagerLeader
 from manager.models import FenceAgent, HaRestart, HostHaState
-from manager.models.ops import Alert
+from manager.models import Alert
 from manager.models import NotificationOutbox, NotificationSubscription
 from manager.models.search_indexes import (DESKTOP_TEXT_COLUMNS, SEPARATOR, SEVERITY_CODES, dialect_function,
                                            severity_code)

@@ -18,8 +18,7 @@ from event_manager.service import alerts, query_events
 from manager.api import schemas as s
 from manager.api.common import DbSession, Page, Paging, paginate
 from manager.auth import Principal, require
-from manager.models import Desktop, Event, Host, Job, Pool, Template, User
-from manager.models.ops import Alert
+from manager.models import Alert, Desktop, Event, Host, Job, Pool, Template, User
 
 router = APIRouter()
 EventsRead = Annotated[Principal, Depends(require("events:read"))]

@@ -8,12 +8,12 @@ from manager.models.identity import (ApiToken, Assignment, BrowserConsole, Deskt
 from manager.models.images import Snapshot, Template, TemplateVersion, Volume
 from manager.models.infra import Cluster, Host, StorageDomain
 from manager.models.ha import FenceAgent, HaRestart, HostHaState
-from manager.models.ops import Bookmark, Event, Job, Tag, TagAssignment
+from manager.models.ops import Alert, Bookmark, Event, Job, Tag, TagAssignment
 from manager.models.notifications import NotificationOutbox, NotificationSubscription
 from manager.models import search_indexes  # noqa: E402,F401  (the search's indexes join the metadata)
 
 __all__ = [
-    "ApiToken", "Assignment", "Base", "Bookmark", "BrowserConsole", "Cluster", "Desktop", "DesktopSession",
+    "Alert", "ApiToken", "Assignment", "Base", "Bookmark", "BrowserConsole", "Cluster", "Desktop", "DesktopSession",
     "DirectorySyncState", "Entitlement", "Event", "Group", "FenceAgent", "GroupGroupMembership", "HaRestart", "Host", "HostHaState", "Job", "LoginAttempt", "ManagerInstance", "ManagerLeader", "NotificationOutbox", "NotificationSubscription", "Pool", "RoleAssignment",
     "Snapshot", "StorageDomain", "Tag", "TagAssignment", "Template", "TemplateVersion", "User",
     "UserGroupMembership", "Volume", "utcnow",

@@ -10,8 +10,8 @@ from core.enums import Role, Severity
 from event_manager.alerts import check_conditions, clear_alerts, raise_alert
 from event_manager.service import emit
 from manager import db
-from manager.models import Desktop, DirectorySyncState, Event, Job, Pool, RoleAssignment, StorageDomain, Template, User
-from manager.models.ops import Alert
+from manager.models import (Alert, Desktop, DirectorySyncState, Event, Job, Pool, RoleAssignment, StorageDomain,
+                            Template, User)
 
 API = "/api/v1"
 

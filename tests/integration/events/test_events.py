@@ -158,7 +158,7 @@ def test_the_managers_housekeeping_loop_purges_old_events_and_checks_alerts(sett
 
     from manager.app import create_app
     from manager.models import StorageDomain
-    from manager.models.ops import Alert
+    from manager.models import Alert
 
     with db.session_scope() as session:
         emit(session, "demo.seeded", "old")

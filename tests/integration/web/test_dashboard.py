@@ -12,8 +12,8 @@ import pytest
 
 from core.enums import HostStatus, JobState, PowerState, SessionState, Severity, TaskState
 from manager import db
-from manager.models import Cluster, Desktop, DesktopSession, Event, Host, Job, Pool, Template, User, utcnow
-from manager.models.ops import Alert
+from manager.models import (Alert, Cluster, Desktop, DesktopSession, Event, Host, Job, Pool, Template, User,
+                            utcnow)
 
 
 @pytest.fixture
