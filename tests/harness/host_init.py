@@ -1,4 +1,4 @@
-"""PID 1 of one harness "host": private mounts, then virtlogd and libvirtd, then reaping until told to stop.
+"""PID 1 of one harness "host": private mounts, virtlogd (virtlockd), libvirtd, then reaping until told to stop.
 
 Started by tests/harness/hosts.py as
     unshare --mount --pid --fork --mount-proc --propagation private -- python host_init.py --base DIR
@@ -10,6 +10,11 @@ namespace". Standard library only: it runs before any project code matters.
 Signals: SIGTERM = orderly shutdown (every process gets SIGTERM, then SIGKILL after a grace period);
 SIGUSR1 = restart libvirtd only (QEMU keeps running, as after `systemctl restart libvirtd`).
 Prints READY (or FAILED <reason>) on stdout once libvirtd accepts connections.
+
+With --virtlockd (the host's qemu.conf sets lock_manager = "lockd"), the host also runs its own virtlockd, as
+systemd's virtlockd.socket provides on a real host: libvirtd's lockd plugin connects to
+/run/libvirt/virtlockd-sock, which is private to the host. The host's qemu-lockd.conf (beside its qemu.conf)
+is bound over /etc/libvirt/qemu-lockd.conf.
 """
 from __future__ import annotations
 
@@ -32,14 +37,17 @@ PRIVATE_DIRS = {
 }
 LIBVIRT_SOCKET = "/run/libvirt/libvirt-sock"
 VIRTLOGD_SOCKET = "/run/libvirt/virtlogd-sock"
+VIRTLOCKD_SOCKET = "/run/libvirt/virtlockd-sock"
 GRACE_SECONDS = 10.0
 
 
 class HostInit:
-    def __init__(self, base: str, config: str) -> None:
+    def __init__(self, base: str, config: str, virtlockd: bool = False) -> None:
         self.base = base
         self.config = config
+        self.with_virtlockd = virtlockd
         self.virtlogd: subprocess.Popen | None = None
+        self.virtlockd: subprocess.Popen | None = None
         self.libvirtd: subprocess.Popen | None = None
         self.stop_requested = False
         self.restart_requested = False
@@ -54,11 +62,19 @@ class HostInit:
         qemu_conf = os.path.join(self.base, "qemu.conf")  # the host's own display port range
         if os.path.exists(qemu_conf) and os.path.exists("/etc/libvirt/qemu.conf"):
             subprocess.run(["mount", "--bind", qemu_conf, "/etc/libvirt/qemu.conf"], check=True)
+        lockd_conf = os.path.join(self.base, "qemu-lockd.conf")
+        if os.path.exists(lockd_conf) and os.path.exists("/etc/libvirt/qemu-lockd.conf"):
+            subprocess.run(["mount", "--bind", lockd_conf, "/etc/libvirt/qemu-lockd.conf"], check=True)
 
     def start_virtlogd(self) -> None:
         log = open("/var/log/libvirt/virtlogd.stderr", "ab")
         self.virtlogd = subprocess.Popen(["virtlogd"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         _wait_for_socket(VIRTLOGD_SOCKET, self.virtlogd, "virtlogd")
+
+    def start_virtlockd(self) -> None:
+        log = open("/var/log/libvirt/virtlockd.stderr", "ab")
+        self.virtlockd = subprocess.Popen(["virtlockd"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        _wait_for_socket(VIRTLOCKD_SOCKET, self.virtlockd, "virtlockd")
 
     def start_libvirtd(self) -> None:
         log = open("/var/log/libvirt/libvirtd.stderr", "ab")
@@ -93,6 +109,8 @@ class HostInit:
         try:
             self.mount_private_dirs()
             self.start_virtlogd()
+            if self.with_virtlockd:
+                self.start_virtlockd()
             self.start_libvirtd()
         except Exception as exc:  # report why, then take everything down
             _say(f"FAILED {type(exc).__name__}: {exc}")
@@ -187,11 +205,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the host's state directory")
     parser.add_argument("--config", required=True, help="libvirtd.conf for this host")
+    parser.add_argument("--virtlockd", action="store_true", help="run virtlockd (qemu.conf lock_manager = lockd)")
     args = parser.parse_args()
     if os.getpid() != 1:
         _say("FAILED host_init must be PID 1 of its own PID namespace (start it through unshare --pid --fork)")
         return 2
-    return HostInit(args.base, args.config).run()
+    return HostInit(args.base, args.config, virtlockd=args.virtlockd).run()
 
 
 if __name__ == "__main__":

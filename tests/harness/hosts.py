@@ -87,12 +87,13 @@ class HostPids:
     init: int | None = None
     libvirtd: int | None = None
     virtlogd: int | None = None
+    virtlockd: int | None = None
     agent: int | None = None
     qemu: list[int] = field(default_factory=list)
     other: list[int] = field(default_factory=list)
 
     def all(self) -> list[int]:
-        singles = [pid for pid in (self.init, self.libvirtd, self.virtlogd, self.agent) if pid]
+        singles = [pid for pid in (self.init, self.libvirtd, self.virtlogd, self.virtlockd, self.agent) if pid]
         return singles + self.qemu + self.other
 
 
@@ -132,6 +133,8 @@ class HostCluster:
         domain_types: str = os.environ.get("VDI_NODE_DOMAIN_TYPES", "qemu"),
         python: str = sys.executable,
         qemu_conf_extra: str = "",
+        lock_manager: str | None = None,
+        lockd_conf: str = "",
     ) -> None:
         """Prepare an empty cluster (no host runs yet).
 
@@ -146,6 +149,11 @@ class HostCluster:
         agent_options: extra agent arguments, e.g. ["--heartbeat-seconds", "1"]; "{host_dir}" in one stands for
             the host's own directory.
         qemu_conf_extra: lines added to every host's qemu.conf, "{host_dir}" as above (e.g. spice_tls settings).
+        lock_manager: "lockd" gives every host libvirt's lock manager (qemu.conf lock_manager = "lockd") and a
+            virtlockd of its own, so a second QEMU cannot start on a disk a running one holds, even on another
+            host (docs/ha.md, "Storage leases").
+        lockd_conf: the hosts' qemu-lockd.conf ("{shared_dir}" stands for the shared storage, e.g.
+            'file_lockspace_dir = "{shared_dir}/lockd"'); empty: libvirt's defaults (locks on the disk files).
         domain_types: the agents' --domain-types ("qemu": TCG, because nested KVM fails on these
             machines; see docs/hypervisors.md). The shared directory is a local directory libvirt
             cannot recognise as shared, so agents also get --trust-shared-storage (live migration).
@@ -169,6 +177,10 @@ class HostCluster:
         self.agent_options = list(agent_options or [])
         self.domain_types = domain_types
         self.qemu_conf_extra = qemu_conf_extra
+        if lock_manager not in (None, "lockd"):
+            raise HarnessError(f"lock_manager {lock_manager!r}: the harness runs only virtlockd ('lockd')")
+        self.lock_manager = lock_manager
+        self.lockd_conf = lockd_conf
         self.network = network
         self._hosts: dict[str, Host] = {}
         self._clients: dict[str, tuple[str, str, str]] = {}  # name -> (netns, root-side veth, address)
@@ -248,6 +260,8 @@ class HostCluster:
                 result.libvirtd = pid
             elif comm == "virtlogd":
                 result.virtlogd = pid
+            elif comm == "virtlockd":
+                result.virtlockd = pid
             elif comm.startswith("qemu-system"):
                 result.qemu.append(pid)
             else:
@@ -272,7 +286,8 @@ class HostCluster:
         init_log = open(host.base / "init.log", "ab")
         host.init_process = subprocess.Popen(
             ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private", "--",
-             self.python, str(HOST_INIT), "--base", str(host.base), "--config", str(host.base / "libvirtd.conf")],
+             self.python, str(HOST_INIT), "--base", str(host.base), "--config", str(host.base / "libvirtd.conf")]
+            + (["--virtlockd"] if self.lock_manager == "lockd" else []),
             stdout=subprocess.PIPE, stderr=init_log, stdin=subprocess.DEVNULL, cwd=host.base,
         )
         init_log.close()
@@ -425,7 +440,12 @@ class HostCluster:
             f'host_uuid = "{host.host_uuid}"\n'
             'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
         )
-        (base / "qemu.conf").write_text(_qemu_conf(index) + self.qemu_conf_extra.replace("{host_dir}", str(base)))
+        qemu_conf = _qemu_conf(index) + self.qemu_conf_extra.replace("{host_dir}", str(base))
+        if self.lock_manager:
+            qemu_conf += f'lock_manager = "{self.lock_manager}"\n'
+            lockd_conf = self.lockd_conf.replace("{shared_dir}", str(self.shared_dir))
+            (base / "qemu-lockd.conf").write_text(f"# harness host {name}\n{lockd_conf}\n".replace("\n\n", "\n"))
+        (base / "qemu.conf").write_text(qemu_conf)
         if self.network and self.agents:
             self._create_host_network(host)
         elif self.agents:
