@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Select, delete, event, insert, select
@@ -71,12 +72,31 @@ def _suppressed(session: Session, etype: catalog.EventType, ids: dict[str, Any])
 _INSERT_EVENTS = insert(Event.__table__).inline()
 
 
+_WRITTEN = "vdi_events_written"
+_listeners: list[Callable[[list[str]], None]] = []
+
+
+def on_commit(listener: Callable[[list[str]], None]) -> None:
+    """Call `listener(codes)` with the codes of the events each transaction committed (the manager's metrics)."""
+    if listener not in _listeners:
+        _listeners.append(listener)
+
+
 def _write_pending(session: Session, *_args: Any) -> None:
     pending = session.info.pop(_PENDING, None)
     if pending:
         connection = session.connection()
         connection.execute(_INSERT_EVENTS, pending)
         write_outbox(connection, pending)  # notifications commit or roll back with their events
+        if _listeners:
+            session.info.setdefault(_WRITTEN, []).extend(e["code"] for e in pending)
+
+
+def _tell_listeners(session: Session) -> None:
+    codes = session.info.pop(_WRITTEN, None)
+    if codes:
+        for listener in _listeners:
+            listener(codes)
 
 
 # Before every flush (so a query later in the transaction sees them) and before the commit (a transaction with no
@@ -84,6 +104,8 @@ def _write_pending(session: Session, *_args: Any) -> None:
 event.listen(Session, "before_flush", _write_pending)
 event.listen(Session, "before_commit", _write_pending)
 forget_on_rollback(_PENDING)
+event.listen(Session, "after_commit", _tell_listeners)
+forget_on_rollback(_WRITTEN)
 
 
 def start_notifications(settings) -> DispatcherThread:

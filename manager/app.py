@@ -11,6 +11,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagge
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from event_manager import service as event_service
 from manager import db
 from manager.api.common import install_error_handlers
 from manager.api.broker import router as broker_router
@@ -21,6 +22,7 @@ from manager.api.dashboard import router as dashboard_router
 from manager.api.guard import RequestGuard
 from manager.api.event_stream import router as event_stream_router
 from manager.api.ha import router as ha_router
+from manager.api.metrics import router as metrics_router
 from manager.api.notifications import router as notifications_router
 from manager.api.desktop_actions import router as desktop_actions_router
 from manager.api.identity import router as identity_router
@@ -32,6 +34,7 @@ from manager.api.screens import router as screens_router
 from manager.api.search import router as search_router
 from manager.api.system import router as system_router
 from manager.api.tags import router as tags_router
+from manager.metrics import MetricsMiddleware, on_events
 from manager.config import Settings, get_settings
 from manager.web import install_web
 
@@ -129,6 +132,8 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
                               "except /health and /auth/login.",
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.add_middleware(RequestGuard, fastapi_app=app, prefix=f"{API_PREFIX}/", max_body=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, fastapi_app=app)  # outermost: also counts what the guard answers (route "unmatched")
+    event_service.on_commit(on_events)  # events (and the HA actions among them) counted as they commit
     install_error_handlers(app)
     install_error_docs(app, f"{API_PREFIX}/")
     _install_offline_docs(app)
@@ -151,6 +156,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
     for resource in RESOURCES:
         api.include_router(crud_router(resource))
     app.include_router(api)
+    app.include_router(metrics_router)  # /metrics, where Prometheus looks by default
 
     install_web(app)
     return app

@@ -115,6 +115,8 @@ class Settings(BaseSettings):
                                              "between managers deliver a heartbeat before any host is judged")
     embedded_nodes: bool = Field(default=True, description="run the node agents listed in "
                                  "<data_dir>/embedded-nodes.json (written by `vdi demo`) inside `vdi serve`")
+    metrics_token: str = Field(default="", description="a bearer token that may read GET /metrics (for a "
+                               "Prometheus scraper) besides any API token with system:read; empty = API tokens only")
     log_level: str = "INFO"
 
     @field_validator("data_dir", "cache_dir", mode="after")

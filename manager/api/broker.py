@@ -26,6 +26,7 @@ from manager.api.openapi import NODE_ERRORS, error_responses
 from manager.api.screens import KeysIn, KeysOut
 from manager.auth import Principal, require
 from manager.db import get_or_404, open_request_connections
+from manager.metrics import count_connect
 from manager.api.system import _job_out
 from manager.models import Desktop, DesktopSession, Event, User
 from manager.provisioning.consoles import NODES, issue_for_desktop
@@ -194,9 +195,10 @@ def connect(payload: ConnectIn, request: Request, session: DbSession, who: Conne
     client = payload.client
     address = client.address or (request.client.host if request.client else "")
     # The connect dependency took the user's lock as it authenticated (Connecting: lock_user).
-    result = service.connect(session, who, payload.target,
-                             service.ClientInfo(client.protocols, client.prefer, address, client.fullscreen),
-                             nodes=NODES, user_locked=True)
+    with count_connect("api"):
+        result = service.connect(session, who, payload.target,
+                                 service.ClientInfo(client.protocols, client.prefer, address, client.fullscreen),
+                                 nodes=NODES, user_locked=True)
     # Already a validated ConnectOut: answered as is, which spares validating it again (in another worker thread).
     return JSONResponse(_connect_out(result).model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 

@@ -17,6 +17,7 @@ from manager.api.broker import Connecting, ConnectTargetIn
 from manager.api.common import DbSession
 from manager.auth import Principal, require
 from manager.db import get_or_404
+from manager.metrics import count_connect
 from manager.models import Desktop
 
 router = APIRouter(tags=["broker"])
@@ -51,8 +52,9 @@ def connect_in_browser(payload: ConnectTargetIn, request: Request, session: DbSe
     single-use ticket valid VDI_TICKET_SECONDS that opens the console's WebSocket once."""
     address = request.client.host if request.client else ""
     client = service.ClientInfo((Protocol.VNC,), Protocol.VNC, address, browser=True)
-    result = service.connect(session, who, payload.target, client, nodes=console_proxy.BROWSER_NODES,
-                             user_locked=True)
+    with count_connect("browser"):
+        result = service.connect(session, who, payload.target, client, nodes=console_proxy.BROWSER_NODES,
+                                 user_locked=True)
     return _out(session, result, who)
 
 
