@@ -10,11 +10,16 @@
 - `new_guarded_context(browser, guard, base_url)`: a fresh context with the guard installed.
 - `log_in(context, base_url, account)`: POST /api/v1/auth/login from the context, so the session cookie it
   sets lands in the context's cookie jar as if the login form had been used.
+- `assert_canvas_shows(page, api, desktop_id, name)`: the browser console's noVNC canvas shows the same screen
+  as the node's screenshot of the desktop (GET /desktops/{id}/screenshot through `api`, an admin's httpx client),
+  compared as small greyscale thumbnails drawn in the page; the pictures go to VDI_E2E_SCREENSHOTS (default /tmp).
 """
 from __future__ import annotations
 
+import base64
 import os
 import re
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -31,6 +36,27 @@ NETWORK_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp"})
 # and other people's tests. Not a speed assertion: a slow page still passes.
 ACTION_TIMEOUT_MS = 60_000
 SETTLE_TIMEOUT_MS = 10_000
+SCREENSHOTS = Path(os.environ.get("VDI_E2E_SCREENSHOTS", "/tmp"))
+# Mean absolute difference of two 64x48 greyscale thumbnails (0-255) under which they show the same screen. Text
+# on a black screen against another text differs by far more; one scaled with another filter by a few units.
+SAME_SCREEN = 12.0
+THUMBNAIL = """async ([source, isPng]) => {
+  const canvas = document.createElement("canvas");
+  canvas.width = 64; canvas.height = 48;
+  const context = canvas.getContext("2d");
+  let image = source;
+  if (isPng) {
+    const bytes = Uint8Array.from(atob(source), (c) => c.charCodeAt(0));
+    image = await createImageBitmap(new Blob([bytes], { type: "image/png" }));
+  } else {
+    image = document.querySelector("#screen canvas");
+  }
+  context.drawImage(image, 0, 0, 64, 48);
+  const rgba = context.getImageData(0, 0, 64, 48).data;
+  const grey = [];
+  for (let i = 0; i < rgba.length; i += 4) grey.push(Math.round((rgba[i] + rgba[i + 1] + rgba[i + 2]) / 3));
+  return grey;
+}"""
 
 
 class ChromiumMissing(RuntimeError):
@@ -134,6 +160,39 @@ def log_in(context: BrowserContext, base_url: str, account) -> None:
                                     data={"username": account.username, "password": account.password})
     if not response.ok:
         raise RuntimeError(f"log in as {account.username}: {response.status} {response.text()}")
+
+
+def mean_difference(a: list[int], b: list[int]) -> float:
+    return sum(abs(x - y) for x, y in zip(a, b, strict=True)) / len(a)
+
+
+def assert_canvas_shows(page: Page, api, desktop_id: str, name: str, bound_s: float = 60.0) -> None:
+    """The console page's noVNC canvas (`#screen canvas`) and the node's screenshot of desktop `desktop_id` (a PNG,
+    from `api`: an httpx client for /api/v1 allowed to read it) show the same screen. The guest may be writing to
+    it (boot text): compare again until two captures close together agree, for up to `bound_s` (a bound, not a
+    speed assertion). Saves <name>-node.png, -canvas.png and -page.png in SCREENSHOTS; AssertionError with the smallest difference seen, or when the screen is one colour
+    (nothing was compared)."""
+    best, shot, shown = None, b"", []
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        answer = api.get(f"/desktops/{desktop_id}/screenshot")
+        assert answer.status_code == 200, answer.text
+        shot = answer.content
+        node = page.evaluate(THUMBNAIL, [base64.b64encode(shot).decode(), True])
+        shown = page.evaluate(THUMBNAIL, [None, False])
+        difference = mean_difference(node, shown)
+        best = difference if best is None else min(best, difference)
+        if difference < SAME_SCREEN:
+            break
+        time.sleep(1)
+    save_as = SCREENSHOTS / name
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    Path(f"{save_as}-node.png").write_bytes(shot)
+    page.locator("#screen canvas").screenshot(path=f"{save_as}-canvas.png")
+    page.screenshot(path=f"{save_as}-page.png")
+    assert best is not None and best < SAME_SCREEN, \
+        f"the canvas differs from the node's screenshot by {best:.1f} (mean, 0-255); see {save_as}-*.png"
+    assert max(shown) - min(shown) > 30, "the screen shows nothing but one colour: nothing was compared"
 
 
 def page_file_name(path: str) -> str:
