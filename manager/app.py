@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
         from ha_manager.failover import HostFailover
         from event_manager.service import housekeeping as event_housekeeping
         from ha_manager.service import singleton_loop, start_manager_ha, stop_manager_ha
+        from manager.identity.sync_tasks import scheduled_sync, scheduled_sync_period
 
         # The leader election; background loops run on the leader only, their writes fenced (docs/ha.md).
         start_manager_ha(settings)
@@ -104,6 +105,8 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
         singleton_loop("event-housekeeping", settings.event_housekeeping_seconds, functools.partial(
             event_housekeeping, retention_days=settings.event_retention_days,
             storage_percent=settings.alert_storage_percent, pool_percent=settings.alert_pool_percent))
+        # The scheduled directory sync (VDI_AD_SYNC_INTERVAL_SECONDS): a "directory.sync" job whenever one is due.
+        singleton_loop("directory-sync", scheduled_sync_period(), scheduled_sync)
         nodes = contextlib.ExitStack()
         if settings.embedded_nodes:
             from manager.embedded_nodes import EmbeddedNodes

@@ -59,3 +59,15 @@ def sync_if_due(session: Session) -> Job | None:
             (utcnow() - state.last_sync_at).total_seconds() < settings.sync_interval_seconds:
         return None
     return enqueue_sync(session, full=None)
+
+
+def scheduled_sync() -> None:
+    """One tick of the leader's "directory-sync" loop (manager/app.py): queue a sync when one is due."""
+    with db.session_scope() as session:
+        sync_if_due(session)
+
+
+def scheduled_sync_period() -> float:
+    """How often the loop asks whether a sync is due: a third of VDI_AD_SYNC_INTERVAL_SECONDS, at most 30 s, so a
+    sync starts at most that late (and not at the very moment a manager starts or takes over)."""
+    return min(get_directory_settings().sync_interval_seconds / 3, 30.0)

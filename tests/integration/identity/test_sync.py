@@ -290,3 +290,30 @@ def test_scheduled_trigger_queues_one_sync_when_due(ad, ad_env, app):
     with db.session_scope() as session:
         assert sync_if_due(session) is None  # it just ran
         assert session.scalar(select(func.count()).select_from(User).where(User.username.in_(SEEDED))) == 200
+
+
+def test_the_leader_queues_the_scheduled_sync_by_itself(ad, ad_env, app, monkeypatch):
+    """VDI_AD_SYNC_INTERVAL_SECONDS is kept by the manager's "directory-sync" singleton loop: a running manager
+    that leads queues a sync (and runs it) without anyone asking."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from manager.identity.settings import get_directory_settings
+    from manager.models import Job
+
+    monkeypatch.setenv("VDI_AD_SYNC_INTERVAL_SECONDS", "30")  # checked every 10 s
+    get_directory_settings.cache_clear()
+    with TestClient(app):
+        deadline = time.monotonic() + 90
+        while True:
+            with db.session_scope() as session:
+                job = session.scalar(select(Job).where(Job.kind == "directory.sync"))
+                state = job.state if job is not None else None
+            if state in ("succeeded", "failed"):
+                break
+            assert time.monotonic() < deadline, f"no scheduled sync ran (job: {state})"
+            time.sleep(0.5)
+    assert state == "succeeded" and job.created_by == "system"
+    with db.session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(User).where(User.username.in_(SEEDED))) == 200
