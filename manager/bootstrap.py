@@ -34,6 +34,16 @@ def ensure_admin(session: Session, password: str | None = None, password_file: P
     return user, generated
 
 
+def bootstrap_admin(session: Session, password: str | None = None, password_file: Path | None = None) -> bool:
+    """On a new database (no user at all, run by `vdi db upgrade` and `vdi serve`): admin@local, as ensure_admin
+    makes it. A database with users is left as it is: an operator who removed or disabled admin@local gets it back
+    only on purpose, with `vdi restore-admin`. True when it was created now."""
+    if session.scalar(select(User.id).limit(1)) is not None:
+        return False
+    ensure_admin(session, password, password_file)
+    return True
+
+
 def _write_secret(path: Path, secret: str) -> None:
     write_private(path, secret + "\n")
 

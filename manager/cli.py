@@ -70,7 +70,30 @@ def _upgrade_db(url: str | None = None) -> str:
     if url.startswith("sqlite:///"):
         ensure_data_dir(settings.data_dir)
     upgrade(url)
+    _bootstrap_admin(url)
     return url
+
+
+def _bootstrap_admin(url: str) -> None:
+    """A new database gets its administrator, admin@local (SuperUser), at once: its password is VDI_ADMIN_PASSWORD,
+    or generated into <data_dir>/admin-password (mode 0600)."""
+    from sqlalchemy.exc import IntegrityError
+
+    from manager import db
+    from manager.bootstrap import bootstrap_admin
+    from manager.config import get_settings
+
+    settings = get_settings()
+    password_file = settings.data_dir / "admin-password"
+    db.configure(url)
+    try:
+        with db.session_scope() as session:
+            created = bootstrap_admin(session, settings.admin_password or None, password_file=password_file)
+    except IntegrityError:  # another manager starting on the same new database made it first
+        return
+    if created:
+        told = "VDI_ADMIN_PASSWORD" if settings.admin_password else str(password_file)
+        print(f"created the administrator admin@local (SuperUser); its password is in {told}", flush=True)
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
@@ -216,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "re-enabled, given the SuperUser role and a new password (VDI_ADMIN_PASSWORD, or "
                                    "generated into $VDI_DATA_DIR/admin-password, mode 0600); its old tokens are "
                                    "revoked.")
+    p.set_defaults(func=_cmd_restore_admin)
+
+    p = sub.add_parser("admin", help="the local administrator: `vdi admin reset-password` (= restore-admin)",
+                       description="reset-password: the same break glass as `vdi restore-admin`.")
+    p.add_argument("action", choices=["reset-password"])
     p.set_defaults(func=_cmd_restore_admin)
 
     p = sub.add_parser("demo", help="seed demo data (idempotent)",
