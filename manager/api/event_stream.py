@@ -4,6 +4,7 @@
   loop) and hands them to every open stream; N streams cost one read per wake-up, not N.
 - It wakes when Postgres says events were committed (LISTEN vdi_events; a trigger NOTIFYs the newest id of each
   INSERT, delivered at commit only), or every FALLBACK_POLL_S anyway; on SQLite (embedded) it polls every POLL_S.
+  It reads at most every GATHER_S: a flood of events becomes a few larger writes to each stream.
 - Event ids are taken before commit, so a transaction that commits late can land behind ids already streamed: the
   hub reads LOOKBACK ids behind its newest and streams what it has not seen yet.
 - Each stream filters by the caller's permissions: with events:read, every event; otherwise only events about the
@@ -35,6 +36,7 @@ log = logging.getLogger("vdi.events.stream")
 router = APIRouter(tags=["events"])
 
 POLL_S = 1.0
+GATHER_S = 0.2  # at most five reads a second, however fast events come (each read serves every stream)
 FALLBACK_POLL_S = 5.0
 KEEPALIVE_S = float(os.environ.get("VDI_EVENT_STREAM_KEEPALIVE_SECONDS", "15"))
 BATCH = 500
@@ -150,6 +152,7 @@ class EventHub:
                 await asyncio.sleep(POLL_S)
         self.ready.set_result(self.last)
         while True:
+            await asyncio.sleep(GATHER_S)  # events arriving meanwhile go out together: fewer reads and writes
             try:
                 await asyncio.wait_for(self.wake.wait(), FALLBACK_POLL_S if self.listener else POLL_S)
             except asyncio.TimeoutError:
@@ -166,9 +169,10 @@ class EventHub:
                 continue
             self.seen.extend(r["id"] for r in fresh)
             self.last = max(self.last, fresh[-1]["id"])
+            batch = [(r, _sse(r)) for r in fresh]  # serialised once for every stream
             for queue in list(self.queues):
                 try:
-                    queue.put_nowait(fresh)
+                    queue.put_nowait(batch)
                 except asyncio.QueueFull:
                     pass  # left full: that stream sees it and closes, its client resumes with Last-Event-ID
             if len(rows) >= BATCH + LOOKBACK:
@@ -249,14 +253,17 @@ async def stream_events(request: Request, who: Annotated[Principal, Depends(requ
                         yield ": keep-alive\n\n"
                     continue
                 quiet_since = time.monotonic()
-                if not everything and any(item["user_id"] == user_id for item in batch):
+                if not everything and any(item["user_id"] == user_id for item, _ in batch):
                     desktops = await run_in_threadpool(_held_desktops, who.user_id)  # assignments may have changed
                 already = set(sent)
-                for item in batch:
+                out = []
+                for item, sse in batch:
                     if item["id"] > start and item["id"] not in already and (
                             everything or item["user_id"] == user_id or item["desktop_id"] in desktops):
                         sent.append(item["id"])
-                        yield _sse(item)
+                        out.append(sse)
+                if out:
+                    yield "".join(out)  # one write for the batch
         finally:
             the_hub.unsubscribe(queue)
 

@@ -252,9 +252,11 @@ def test_the_events_table_notifies_the_newest_id_at_commit(clean_db, pg_url):
             session.flush()
             assert list(listener.notifies(timeout=0.5, stop_after=1)) == []  # not before the commit
         newest = event_id("notify 2")
-        notes = []
-        while not notes or max(int(n.payload) for n in notes) < newest:
-            notes += listener.notifies(timeout=WAIT_S, stop_after=1)
+        notes = list(listener.notifies(timeout=WAIT_S, stop_after=1))
+        while notes and max(int(n.payload) for n in notes) < newest:  # (one per INSERT statement)
+            more = list(listener.notifies(timeout=WAIT_S, stop_after=1))
+            assert more, f"no notification of event {newest}: {notes}"
+            notes += more
         assert {n.channel for n in notes} == {"vdi_events"} and max(int(n.payload) for n in notes) == newest
         session = db.new_session()
         emit(session, STREAM_CODE, "rolled back", actor="tests")
