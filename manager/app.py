@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.resources
-import logging
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
@@ -34,6 +33,7 @@ from manager.api.screens import router as screens_router
 from manager.api.search import router as search_router
 from manager.api.system import router as system_router
 from manager.api.tags import router as tags_router
+from manager.logs import RequestIds, configure_logging
 from manager.metrics import MetricsMiddleware, on_events
 from manager.config import Settings, get_settings
 from manager.web import install_web
@@ -84,8 +84,7 @@ def _install_offline_docs(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None, *, configure_db: bool = True) -> FastAPI:
     settings = settings or get_settings()
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     if configure_db:
         db.configure(settings.effective_database_url)
 
@@ -135,7 +134,9 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
                               "except /health and /auth/login.",
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.add_middleware(RequestGuard, fastapi_app=app, prefix=f"{API_PREFIX}/", max_body=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, fastapi_app=app)  # outermost: also counts what the guard answers (route "unmatched")
+    app.add_middleware(RequestIds)  # request and correlation ids for the log records of each request
+    # outermost: also counts what the guard answers (route "unmatched")
+    app.add_middleware(MetricsMiddleware, fastapi_app=app)
     event_service.on_commit(on_events)  # events (and the HA actions among them) counted as they commit
     install_error_handlers(app)
     install_error_docs(app, f"{API_PREFIX}/")

@@ -21,6 +21,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
           f"API docs http://{host}:{port}/docs", flush=True)
     uvicorn.run("manager.app:create_app", factory=True, host=host, port=port, workers=args.workers,
                 log_level=settings.log_level.lower(), access_log=args.access_log,
+                # JSON logs: uvicorn's loggers go to the root logger's JSON handler (manager/logs.py)
+                **({"log_config": None} if settings.log_format == "json" else {}),
                 **proxy_options(settings.trusted_proxies))
     return 0
 
@@ -178,14 +180,14 @@ def _cmd_directory(args: argparse.Namespace) -> int:
 
 def _cmd_spice_proxy(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
     from broker.spice_proxy import SpiceProxy, known_display_addresses, parse_port_range
     from manager import db
     from manager.config import get_settings
+    from manager.logs import configure_logging
 
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     db.configure(settings.effective_database_url)
     host, _, port = args.listen.rpartition(":")
 

@@ -9,6 +9,7 @@ import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -118,6 +119,8 @@ class Settings(BaseSettings):
     metrics_token: str = Field(default="", description="a bearer token that may read GET /metrics (for a "
                                "Prometheus scraper) besides any API token with system:read; empty = API tokens only")
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(default="text", description="json: one JSON object per log line, "
+                                                "with the request id and correlation id (manager/logs.py)")
 
     @field_validator("data_dir", "cache_dir", mode="after")
     @classmethod

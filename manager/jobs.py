@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from core.enums import JobState, Severity
 from core.errors import VdiError
-from manager import db
+from manager import db, logs
 from manager.models import Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -146,13 +146,15 @@ def dispatch(job_id: str) -> None:
 def enqueue(session: Session, kind: str, *, params: dict[str, Any] | None = None, description: str = "",
             created_by: str = "system", target_kind: str = "", target_id: str = "", total: int = 0,
             correlation_id: str = "") -> Job:
-    """Create a job row in the caller's transaction; it is dispatched after that transaction commits."""
+    """Create a job row in the caller's transaction; it is dispatched after that transaction commits. Its
+    correlation id is, unless given, the one of the request (or job) that queues it (manager/logs.py)."""
     if kind not in _TASKS:
         load_task_modules()
     if kind not in _TASKS:
         raise ValueError(f"unknown job kind {kind!r}")
     job = Job(kind=kind, params=params or {}, description=description or kind, created_by=created_by,
-              target_kind=target_kind, target_id=target_id, total=total, correlation_id=correlation_id)
+              target_kind=target_kind, target_id=target_id, total=total,
+              correlation_id=correlation_id or logs.correlation_id.get())
     session.add(job)
     session.flush()
     job_id = job.id
@@ -163,8 +165,6 @@ def enqueue(session: Session, kind: str, *, params: dict[str, Any] | None = None
 # ---- running -------------------------------------------------------------------------------------------
 def run_job(job_id: str) -> None:
     """Run one job to its end. Safe to call twice: only a PENDING job is claimed (compare-and-swap)."""
-    from event_manager.service import emit
-
     load_task_modules()
     with db.session_scope() as session:
         claimed = session.execute(
@@ -177,6 +177,18 @@ def run_job(job_id: str) -> None:
             job.state, job.finished_at = JobState.CANCELLED, utcnow()
             return
         kind, params, actor = job.kind, dict(job.params or {}), job.created_by
+        correlation = job.correlation_id or job_id
+    # its log records (and the jobs it queues) carry the correlation id of the request that queued it
+    token = logs.correlation_id.set(correlation)
+    try:
+        _run_claimed(job_id, kind, params, actor)
+    finally:
+        logs.correlation_id.reset(token)
+
+
+def _run_claimed(job_id: str, kind: str, params: dict[str, Any], actor: str) -> None:
+    from event_manager.service import emit
+
     fn = _TASKS.get(kind)
     ctx = JobContext(job_id)
     state, error, result = JobState.SUCCEEDED, "", {}
@@ -203,7 +215,7 @@ def run_job(job_id: str) -> None:
         severity = Severity.NORMAL if state == JobState.SUCCEEDED else Severity.WARNING \
             if state == JobState.CANCELLED else Severity.ERROR
         emit(session, f"job.{state.value}", f"job {kind} {state.value}" + (f": {error}" if error else ""),
-             severity=severity, actor=actor, job_id=job_id)
+             severity=severity, actor=actor, job_id=job_id, correlation_id=logs.correlation_id.get())
 
 
 def request_cancel(session: Session, job: Job) -> None:
