@@ -17,6 +17,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     port = args.port or settings.port
     if args.upgrade:
         _upgrade_db()
+    from manager.metrics import reset_multiprocess_dir
+
+    reset_multiprocess_dir()  # the workers' metrics start from zero
     print(f"VDI manager on http://{host}:{port}: admin console http://{host}:{port}/admin, "
           f"API docs http://{host}:{port}/docs", flush=True)
     uvicorn.run("manager.app:create_app", factory=True, host=host, port=port, workers=args.workers,

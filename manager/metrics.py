@@ -7,15 +7,16 @@ Two kinds of figures:
 * gauges read from the database at scrape time by `DatabaseCollector` (a few grouped counts): hosts by status,
   desktops by power state, jobs by kind and state, each host's heartbeat age.
 
-Several processes (`vdi serve --workers N`, several managers): each process counts its own requests. Set
-PROMETHEUS_MULTIPROC_DIR (an empty directory, emptied at each start) before the processes start and prometheus-client
-adds up every process's counters in each scrape; otherwise scrape every process. The database gauges are the same
+Several processes (`vdi serve --workers N`, several managers): each process counts its own requests. With
+PROMETHEUS_MULTIPROC_DIR set (a directory `vdi serve` empties as it starts) prometheus-client adds up the counters of
+every worker of that `vdi serve` in each scrape; otherwise scrape every process. The database gauges are the same
 from any process; the HA actions are counted by the leader, whose singleton loops take them.
 """
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from collections.abc import Iterable
 from typing import Any
 
@@ -114,6 +115,16 @@ def exposition() -> bytes:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     return generate_latest(registry) + generate_latest(_DB_REGISTRY)
+
+
+def reset_multiprocess_dir() -> None:
+    """`vdi serve`, before its workers start: PROMETHEUS_MULTIPROC_DIR (when set) exists and holds no counts of
+    earlier processes (prometheus-client adds up every file in it)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        for stale in Path(path).glob("*.db"):
+            stale.unlink()
 
 
 _DB_REGISTRY = CollectorRegistry(auto_describe=False)
