@@ -122,19 +122,27 @@ def write_outbox(conn: Connection, events: list[dict[str, Any]]) -> None:
 # ---- channel URLs -------------------------------------------------------------------------------------------------
 def check_url(url: str) -> str:
     """The URL's redacted form (no password, token, path or query), or Invalid when no channel understands it."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise Invalid(f"url: not a URL ({exc})") from None
     if parts.scheme in WEBHOOK_SCHEMES:
         if not parts.hostname:
             raise Invalid(f"{parts.scheme}:// needs a host, e.g. {parts.scheme}://hooks.example.com/path")
     else:
         import apprise
 
-        if apprise.Apprise.instantiate(url) is None:
+        try:
+            plugin = apprise.Apprise.instantiate(url)
+        except Exception:  # a plugin's parser refusing odd input: the same answer as an unknown URL
+            plugin = None
+        if plugin is None:
             raise Invalid(f"no notification service understands this URL (scheme {parts.scheme!r}): see "
-                                 "Apprise's URL formats, e.g. mailto://user:password@example.com")
+                          "Apprise's URL formats, e.g. mailto://user:password@example.com")
     host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
+    if port:
+        host += f":{port}"
     user = f"{parts.username}{':***' if parts.password else ''}@" if parts.username else ""
     return urlunsplit((parts.scheme, user + host, "/***" if parts.path.strip("/") else "",
                        "***" if parts.query else "", ""))

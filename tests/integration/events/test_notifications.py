@@ -188,6 +188,26 @@ def test_pool_scope_receives_nothing_about_another_pool(client, webhook):
     assert [json.loads(b)["events"][0]["pool_id"] for _, b in webhook.received] == [mine]
 
 
+def test_tag_scope_takes_only_events_about_tagged_objects(client, webhook):
+    from manager import db
+    from manager.models import Tag, TagAssignment
+
+    with db.session_scope() as session:
+        tag = Tag(name="finance")
+        session.add(tag)
+        session.flush()
+        session.add(TagAssignment(tag_id=tag.id, object_kind="desktop", object_id="d-tagged"))
+        tag_id = tag.id
+    _subscribe(client, name="finance", url=f"json://127.0.0.1:{webhook.port}/tag", code_pattern="desktop.*",
+               scope_kind="tag", scope_id=tag_id)
+    _emit("desktop.start_failed", desktop_id="d-other")
+    _emit("desktop.start_failed", desktop_id="d-tagged")
+    assert _dispatch() == 1
+    [(_, body)] = webhook.received
+    doc = json.loads(body)
+    assert doc["count"] == 1 and doc["events"][0]["desktop_id"] == "d-tagged"
+
+
 def test_a_burst_of_one_code_is_one_message_per_subscription(client, webhook, smtp):
     _subscribe(client, name="hook", url=f"json://127.0.0.1:{webhook.port}/burst", code_pattern="host.*")
     _subscribe(client, name="mail", url=f"mailto://127.0.0.1:{smtp.port}?from=a@example.com&to=b@example.com",
