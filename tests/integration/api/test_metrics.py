@@ -70,3 +70,14 @@ def test_never_anonymous_and_the_metrics_token(anon_client, admin_token, monkeyp
         .status_code == 200
     assert anon_client.get("/metrics", headers={"Authorization": "Bearer scraper-secret-wrong"}).status_code == 401
     assert anon_client.get("/metrics", headers={"Authorization": f"Bearer {admin_token}"}).status_code == 200
+
+
+def test_broker_connects_are_counted_by_outcome(client):
+    before = _samples(client.get("/metrics"))
+    refused = client.post("/api/v1/broker/connect", json={"pool": "no-such-pool"})
+    assert refused.status_code == 404, refused.text
+    after = _samples(client.get("/metrics"))
+    code = refused.json()["error"]
+    labels = {"via": "api", "outcome": code}
+    assert _value(after, "vdi_broker_connects_total", **labels) - \
+        _value(before, "vdi_broker_connects_total", **labels) == 1
