@@ -56,7 +56,15 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             "--without-mingle", "--pool=threads"]
     if args.hostname:
         argv.append(f"--hostname={args.hostname}")
-    celery_app().worker_main(argv)
+    from event_manager.service import start_notifications
+
+    # Workers send notifications too: every dispatcher claims outbox rows with SKIP LOCKED and a lease, so a worker
+    # and the managers share them without sending one twice (event_manager/notifications.py).
+    notifier = start_notifications(settings)
+    try:
+        celery_app().worker_main(argv)
+    finally:
+        notifier.stop()
     return 0
 
 

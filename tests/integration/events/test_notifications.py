@@ -337,3 +337,49 @@ def test_a_dispatcher_killed_while_sending_resends_with_the_same_key(client, web
     assert _dispatch() == 1
     [(headers, _)] = webhook.received
     assert headers["x-vdi-idempotency-key"] == claimed.key
+
+
+@pytest.mark.redis
+def test_a_celery_worker_killed_before_delivery_delivers_once_after_restart(client, settings_env, pg_url, webhook,
+                                                                            tmp_path):
+    """The Celery set-up: `vdi worker` processes dispatch notifications too. SIGKILL the only one between the
+    event's commit and its delivery; the restarted worker sends it, once."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from event_manager.notifications import invalidate_cache
+    from manager import db
+    from manager.models import NotificationOutbox
+    from tests.conftest import REDIS_URL
+    from tests.harness.managers import wait_for
+    from tests.harness.processes import kill_process_tree
+
+    env = {**os.environ, "VDI_REDIS_URL": REDIS_URL, "VDI_DATABASE_URL": pg_url,
+           "VDI_DATA_DIR": str(settings_env.data_dir), "VDI_NOTIFY_GATHER_SECONDS": "3",
+           "VDI_NOTIFY_POLL_SECONDS": "0.2", "VDI_NOTIFY_LEASE_SECONDS": "5"}
+
+    def start_worker() -> subprocess.Popen:
+        with open(tmp_path / "worker.log", "ab") as log:
+            return subprocess.Popen([sys.executable, "-m", "manager.cli", "worker", "--concurrency", "1",
+                                     "--hostname", f"notify-{uuid.uuid4().hex[:6]}@localhost"], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    sub = _subscribe(client, name="hook", url=f"json://127.0.0.1:{webhook.port}/w", code_pattern="host.*")
+    worker = start_worker()
+    try:
+        invalidate_cache()
+        _emit(HOST_FAILED, host_id="h-worker")  # committed; gathered for 3 s before it is sent
+        kill_process_tree(worker)
+        with db.session_scope() as session:
+            assert [r.state for r in session.scalars(select(NotificationOutbox))] in (["pending"], ["sending"])
+        assert webhook.received == []
+        worker = start_worker()
+        wait_for("the notification from the restarted worker", lambda: webhook.received)
+        _emit("host.suspected", host_id="h-after")
+        wait_for("the later notification", lambda: len(webhook.received) >= 2)
+    finally:
+        kill_process_tree(worker)
+    assert [json.loads(body)["code"] for _, body in webhook.received] == [HOST_FAILED, "host.suspected"]
+    assert all(_verify(sub["webhook_secret"], headers, body) for headers, body in webhook.received)
