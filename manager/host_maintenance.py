@@ -2,8 +2,8 @@
 
 A host in maintenance gets no new desktops (placement picks only hosts that are up), its desktops cannot be
 started (the node calls refuse a host in maintenance) and its heartbeats keep it in maintenance until an
-administrator activates it. Entering maintenance while desktops run there is refused, naming them, until live
-migration can move them away. The API routes (POST /hosts/{id}/maintenance and /activate) and the web console's
+administrator activates it. Entering maintenance while desktops run there is refused, naming them, unless the
+caller asks to drain the host: then a job (manager.provisioning.migration.drain_host) moves them away live. The API routes (POST /hosts/{id}/maintenance and /activate) and the web console's
 buttons go through these two functions.
 """
 from __future__ import annotations
@@ -41,14 +41,14 @@ def running_desktops(session: Session, host_id: str) -> list[str]:
         (Desktop.power_state.not_in(NOT_RUNNING)) | Desktop.task_state.is_not(None)).order_by(Desktop.name)))
 
 
-def enter_maintenance(session: Session, host_id: str, *, actor: str, reason: str = "") -> Host:
+def enter_maintenance(session: Session, host_id: str, *, actor: str, reason: str = "", drain: bool = False) -> Host:
     """Put the host into maintenance. Conflict when it already is, or when desktops run on it (naming them:
-    shut them down first; live migration will move them once it exists). Flushes; the caller commits."""
+    shut them down first) unless `drain` (the caller then enqueues the drain job). Flushes; the caller commits."""
     host = _locked_host(session, host_id)
     if host.status == HostStatus.MAINTENANCE:
         raise Conflict(f"host {host.name} is already in maintenance")
     running = running_desktops(session, host.id)
-    if running:
+    if running and not drain:
         shown = ", ".join(running[:SHOWN]) + (f" and {len(running) - SHOWN} more" if len(running) > SHOWN else "")
         raise Conflict(f"{len(running)} desktop{'s' if len(running) != 1 else ''} run{'' if len(running) != 1 else 's'}"
                        f" on {host.name} ({shown}): shut them down first")

@@ -12,6 +12,7 @@ from manager.api import schemas as s
 from manager.api.common import DbSession
 from manager.auth import Principal, require
 from manager.config import get_settings
+from manager.provisioning import migration
 
 router = APIRouter(tags=["hosts"])
 HostsWrite = Annotated[Principal, Depends(require("hosts:write"))]
@@ -19,15 +20,25 @@ HostsWrite = Annotated[Principal, Depends(require("hosts:write"))]
 
 class MaintenanceIn(s.In):
     reason: Annotated[str, Field(max_length=1000, description="recorded in the event")] = ""
+    drain: bool = Field(default=False, description="desktops running on the host are moved away by live migration, "
+                        "as a cancellable job, instead of refusing")
 
 
-@router.post("/hosts/{host_id}/maintenance", response_model=s.HostOut)
+class MaintenanceOut(s.HostOut):
+    drain_job_id: str | None = Field(default=None, description="the job that migrates the running desktops away")
+
+
+@router.post("/hosts/{host_id}/maintenance", response_model=MaintenanceOut)
 def maintenance(host_id: str, session: DbSession, who: HostsWrite, payload: MaintenanceIn | None = None) -> Any:
-    """Take the host out of service: it gets no new desktops and its heartbeats no longer make it up. 409 when
-    desktops run on it (naming them: shut them down first) or it already is in maintenance."""
-    host = host_maintenance.enter_maintenance(session, host_id, actor=who.name,
-                                              reason=(payload or MaintenanceIn()).reason)
-    return s.HostOut.model_validate(host)
+    """Take the host out of service: it gets no new desktops and its heartbeats no longer make it up. With
+    `drain`, its running desktops move live to other hosts (the job `drain_job_id`, cancellable); without, 409
+    when desktops run on it (naming them: shut them down first). 409 when it already is in maintenance."""
+    payload = payload or MaintenanceIn()
+    host = host_maintenance.enter_maintenance(session, host_id, actor=who.name, reason=payload.reason,
+                                              drain=payload.drain)
+    job = migration.request_drain(session, host, actor=who.name) \
+        if payload.drain and host_maintenance.running_desktops(session, host.id) else None
+    return MaintenanceOut.model_validate(host).model_copy(update={"drain_job_id": job.id if job else None})
 
 
 @router.post("/hosts/{host_id}/activate", response_model=s.HostOut)

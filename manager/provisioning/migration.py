@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.enums import HostStatus, PowerState, Severity, TaskState
@@ -95,9 +95,18 @@ def _settle(desktop_id: str, host_id: str | None) -> None:
                         .values(**values).execution_options(synchronize_session=False))
 
 
-@task("desktops.migrate")
-def migrate_desktop(ctx: JobContext, desktop_id: str, host_id: str) -> dict[str, Any]:
-    """Move the desktop claimed MIGRATING live to `host_id`; its host becomes the target, task_state clears."""
+def _source_target(session: Session, desktop: Desktop) -> nodes.NodeTarget:
+    """The node the desktop runs on. Unlike a start, a host in maintenance is fine: that is what draining it
+    needs; a host that is down, non-responsive or in error cannot migrate anything (Unavailable)."""
+    host = session.get(Host, desktop.host_id) if desktop.host_id else None
+    if host is not None and host.status == HostStatus.MAINTENANCE:
+        return nodes.target_of_host(host)
+    return nodes.target_of_desktop(session, desktop)
+
+
+def migrate_now(desktop_id: str, host_id: str, *, job_id: str | None) -> dict[str, Any]:
+    """Move the desktop claimed MIGRATING live to `host_id`; its host becomes the target, task_state clears.
+    Raises the node's error when the move failed (the desktop stays where libvirt says it is)."""
     with db.session_scope() as session:
         desktop = session.get(Desktop, desktop_id)
         if desktop is None or desktop.task_state != TaskState.MIGRATING:
@@ -107,7 +116,7 @@ def migrate_desktop(ctx: JobContext, desktop_id: str, host_id: str) -> dict[str,
         try:
             if dest is None:
                 raise NotFound(kind="host", id=host_id)
-            source = nodes.target_of_desktop(session, desktop)
+            source = _source_target(session, desktop)
             dest_target = nodes.target_of_host(dest)
         except VdiError:
             power.settle(session, desktop_id, TaskState.MIGRATING, None)
@@ -125,11 +134,53 @@ def migrate_desktop(ctx: JobContext, desktop_id: str, host_id: str) -> dict[str,
         with db.session_scope() as session:
             emit(session, "desktop.migrate_failed", f"migrating desktop {name} from {source.host_name} to "
                  f"{dest_name} failed: {exc.message}", severity=Severity.ERROR, desktop_id=desktop_id,
-                 host_id=source.host_id, job_id=ctx.job_id)
+                 host_id=source.host_id, job_id=job_id)
         if not moved:
             raise
     _settle(desktop_id, host_id)
     with db.session_scope() as session:
         emit(session, "desktop.migrated", f"desktop {name} moved live from {source.host_name} to {dest_name}",
-             desktop_id=desktop_id, host_id=host_id, job_id=ctx.job_id)
+             desktop_id=desktop_id, host_id=host_id, job_id=job_id)
     return {"migrated": True, "host_id": host_id, "from_host_id": source.host_id}
+
+
+@task("desktops.migrate")
+def migrate_desktop(ctx: JobContext, desktop_id: str, host_id: str) -> dict[str, Any]:
+    return migrate_now(desktop_id, host_id, job_id=ctx.job_id)
+
+
+# ---- draining a host in maintenance ----------------------------------------------------------------------
+def request_drain(session: Session, host: Host, *, actor: str) -> Job:
+    """Enqueue the job that moves the running desktops off a host in maintenance (sent when the caller commits)."""
+    return enqueue(session, "hosts.drain", params={"host_id": host.id}, created_by=actor, target_kind="host",
+                   target_id=host.id, description=f"drain host {host.name} by live migration")
+
+
+@task("hosts.drain")
+def drain_host(ctx: JobContext, host_id: str, policy: str = "spread") -> dict[str, Any]:
+    """Migrate every running desktop of a host in maintenance to the placement policy's best other host, one at a
+    time (cancellable between desktops). A desktop that cannot go is listed with the reason while the others go
+    on; the job stops when the host leaves maintenance."""
+    with db.session_scope() as session:
+        running = session.execute(select(Desktop.id, Desktop.name).where(
+            Desktop.host_id == host_id, Desktop.power_state == PowerState.UP).order_by(Desktop.name)).all()
+    migrated: list[str] = []
+    failed: dict[str, str] = {}
+    ctx.progress(0, len(running), force=True)
+    for done, (desktop_id, name) in enumerate(running, start=1):
+        ctx.check_cancelled()
+        try:
+            with db.session_scope() as session:
+                host = session.get(Host, host_id)
+                if host is None or host.status != HostStatus.MAINTENANCE:
+                    return {"migrated": migrated, "failed": failed, "stopped": "the host left maintenance"}
+                desktop = power.claim(session, desktop_id, TaskState.MIGRATING, "migrate it")
+                if desktop.host_id != host_id or desktop.power_state != PowerState.UP:
+                    raise Conflict(f"desktop {name} no longer runs on this host")
+                target_id = choose_target(session, desktop, None, policy).id
+            migrate_now(desktop_id, target_id, job_id=ctx.job_id)
+            migrated.append(name)
+        except VdiError as exc:
+            failed[name] = exc.message
+        ctx.progress(done, len(running))
+    return {"migrated": migrated, "failed": failed}

@@ -126,7 +126,23 @@ def test_a_running_desktop_moves_live_through_the_api_and_keeps_its_uptime(host_
         assert paused.status_code == 200 and paused.json()["power_state"] == "paused", paused.text
         resumed = client.post(f"{API}/desktops/{desktop_id}/resume")
         assert resumed.status_code == 200 and resumed.json()["power_state"] == "up", resumed.text
-        assert int(after.request("uptime")) >= uptime
+        uptime = int(after.request("uptime"))
+
+        # maintenance of its new host: refused while it runs there, unless drained by live migration
+        refused = client.post(f"{API}/hosts/{hosts['host2']}/maintenance")
+        assert refused.status_code == 409 and name in refused.json()["detail"], refused.text
+        drained = client.post(f"{API}/hosts/{hosts['host2']}/maintenance", json={"drain": True, "reason": "RAM"})
+        assert drained.status_code == 200, drained.text
+        assert drained.json()["status"] == "maintenance" and drained.json()["drain_job_id"]
+        job = _finished(client, drained.json()["drain_job_id"])
+        assert job["state"] == "succeeded" and job["result"] == {"migrated": [name], "failed": {}}, job
+        with db.session_scope() as session:
+            row = session.get(Desktop, desktop_id)
+            assert (row.host_id, row.task_state, row.power_state) == (hosts["host1"], None, PowerState.UP)
+            assert session.get(Host, hosts["host2"]).status == HostStatus.MAINTENANCE
+        back = _agent(cluster, "host1", desktop_id)
+        assert int(back.request("uptime")) >= uptime
+        assert back.request("read /home/user/note.txt") == "before the move"
     finally:
         for host_name in ("host1", "host2"):
             node = NodeClient(cluster.agent_url(host_name), cluster.token(host_name), timeout=120)
