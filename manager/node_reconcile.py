@@ -131,3 +131,18 @@ def reconcile_host(host_id: str, *, redefine_known: bool = False) -> dict[str, A
 @task("hosts.reconcile")
 def reconcile_host_job(ctx: JobContext, host_id: str, redefine_known: bool = False) -> dict[str, Any]:
     return reconcile_host(host_id, redefine_known=redefine_known)
+
+
+@task("desktops.redefine")
+def redefine_desktop(ctx: JobContext, desktop_id: str) -> dict[str, Any]:
+    """Define the desktop's domain again from the database on its host (after its CPUs, memory or monitors
+    changed): libvirt keeps a running guest as it is and boots the new definition next time."""
+    with db.session_scope() as session:
+        desktop = session.get(Desktop, desktop_id)
+        host = session.get(Host, desktop.host_id) if desktop is not None and desktop.host_id else None
+        spec = _intended_specs(session, host, desktop_id).get(desktop_id) if host is not None else None
+        if spec is None:
+            return {"skipped": "the desktop is gone or not placed"}
+        target = nodes.target_of_host(host)
+    nodes.define(target, spec)
+    return {"redefined": True, "effective": "next boot"}

@@ -79,6 +79,17 @@ def _desktop_has_domain_or_disk(session: Session, desktop: Desktop) -> None:
                        "the disk)")
 
 
+HARDWARE = {"cpus", "memory_mib", "monitors"}
+
+
+def _desktop_updated(session: Session, desktop: Desktop, values: dict[str, Any]) -> None:
+    """New CPUs, memory or monitors reach the domain: the job desktops.redefine defines it again on its host
+    (sent after the commit), effective at its next boot."""
+    if HARDWARE & set(values) and desktop.host_id is not None and desktop.volume_id is not None:
+        enqueue(session, "desktops.redefine", params={"desktop_id": desktop.id}, target_kind="desktop",
+                target_id=desktop.id, description=f"apply the new hardware of desktop {desktop.name} to its domain")
+
+
 def _tag_in_use(session: Session, tag: Tag) -> None:
     _refuse_if_used(session, "tag", tag.name, {
         "child tags": list(session.scalars(select(Tag.name).where(Tag.parent_id == tag.id))),
@@ -269,7 +280,8 @@ RESOURCES: list[CrudResource] = [
     CrudResource("desktops", "desktop", Desktop, s.DesktopOut, s.DesktopIn, s.partial(s.DesktopIn, "DesktopPatch"),
                  "desktops:read", "desktops:write",
                  sortable=("name", "created_at", "cpu_usage", "mem_usage", "power_state", "memory_mib", "cpus"),
-                 before_delete=_desktop_has_domain_or_disk, extra_event_fields=lambda d: {"desktop_id": d.id}),
+                 before_delete=_desktop_has_domain_or_disk, after_update=_desktop_updated,
+                 extra_event_fields=lambda d: {"desktop_id": d.id}),
     CrudResource("pools", "pool", Pool, s.PoolOut, s.PoolIn, s.PoolPatch, "pools:read", "pools:write",
                  sortable=("name", "created_at", "size", "pool_type"), before_delete=_pool_in_use,
                  prepare_update=_prepare_pool_update, filters=("template_id", "cluster_id"),
