@@ -3,7 +3,8 @@ AD DC (scripts/test-ad.sh) entitled to an automatic pool through an AD group the
 (VDI_AD_ENTITLEMENT_MAP), logs into the portal with her directory password, chooses "In the browser" and clicks
 Connect on her pool; noVNC's canvas shows the real guest's screen (compared with the node's screenshot). Back on the
 portal she reboots her desktop, writes a file in it (through the guest agent), and logs off; the automatic pool
-takes the desktop back and resets it: its overlay is a fresh one (nothing written to it), the file is gone.
+takes the desktop back and resets it: its overlay is a fresh one (nothing written to it), and the guest booted
+from it has no such file.
 
 A manager of its own pointed at the DC: `vdi demo --real-guests yes` (tests.e2e.server.manager_with_real_guests,
 its own manager id, every guest it defined removed afterwards). vs-b (a test-driver host) goes into maintenance so
@@ -207,6 +208,9 @@ def test_alice_from_active_directory_sees_her_real_desktop_in_the_browser_reboot
     assert reset["pool_id"] == pool["id"]
     desktop = api.get(f"/desktops/{desktop_id}").json()
     assert desktop["assigned_user_id"] is None and desktop["task_state"] is None
-    assert qcow2.is_empty(_overlay(ad_manager, desktop_id))  # a fresh overlay on the template: her file is gone
+    assert qcow2.is_empty(_overlay(ad_manager, desktop_id))  # a fresh overlay on the template
+    api.post(f"/desktops/{desktop_id}/start").raise_for_status()  # and the guest booted from it has no file of hers
+    wait_for(f"the guest agent of {desktop['name']}", lambda: _answers_ping(ad_manager, desktop_id), 300, 2)
+    assert _guest(ad_manager, desktop_id, "read /home/user/alice.txt") == "ERR no such file: /home/user/alice.txt"
     logoff = api.get("/events", params={"code": "broker.logoff", "desktop_id": desktop_id}).json()["items"]
     assert [e["user_id"] for e in logoff] == [alice["id"]]
