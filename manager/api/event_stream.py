@@ -18,6 +18,7 @@ import collections
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Annotated, Any
@@ -180,9 +181,30 @@ class EventHub:
 
 
 _hubs: dict[asyncio.AbstractEventLoop, EventHub] = {}
+_closing = threading.Event()  # the server was told to stop: streams end (uvicorn waits for open responses)
+
+
+def _end_streams_on_exit() -> None:
+    """Chain our own step in front of the server's SIGTERM/SIGINT handlers (uvicorn's, installed at start): set
+    _closing, so that open streams end and a stopping server does not wait for clients that never hang up. Their
+    clients reconnect to another manager with Last-Event-ID."""
+    if getattr(_end_streams_on_exit, "done", False) or threading.current_thread() is not threading.main_thread():
+        return
+    _end_streams_on_exit.done = True
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def handler(signum, frame, previous=previous):
+            _closing.set()
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
 
 
 def hub() -> EventHub:
+    _end_streams_on_exit()
     loop = asyncio.get_running_loop()
     if loop not in _hubs:
         for old in [k for k in _hubs if k.is_closed()]:
@@ -242,7 +264,7 @@ async def stream_events(request: Request, who: Annotated[Principal, Depends(requ
                     break
                 cursor = backlog[-1]["id"]
             quiet_since = time.monotonic()
-            while not await request.is_disconnected():
+            while not await request.is_disconnected() and not _closing.is_set():
                 if queue.full():
                     return  # too far behind: the client reconnects with Last-Event-ID
                 try:

@@ -268,3 +268,17 @@ def test_the_events_table_notifies_the_newest_id_at_commit(clean_db, pg_url):
         assert int(note.payload) == event_id("after the rollback")
     finally:
         listener.close()
+
+
+def test_a_stopping_server_ends_its_streams(api_server, open_stream):  # noqa: F811
+    """SIGTERM with streams open: the streams end and the server exits on its own (uvicorn waits for open responses,
+    so without this a stop hung until the clients hung up, or until a SIGKILL)."""
+    import signal
+
+    stream = open_stream()
+    assert stream.next_line() == ": stream open"
+    api_server.process.send_signal(signal.SIGTERM)
+    # an orderly exit: 0, or uvicorn raising the SIGTERM again after its shutdown (not a timeout, not a SIGKILL)
+    assert api_server.process.wait(WAIT_S) in (0, -signal.SIGTERM)
+    while stream.lines.get(timeout=WAIT_S) is not None:
+        pass  # the rest of the stream, up to its end
