@@ -128,8 +128,11 @@ class HostFailover:
         return changed is None or (now - changed).total_seconds() >= self.settings.ha_fence_retry_seconds
 
     def _skip(self, eligible, unreachable, judged) -> list[str]:
-        """Hold fencing back (fence_state skipped); one event per episode, naming the hosts and why."""
+        """Hold fencing back (fence_state skipped); one event per episode, naming the hosts and why. The episode is
+        already open (and said) while an unreachable host is held back from an earlier round: hosts cut off together
+        seldom all pass VDI_HA_NON_RESPONSIVE_AFTER_SECONDS in the same round."""
         now = utcnow()
+        episode_open = any(v.fence_state == SKIPPED for v in unreachable)
         skipped = []
         with db.session_scope() as session:
             for view in eligible:
@@ -138,7 +141,7 @@ class HostFailover:
                 if _swap_fence(session, view.host_id, view.fence_state, SKIPPED, now,
                                f"{len(unreachable)} of {len(judged)} hosts unreachable at once"):
                     skipped.append(view.name)
-            if skipped:
+            if skipped and not episode_open:
                 names = ", ".join(sorted(v.name for v in unreachable))
                 emit(session, "ha.fencing_skipped", f"no host is fenced: {len(unreachable)} of {len(judged)} hosts "
                      f"({names}) are unreachable at once, at least "

@@ -189,6 +189,18 @@ def test_half_the_hosts_unreachable_at_once_fences_nobody(world):
     assert world.fenced == [["bmc-h1"]]
 
 
+def test_hosts_cut_off_together_but_judged_in_different_rounds_make_one_event(world):
+    world.silent("h1", 20)
+    world.silent("h2", 8)  # late, not yet VDI_HA_NON_RESPONSIVE_AFTER_SECONDS: connecting
+    world.failover.run_cycle()
+    assert world.state("h1") == ("non_responsive", "skipped") and world.state("h2") == ("connecting", "")
+    world.silent("h2", 20)
+    world.failover.run_cycle()
+    assert world.state("h2") == ("non_responsive", "skipped") and world.fenced == []
+    [skipped] = world.events("ha.fencing_skipped")
+    assert "2 of 2 hosts" in skipped.message
+
+
 def test_a_host_in_maintenance_is_not_judged(world):
     with db.session_scope() as session:
         session.execute(update(Host).where(Host.id == world.hosts["h1"]).values(status=HostStatus.MAINTENANCE))
