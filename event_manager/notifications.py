@@ -93,9 +93,11 @@ def _rules(conn: Connection) -> list[Rule]:
     if hit and time.monotonic() - hit[0] < SUBSCRIPTIONS_CACHE_S:
         return hit[1]
     sub = NotificationSubscription.__table__.c
-    rules = [Rule(r.id, r.code_pattern, RANK[Severity(r.min_severity)], r.scope_kind, r.scope_id)
-             for r in conn.execute(select(sub.id, sub.code_pattern, sub.min_severity, sub.scope_kind, sub.scope_id)
-                                   .where(sub.enabled.is_(True)))]
+    # The events may be written in a pipelined commit (the broker's connect, db.commit_in_route): read outside it.
+    with db.answers_needed(conn):
+        rules = [Rule(r.id, r.code_pattern, RANK[Severity(r.min_severity)], r.scope_kind, r.scope_id)
+                 for r in conn.execute(select(sub.id, sub.code_pattern, sub.min_severity, sub.scope_kind,
+                                              sub.scope_id).where(sub.enabled.is_(True)))]
     with _cache_lock:
         _cache[key] = (time.monotonic(), rules)
     return rules
@@ -116,7 +118,11 @@ def write_outbox(conn: Connection, events: list[dict[str, Any]]) -> None:
              "attempts": 0, "next_attempt_at": now, "batch_key": "", "last_error": ""}
             for ev in events for rule in rules if rule.matches(ev)]
     if rows:
-        conn.execute(insert(NotificationOutbox.__table__), rows)
+        conn.execute(_INSERT_OUTBOX, rows)
+
+
+# Inline, as the events' INSERT: no RETURNING of the new ids (nobody reads them), so it can run in a pipelined commit.
+_INSERT_OUTBOX = insert(NotificationOutbox.__table__).inline()
 
 
 # ---- channel URLs -------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from anyio import from_thread
 from sqlalchemy import create_engine, event, exc, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import Pool
 from starlette.concurrency import run_in_threadpool
@@ -291,7 +291,8 @@ def commit_in_route(session: Session, *, pipelined: bool = False) -> Iterator[No
     `pipelined` (Postgres): the block's statements are sent without waiting for their answers, and the commit with
     them, in one round trip (psycopg's pipeline mode); the first error surfaces at the commit and rolls back the
     lot. Only for statements whose results nobody reads: an INSERT with its keys given, an UPDATE or DELETE
-    without RETURNING, the events (event_manager writes them that way)."""
+    without RETURNING, the events (event_manager writes them that way). A read that cannot wait for the commit
+    goes through answers_needed."""
     if pipelined and is_postgres(session):
         fairy = session.connection().connection
         pipeline = fairy.driver_connection.pipeline()
@@ -304,6 +305,25 @@ def commit_in_route(session: Session, *, pipelined: bool = False) -> Iterator[No
 
 
 _PIPELINE = "vdi_pipeline"
+
+
+@contextlib.contextmanager
+def answers_needed(connection: Connection) -> Iterator[None]:
+    """For a statement whose rows are read on a connection that may be in a pipelined block (commit_in_route):
+    leave psycopg's pipeline mode around it, and enter it again after. In pipeline mode a query's rows (and its
+    cursor description) arrive only at the next sync, so SQLAlchemy takes it for a statement returning nothing
+    (ResourceClosedError). Leaving costs one round trip, the sync, which also raises the error of a statement
+    sent before, if any (the commit would have). Outside a pipeline it does nothing."""
+    fairy = connection.connection
+    pipeline = fairy.info.pop(_PIPELINE, None)
+    if pipeline is None:
+        yield
+        return
+    pipeline.__exit__(None, None, None)
+    yield
+    pipeline = fairy.driver_connection.pipeline()
+    pipeline.__enter__()
+    fairy.info[_PIPELINE] = pipeline
 
 
 @event.listens_for(Pool, "reset")

@@ -237,6 +237,36 @@ def test_failed_delivery_is_retried_with_the_same_key(client, webhook, db_sessio
     assert headers["x-vdi-idempotency-key"] == key
 
 
+def test_subscriptions_are_read_in_a_pipelined_commit(client, webhook):
+    """The broker's connect writes its events in a pipelined commit (db.commit_in_route). When the subscriptions
+    cache has run out there, reading them must still work (in pipeline mode a query's rows arrive only at the
+    sync: the login storm's connects failed with ResourceClosedError every time the cache ran out), and the
+    statements sent before the read and after it commit together."""
+    from event_manager.notifications import invalidate_cache
+    from event_manager.service import emit
+    from manager import db
+    from manager.models import Event, NotificationOutbox, Pool, Template
+
+    _subscribe(client, name="hook", url=f"json://127.0.0.1:{webhook.port}/pipe", code_pattern="pool.*",
+               min_severity="normal")
+    session = db.new_session()
+    try:
+        session.connection()
+        with db.commit_in_route(session, pipelined=True):
+            tpl = Template(name="pipe-tpl")
+            session.add(tpl)
+            session.flush()  # sent in the pipeline, before the read
+            session.add(Pool(name="pipe-pool", template_id=tpl.id))
+            emit(session, "pool.resized", "pool pipe-pool resized", pool_id="p-pipe")
+            invalidate_cache()  # the cache runs out now: the commit's event hook reads the subscriptions
+    finally:
+        session.close()
+    with db.session_scope() as check:
+        assert check.scalar(select(func.count()).select_from(Pool).where(Pool.name == "pipe-pool")) == 1
+        assert check.scalars(select(Event.code).where(Event.pool_id == "p-pipe")).all() == ["pool.resized"]
+        assert check.scalars(select(NotificationOutbox.code)).all() == ["pool.resized"]
+
+
 def test_rolled_back_event_sends_nothing(client, webhook):
     from event_manager.service import emit
     from manager import db
