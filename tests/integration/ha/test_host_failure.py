@@ -27,7 +27,10 @@ NOTE = "written before the failure"
 
 
 @pytest.fixture
-def manager_process(pg_url, tmp_path):
+def manager_process(pg_url, tmp_path, clean_db):
+    # clean_db first: emptying the tables under a running manager deletes its lease, and it leads again with epoch 1
+    # while its heartbeat replies still tell the node agents the higher epoch it took over from a previous test's
+    # lease, so the agents refuse its restarts as a former leader's
     with ha_world.manager(pg_url, tmp_path / "manager", ha_connecting_after_seconds="3",
                           ha_non_responsive_after_seconds="6") as served:
         yield served
@@ -48,7 +51,7 @@ def _desktops() -> dict[str, Desktop]:
 
 
 def test_a_failed_host_is_fenced_through_ipmi_and_its_ha_desktops_run_elsewhere(
-        host_cluster_factory, demo_image, manager_process, clean_db):  # noqa: F811
+        host_cluster_factory, demo_image, manager_process):  # noqa: F811
     url, _log = manager_process
     cluster = host_cluster_factory(hosts=2, network=False, manager_url=url, agent_options=["--heartbeat-seconds", "1"])
     image = demo_image.publish(cluster.shared_dir / "demo")
