@@ -30,7 +30,8 @@ PLACEMENT = {"g1": "host1", "g2": "host1", "g3": "host2"}
 
 
 @pytest.fixture
-def manager_process(pg_url, tmp_path):
+def manager_process(pg_url, tmp_path, clean_db):
+    # clean_db first: emptying the tables under a running manager deletes its leader lease (test_host_failure)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VDI_")}
     env.update(VDI_DATABASE_URL=pg_url, VDI_PORT=str(port), VDI_DATA_DIR=str(tmp_path / "manager"),
@@ -54,7 +55,7 @@ def manager_process(pg_url, tmp_path):
 
 
 def test_three_guests_on_two_hosts_report_their_stats_and_facts_by_heartbeat(host_cluster_factory, demo_image,  # noqa: F811
-                                                                   manager_process, clean_db):
+                                                                   manager_process):
     cluster = host_cluster_factory(hosts=2, network=False, manager_url=manager_process,
                                    agent_options=["--heartbeat-seconds", "1"])
     image = demo_image.publish(cluster.shared_dir / "demo")
