@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, settings
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from tests.harness.postgres import PostgresUnavailable, fresh_database
 
@@ -68,8 +71,18 @@ def clean_db(pg_engine):
 
     db.configure(engine=pg_engine)
     tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    with pg_engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    # The previous test's manager may still be finishing a background job or loop pass (its rows locked while the
+    # TRUNCATE takes its tables one by one): Postgres then picks the TRUNCATE as a deadlock's victim, and trying
+    # again once that transaction has ended is all it takes.
+    for attempt in range(5):
+        try:
+            with pg_engine.begin() as conn:
+                conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+            break
+        except OperationalError as exc:
+            if not isinstance(exc.orig, psycopg.errors.DeadlockDetected) or attempt == 4:
+                raise
+            time.sleep(0.5)
     yield
 
 
