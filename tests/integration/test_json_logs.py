@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
+from manager.embedded_nodes import wait_until_answers
 from tests.integration.test_embedded_smoke import embedded_env, free_port, run_vdi  # noqa: F401 (fixture)
 
 
@@ -23,15 +23,10 @@ def test_serve_writes_json_lines_with_the_request_ids(embedded_env, tmp_path):  
                                   env=env, stdout=subprocess.DEVNULL, stderr=out, text=True)
     base = f"http://127.0.0.1:{env['VDI_PORT']}/api/v1"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{base}/health", timeout=2)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail("vdi serve did not come up:\n" + log_file.read_text())
-                time.sleep(0.2)
+        try:
+            wait_until_answers(f"{base}/health", server, "vdi serve")
+        except RuntimeError as exc:
+            pytest.fail(f"{exc}:\n" + log_file.read_text())
         login = httpx.post(f"{base}/auth/login", json={"username": "admin", "password": "wrong-password"},
                            headers={"X-Request-ID": "req-42", "X-Correlation-ID": "corr-7"})
         assert login.status_code == 401 and login.headers["x-request-id"] == "req-42"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from manager.embedded_nodes import wait_until_answers
 from tests.integration.test_embedded_smoke import embedded_env, free_port, run_vdi  # noqa: F401 (fixture)
 
 TOKEN = "scrape-token-0123456789abcdef"
@@ -32,15 +31,7 @@ def test_two_workers_count_together(embedded_env, tmp_path):  # noqa: F811
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{env['VDI_PORT']}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                httpx.get(f"{base}/api/v1/health", timeout=2)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail("vdi serve did not come up")
-                time.sleep(0.2)
+        wait_until_answers(f"{base}/api/v1/health", server, "vdi serve --workers 2", timeout=90)
         assert not (stale / "counter_999.db").exists()
         before, made = _health_count(base), 0
         # a new connection each, until both workers have answered some (each then has its counter file)

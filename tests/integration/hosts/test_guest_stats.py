@@ -9,7 +9,6 @@ import sys
 import time
 import uuid
 
-import httpx
 import pytest
 from sqlalchemy import select
 
@@ -19,7 +18,7 @@ from core.specs import DesktopSpec
 from image_manager import qcow2
 from manager import db, node_secrets
 from manager.api.search import run_search
-from manager.embedded_nodes import free_port
+from manager.embedded_nodes import free_port, wait_until_answers
 from manager.models import Cluster, Desktop, Host
 from manager.nodes.client import NodeClient
 from manager.provisioning.consoles import issue_for_desktop
@@ -40,15 +39,7 @@ def manager_process(pg_url, tmp_path, clean_db):
     proc = subprocess.Popen([sys.executable, "-m", "manager.cli", "serve", "--no-upgrade"], env=env,
                             stdout=open(tmp_path / "manager.log", "wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "vdi serve did not come up"
-        time.sleep(0.2)
+    wait_until_answers(f"{url}/api/v1/health", proc, "vdi serve")
     yield url
     proc.terminate()
     proc.wait(timeout=30)
