@@ -19,6 +19,11 @@ class Refused(Exception):
         super().__init__(f"{code}: {reason}")
         self.code, self.reason = code, reason
 
+    @classmethod
+    def of(cls, closed: ConnectionClosed) -> "Refused":
+        """The close frame the proxy sent, from the exception websockets raised on a receive or a send."""
+        return cls(closed.rcvd.code if closed.rcvd else None, closed.rcvd.reason if closed.rcvd else "")
+
 
 @dataclass
 class ServerInit:
@@ -39,8 +44,7 @@ class Viewer:
             try:
                 message = await self.ws.recv()
             except ConnectionClosed as exc:
-                rcvd = exc.rcvd
-                raise Refused(rcvd.code if rcvd else None, rcvd.reason if rcvd else "") from None
+                raise Refused.of(exc) from None
             self.received += len(message)
             self.buffer += message if isinstance(message, bytes) else message.encode()
         out, self.buffer = self.buffer[:n], self.buffer[n:]
@@ -76,8 +80,7 @@ class Viewer:
         try:
             message = await self.ws.recv()
         except ConnectionClosed as exc:
-            rcvd = exc.rcvd
-            raise Refused(rcvd.code if rcvd else None, rcvd.reason if rcvd else "") from None
+            raise Refused.of(exc) from None
         self.received += len(message)
 
 

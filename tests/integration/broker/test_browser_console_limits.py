@@ -51,8 +51,7 @@ async def _until_closed(url: str, *, moves_pointer: bool) -> tuple[Refused, floa
         except Refused as closed:
             return closed, time.monotonic() - opened
         except ConnectionClosed as exc:  # the close came while sending
-            return Refused(exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else ""), \
-                time.monotonic() - opened
+            return Refused.of(exc), time.monotonic() - opened
         await asyncio.sleep(1)
     raise AssertionError(f"the console was still open after {GIVE_UP_S} s")
 
