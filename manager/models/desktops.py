@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.enums import DisconnectAction, OsType, PoolType, PowerState, ProtocolPolicy, ReclaimPolicy, TaskState
@@ -36,6 +37,12 @@ class Pool(IdMixin, CreatedMixin, Base):
     max_lease_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
     window_start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     window_end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # time-based: recurring opening hours (core.schedule: [{"days": ["mon", ...], "start": "08:00", "end": "18:00"}]),
+    # local to time_zone; empty: open whenever the absolute window above allows. schedule_open is what the pool
+    # maintenance loop last saw (it opens and closes the pool, one event each), None before its first pass.
+    schedule: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    schedule_open: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     reclaim_policy: Mapped[ReclaimPolicy] = mapped_column(enum_type(ReclaimPolicy), default=ReclaimPolicy.REIMAGE)
     # What happens to a desktop whose user's console client left and stayed away disconnect_after_minutes
     # (broker.lifecycle.act_on_disconnected, run by the pool maintenance loop).
