@@ -68,6 +68,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_planner(args: argparse.Namespace) -> int:
+    from planner.cli import main as planner_main
+
+    return planner_main(args.rest)
+
+
 def _cmd_node(args: argparse.Namespace) -> int:
     from hypervisor_node.agent import main as node_main
 
@@ -241,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the node agent of one KVM host (see `vdi node --help`).")
     p.set_defaults(func=_cmd_node, passthrough=True)
 
+    p = sub.add_parser("planner", help="measure how many users a platform supports", add_help=False,
+                       description="Score samples, run workloads, sweep user counts (see `vdi planner --help`).")
+    p.set_defaults(func=_cmd_planner, passthrough=True)
+
     p = sub.add_parser("db", help="database migrations", description="Apply or inspect Alembic migrations.")
     p.add_argument("action", choices=["upgrade", "downgrade", "current"])
     p.add_argument("revision", nargs="?", help="target revision (downgrade; default base)")
@@ -291,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    # `node` and `image` hand their own options (including --help) to the program they run.
+    # `node`, `image` and `planner` hand their own options (including --help) to the program they run.
     args, rest = parser.parse_known_args(argv)
     if rest and not getattr(args, "passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -29,7 +29,7 @@ def top(module: str) -> str:
 
 def test_packages_exist():
     for package in ("core", "manager", "broker", "image_manager", "ha_manager", "event_manager",
-                    "hypervisor_node", "search_dsl", "migrations"):
+                    "hypervisor_node", "search_dsl", "migrations", "planner"):
         assert (ROOT / package / "__init__.py").exists(), package
 
 
@@ -41,9 +41,17 @@ def test_hypervisor_node_never_imports_manager_sqlalchemy_or_fastapi():
 def test_only_hypervisor_node_imports_libvirt():
     offenders = []
     for package in ("core", "manager", "broker", "image_manager", "ha_manager", "event_manager", "search_dsl",
-                    "migrations", "bench"):
+                    "migrations", "bench", "planner"):
         offenders += [(f, m) for f, m in imported_modules(package) if top(m) == "libvirt"]
     assert offenders == []
+
+
+def test_planner_is_a_client_of_the_manager():
+    """planner/ drives the manager through its API only (the manager imports planner's pure parts, not the reverse)."""
+    bad = [(f, m) for f, m in imported_modules("planner")
+           if top(m) in {"manager", "sqlalchemy", "fastapi", "hypervisor_node", "broker", "image_manager",
+                         "ha_manager", "event_manager"}]
+    assert bad == []
 
 
 def test_search_dsl_never_imports_manager():
