@@ -212,6 +212,11 @@ class LeaderElector:
                     self._next_wait = self.renew_s
             else:
                 sentence, became = self._try_acquire(session, now)
+            with self._lock:
+                recorded = self.known_epoch or 0
+            if self._seen_epoch > recorded:  # recorded now, not at the next pass: the row could be lost meanwhile
+                session.execute(update(ManagerInstance).where(ManagerInstance.id == self.instance_id)
+                                .values(highest_epoch=self._seen_epoch))
         with self._lock:
             self.known_epoch = max(self.known_epoch or 0, self._seen_epoch) or None
             if lost:
@@ -230,12 +235,18 @@ class LeaderElector:
         mine = dict(holder=self.instance_id, holder_address=self.address, acquired_at=now, renewed_at=now,
                     expires_at=expires)
         if row is None:
-            inserted = session.execute(_dialect_insert(session)(ManagerLeader).values(name=self.name, epoch=1, **mine)
+            # The row is new, or was lost (deleted, a partial restore): start above every epoch anyone has seen, so
+            # the epoch never goes backwards (node agents refuse the calls of an older one)
+            floor = self._highest_epoch_seen(session)
+            epoch = floor + 1
+            inserted = session.execute(_dialect_insert(session)(ManagerLeader).values(name=self.name, epoch=epoch,
+                                                                                      **mine)
                                        .on_conflict_do_nothing()).rowcount
             if inserted:
                 self._next_wait = self.renew_s
-                self._seen_epoch = 1
-                return "leader, epoch 1 (first leader)", Term(1, now, time.monotonic())
+                self._seen_epoch = epoch
+                how = "first leader" if floor == 0 else f"re-created the lost lease above epoch {floor}"
+                return f"leader, epoch {epoch} ({how})", Term(epoch, now, time.monotonic())
             self._next_wait = 0.0
             return "standby: another instance created the lease first", None
         if row.expires_at >= now and row.holder != self.instance_id:
@@ -258,10 +269,24 @@ class LeaderElector:
             f"took over from {seen_holder} (epoch {seen_epoch}, expired {seen_expiry:%H:%M:%S})"
         return f"leader, epoch {seen_epoch + 1}: {how}", Term(seen_epoch + 1, now, time.monotonic())
 
+    def learn_epoch(self, epoch: object) -> None:
+        """A leader epoch heard from elsewhere (a node agent's heartbeat): kept as the highest known, recorded at the
+        next pass, and started above should the lease row be re-created."""
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > 0:
+            with self._lock:
+                self.known_epoch = max(self.known_epoch or 0, epoch)
+
+    def _highest_epoch_seen(self, session: Session) -> int:
+        recorded = session.scalar(select(func.max(ManagerInstance.highest_epoch))) or 0
+        with self._lock:
+            return max(int(recorded), self.known_epoch or 0)
+
     def _report_instance(self, session: Session, now: dt.datetime) -> None:
         if self._started_at is None:
             self._started_at = now
-        values = dict(address=self.address, pid=os.getpid(), seen_at=now)
+        with self._lock:
+            highest = self.known_epoch or 0
+        values = dict(address=self.address, pid=os.getpid(), seen_at=now, highest_epoch=highest)
         session.execute(_dialect_insert(session)(ManagerInstance)
                         .values(id=self.instance_id, started_at=self._started_at, **values)
                         .on_conflict_do_update(index_elements=["id"],

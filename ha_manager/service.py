@@ -100,6 +100,14 @@ def known_leader_epoch() -> int | None:
     return elector.known_epoch if elector is not None else None
 
 
+def learn_leader_epoch(epoch: object) -> None:
+    """The highest leader epoch a node agent has heard (its heartbeat says): this process remembers the highest, so a
+    lost lease row is re-created above it (ha_manager.leader)."""
+    elector = _elector
+    if elector is not None:
+        elector.learn_epoch(epoch)
+
+
 def is_leader() -> bool:
     return leader_term() is not None
 

@@ -187,6 +187,19 @@ def create_app(
         return JSONResponse({"domains": [{"uuid": d.uuid, "name": d.name, "state": d.state,
                                           "desktop_id": d.desktop_id} for d in domains]})
 
+    async def disks(_request: Request) -> Response:
+        """Every defined domain's disk files, ours or not: what the manager's storage clean-up must keep."""
+        found = await call(driver.domain_disks)
+        return JSONResponse({"domains": [{"uuid": uuid, "paths": paths} for uuid, paths in sorted(found.items())]})
+
+    async def resize(request: Request) -> Response:
+        """New vCPUs and/or memory for the running domain where libvirt can; says per field: live | next_boot."""
+        body = await _json_body(request)
+        vcpus = _field(body, "vcpus", int, None)
+        memory_mib = _field(body, "memory_mib", int, None)
+        applied = await call(driver.resize, request.path_params["uuid"], vcpus, memory_mib)
+        return JSONResponse({"applied": applied})
+
     async def get_domain(request: Request) -> Response:
         return JSONResponse((await call(driver.get_domain, request.path_params["uuid"])).to_dict())
 
@@ -277,6 +290,7 @@ def create_app(
         Route(f"{p}/domains", list_domains, methods=["GET"]),
         Route(f"{p}/stats", stats, methods=["GET"]),
         Route(f"{p}/spice-tls", put_spice_tls, methods=["PUT"]),
+        Route(f"{p}/disks", disks, methods=["GET"]),
         Route(f"{p}/domains/{{uuid}}", get_domain, methods=["GET"]),
         Route(f"{p}/domains/{{uuid}}", define, methods=["PUT"]),
         Route(f"{p}/domains/{{uuid}}", undefine, methods=["DELETE"]),
@@ -287,6 +301,7 @@ def create_app(
         Route(f"{p}/domains/{{uuid}}/snapshot", snapshot, methods=["POST"]),
         Route(f"{p}/domains/{{uuid}}/blockcommit", blockcommit, methods=["POST"]),
         Route(f"{p}/domains/{{uuid}}/keys", keys, methods=["POST"]),
+        Route(f"{p}/domains/{{uuid}}/resize", resize, methods=["POST"]),
         Route(f"{p}/domains/{{uuid}}/{{action}}", power, methods=["POST"]),
     ]
 
@@ -379,6 +394,7 @@ class Heartbeat:
             "mem_usage": hoststats.read_mem_usage(self._proc_root),
             "domains": [d.to_dict() for d in domains],
             "guest": self.guest_facts.unsent(),
+            "leader_epoch": self.fence.highest,  # so a manager re-creating a lost lease row starts above it
         }
 
     async def beat(self, client: httpx.AsyncClient) -> bool:

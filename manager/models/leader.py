@@ -37,3 +37,7 @@ class ManagerInstance(Base):
     pid: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # the highest leader epoch it has seen (lease row, node agents' heartbeats): a re-created lease row starts above
+    # the highest of these, so the epoch never goes backwards (ha_manager/leader.py)
+    highest_epoch: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), default=0,
+                                               server_default="0")

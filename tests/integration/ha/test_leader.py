@@ -272,3 +272,29 @@ def test_get_ha_answers_who_leads(client, anon_client):
     assert me["lease_ttl_seconds"] == 12.0 and me["refused_writes"] == 0
     anon_client.headers.pop("Authorization", None)
     assert anon_client.get("/api/v1/ha").status_code == 401
+
+
+def test_a_lost_lease_row_comes_back_above_every_epoch_seen(clean_db):
+    """The lease row deleted (by hand, a partial restore): the epoch must not start again at 1, or node agents that
+    heard a higher one refuse the new leader, and a former leader's writes with a reused epoch would pass."""
+    a, b = elector("a", ttl_s=600, renew_s=5), elector("b", ttl_s=600, renew_s=5)
+    a.tick()
+    again = elector("a", ttl_s=600, renew_s=5)
+    assert again.tick() == "leader, epoch 2: restarted, took its own lease"
+    with db.session_scope() as session:
+        session.execute(text("DELETE FROM manager_leader"))
+    fresh = elector("c", ttl_s=600, renew_s=5)  # never saw an epoch itself: reads what the instances recorded
+    assert fresh.tick() == "leader, epoch 3 (re-created the lost lease above epoch 2)"
+    assert again.tick() == "stepped down: epoch 2 was superseded by epoch 3 of c"
+
+    with db.session_scope() as session:
+        session.execute(text("DELETE FROM manager_leader"))
+        session.execute(text("DELETE FROM manager_instances"))  # nothing recorded either
+    b.learn_epoch(7)  # a node agent's heartbeat said it has heard of epoch 7
+    assert b.tick() == "leader, epoch 8 (re-created the lost lease above epoch 7)"
+    with db.session_scope() as session:
+        assert session.get(ManagerLeader, "manager").epoch == 8
+    with fenced(3):  # c's epoch can never be valid again
+        with pytest.raises(NotLeader):
+            with db.session_scope() as session:
+                emit(session, "host.updated", "by c")
