@@ -73,7 +73,8 @@ def test_heartbeat_body_url_and_token(driver, manager, proc_root, make_spec):
     assert str(request.url) == "http://manager.invalid:8000/api/v1/nodes/node-7/heartbeat"
     assert request.headers["authorization"] == f"Bearer {TOKEN}"
     first, second = manager.bodies()
-    assert set(first) == {"seq", "agent_started_at", "caps", "cpu_usage", "mem_usage", "domains", "guest"}
+    assert set(first) == {"seq", "agent_started_at", "caps", "cpu_usage", "mem_usage", "domains", "guest",
+                          "leader_epoch"}
     assert first["guest"] == {}  # the test driver's domains have no guest agent to ask
     assert (first["seq"], second["seq"]) == (1, 2)
     assert first["agent_started_at"] == heartbeat.started_at == second["agent_started_at"]
