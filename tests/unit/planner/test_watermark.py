@@ -89,3 +89,22 @@ def test_tracker_half_drawn_and_missed_states():
     tracker.feed(Marks(21, 8, 0), 9.0)
     tracker.feed(Marks(21, 8, 992), 9.25)
     assert tracker.take(8).seconds == pytest.approx(0.25)
+
+
+def test_guest_protocol_lines_and_replies():
+    from planner.guest_protocol import GuestProtocolError, op_command, parse_apps, parse_op_reply
+
+    assert op_command("word", "open", 7, 11) == "planner-op word open 7 11"
+    for bad in (("../x", "open", 7, 11), ("word", "Open", 7, 11), ("word", "open", 1000, 11),
+                ("word", "open", 7, 1024), ("word", "open", True, 11)):
+        with pytest.raises(GuestProtocolError):
+            op_command(*bad)
+    assert parse_op_reply("ok 11 7 412345", 7, 11).guest_s == pytest.approx(0.412345)
+    failed = parse_op_reply("FAIL 11 7 exit 1", 7, 11)
+    assert (failed.ok, failed.reason, failed.guest_s) == (False, "exit 1", None)
+    for reply in ("ERR no application word", "ok 12 7 5", "ok 11 7", "pong"):
+        with pytest.raises(GuestProtocolError):
+            parse_op_reply(reply, 7, 11)
+    assert parse_apps("browser:browse word:open,type,save") == {"browser": ["browse"], "word": ["open", "type", "save"]}
+    with pytest.raises(GuestProtocolError, match="no planner tools"):
+        parse_apps("ERR no /opt/planner")
