@@ -222,7 +222,16 @@ class Images(Namespace):
 
 
 class Desktops(Create[m.Desktop], Update[m.Desktop], Delete[m.Desktop], ObjectEvents):
+    """create: the desktop, placed, with `job_id` (its overlay and domain are made by that job); update: with
+    `job_id` and `applied` (per hardware field: live | next_boot | pending | failed) when CPUs, memory or monitors
+    changed."""
     collection, model = "desktops", m.Desktop
+
+    @operation("DELETE", "/desktops/{id}")
+    def delete(self, object_id: str, *, force: bool = False) -> m.Job:  # type: ignore[override]
+        """Remove the desktop everywhere, as a job (a running one only with `force`: it is powered off first)."""
+        return m.Job.model_validate(self._call("DELETE", f"/desktops/{object_id}",
+                                               params={"force": "true"} if force else None))
 
     def _power(self, desktop_id: str, action: str, body: dict[str, Any] | None = None) -> m.Desktop:
         return m.Desktop.model_validate(self._call("POST", f"/desktops/{desktop_id}/{action}", json=body))
@@ -460,6 +469,8 @@ class Bookmarks(Create[m.Bookmark], Update[m.Bookmark], Delete[m.Bookmark]):
 
 
 PAGE_AT_END = re.compile(r"\s+page\s+\d+\s*$", re.IGNORECASE)
+# `sortby <field>` at the end: the language takes `page N` after it only once a direction is written
+SORT_WITHOUT_DIRECTION = re.compile(r"\bsortby\s+[\w.]+\s*$", re.IGNORECASE)
 
 
 class Search(Namespace):
@@ -475,6 +486,8 @@ class Search(Namespace):
         if PAGE_AT_END.search(query):
             yield from self._typed(self.page(query, page_size=page_size, case_sensitive=case_sensitive))
             return
+        if SORT_WITHOUT_DIRECTION.search(query):
+            query = f"{query.rstrip()} asc"
         number = 1
         while True:
             got = self.page(f"{query} page {number}", page_size=page_size, case_sensitive=case_sensitive)
@@ -715,9 +728,21 @@ class Directory(Namespace):
 
 class Policies(Namespace):
     @operation("POST", "/policies/run")
-    def run(self, *, dry_run: bool = False, **options: Any) -> dict[str, Any]:
-        """One round of the scheduling policies now; with `dry_run` the decisions are returned, not carried out."""
-        return self._call("POST", "/policies/run", json={"dry_run": dry_run, **options})
+    def run(self, *, dry_run: bool = True, cluster_id: str | None = None) -> dict[str, Any]:
+        """One round of the scheduling policies now, in every cluster or one: `decisions` (each with its policy,
+        action and reason); unless `dry_run` (the default), carried out as `jobs`, with the ones refused at once
+        in `failed`."""
+        return self._call("POST", "/policies/run", json=_clean({"dry_run": dry_run, "cluster": cluster_id}))
+
+    @operation("GET", "/clusters/{id}/policies")
+    def get(self, cluster_id: str) -> dict[str, Any]:
+        """A cluster's policy settings (load balancing, power saving, idle desktops, memory density)."""
+        return self._call("GET", f"/clusters/{cluster_id}/policies")
+
+    @operation("PUT", "/clusters/{id}/policies")
+    def set(self, cluster_id: str, policies: dict[str, Any]) -> dict[str, Any]:
+        """Replace a cluster's policy settings (what `get` returns, changed)."""
+        return self._call("PUT", f"/clusters/{cluster_id}/policies", json=policies)
 
 
 class Auth(Namespace):

@@ -46,5 +46,5 @@ class JobTimeout(VdiClientError):
 
     def __init__(self, job: Any, seconds: float) -> None:
         super().__init__(f"job {job.id} ({job.kind}) still {job.state} after {seconds:g} s "
-                         f"({job.progress:.0%} done)")
+                         f"({job.progress:.0f}% done)")
         self.job = job

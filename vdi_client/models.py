@@ -177,7 +177,7 @@ class Job(Resource):
     kind: str
     state: str
     description: str = ""
-    progress: float = 0.0
+    progress: float = 0.0  # percent, 0 to 100
     done: int = 0
     total: int = 0
     error: str = ""
@@ -186,6 +186,11 @@ class Job(Resource):
     target_id: str = ""
     cancel_requested: bool = False
     eta_seconds: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        """How much is done, 0.0 to 1.0."""
+        return min(max(self.progress / 100.0, 0.0), 1.0)
 
     @property
     def finished(self) -> bool:
