@@ -296,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dry-run", action="store_true", help="print the diff (added, changed, disabled, removed); "
                                                            "write nothing")
     d.set_defaults(func=_cmd_directory)
+
+    from vdi_client.cli import add_commands
+
+    add_commands(sub)  # login, desktops, pools, hosts, policies, events, jobs: the API's client (docs/sdk-cli.md)
     return parser
 
 
