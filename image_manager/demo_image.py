@@ -48,6 +48,7 @@ import gzip
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -100,6 +101,39 @@ KERNEL_MODULES: tuple[str, ...] = (
     "net_failover",
     "virtio_net",
 )
+
+# The planner variant's kernel is Debian's generic one: it has vesafb built in (the cloud kernel has no framebuffer
+# driver at all), but builds ext4 as a module, so the initramfs loads it (and what it needs) before the mount.
+PLANNER_KERNEL_META_PACKAGE = "linux-image-amd64"
+PLANNER_KERNEL_MODULES: tuple[str, ...] = ("crc16", "mbcache", "jbd2", "crc32c_generic", "ext4") + KERNEL_MODULES
+# vga=0x318: VESA mode 0x118 (1024x768, 24 bits under QEMU's VGA BIOS) set at boot for vesafb; QEMU's direct
+# kernel boot passes it to the kernel's real-mode setup. consoleblank=0: the screen never blanks.
+PLANNER_CMDLINE: tuple[str, ...] = ("vga=0x318", "consoleblank=0")
+PLANNER_DIR = "/opt/planner"
+PLANNER_SOURCES = Path(__file__).with_name("planner_guest")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What distinguishes one kind of demo desktop from another."""
+
+    name: str
+    kernel_meta_package: str
+    kernel_package: str  # regex: the versioned package the meta package depends on
+    modules: tuple[str, ...]
+    cmdline: tuple[str, ...]
+    planner: bool  # carries /opt/planner (vdi-planner, the applications, their data)
+
+
+# console: the cloud kernel, the VGA text console; every real-guest test boots it.
+# planner: the generic kernel with a 1024x768 framebuffer and the planner's guest side (docs/planner.md).
+VARIANTS: dict[str, Variant] = {
+    "console": Variant("console", KERNEL_META_PACKAGE, r"linux-image-[0-9][^\s]*-cloud-amd64", KERNEL_MODULES, (),
+                       planner=False),
+    "planner": Variant("planner", PLANNER_KERNEL_META_PACKAGE, r"linux-image-[0-9][0-9.]*-[0-9]+-amd64",
+                       PLANNER_KERNEL_MODULES, PLANNER_CMDLINE, planner=True),
+}
+DEFAULT_VARIANT = "console"
 
 # Serial-console markers (see the module docstring); tests and the node read the log for these.
 MARK_BOOT = "VDI-BOOT"
@@ -163,6 +197,15 @@ done
 [ "$found" = 1 ] || echo "VDI-USERFILE none"
 acpid -c /etc/acpi -l /run/acpid.log
 /usr/sbin/vdi-network &
+if [ -x /opt/planner/bin/vdi-planner ]; then
+    # the planner desktop: the screen becomes a framebuffer desktop with watermarks (docs/planner.md)
+    if [ -e /dev/fb0 ]; then
+        /opt/planner/bin/vdi-planner desktop "$(hostname)" > /dev/console 2>&1
+        /opt/planner/bin/vdi-planner keepalive > /dev/null 2>&1 &
+    else
+        echo "VDI-PLANNER no framebuffer: boot with vga=0x318 on a BIOS (SeaBIOS) machine" > /dev/console
+    fi
+fi
 ( while true; do /usr/sbin/vdi-agent; echo "VDI-AGENT exited with $?; restarting"; sleep 1; done ) &
 /usr/sbin/vdi-screen &
 echo "VDI-READY"
@@ -284,6 +327,52 @@ run_op() {
     echo "$1 $(( $(now_ms) - start ))"
 }
 
+# planner-apps / planner-op: the planner's guest side (docs/planner.md, "Guest protocol"). Applications are
+# the executables in /opt/planner/apps, run by NAME only; vdi-planner draws the watermarks and times the run.
+planner_name_ok() {
+    case "$1" in [a-z]*) ;; *) return 1 ;; esac
+    case "$1" in *[!a-z0-9_-]*) return 1 ;; esac
+    [ "${#1}" -le 32 ]
+}
+planner_number_ok() {  # VALUE MIN MAX: a whole number without leading zeros in MIN..MAX
+    case "$1" in ""|*[!0-9]*|0?*) return 1 ;; esac
+    [ "${#1}" -le 4 ] && [ "$1" -ge "$2" ] && [ "$1" -le "$3" ]
+}
+planner_ops() { "/opt/planner/apps/$1" ops 2>/dev/null | tr -s ' \n' '  ' | sed 's/^ //; s/ $//'; }
+planner_apps() {
+    if [ ! -x /opt/planner/bin/vdi-planner ]; then
+        echo "ERR this desktop has no planner tools: use the planner variant of the demo image"; return
+    fi
+    out=
+    for app in /opt/planner/apps/*; do
+        name=${app##*/}
+        [ -f "$app" ] && [ -x "$app" ] && planner_name_ok "$name" || continue
+        out="$out $name:$(planner_ops "$name" | tr ' ' ',')"
+    done
+    echo "${out# }"
+}
+planner_op() {
+    usage="ERR usage: planner-op APP OP SEQ CODE (APP and OP: 1-32 of a-z 0-9 _ - starting with a letter;"
+    usage="$usage SEQ: 1-999; CODE: 0-1023)"
+    set -f; set -- $1; set +f
+    if [ $# -ne 4 ] || ! planner_name_ok "$1" || ! planner_name_ok "$2" || ! planner_number_ok "$3" 1 999 \
+            || ! planner_number_ok "$4" 0 1023; then
+        echo "$usage"; return
+    fi
+    if [ ! -x /opt/planner/bin/vdi-planner ]; then
+        echo "ERR this desktop has no planner tools: use the planner variant of the demo image"; return
+    fi
+    if [ ! -f "/opt/planner/apps/$1" ] || [ ! -x "/opt/planner/apps/$1" ]; then
+        echo "ERR no application '$1' on this desktop: send planner-apps for the list"; return
+    fi
+    ops=$(planner_ops "$1")
+    case " $ops " in
+        *" $2 "*) ;;
+        *) echo "ERR application '$1' has no operation '$2': it has $ops"; return ;;
+    esac
+    /opt/planner/bin/vdi-planner run "$4" "$3" "/opt/planner/apps/$1" "$2"
+}
+
 handle() {
     line=$1
     command=${line%% *}
@@ -316,6 +405,8 @@ handle() {
             fi
             ;;
         run) run_op "$rest" ;;
+        planner-apps) planner_apps ;;
+        planner-op) planner_op "$rest" ;;
         sleep)
             case "$rest" in
                 ""|*[!0-9]*) echo "ERR usage: sleep SECONDS (a whole number from 0 to 600)"; return ;;
@@ -329,7 +420,7 @@ handle() {
             echo ok
             ( sleep 1; /usr/sbin/vdi-shutdown "$command" ) < /dev/null > /dev/null 2>&1 &
             ;;
-        help) echo "commands: ping hostname uptime apps ip user sync write read run sleep reboot poweroff help; prefix @ID to get @ID before the answer" ;;
+        help) echo "commands: ping hostname uptime apps ip user sync write read run planner-apps planner-op sleep reboot poweroff help; prefix @ID to get @ID before the answer" ;;
         "") echo "ERR empty request: send a command such as ping" ;;
         *) echo "ERR unknown command '$command': send help for the list" ;;
     esac
@@ -400,11 +491,12 @@ class DemoImage:
     kernel_version: str = ""
     recipe_key: str = ""
     build_seconds: float = 0.0
+    variant: str = DEFAULT_VARIANT
 
     def cmdline(self, hostname: str | None = None) -> str:
         """The kernel command line: the console on the first serial port, kernel messages on the screen too."""
         # tty1 first: the kernel writes to both, /dev/console (the init's markers) is the last one
-        parts = ["console=tty1", "console=ttyS0", "quiet"]
+        parts = ["console=tty1", "console=ttyS0", "quiet", *VARIANTS[self.variant].cmdline]
         if hostname:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", hostname):
                 raise Invalid(f"hostname {hostname!r} is not a valid host name: use 1-63 letters, digits"
@@ -438,6 +530,7 @@ class DemoImage:
             kernel_version=self.kernel_version,
             recipe_key=self.recipe_key,
             build_seconds=self.build_seconds,
+            variant=self.variant,
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -456,26 +549,38 @@ def default_cache_dir() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "vdi"
 
 
-def recipe_key(apps: Sequence[str] = DEFAULT_APPS) -> str:
+def recipe_key(apps: Sequence[str] = DEFAULT_APPS, variant: str = DEFAULT_VARIANT) -> str:
     """A short hash of everything that shapes the image: change any of it and the image is rebuilt."""
-    recipe = json.dumps(
-        {
-            "version": RECIPE_VERSION,
-            "packages": [KERNEL_META_PACKAGE, BUSYBOX_PACKAGE],
-            "modules": list(KERNEL_MODULES),
-            "disk_mib": DISK_SIZE_MIB,
-            "apps": list(apps),
-            "scripts": [INITRAMFS_INIT, DISK_INIT, SHUTDOWN_SCRIPT, POWER_BUTTON_SCRIPT, AGENT_SCRIPT,
-                        SCREEN_SCRIPT, NETWORK_SCRIPT, DHCP_EVENT_SCRIPT, ADDRESSES_SCRIPT, PROFILE],
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+    spec = _variant(variant)
+    recipe: dict[str, object] = {
+        "version": RECIPE_VERSION,
+        "packages": [spec.kernel_meta_package, BUSYBOX_PACKAGE],
+        "modules": list(spec.modules),
+        "disk_mib": DISK_SIZE_MIB,
+        "apps": list(apps),
+        "scripts": [INITRAMFS_INIT, DISK_INIT, SHUTDOWN_SCRIPT, POWER_BUTTON_SCRIPT, AGENT_SCRIPT,
+                    SCREEN_SCRIPT, NETWORK_SCRIPT, DHCP_EVENT_SCRIPT, ADDRESSES_SCRIPT, PROFILE],
+    }
+    if spec.name != DEFAULT_VARIANT:  # the console image's key stays what it was without variants
+        recipe["variant"] = [spec.name, list(spec.cmdline)]
+    if spec.planner:
+        recipe["planner"] = {name: hashlib.sha256(data).hexdigest() for name, data in _planner_files().items()}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _variant(name: str) -> Variant:
+    if name not in VARIANTS:
+        raise DemoImageBuildFailed(step="choosing the variant",
+                                   reason=f"{name!r} is not a variant: use one of {', '.join(VARIANTS)}")
+    return VARIANTS[name]
 
 
 def ensure_demo_image(cache_dir: str | os.PathLike[str] | None = None,
-                      apps: Sequence[str] = DEFAULT_APPS) -> DemoImage:
+                      apps: Sequence[str] = DEFAULT_APPS, variant: str = DEFAULT_VARIANT) -> DemoImage:
     """Return the demo desktop for the current recipe, building it first if it is not cached.
+
+    `variant` (see VARIANTS): "console" (the default; cloud kernel, text console) or "planner" (generic kernel,
+    1024x768 framebuffer, the planner's guest side; docs/planner.md).
 
     Builds at most once per recipe: concurrent callers wait on a lock and then reuse the result.
     Needs root-free tools only (apt-get download, dpkg -x, cpio, gzip, mkfs.ext4, qemu-img) and the
@@ -483,16 +588,17 @@ def ensure_demo_image(cache_dir: str | os.PathLike[str] | None = None,
     (saying which step) when a step fails; a failed build leaves no half-built entry behind.
     """
     _check_apps(apps)
+    spec = _variant(variant)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     base = root / "demo-image"
     base.mkdir(parents=True, exist_ok=True)
-    key = recipe_key(apps)
+    key = recipe_key(apps, variant)
     entry = base / key
     with _locked(base / ".lock"):
         cached = _load_manifest(entry)
         if cached is not None:
             return cached
-        return _build(base, entry, key, list(apps))
+        return _build(base, entry, key, list(apps), spec)
 
 
 def _check_apps(apps: Sequence[str]) -> None:
@@ -530,21 +636,24 @@ def _load_manifest(entry: Path) -> DemoImage | None:
         kernel_version=data["kernel_version"],
         recipe_key=data["recipe_key"],
         build_seconds=float(data["build_seconds"]),
+        variant=data.get("variant", DEFAULT_VARIANT),
     )
     if not all(path.is_file() for path in (image.kernel, image.initrd, image.template)):
         return None  # someone deleted a file from the cache: build again
     return image
 
 
-def _build(base: Path, entry: Path, key: str, apps: list[str]) -> DemoImage:
+def _build(base: Path, entry: Path, key: str, apps: list[str], spec: Variant) -> DemoImage:
     started = time.monotonic()
-    for tool in ("apt-get", "apt-cache", "dpkg", "cpio", "gzip", "mkfs.ext4", "debugfs", "qemu-img"):
+    tools = ["apt-get", "apt-cache", "dpkg", "cpio", "gzip", "mkfs.ext4", "debugfs", "qemu-img"]
+    for tool in tools + (["gcc"] if spec.planner else []):
         if shutil.which(tool) is None:
             raise ImageToolMissing(
                 what=tool,
-                reason="install the Debian packages apt, dpkg, cpio, gzip, e2fsprogs and qemu-utils",
+                reason="install the Debian packages apt, dpkg, cpio, gzip, e2fsprogs and qemu-utils"
+                       + (" (and gcc with libc6-dev: the planner variant compiles vdi-planner)" if spec.planner else ""),
             )
-    kernel_package = resolve_kernel_package()
+    kernel_package = resolve_kernel_package(spec)
     debs = base / "debs"
     debs.mkdir(exist_ok=True)
     kernel_deb = _download(debs, kernel_package)
@@ -566,9 +675,9 @@ def _build(base: Path, entry: Path, key: str, apps: list[str]) -> DemoImage:
         output = work / "output"
         output.mkdir()
         shutil.copyfile(vmlinuz[0], output / "vmlinuz")
-        _make_initramfs(work / "initramfs", extracted, kernel_version, busybox, output / "initrd.img")
+        _make_initramfs(work / "initramfs", extracted, kernel_version, busybox, output / "initrd.img", spec.modules)
         template_id = f"demo-{key}-{uuid.uuid4().hex[:12]}"
-        _make_template(work / "disk", busybox, apps, template_id, output / "template.qcow2")
+        _make_template(work / "disk", busybox, apps, template_id, output / "template.qcow2", spec)
 
         build_seconds = round(time.monotonic() - started, 2)
         manifest = {
@@ -581,6 +690,7 @@ def _build(base: Path, entry: Path, key: str, apps: list[str]) -> DemoImage:
             "kernel_package": kernel_package,
             "recipe_key": key,
             "build_seconds": build_seconds,
+            "variant": spec.name,
         }
         (output / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         for path in output.iterdir():
@@ -595,14 +705,15 @@ def _build(base: Path, entry: Path, key: str, apps: list[str]) -> DemoImage:
     return image
 
 
-def resolve_kernel_package() -> str:
-    """The versioned cloud kernel package the meta package currently depends on."""
-    result = _run(["apt-cache", "depends", KERNEL_META_PACKAGE], step=f"resolving {KERNEL_META_PACKAGE}")
-    match = re.search(r"Depends:\s*(linux-image-[0-9][^\s]*-cloud-amd64)\b", result.stdout)
+def resolve_kernel_package(spec: Variant = VARIANTS[DEFAULT_VARIANT]) -> str:
+    """The versioned kernel package the variant's meta package currently depends on."""
+    meta = spec.kernel_meta_package
+    result = _run(["apt-cache", "depends", meta], step=f"resolving {meta}")
+    match = re.search(rf"Depends:\s*({spec.kernel_package})\s*$", result.stdout, re.MULTILINE)
     if not match:
         raise DemoImageBuildFailed(
-            step=f"resolving {KERNEL_META_PACKAGE}",
-            reason="apt-cache names no linux-image-<version>-cloud-amd64 dependency; run apt-get update",
+            step=f"resolving {meta}",
+            reason=f"apt-cache names no dependency like {spec.kernel_package}; run apt-get update",
         )
     return match.group(1)
 
@@ -626,12 +737,13 @@ def _download(debs: Path, package: str) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _make_initramfs(root: Path, extracted: Path, kernel_version: str, busybox: Path, target: Path) -> None:
+def _make_initramfs(root: Path, extracted: Path, kernel_version: str, busybox: Path, target: Path,
+                    modules: Sequence[str]) -> None:
     for sub in ("bin", "dev", "proc", "sys", "newroot", "lib/modules"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     shutil.copy2(busybox, root / "bin" / "busybox")
     modules_root = extracted / "lib" / "modules" / kernel_version
-    for module in KERNEL_MODULES:
+    for module in modules:
         candidates = sorted(modules_root.rglob(f"{module}.ko"))
         if not candidates:
             raise DemoImageBuildFailed(
@@ -639,7 +751,7 @@ def _make_initramfs(root: Path, extracted: Path, kernel_version: str, busybox: P
                 reason=f"module {module}.ko is not in the {kernel_version} kernel package",
             )
         shutil.copyfile(candidates[0], root / "lib" / "modules" / f"{module}.ko")
-    _write_script(root / "init", INITRAMFS_INIT.replace("@MODULES@", " ".join(KERNEL_MODULES)))
+    _write_script(root / "init", INITRAMFS_INIT.replace("@MODULES@", " ".join(modules)))
     names = sorted(str(path.relative_to(root)) for path in root.rglob("*"))
     listing = ".\n" + "".join(f"{name}\n" for name in names)
     archive = _run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"], step="packing the initramfs",
@@ -647,7 +759,8 @@ def _make_initramfs(root: Path, extracted: Path, kernel_version: str, busybox: P
     target.write_bytes(gzip.compress(archive.stdout, compresslevel=6, mtime=0))
 
 
-def _make_template(root: Path, busybox: Path, apps: list[str], template_id: str, target: Path) -> None:
+def _make_template(root: Path, busybox: Path, apps: list[str], template_id: str, target: Path,
+                   spec: Variant) -> None:
     for sub in ("bin", "sbin", "usr/sbin", "etc/vdi", "etc/acpi/PWRF", "dev", "proc", "sys", "run", "tmp",
                 "var/tmp", "var/lib/vdi", "root", USER_DATA_DIR.lstrip("/")):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -677,6 +790,8 @@ def _make_template(root: Path, busybox: Path, apps: list[str], template_id: str,
         'NAME="VDI Demo Desktop"\nID=vdi-demo\nPRETTY_NAME="VDI Demo Desktop (busybox)"\n'
         f"VDI_TEMPLATE_ID={template_id}\n"
     )
+    if spec.planner:
+        _install_planner(root / PLANNER_DIR.lstrip("/"), target.parent)
     raw = target.with_suffix(".raw")
     with open(raw, "wb") as handle:
         handle.truncate(DISK_SIZE_MIB * 1024 * 1024)
@@ -691,6 +806,48 @@ def _make_template(root: Path, busybox: Path, apps: list[str], template_id: str,
         )
     qemu_img.convert(raw, target, src_fmt="raw", out_fmt="qcow2")
     raw.unlink()
+
+
+def _planner_files() -> dict[str, bytes]:
+    """What /opt/planner is made of, by path under it: the helper's C source, the applications, their data."""
+    files = {"src/vdi-planner.c": (PLANNER_SOURCES / "vdi-planner.c").read_bytes()}
+    for script in sorted((PLANNER_SOURCES / "apps").glob("*.sh")):
+        files[f"apps/{script.stem}"] = script.read_bytes()
+    files.update(_planner_data())
+    return files
+
+
+def _planner_data() -> dict[str, bytes]:
+    """The applications' inputs, the same on every build: a 120-line document, web-page text, a 1 MiB file that
+    compresses like office data (text with a quarter of incompressible bytes)."""
+    rng = random.Random(20)
+    words = ("quarterly", "report", "figures", "region", "growth", "customer", "desktop", "service", "budget",
+             "project", "meeting", "review", "the", "a", "of", "and", "in", "for", "with", "steady", "plan")
+
+    def lines(count: int) -> str:
+        return "".join(" ".join(rng.choice(words) for _ in range(rng.randint(6, 14))).capitalize() + ".\n"
+                       for _ in range(count))
+
+    document = lines(120)
+    archive = bytearray()
+    while len(archive) < 1024 * 1024:
+        archive += lines(40).encode() + rng.randbytes(1024)
+    return {"data/document.txt": document.encode(), "data/page.txt": lines(200).encode(),
+            "data/archive.bin": bytes(archive[:1024 * 1024])}
+
+
+def _install_planner(planner: Path, scratch: Path) -> None:
+    """/opt/planner: vdi-planner compiled static (the guest has no C library), the applications, their data."""
+    for name, data in _planner_files().items():
+        path = planner / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        if name.startswith("apps/"):
+            os.chmod(path, 0o755)
+    (planner / "bin").mkdir()
+    _run(["gcc", "-static", "-O2", "-Wall", "-o", str(planner / "bin" / "vdi-planner"),
+          str(planner / "src" / "vdi-planner.c")], step="compiling vdi-planner (needs gcc and libc6-dev)")
+    _run(["strip", str(planner / "bin" / "vdi-planner")], step="stripping vdi-planner")
 
 
 def _write_script(path: Path, text: str) -> None:
@@ -725,9 +882,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache-dir", help="cache root (default: $VDI_CACHE_DIR or ~/.cache/vdi)")
     parser.add_argument("--publish", metavar="DIR", help="also copy the files into DIR (shared storage)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default=DEFAULT_VARIANT,
+                        help="console: the cloud kernel's text console (default); planner: a 1024x768 framebuffer "
+                             "desktop with the planner's guest side (docs/planner.md)")
     args = parser.parse_args(argv)
     try:
-        image = ensure_demo_image(args.cache_dir)
+        image = ensure_demo_image(args.cache_dir, variant=args.variant)
         if args.publish:
             image = image.publish(args.publish)
     except VdiError as exc:
@@ -741,6 +901,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"template:    {image.template}")
         print(f"template id: {image.template_id}")
         print(f"kernel ver.: {image.kernel_version}")
+        print(f"variant:     {image.variant}")
         print(f"apps:        {', '.join(image.apps)}")
         print(f"cmdline:     {image.cmdline()}")
         print(f"built in:    {image.build_seconds} s")

@@ -106,7 +106,55 @@ def test_main_reports_a_build_error_without_a_traceback(tmp_path, monkeypatch, c
 
 def test_main_prints_the_paths(tmp_path, monkeypatch, capsys):
     image = demo_image._load_manifest(_fake_entry(tmp_path / "k1"))
-    monkeypatch.setattr(demo_image, "ensure_demo_image", lambda cache_dir=None: image)
+    monkeypatch.setattr(demo_image, "ensure_demo_image", lambda cache_dir=None, variant="console": image)
     assert demo_image.main(["--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["template"] == str(image.template) and printed["apps"] == ["A 1"]
+
+
+def test_the_planner_variant_has_its_own_recipe_and_cmdline(tmp_path, monkeypatch):
+    console, planner = demo_image.recipe_key(), demo_image.recipe_key(variant="planner")
+    assert console != planner and console == demo_image.recipe_key(variant="console")
+    monkeypatch.setattr(demo_image, "_planner_data", lambda: {"data/document.txt": b"another document"})
+    assert demo_image.recipe_key(variant="planner") != planner  # the guest side's files are in the key
+    assert demo_image.recipe_key() == console
+    image = DemoImage(kernel=tmp_path / "k", initrd=tmp_path / "i", template=tmp_path / "t", variant="planner")
+    assert image.cmdline("desk-01") == ("console=tty1 console=ttyS0 quiet vga=0x318 consoleblank=0 "
+                                        "vdi.hostname=desk-01")
+
+
+def test_an_unknown_variant_is_refused_before_any_work(tmp_path):
+    with pytest.raises(DemoImageBuildFailed) as caught:
+        demo_image.ensure_demo_image(tmp_path, variant="fancy")
+    assert "'fancy' is not a variant: use one of console, planner" in caught.value.message
+    assert not (tmp_path / "demo-image").exists()
+
+
+def test_the_planner_data_is_the_same_on_every_build():
+    first, second = demo_image._planner_data(), demo_image._planner_data()
+    assert first == second
+    assert len(first["data/archive.bin"]) == 1024 * 1024
+    assert first["data/document.txt"].count(b"\n") == 120
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_vdi_planner_compiles_static_and_reads_the_monotonic_clock(tmp_path):
+    binary = tmp_path / "vdi-planner"
+    subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Werror", "-o", str(binary),
+                    str(demo_image.PLANNER_SOURCES / "vdi-planner.c")], check=True)
+    first = int(subprocess.run([str(binary), "now"], capture_output=True, text=True, check=True).stdout)
+    second = int(subprocess.run([str(binary), "now"], capture_output=True, text=True, check=True).stdout)
+    assert 0 < first <= second
+    refused = subprocess.run([str(binary), "run", "11", "0", "/bin/true"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "SEQ must be 1-999" in refused.stderr
+    assert subprocess.run([str(binary), "bogus"], capture_output=True, text=True).returncode == 2
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox-static is not installed")
+@pytest.mark.parametrize("app", sorted(p.name for p in (demo_image.PLANNER_SOURCES / "apps").glob("*.sh")))
+def test_planner_applications_parse_and_list_their_operations(app):
+    path = demo_image.PLANNER_SOURCES / "apps" / app
+    assert subprocess.run(["busybox", "sh", "-n", str(path)], capture_output=True).returncode == 0
+    ops = subprocess.run(["busybox", "sh", str(path), "ops"], capture_output=True, text=True).stdout.split()
+    assert ops and all(op.isalpha() and op.islower() for op in ops)
+    assert subprocess.run(["busybox", "sh", str(path), "no-such-op"]).returncode == 2

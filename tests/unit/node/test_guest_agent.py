@@ -213,3 +213,34 @@ def test_the_agent_functions_are_in_the_agent_script():
     # the guest runs AGENT_SCRIPT; the unit tests above run AGENT_FUNCTIONS: they must be the same code
     assert demo_image.AGENT_FUNCTIONS in demo_image.AGENT_SCRIPT
     assert 'answer_line "$request" >&3' in demo_image.AGENT_SCRIPT
+
+
+PLANNER_USAGE = ("ERR usage: planner-op APP OP SEQ CODE (APP and OP: 1-32 of a-z 0-9 _ - starting with a letter;"
+                 " SEQ: 1-999; CODE: 0-1023)\n")
+NO_PLANNER = "ERR this desktop has no planner tools: use the planner variant of the demo image\n"
+
+
+@needs_busybox
+@pytest.mark.parametrize(
+    ("request_line", "reply"),
+    [
+        ("planner-op word open 7", PLANNER_USAGE),
+        ("planner-op word open 7 11 extra", PLANNER_USAGE),
+        ("planner-op ../bin/sh open 7 11", PLANNER_USAGE),  # a name, never a path
+        ("planner-op /opt/planner/apps/word open 7 11", PLANNER_USAGE),
+        ("planner-op Word open 7 11", PLANNER_USAGE),
+        ("planner-op " + "w" * 33 + " open 7 11", PLANNER_USAGE),
+        ("planner-op word op* 7 11", PLANNER_USAGE),
+        ("planner-op word open 0 11", PLANNER_USAGE),
+        ("planner-op word open 1000 11", PLANNER_USAGE),
+        ("planner-op word open 07 11", PLANNER_USAGE),
+        ("planner-op word open 7 1024", PLANNER_USAGE),
+        ("planner-op word open 7 -1", PLANNER_USAGE),
+        # well formed, on a machine without /opt/planner (this host, a console desktop)
+        ("planner-op word open 999 1023", NO_PLANNER),
+        ("planner-op word open 1 0", NO_PLANNER),
+        ("planner-apps", NO_PLANNER),
+    ],
+)
+def test_the_demo_agent_checks_planner_requests_before_running_anything(request_line, reply):
+    assert answer_line(request_line) == reply
