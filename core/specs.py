@@ -70,6 +70,7 @@ class HostCaps:
     ksm_pages_sharing: int = 0
     ksm_pages_shared: int = 0
     ksm_running: bool = False
+    ksm_saved_mib: int = 0  # pages_sharing x page size
 
     @property
     def best_domain_type(self) -> str:

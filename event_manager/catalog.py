@@ -207,3 +207,12 @@ declare("job.cancelled", W, "job", "job {kind} was cancelled")
 declare("tag.attached", N, ("desktop", "host", "pool", "template", "user"), "{actor} tagged objects with {tag}")
 declare("tag.detached", N, ("desktop", "host", "pool", "template", "user"), "{actor} removed {tag} from objects")
 declare("demo.seeded", N, (), "the demo data was created")
+
+# ---- the policy engine (policy_engine/, docs/policies.md) ---------------------------------------------------------
+declare("policy.configured", N, (), "{actor} set the policies of a cluster")
+declare("policy.decision", N, ("desktop", "host", "job"), "{policy}: a decision of the policy engine and its reason "
+        "(a migration, a suspend or shutdown, a host to standby or back, KSM settings, a balloon target)")
+declare("policy.failed", W, ("desktop", "host"), "{policy}: a decision could not be carried out: {reason}")
+declare("policy.host_standby", N, "host", "{host} was emptied and powered off through its power agent (standby)")
+declare("policy.host_waking", N, "host", "{host} was powered on through its power agent")
+declare("policy.host_back", N, "host", "{host} is back from standby (heartbeats again) and in service")

@@ -46,6 +46,8 @@ class FenceAgent(Protocol):
 
     def power_state(self) -> str: ...  # "on" | "off"
 
+    def power_on(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -112,6 +114,10 @@ class IpmiAgent:
         # "off" is chassis control 0, power down: immediate, no ACPI (ipmitool's "chassis power off")
         self._call("power off", lambda c: c.set_power("off", wait=False))
 
+    def power_on(self) -> None:
+        # chassis control 1, power up (the policy engine's wake from standby)
+        self._call("power on", lambda c: c.set_power("on", wait=False))
+
     def power_state(self) -> str:
         state = self._call("power status", lambda c: c.get_power())
         return str(state.get("powerstate", "")) if isinstance(state, dict) else ""
@@ -164,6 +170,9 @@ class RedfishAgent:
     def power_off(self) -> None:
         self._request("POST", f"{self.system().rstrip('/')}/Actions/ComputerSystem.Reset",
                       json={"ResetType": "ForceOff"})
+
+    def power_on(self) -> None:
+        self._request("POST", f"{self.system().rstrip('/')}/Actions/ComputerSystem.Reset", json={"ResetType": "On"})
 
     def power_state(self) -> str:
         return str(self._json(self.system()).get("PowerState", "")).lower()
@@ -221,6 +230,36 @@ def power_off_confirmed(agent: FenceAgent, timeout: float, clock: Callable[[], f
         if clock() >= deadline:
             raise FenceError(f"{agent.description}: the power is still on {timeout:.0f} s after the power-off")
         sleep(POLL_SECONDS)
+
+
+def switch_power(configs: Sequence[AgentConfig], on: bool, timeout: float,
+                 make: Callable[[AgentConfig, float], FenceAgent] = make_agent) -> str:
+    """Power a host on or off through the first of its agents that confirms it (the policy engine's standby and
+    wake; the same BMCs fencing uses). Returns how (a sentence); raises FenceError with every agent's failure."""
+    if not configs:
+        raise FenceError("no power (fence) agent is configured for the host")
+    failures: list[str] = []
+    for config in configs:
+        agent = None
+        try:
+            agent = make(config, timeout)
+            if not on:
+                return power_off_confirmed(agent, timeout)
+            if agent.power_state() == "on":
+                return f"{agent.description} reports the host on already"
+            agent.power_on()
+            deadline = time.monotonic() + timeout
+            while agent.power_state() != "on":
+                if time.monotonic() >= deadline:
+                    raise FenceError(f"{agent.description}: the power is still off {timeout:.0f} s after the power-on")
+                time.sleep(POLL_SECONDS)
+            return f"{agent.description} powered the host on"
+        except FenceError as exc:
+            failures.append(str(exc))
+        finally:
+            if agent is not None:
+                agent.close()
+    raise FenceError("; ".join(failures))
 
 
 def fence(configs: Sequence[AgentConfig], timeout: float, make: Callable[[AgentConfig, float], FenceAgent] = make_agent,

@@ -24,7 +24,7 @@ from manager.models import ManagerInstance, ManagerLeader
 
 __all__ = ["NotLeader", "Term", "fence_epoch", "fenced", "ha_status", "is_leader", "known_leader_epoch",
            "leader_epoch", "leader_term", "singleton_loop", "start_manager_ha", "status_section", "stop_loop",
-           "stop_manager_ha"]
+           "stop_manager_ha", "switch_host_power"]
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -85,6 +85,24 @@ def stop_loop(loop: SingletonLoop) -> None:
         if loop in _loops:
             _loops.remove(loop)
     loop.stop()
+
+
+def switch_host_power(host_id: str, on: bool, timeout: float = 60.0) -> str:
+    """Power a host on or off through its fence agents (IPMI, Redfish), confirmed by its BMC: the policy engine's
+    standby and wake. Returns how; raises Unavailable naming every agent's failure."""
+    from core.errors import Unavailable
+    from ha_manager import failover, fencing
+    from manager import db
+    from manager.models import Host
+
+    with db.session_scope() as session:
+        host = session.get(Host, host_id)
+        name = host.name if host is not None else host_id
+        configs = failover.fence_configs(session, host_id, name)
+    try:
+        return fencing.switch_power(configs, on, timeout)
+    except fencing.FenceError as exc:
+        raise Unavailable(what=f"the power of host {name}", reason=str(exc)) from None
 
 
 def leader_term() -> Term | None:

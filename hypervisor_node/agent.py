@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from core.errors import BadRequest, Invalid, NotAuthenticated, VdiError
+from core.errors import BadRequest, Conflict, Invalid, NotAuthenticated, VdiError
 from core.specs import DesktopSpec
 from hypervisor_node import hoststats, spice_tls
 from hypervisor_node.guest_facts import GuestFacts
@@ -160,6 +160,7 @@ def create_app(
     heartbeat: "Heartbeat | None" = None,
     consoles: "ConsoleReporter | None" = None,
     spice_tls_dir: str | None = None,
+    ksm_sys_root: str | None = None,
 ) -> Starlette:
     """The agent's ASGI app over `driver`; `heartbeat` and `consoles` (console clients reported to the manager),
     when given, run for the app's lifetime."""
@@ -275,6 +276,15 @@ def create_app(
         written = await call(spice_tls.install, spice_tls_dir, await _json_body(request))
         return JSONResponse({"directory": spice_tls_dir, "files": written})
 
+    async def put_ksm(request: Request) -> Response:
+        """The host's KSM settings from the policy engine (hoststats.write_ksm): only an agent started with
+        --ksm-control manages them; one kernel has one KSM, so on a machine running several agents (the test
+        harness's network-namespace hosts) at most one may."""
+        if ksm_sys_root is None:
+            raise Conflict(f"node {node_name} does not manage KSM (start its agent with --ksm-control)")
+        body = await _json_body(request)
+        return JSONResponse({"ksm": await call(hoststats.write_ksm, body, ksm_sys_root)})
+
     async def blockcommit(request: Request) -> Response:
         body = await _json_body(request, required=False)
         top = _field(body, "top", (str, type(None)), None)
@@ -290,6 +300,7 @@ def create_app(
         Route(f"{p}/domains", list_domains, methods=["GET"]),
         Route(f"{p}/stats", stats, methods=["GET"]),
         Route(f"{p}/spice-tls", put_spice_tls, methods=["PUT"]),
+        Route(f"{p}/ksm", put_ksm, methods=["PUT"]),
         Route(f"{p}/disks", disks, methods=["GET"]),
         Route(f"{p}/domains/{{uuid}}", get_domain, methods=["GET"]),
         Route(f"{p}/domains/{{uuid}}", define, methods=["PUT"]),
@@ -497,6 +508,9 @@ def build_parser(prog: str = "vdi node") -> argparse.ArgumentParser:
                         help="where the manager's SPICE TLS files go: the spice_tls_x509_cert_dir of this host's "
                              "qemu.conf (with spice_tls = 1; libvirtd needs the directory to exist when it "
                              "starts); empty: no SPICE TLS")
+    parser.add_argument("--ksm-control", action="store_true",
+                        help="let the manager's policy engine set this host's KSM settings (/sys/kernel/mm/ksm); "
+                             "one kernel has one KSM: never on two agents of one machine")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -523,7 +537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         heartbeat = Heartbeat(driver, args.name, managers, args.token, args.heartbeat_seconds)
         consoles = ConsoleReporter(driver, args.name, managers, args.token)
     app = create_app(driver, args.token, node_name=args.name, heartbeat=heartbeat, consoles=consoles,
-                     spice_tls_dir=args.spice_tls_dir or None)
+                     spice_tls_dir=args.spice_tls_dir or None,
+                     ksm_sys_root="/sys" if args.ksm_control else None)
     host, port = args.listen
     log.info("node agent %s serving on %s:%d for %s", args.name, host, port, args.libvirt_uri)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level.lower(), access_log=False,

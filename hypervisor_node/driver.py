@@ -378,6 +378,7 @@ class LibvirtDriver:
             ksm = hoststats.read_ksm(self._sys_root)
             caps.ksm_running, caps.ksm_pages_shared, caps.ksm_pages_sharing = (
                 ksm.running, ksm.pages_shared, ksm.pages_sharing)
+            caps.ksm_saved_mib = hoststats.ksm_saved_mib(ksm)
             return caps
 
         return self._run(query, idempotent=True)

@@ -23,6 +23,7 @@ from manager.api.event_stream import router as event_stream_router
 from manager.api.ha import router as ha_router
 from manager.api.metrics import router as metrics_router
 from manager.api.notifications import router as notifications_router
+from manager.api.policies import router as policies_router
 from manager.api.desktop_actions import router as desktop_actions_router
 from manager.api.identity import router as identity_router
 from manager.api.hosts import router as hosts_router
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
         from event_manager.service import housekeeping as event_housekeeping
         from ha_manager.service import singleton_loop, start_manager_ha, stop_manager_ha
         from manager.identity.sync_tasks import scheduled_sync, scheduled_sync_period
+        from policy_engine.service import loop_tick as policy_round
 
         # The leader election; background loops run on the leader only, their writes fenced (docs/ha.md).
         start_manager_ha(settings)
@@ -106,6 +108,9 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
             storage_percent=settings.alert_storage_percent, pool_percent=settings.alert_pool_percent))
         # The scheduled directory sync (VDI_AD_SYNC_INTERVAL_SECONDS): a "directory.sync" job whenever one is due.
         singleton_loop("directory-sync", scheduled_sync_period(), scheduled_sync)
+        # The policy engine (policy_engine/, docs/policies.md): one round of every cluster's policies.
+        singleton_loop("policies", settings.policy_seconds, functools.partial(
+            policy_round, dead_after_seconds=settings.host_dead_after_seconds))
         nodes = contextlib.ExitStack()
         if settings.embedded_nodes:
             from manager.embedded_nodes import EmbeddedNodes
@@ -156,6 +161,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
     api.include_router(ha_router)
     api.include_router(alerts_router)
     api.include_router(notifications_router)
+    api.include_router(policies_router)
     api.include_router(screens_router)
     for resource in RESOURCES:
         api.include_router(crud_router(resource))

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
                                         "purged")
     event_housekeeping_seconds: float = Field(default=60.0, gt=0, le=86400, description="how often the leader "
                                               "runs the alert checks and the purge of old events")
+    policy_seconds: float = Field(default=60.0, gt=0, le=86400, description="how often the leader runs a round of "
+                                  "the policy engine (load balancing, power saving, idle desktops, memory density)")
     alert_storage_percent: float = Field(default=90.0, gt=0, le=100, description="a storage domain used this much "
                                          "or more raises the alert storage.nearly_full")
     alert_pool_percent: float = Field(default=90.0, gt=0, le=100, description="a pool with this share of its "

@@ -49,6 +49,8 @@ class HostSummary(BaseModel):
     memory_mib: int = Field(description="memory of the hosts that are up")
     cpu_usage: int = Field(description="percent: the up hosts' CPU use, weighted by their CPUs")
     mem_usage: int = Field(description="percent: the up hosts' memory use, weighted by their memory")
+    ksm_pages_shared: int = Field(0, description="KSM pages shared on the hosts that are up (memory density)")
+    memory_saved_mib: int = Field(0, description="memory KSM saves on the hosts that are up")
 
 
 class DesktopStates(BaseModel):
@@ -134,17 +136,19 @@ def host_summary(session: Session) -> HostSummary:
         select(Host.status, func.count(), func.coalesce(func.sum(Host.cpus), 0),
                func.coalesce(func.sum(Host.memory_mib), 0),
                func.coalesce(func.sum(Host.cpu_usage * Host.cpus), 0),
-               func.coalesce(func.sum(Host.mem_usage * cast(Host.memory_mib, BigInteger)), 0))
+               func.coalesce(func.sum(Host.mem_usage * cast(Host.memory_mib, BigInteger)), 0),
+               func.coalesce(func.sum(Host.ksm_pages_shared), 0), func.coalesce(func.sum(Host.ksm_saved_mib), 0))
         .group_by(Host.status)).all()
     by_status = {status: 0 for status in HostStatus}
-    up = (0, 0, 0, 0)
-    for status, count, cpus, memory, cpu_weighted, mem_weighted in rows:
+    up = (0, 0, 0, 0, 0, 0)
+    for status, count, *figures in rows:
         by_status[status] = count
         if status == HostStatus.UP:
-            up = (cpus, memory, cpu_weighted, mem_weighted)
-    cpus, memory, cpu_weighted, mem_weighted = (int(v) for v in up)
+            up = tuple(figures)
+    cpus, memory, cpu_weighted, mem_weighted, shared, saved = (int(v) for v in up)
     return HostSummary(total=sum(by_status.values()), by_status=by_status, cpus=cpus, memory_mib=memory,
-                       cpu_usage=_pct(cpu_weighted / 100, cpus), mem_usage=_pct(mem_weighted / 100, memory))
+                       cpu_usage=_pct(cpu_weighted / 100, cpus), mem_usage=_pct(mem_weighted / 100, memory),
+                       ksm_pages_shared=shared, memory_saved_mib=saved)
 
 
 def busiest_hosts(session: Session, limit: int = BUSIEST_HOSTS) -> list[HostLoad]:

@@ -38,7 +38,7 @@ def ingest_heartbeat(session: Session, host: Host, payload: dict[str, Any]) -> d
     host.cpu_model, host.libvirt_version = caps.cpu_model, caps.libvirt_version
     host.domain_types = ",".join(caps.domain_types)
     host.ksm_running, host.ksm_pages_shared = caps.ksm_running, caps.ksm_pages_shared
-    host.ksm_pages_sharing = caps.ksm_pages_sharing
+    host.ksm_pages_sharing, host.ksm_saved_mib = caps.ksm_pages_sharing, caps.ksm_saved_mib
     host.cpu_usage = _percent(payload.get("cpu_usage"))
     host.mem_usage = _percent(payload.get("mem_usage"))
     if host.cpu_usage >= HIGH_CPU_PERCENT:

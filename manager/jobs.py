@@ -38,6 +38,7 @@ TASK_MODULES = [
     "manager.provisioning.tasks",
     "manager.provisioning.bulk",
     "manager.provisioning.migration",
+    "policy_engine.tasks",
     "image_manager.tasks",
 ]
 

@@ -41,6 +41,7 @@ from manager.models import ManagerInstance, ManagerLeader
 from manager.models import FenceAgent, HaRestart, HostHaState
 from manager.models import Alert
 from manager.models import NotificationOutbox, NotificationSubscription
+from manager.models import ClusterPolicy, PolicyBalloon, PolicyHostState
 from manager.models.search_indexes import (DESKTOP_TEXT_COLUMNS, SEPARATOR, SEVERITY_CODES, dialect_function,
                                            severity_code)
 from search_dsl import Field, Kind, ObjectDef, Registry, Relation, TagTree, XRef
@@ -384,7 +385,8 @@ HOST_FIELDS = (
     S("cpu_model"), I("active_vms", "active_desktops"), TAG(), I("ha_score", ops=STRING_OPS),
     U("id", hidden=True),
     # ours
-    I("free_memory", "free_memory_mib"), B("ksm", "ksm_running"), D("last_heartbeat", "last_heartbeat_at"),
+    I("free_memory", "free_memory_mib"), B("ksm", "ksm_running"), I("ksm_pages_shared"),
+    I("memory_saved", "ksm_saved_mib"), D("last_heartbeat", "last_heartbeat_at"),
     D("creationdate", "created_at"), _tag_text("host"),
 )
 HOST_RELATIONS = (_tags_relation("host"),)
@@ -686,8 +688,7 @@ EXEMPT: dict[type, dict[str, str]] = {
         "libvirt_uri": "connection detail of the node agent",
         "display_address": "console connection detail (search the management address)",
         "domain_types": "hypervisor capability flags reported by the node, not an inventory attribute",
-        "ksm_pages_shared": "a raw KSM counter",
-        "ksm_pages_sharing": "a raw KSM counter",
+        "ksm_pages_sharing": "a raw KSM counter (memory_saved is what it means)",
         "heartbeat_seq": "heartbeat bookkeeping",
         "agent_started_at": "heartbeat bookkeeping",
     },
@@ -755,4 +756,7 @@ UNSEARCHED_MODELS: dict[type, str] = {
     ManagerInstance: "the manager's own processes (GET /api/v1/ha)",
     NotificationSubscription: "sealed channel URLs, listed under /notifications/subscriptions",
     NotificationOutbox: "the notification dispatcher's queue of messages",
+    ClusterPolicy: "a cluster's policies, read and set under /clusters/{id}/policies",
+    PolicyHostState: "the policy engine's own bookkeeping of hosts in standby and KSM settings pushed",
+    PolicyBalloon: "the policy engine's balloon targets (a desktop's memory is searched as memory)",
 }

@@ -50,6 +50,8 @@ class Host(IdMixin, CreatedMixin, Base):
     ksm_running: Mapped[bool] = mapped_column(Boolean, default=False)
     ksm_pages_shared: Mapped[int] = mapped_column(BigInteger, default=0)
     ksm_pages_sharing: Mapped[int] = mapped_column(BigInteger, default=0)
+    # memory KSM saves on the host (pages_sharing x page size), as its node agent reports it
+    ksm_saved_mib: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     active_desktops: Mapped[int] = mapped_column(Integer, default=0)
     last_heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     heartbeat_seq: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -85,6 +85,11 @@ class NodeClient:
         """GET /v1/capabilities."""
         return HostCaps.from_dict(self._json("GET", "/capabilities"))
 
+    def set_ksm(self, settings: dict[str, int]) -> dict[str, int]:
+        """PUT /v1/ksm: the host's KSM settings (run, pages_to_scan, sleep_millisecs, merge_across_nodes); the
+        settings in force afterwards. Conflict (409) when the agent does not manage KSM on its host."""
+        return dict(self._json("PUT", "/ksm", json=settings)["ksm"])
+
     def list_domains(self) -> list[dict[str, Any]]:
         """GET /v1/domains: the host's domains owned by us, each {"uuid", "name", "state", "desktop_id"}."""
         return list(self._json("GET", "/domains")["domains"])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SIDE_SERVICES = ("broker", "image_manager", "ha_manager", "event_manager")
+SIDE_SERVICES = ("broker", "image_manager", "ha_manager", "event_manager", "policy_engine")
 
 
 def imported_modules(package: str, root: Path = ROOT) -> list[tuple[str, str]]:
@@ -29,7 +29,7 @@ def top(module: str) -> str:
 
 def test_packages_exist():
     for package in ("core", "manager", "broker", "image_manager", "ha_manager", "event_manager",
-                    "hypervisor_node", "search_dsl", "migrations", "planner"):
+                    "hypervisor_node", "search_dsl", "migrations", "planner", "policy_engine"):
         assert (ROOT / package / "__init__.py").exists(), package
 
 
@@ -41,7 +41,7 @@ def test_hypervisor_node_never_imports_manager_sqlalchemy_or_fastapi():
 def test_only_hypervisor_node_imports_libvirt():
     offenders = []
     for package in ("core", "manager", "broker", "image_manager", "ha_manager", "event_manager", "search_dsl",
-                    "migrations", "bench", "planner"):
+                    "migrations", "bench", "planner", "policy_engine"):
         offenders += [(f, m) for f, m in imported_modules(package) if top(m) == "libvirt"]
     assert offenders == []
 
