@@ -23,6 +23,7 @@ from manager.api.event_stream import router as event_stream_router
 from manager.api.ha import router as ha_router
 from manager.api.metrics import router as metrics_router
 from manager.api.notifications import router as notifications_router
+from manager.api.planner import router as planner_router
 from manager.api.policies import router as policies_router
 from manager.api.desktop_actions import router as desktop_actions_router
 from manager.api.identity import router as identity_router
@@ -163,6 +164,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
     api.include_router(notifications_router)
     api.include_router(policies_router)
     api.include_router(screens_router)
+    api.include_router(planner_router)
     for resource in RESOURCES:
         api.include_router(crud_router(resource))
     app.include_router(api)

@@ -42,7 +42,7 @@ ALL_ADMIN = {
     "pools:write", "users:read", "users:write", "entitlements:read", "entitlements:write", "events:read",
     "jobs:read", "jobs:write", "tags:read", "tags:write", "search:read", "directory:sync", "sessions:read",
     "alerts:write",
-    "sessions:write", "notifications:write",
+    "sessions:write", "notifications:write", "planner:read", "planner:run",
 }
 SELF_SERVICE = {"self:read", "self:connect", "bookmarks:own"}
 ROLE_PERMISSIONS: dict[Role, set[str]] = {
@@ -51,7 +51,8 @@ ROLE_PERMISSIONS: dict[Role, set[str]] = {
     | SELF_SERVICE,
     Role.HELP_DESK: {"system:read", "hosts:read", "storage:read", "templates:read", "desktops:read",
                      "desktops:power", "desktops:console", "pools:read", "users:read", "entitlements:read",
-                     "events:read", "jobs:read", "tags:read", "search:read", "sessions:read", "sessions:write"}
+                     "events:read", "jobs:read", "tags:read", "search:read", "sessions:read", "sessions:write",
+                     "planner:read"}
     | SELF_SERVICE,
     Role.USER: set(SELF_SERVICE),
 }

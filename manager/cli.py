@@ -157,7 +157,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from manager.demo import seed_demo
 
     _upgrade_db()
-    summary = seed_demo(real_guests=args.real_guests)
+    summary = seed_demo(real_guests=args.real_guests, image_variant=args.image_variant)
     for line in summary:
         print(line)
     return 0
@@ -274,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Running it again keeps what exists.")
     p.add_argument("--real-guests", choices=["auto", "yes", "no"], default="auto",
                    help="boot real QEMU guests when libvirtd is usable (auto), always, or never")
+    p.add_argument("--image-variant", choices=["console", "planner"], default="console",
+                   help="the template's demo image: the text console (default), or the planner desktop with a "
+                        "framebuffer and the planner's applications (docs/planner.md)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("image", help="image tools", add_help=True,

@@ -125,8 +125,9 @@ def _attach_hosts(nodes: list[EmbeddedNode]) -> None:
                 host.status = HostStatus.UP
 
 
-def _ensure_template_image(settings: Settings, template_id: str) -> None:
-    """Import the demo image as the template's first version (a job, waited for here)."""
+def _ensure_template_image(settings: Settings, template_id: str, variant: str = "console") -> None:
+    """Import the demo image (`variant`: image_manager.demo_image.VARIANTS) as the template's first version (a job,
+    waited for here)."""
     from image_manager import qemu_img
     from image_manager.service import import_template_image
 
@@ -139,7 +140,7 @@ def _ensure_template_image(settings: Settings, template_id: str) -> None:
     try:
         from image_manager.demo_image import ensure_demo_image
 
-        image = ensure_demo_image().publish(settings.effective_storage_dir / "boot")
+        image = ensure_demo_image(variant=variant).publish(settings.effective_storage_dir / "boot")
         source, kernel, initrd, cmdline = image.template, str(image.kernel), str(image.initrd), image.cmdline()
         apps = ",".join(image.apps)
     except VdiError as exc:  # no Debian package lists or tools: an empty disk still makes a clickable demo
@@ -211,7 +212,7 @@ def _start(desktop_id: str, name: str) -> str:
     return f"{name} is booting" if state == PowerState.UP else f"{name} is {state.value}, not running"
 
 
-def seed_demo(real_guests: str = "auto") -> list[str]:
+def seed_demo(real_guests: str = "auto", image_variant: str = "console") -> list[str]:
     """Create the demo objects and return lines telling the operator what to open."""
     settings = get_settings()
     ensure_data_dir(settings.data_dir)
@@ -226,7 +227,7 @@ def seed_demo(real_guests: str = "auto") -> list[str]:
     # Agents without a manager URL: no heartbeats while the demo is being built (`vdi serve` runs them for real).
     with EmbeddedNodes(settings.data_dir, manager_url=None):
         _attach_hosts(nodes)
-        _ensure_template_image(settings, ids["template"])
+        _ensure_template_image(settings, ids["template"], image_variant)
         carol = _provision(ids, real)
     base = settings.effective_public_url
     password = ids["generated_password"] or f"see {settings.data_dir / 'admin-password'} (or VDI_ADMIN_PASSWORD)"

@@ -41,6 +41,7 @@ from manager.models import ManagerInstance, ManagerLeader
 from manager.models import FenceAgent, HaRestart, HostHaState
 from manager.models import Alert
 from manager.models import NotificationOutbox, NotificationSubscription
+from manager.models import PlannerRun, PlannerSample
 from manager.models import ClusterPolicy, PolicyBalloon, PolicyHostState
 from manager.models.search_indexes import (DESKTOP_TEXT_COLUMNS, SEPARATOR, SEVERITY_CODES, dialect_function,
                                            severity_code)
@@ -756,6 +757,8 @@ UNSEARCHED_MODELS: dict[type, str] = {
     ManagerInstance: "the manager's own processes (GET /api/v1/ha)",
     NotificationSubscription: "sealed channel URLs, listed under /notifications/subscriptions",
     NotificationOutbox: "the notification dispatcher's queue of messages",
+    PlannerRun: "planner runs are listed under /planner/runs, each with its report",
+    PlannerSample: "a planner run's measurements, exported with the run (JSON, CSV)",
     ClusterPolicy: "a cluster's policies, read and set under /clusters/{id}/policies",
     PolicyHostState: "the policy engine's own bookkeeping of hosts in standby and KSM settings pushed",
     PolicyBalloon: "the policy engine's balloon targets (a desktop's memory is searched as memory)",

@@ -43,6 +43,9 @@ def build_parser(prog: str = "vdi planner") -> argparse.ArgumentParser:
                    help="run: the largest passing user count (the paper); desktop: the most desktops passing "
                         "on their own p95")
     p.set_defaults(func=_cmd_score)
+    from planner.runner import add_commands
+
+    add_commands(sub)
     return parser
 
 

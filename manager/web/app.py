@@ -8,7 +8,7 @@ from fastapi.staticfiles import StaticFiles
 
 from manager import console_proxy
 from manager.web import login, portal
-from manager.web.admin import actions, dashboard, kinds, search
+from manager.web.admin import actions, dashboard, kinds, planner, search
 from manager.web.render import STATIC_URL
 
 STATIC = Path(__file__).parent / "static"
@@ -27,4 +27,5 @@ def install_web(app: FastAPI) -> None:
     app.include_router(search.router)
     app.include_router(kinds.router)
     app.include_router(dashboard.router)
+    app.include_router(planner.router)
     app.include_router(portal.router)

@@ -151,9 +151,10 @@ def stop_manager(proc: subprocess.Popen, timeout: float = 30.0) -> None:
 @contextlib.contextmanager
 def running_manager(database_url: str, *, admin_password: str | None = None, real_guests: str = "no",
                     log_level: str = "WARNING", startup_timeout: float = 120.0,
-                    env: dict[str, str] | None = None) -> Iterator[RunningManager]:
+                    env: dict[str, str] | None = None, demo_args: tuple[str, ...] = ()) -> Iterator[RunningManager]:
     """The demo seeded into `database_url` and `vdi serve` answering on a free 127.0.0.1 port (see the module).
-    `env`: more VDI_* settings for both (e.g. VDI_MANAGER_ID, so that a test can remove its real guests)."""
+    `env`: more VDI_* settings for both (e.g. VDI_MANAGER_ID, so that a test can remove its real guests);
+    `demo_args`: more `vdi demo` options (e.g. --image-variant planner)."""
     data_dir = Path(tempfile.mkdtemp(prefix="vdi-e2e-"))  # not pytest's tmp dirs: parallel sessions prune those
     logs = data_dir / "logs"
     logs.mkdir()
@@ -162,7 +163,7 @@ def running_manager(database_url: str, *, admin_password: str | None = None, rea
     env = _manager_env(data_dir, database_url, port, admin.password, log_level) | (env or {})
     proc = None
     try:
-        _run_step(_vdi("demo", "--real-guests", real_guests), env, logs / "demo.log", "vdi demo", timeout=600)
+        _run_step(_vdi("demo", "--real-guests", real_guests, *demo_args), env, logs / "demo.log", "vdi demo", timeout=600)
         with open(logs / "manager.log", "ab") as out:
             proc = subprocess.Popen(_vdi("serve", "--no-upgrade"), env=env, cwd=REPO, stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -185,7 +186,8 @@ def running_manager(database_url: str, *, admin_password: str | None = None, rea
 
 
 @contextlib.contextmanager
-def manager_with_real_guests(prefix: str, env: dict[str, str] | None = None) -> Iterator[RunningManager]:
+def manager_with_real_guests(prefix: str, env: dict[str, str] | None = None,
+                             demo_args: tuple[str, ...] = ()) -> Iterator[RunningManager]:
     """`running_manager` on a fresh database with real guests (`vdi demo --real-guests yes`: carol-finance boots as a
     real QEMU guest on vs-a). Its node agents run under a manager id of their own, so that every guest they defined
     is removed afterwards, whatever the test did. Raises PostgresUnavailable before yielding."""
@@ -196,7 +198,8 @@ def manager_with_real_guests(prefix: str, env: dict[str, str] | None = None) -> 
     manager_id = f"{prefix}-{secrets.token_hex(4)}"
     try:
         with fresh_database(prefix.replace("-", "_")) as url, \
-                running_manager(url, real_guests="yes", env={"VDI_MANAGER_ID": manager_id, **(env or {})}) as server:
+                running_manager(url, real_guests="yes", env={"VDI_MANAGER_ID": manager_id, **(env or {})},
+                                demo_args=demo_args) as server:
             yield server
     finally:
         driver = LibvirtDriver("qemu:///system", manager_id=manager_id)
