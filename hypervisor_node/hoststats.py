@@ -88,6 +88,7 @@ def write_ksm(settings: dict[str, object], sys_root: str | Path = "/sys") -> dic
     if merge is not None and merge != current.get("merge_across_nodes") and (base / "merge_across_nodes").exists():
         if read_ksm(sys_root).pages_shared:
             put("run", 2)  # unmerge everything: the kernel takes merge_across_nodes only with no page shared
+            current["run"] = 2
         put("merge_across_nodes", merge)
     for name in ("pages_to_scan", "sleep_millisecs", "run"):
         if name in wanted and wanted[name] != current.get(name):
