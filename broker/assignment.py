@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from broker.entitlement import pool_entitlement
 from broker.errors import PoolClosed, TooManyDesktops
+from core import schedule
 from core.enums import HostStatus, PoolType, PowerState, TaskState
 from core.errors import NotFound, PoolFull
 from core.ids import new_id
@@ -44,7 +45,7 @@ _sqlite_lock = threading.Lock()
 DESKTOP_BRIEF = (Desktop.id, Desktop.name, Desktop.pool_id, Desktop.os_type, Desktop.console_protocols,
                  Desktop.power_state, Desktop.task_state, Desktop.ip, Desktop.host_id, Desktop.lease_until)
 POOL_BRIEF = (Pool.id, Pool.name, Pool.pool_type, Pool.protocol_policy, Pool.window_start, Pool.window_end,
-              Pool.lease_seconds, Pool.max_desktops_per_user)
+              Pool.schedule, Pool.time_zone, Pool.lease_seconds, Pool.max_desktops_per_user)
 
 
 @dataclass(frozen=True)
@@ -73,24 +74,60 @@ def assignment_guard(session: Session) -> Iterator[None]:
         yield
 
 
+def schedule_span(pool: Pool, now: dt.datetime) -> tuple[dt.datetime, dt.datetime] | None:
+    """The open span of a time-based pool's recurring schedule that contains `now` (None: closed now, or no
+    schedule)."""
+    if pool.pool_type != PoolType.TIME_BASED or not pool.schedule:
+        return None
+    return schedule.open_span(schedule.parse(pool.schedule), pool.time_zone, now)
+
+
+def closes_at(pool: Pool, now: dt.datetime) -> dt.datetime | None:
+    """When an open time-based pool next closes: its absolute window's end or the end of its current recurring
+    span, whichever comes first (None: it never closes)."""
+    if pool.pool_type != PoolType.TIME_BASED:
+        return None
+    ends = [pool.window_end] if pool.window_end is not None else []
+    span = schedule_span(pool, now)
+    if span is not None:
+        ends.append(span[1])
+    return min(ends) if ends else None
+
+
 def lease_end(pool: Pool, now: dt.datetime) -> dt.datetime | None:
-    """When a time-based lease taken now ends: now + lease_seconds, cut at the window's end."""
+    """When a time-based lease taken now ends: now + lease_seconds, cut at the pool's closing."""
     if pool.pool_type != PoolType.TIME_BASED:
         return None
     ends = []
     if pool.lease_seconds:
         ends.append(now + dt.timedelta(seconds=pool.lease_seconds))
-    if pool.window_end is not None:
-        ends.append(pool.window_end)
+    close = closes_at(pool, now)
+    if close is not None:
+        ends.append(close)
     return min(ends) if ends else None
 
 
-def check_window(pool: Pool, now: dt.datetime) -> None:
-    """Raises PoolClosed outside a time-based pool's window."""
+def closed_reason(pool: Pool, now: dt.datetime) -> str | None:
+    """Why a pool is closed at `now` (outside its absolute window, or outside its recurring opening hours), or
+    None when it is open."""
     if pool.window_start is not None and now < pool.window_start:
-        raise PoolClosed(pool=pool.name, reason=f"opens at {pool.window_start.isoformat()}; try again then")
+        return f"opens at {pool.window_start.isoformat()}; try again then"
     if pool.window_end is not None and now >= pool.window_end:
-        raise PoolClosed(pool=pool.name, reason=f"closed at {pool.window_end.isoformat()}")
+        return f"closed at {pool.window_end.isoformat()}"
+    if pool.pool_type == PoolType.TIME_BASED and pool.schedule and schedule_span(pool, now) is None:
+        windows = schedule.parse(pool.schedule)
+        opens = schedule.next_opening(windows, pool.time_zone, now)
+        hours = "; ".join(w.describe() for w in windows)
+        when = f"; it opens at {opens.astimezone(schedule.zone(pool.time_zone)).isoformat()}" if opens else ""
+        return f"is closed now (open {hours}, {pool.time_zone}){when}"
+    return None
+
+
+def check_window(pool: Pool, now: dt.datetime) -> None:
+    """Raises PoolClosed outside a time-based pool's window or opening hours."""
+    reason = closed_reason(pool, now)
+    if reason is not None:
+        raise PoolClosed(pool=pool.name, reason=reason)
 
 
 # The statements of a connect are built once, with bound parameters: building a SQLAlchemy statement costs more

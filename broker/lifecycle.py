@@ -105,6 +105,41 @@ def expire_leases(session: Session, now: dt.datetime | None = None, limit: int =
     return out
 
 
+def apply_schedules(session: Session, now: dt.datetime | None = None) -> list[tuple[str, bool]]:
+    """Open and close the time-based pools that have recurring opening hours, as their schedule says at `now`.
+    Closing is what the end of a pool's absolute window does: every lease still running past now is cut to now,
+    so expire_leases (the next step of the same maintenance pass) reclaims those desktops by the pool's reclaim
+    policy; connects are refused until it opens (check_window). Each change is a compare-and-swap on the state
+    the pass read (another manager's pass, or a concurrent one, does it once) with one event. Returns (pool id,
+    open now) of the pools that changed."""
+    now = now or utcnow()
+    changed: list[tuple[str, bool]] = []
+    for pool in session.scalars(select(Pool).where(Pool.pool_type == PoolType.TIME_BASED).order_by(Pool.name)):
+        if not pool.schedule:
+            continue
+        is_open = assignment.closed_reason(pool, now) is None
+        if pool.schedule_open is is_open:
+            continue
+        if not session.execute(update(Pool).where(Pool.id == pool.id,
+                                                  Pool.schedule_open.is_not_distinct_from(pool.schedule_open))
+                               .values(schedule_open=is_open).execution_options(synchronize_session=False)).rowcount:
+            continue
+        if is_open:
+            close = assignment.closes_at(pool, now)
+            emit(session, "pool.opened", f"pool {pool.name} opened on its schedule"
+                 + (f" until {close.isoformat()}" if close else ""), actor="system", pool_id=pool.id)
+        else:
+            cut = session.execute(update(Desktop).where(
+                Desktop.pool_id == pool.id, Desktop.assigned_user_id.is_not(None),
+                Desktop.lease_until.is_(None) | (Desktop.lease_until > now))
+                .values(lease_until=now).execution_options(synchronize_session=False)).rowcount
+            emit(session, "pool.closed", f"pool {pool.name} closed on its schedule; {cut} running lease(s) end now "
+                 "and their desktops are reclaimed", actor="system", pool_id=pool.id)
+        session.expire(pool)
+        changed.append((pool.id, is_open))
+    return changed
+
+
 def act_on_disconnected(session: Session, now: dt.datetime | None = None, limit: int = 500) -> list[str]:
     """Apply each pool's disconnect policy to its desktops whose session has been disconnected for the pool's
     disconnect_after_minutes. Each session is ended by a compare-and-swap on the disconnection it read (a client
@@ -145,14 +180,16 @@ def act_on_disconnected(session: Session, now: dt.datetime | None = None, limit:
     return to_reset
 
 
-def lease_limit(pool: Pool, desktop: Desktop) -> dt.datetime | None:
+def lease_limit(pool: Pool, desktop: Desktop, now: dt.datetime) -> dt.datetime | None:
     """The latest a time-based lease on `desktop` may be extended to: when it was taken + the pool's
-    max_lease_seconds, cut at the window's end. None when the pool's leases cannot be extended."""
+    max_lease_seconds, cut at the pool's next closing (its window's end or the end of its current opening hours).
+    None when the pool's leases cannot be extended."""
     if pool.pool_type != PoolType.TIME_BASED or pool.max_lease_seconds is None or desktop.assigned_at is None:
         return None
     ends = [desktop.assigned_at + dt.timedelta(seconds=pool.max_lease_seconds)]
-    if pool.window_end is not None:
-        ends.append(pool.window_end)
+    close = assignment.closes_at(pool, now)
+    if close is not None:
+        ends.append(close)
     return min(ends)
 
 
@@ -168,7 +205,7 @@ def extend_lease(session: Session, desktop: Desktop, user_id: str, *, actor: str
     if pool is None or pool.pool_type != PoolType.TIME_BASED or desktop.assigned_user_id != user_id \
             or desktop.lease_until is None:
         raise Conflict(f"desktop {desktop.name} has no lease of yours to extend (only time-based pools lease)")
-    limit = lease_limit(pool, desktop)
+    limit = lease_limit(pool, desktop, now)
     if limit is None:
         raise Conflict(f"pool {pool.name} does not allow extending a lease")
     current = desktop.lease_until
@@ -190,9 +227,10 @@ def extend_lease(session: Session, desktop: Desktop, user_id: str, *, actor: str
     return new_end
 
 
-def desktops_to_prestart(session: Session, pool: Pool) -> list[str]:
-    """Free desktops to start so that `pool.prestarted` free ones are running or starting."""
-    if pool.prestarted <= 0:
+def desktops_to_prestart(session: Session, pool: Pool, now: dt.datetime | None = None) -> list[str]:
+    """Free desktops to start so that `pool.prestarted` free ones are running or starting (none while a
+    time-based pool is closed: nobody can take them)."""
+    if pool.prestarted <= 0 or assignment.closed_reason(pool, now or utcnow()) is not None:
         return []
     free = (Desktop.pool_id == pool.id, Desktop.assigned_user_id.is_(None),
             ~select(Assignment.desktop_id).where(Assignment.desktop_id == Desktop.id).exists())
@@ -204,6 +242,17 @@ def desktops_to_prestart(session: Session, pool: Pool) -> list[str]:
     return list(session.scalars(select(Desktop.id).where(
         *free, Desktop.power_state == PowerState.DOWN, Desktop.task_state.is_(None))
         .order_by(Desktop.name).limit(missing)))
+
+
+def _held():
+    return Desktop.assigned_user_id.is_not(None) | select(Assignment.desktop_id).where(
+        Assignment.desktop_id == Desktop.id).exists()
+
+
+def desktops_held_in_pool(session: Session, pool_id: str) -> int:
+    """How many of the pool's desktops a user holds or is dedicated: a resize never removes those."""
+    return session.scalar(select(func.count()).select_from(Desktop).where(
+        Desktop.pool_id == pool_id, Desktop.task_state.is_distinct_from(TaskState.DELETING), _held())) or 0
 
 
 @dataclass(frozen=True)

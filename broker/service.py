@@ -282,7 +282,7 @@ def my_desktops(session: Session, user_id: str, now: dt.datetime | None = None) 
         held = d.assigned_user_id == user_id
         how = "pool" if held else "dedicated" if d.pool_id is None else "entitled"
         sid, state = live.get(d.id, (None, None))
-        limit = lifecycle.lease_limit(pool, d) if pool is not None and held else None
+        limit = lifecycle.lease_limit(pool, d, now) if pool is not None and held else None
         out.append(MyDesktop(
             id=d.id, name=d.name, pool_id=d.pool_id, pool_name=pool.name if pool else None,
             pool_type=pool.pool_type if pool else None, how=how, power_state=d.power_state, task_state=d.task_state,

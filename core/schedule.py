@@ -70,11 +70,6 @@ def parse(raw: list[dict]) -> list[Window]:
     return out
 
 
-def dump(windows: list[Window]) -> list[dict]:
-    return [{"days": [DAYS[d] for d in sorted(w.days)], "start": f"{w.start:%H:%M}", "end": f"{w.end:%H:%M}"}
-            for w in windows]
-
-
 def _occurrences(windows: list[Window], tz: ZoneInfo, first: dt.date, last: dt.date) -> list[tuple[dt.datetime,
                                                                                                      dt.datetime]]:
     """Each window's occurrences starting on the local days first..last, as UTC (start, end), sorted."""

@@ -161,6 +161,8 @@ declare("desktops.bulk_done", N, "job", "{actor}'s bulk action on desktops: how 
 declare("pool.resized", N, "pool", "{actor} resized {pool}")
 declare("pool.provisioned", N, ("pool", "job"), "{pool}: desktops created (and failed)")
 declare("pool.template_rollout", N, ("pool", "template"), "{actor} moved {pool} to a new template version")
+declare("pool.opened", N, "pool", "{pool} opened on its recurring schedule")
+declare("pool.closed", N, "pool", "{pool} closed on its recurring schedule: running leases end, desktops reclaimed")
 declare("template.import_started", N, ("template", "job"), "{actor} started importing an image into {template}")
 declare("template.version_started", N, ("template", "desktop", "job"), "{actor} started a version of {template} "
         "from {desktop}")

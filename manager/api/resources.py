@@ -16,6 +16,7 @@ from manager.api.search import compile_search
 from manager.auth import Principal, hash_password, revoke_tokens
 from manager.identity.superusers import keep_a_superuser
 from manager.jobs import enqueue
+from manager.provisioning import pools
 from manager.models import (Bookmark, Cluster, Desktop, Entitlement, Group, Host, Pool, RoleAssignment,
                             StorageDomain, Tag, Template, TemplateVersion, User, Volume)
 
@@ -196,18 +197,25 @@ def _prepare_bookmark_update(session: Session, bookmark: Bookmark, values: dict[
 
 def _prepare_pool_update(session: Session, pool: Pool, values: dict[str, Any], who: Principal) -> dict[str, Any]:
     """The pool as it would be after the change must still hold together (as PoolIn checks a new pool): at most
-    `size` prestarted desktops, a window that ends after it starts, a lease or a window end for a time-based pool.
-    The pool maintenance loop starts free desktops up to a raised `prestarted` (a lowered one stops none)."""
+    `size` prestarted desktops, a window that ends after it starts, a lease, a window end or a schedule for a
+    time-based pool, opening hours for time-based pools only. The pool maintenance loop starts free desktops up to
+    a raised `prestarted` (a lowered one stops none). A new `size` is a resize (pools.resize_pool: its own event
+    and job; refused below the desktops users hold)."""
     after = {key: values.get(key, getattr(pool, key)) for key in
-             ("prestarted", "window_start", "window_end", "lease_seconds", "max_lease_seconds")}
-    if after["prestarted"] > pool.size:
-        raise Invalid(f"prestarted ({after['prestarted']}) cannot exceed the pool's size ({pool.size}); "
-                      f"resize the pool to change its size")
+             ("size", "prestarted", "window_start", "window_end", "lease_seconds", "max_lease_seconds", "schedule")}
+    if after["prestarted"] > after["size"]:
+        raise Invalid(f"prestarted ({after['prestarted']}) cannot exceed the pool's size ({after['size']})")
     if after["window_start"] and after["window_end"] and after["window_end"] <= after["window_start"]:
         raise Invalid("window_end must be after window_start")
-    if pool.pool_type == PoolType.TIME_BASED and not (after["lease_seconds"] or after["window_end"]):
-        raise Invalid("a time_based pool needs lease_seconds or a window_end")
+    if pool.pool_type == PoolType.TIME_BASED and not (after["lease_seconds"] or after["window_end"]
+                                                      or after["schedule"]):
+        raise Invalid("a time_based pool needs lease_seconds, a window_end or a schedule")
+    s.schedule_problem(pool.pool_type, after["schedule"], raise_as=Invalid)
     s.lease_limit_problem(after["lease_seconds"], after["max_lease_seconds"], raise_as=Invalid)
+    if "size" in values:
+        size = values.pop("size")
+        if size != pool.size:
+            pools.resize_pool(session, pool.id, size=size, prestarted=after["prestarted"], actor=who.name)
     return values
 
 

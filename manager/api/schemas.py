@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Optional, get_type_hints
+from typing import Annotated, Any, Literal, Optional, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from core import schedule
 from core.enums import (DisconnectAction, HostStatus, JobState, OsType, PoolType, PowerState, PrincipalSource,
                         ProtocolPolicy, ReclaimPolicy, Role, Severity, TaskState)
 
@@ -273,6 +274,43 @@ DisconnectMinutes = Annotated[int, Field(ge=0, le=7 * 24 * 60, description="minu
                                          "before the pool's disconnect_action (0: at the next maintenance pass)")]
 
 
+NamePattern = Annotated[str, Field(max_length=255, pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]*#+[A-Za-z0-9._-]*)?$",
+                                   description="e.g. eng-### (the #s become a zero-padded number)")]
+
+
+class ScheduleWindow(In):
+    """One recurring opening window of a time-based pool, in the pool's time_zone (core.schedule)."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        min_length=1, max_length=7, description="the weekdays the window starts on")
+    start: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="local time HH:MM")]
+    end: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+                              description="local time HH:MM; at or before start: the window ends the next day")]
+
+    @field_validator("days")
+    @classmethod
+    def _once_each(cls, days: list[str]) -> list[str]:
+        return sorted(set(days), key=schedule.DAYS.index)
+
+
+SCHEDULE_TEXT = ("time-based pools: recurring opening hours (e.g. mon-fri 08:00-18:00), in time_zone; several windows "
+                 "add up; empty: open whenever window_start/window_end allow. Outside them connects are refused; at "
+                 "closing every running lease ends and its desktop is reclaimed by reclaim_policy")
+Schedule = Annotated[list[ScheduleWindow], Field(max_length=schedule.MAX_WINDOWS, description=SCHEDULE_TEXT)]
+TimeZone = Annotated[str, Field(min_length=1, max_length=64, description="IANA time zone of the schedule, e.g. "
+                                "Europe/Paris (default UTC)")]
+
+
+def time_zone_problem(name: str | None) -> None:
+    if name is not None:
+        schedule.zone(name)
+
+
+def schedule_problem(pool_type: PoolType, windows: list | None, *, raise_as=ValueError) -> None:
+    if windows and pool_type != PoolType.TIME_BASED:
+        raise raise_as(f"schedule: only time_based pools have opening hours (this pool is {pool_type.value})")
+
+
 class PoolIn(In):
     name: MachineName
     description: Text = ""
@@ -284,8 +322,7 @@ class PoolIn(In):
     size: Annotated[int, Field(ge=0, le=100_000)] = 0
     prestarted: Annotated[int, Field(ge=0, le=100_000)] = 0
     max_desktops_per_user: Annotated[int, Field(ge=1, le=100)] = 1
-    name_pattern: Annotated[str, Field(max_length=255, pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]*#+[A-Za-z0-9._-]*)?$",
-                                       description="e.g. eng-### (the #s become a zero-padded number)")] = ""
+    name_pattern: NamePattern = ""
     cpus: Cpus = 1
     memory_mib: MemoryMiB = 256
     protocol_policy: ProtocolPolicy = ProtocolPolicy.AUTO
@@ -296,6 +333,8 @@ class PoolIn(In):
     reclaim_policy: ReclaimPolicy = ReclaimPolicy.REIMAGE
     disconnect_action: DisconnectAction = Field(default=DisconnectAction.NONE, description=DISCONNECT_ACTION_TEXT)
     disconnect_after_minutes: DisconnectMinutes = 0
+    schedule: Schedule = []
+    time_zone: TimeZone = "UTC"
 
     @model_validator(mode="after")
     def _consistent(self) -> "PoolIn":
@@ -303,17 +342,23 @@ class PoolIn(In):
             raise ValueError(f"prestarted ({self.prestarted}) cannot exceed size ({self.size})")
         if self.window_start and self.window_end and self.window_end <= self.window_start:
             raise ValueError("window_end must be after window_start")
-        if self.pool_type == PoolType.TIME_BASED and not (self.lease_seconds or self.window_end):
-            raise ValueError("a time_based pool needs lease_seconds or a window_end")
+        if self.pool_type == PoolType.TIME_BASED and not (self.lease_seconds or self.window_end or self.schedule):
+            raise ValueError("a time_based pool needs lease_seconds, a window_end or a schedule")
+        schedule_problem(self.pool_type, self.schedule)
+        time_zone_problem(self.time_zone)
         lease_limit_problem(self.lease_seconds, self.max_lease_seconds, raise_as=ValueError)
         return self
 
 
 class PoolPatch(In):
-    """What may change after a pool is created. Its template, type, cluster, naming pattern and hardware shape its
-    existing desktops (roll out a template version, or make a new pool, instead); its size changes by resizing
-    (POST /pools/{id}/resize), which creates or removes desktops."""
+    """What may change after a pool is created. Its template, type, cluster and hardware shape its existing
+    desktops (roll out a template version, or make a new pool, instead). A new size is a resize (as POST
+    /pools/{id}/resize: a job creates desktops or removes free ones, never one a user holds; a size below the
+    desktops users hold is refused); a new name_pattern names the desktops created from then on."""
 
+    size: Annotated[int | None, Field(ge=0, le=100_000, description="grow or shrink (a resize job); not below the "
+                                      "desktops users hold")] = None
+    name_pattern: NamePattern | None = None
     description: Text | None = None
     comment: Text | None = None
     max_desktops_per_user: Annotated[int | None, Field(ge=1, le=100)] = None
@@ -326,9 +371,12 @@ class PoolPatch(In):
     reclaim_policy: ReclaimPolicy | None = None
     disconnect_action: DisconnectAction | None = Field(default=None, description=DISCONNECT_ACTION_TEXT)
     disconnect_after_minutes: DisconnectMinutes | None = None
+    schedule: Schedule | None = None
+    time_zone: TimeZone | None = None
 
     @model_validator(mode="after")
     def _no_nulls(self) -> "PoolPatch":
+        time_zone_problem(self.time_zone)
         nullable = {"lease_seconds", "max_lease_seconds", "window_start", "window_end"}
         cleared = sorted(k for k in self.model_fields_set - nullable if getattr(self, k) is None)
         if cleared:
@@ -359,6 +407,10 @@ class PoolOut(Out):
     reclaim_policy: ReclaimPolicy
     disconnect_action: DisconnectAction
     disconnect_after_minutes: int
+    schedule: list[ScheduleWindow]
+    time_zone: str
+    schedule_open: bool | None = Field(description="time-based pools with a schedule: open at the pool maintenance "
+                                       "loop's last pass (null before its first)")
     created_at: dt.datetime
 
 
@@ -518,6 +570,7 @@ class JobOut(Out):
     target_kind: str
     target_id: str
     cancel_requested: bool
+    owner: str = ""  # the manager instance or worker process running it
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None

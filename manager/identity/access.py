@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from broker import entitlement
+from broker import assignment, entitlement
 from core.enums import PoolType, SessionState
 from core.errors import NotFound
 from event_manager.service import emit
@@ -88,10 +88,9 @@ def _pool_blocks(pool: Pool, now: dt.datetime) -> list[str]:
     if pool.size <= 0:
         reasons.append(f"pool {pool.name} has no desktops (size 0)")
     if pool.pool_type == PoolType.TIME_BASED:
-        if pool.window_start is not None and now < pool.window_start:
-            reasons.append(f"pool {pool.name} opens at {pool.window_start.isoformat()}")
-        if pool.window_end is not None and now >= pool.window_end:
-            reasons.append(f"pool {pool.name} closed at {pool.window_end.isoformat()}")
+        closed = assignment.closed_reason(pool, now)
+        if closed is not None:
+            reasons.append(f"pool {pool.name} {closed}")
     return reasons
 
 

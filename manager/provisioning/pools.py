@@ -31,8 +31,9 @@ def provision_pool(session: Session, pool_id: str, *, policy: str = "spread", ac
 def resize_pool(session: Session, pool_id: str, *, size: int, prestarted: int | None = None,
                 policy: str = "spread", actor: str) -> Job:
     """Set the pool's size (and prestarted count, unchanged when None) and enqueue the job that grows or shrinks
-    it; shrinking removes free desktops only, never assigned ones. Prestarted desktops are topped up by a
-    second job."""
+    it. Shrinking removes free desktops first (stopped ones, then the highest names) and never takes a desktop
+    from its user, so a size below the desktops users hold (or are dedicated) is refused: unassign desktops or
+    wait for their users' logoff first. Prestarted desktops are topped up by a second job."""
     placement.get_policy(policy)
     pool = get_pool(session, pool_id)
     prestarted = pool.prestarted if prestarted is None else prestarted
@@ -40,6 +41,10 @@ def resize_pool(session: Session, pool_id: str, *, size: int, prestarted: int | 
         raise Invalid("size and prestarted cannot be negative")
     if prestarted > size:
         raise Invalid(f"prestarted ({prestarted}) cannot exceed size ({size})")
+    held = lifecycle.desktops_held_in_pool(session, pool.id)
+    if size < held:
+        raise Conflict(f"pool {pool.name} cannot shrink to {size}: users hold {held} of its desktops, and shrinking "
+                       "removes free desktops only; unassign desktops (or wait for their users to log off) first")
     old = pool.size
     pool.size, pool.prestarted = size, prestarted
     emit(session, "pool.resized", f"{actor} resized pool {pool.name} from {old} to {size} desktops "

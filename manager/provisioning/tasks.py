@@ -1,6 +1,7 @@
 """Jobs of provisioning and pool life cycle. Thin and idempotent: each checks the world before acting."""
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -12,7 +13,7 @@ from core.errors import DesktopBusy, VdiError
 from event_manager.service import emit
 from manager import db
 from manager.jobs import JobContext, enqueue, task
-from manager.models import Desktop, Pool
+from manager.models import Desktop, Pool, utcnow
 from manager.provisioning import names, service
 from manager.provisioning.power import PowerAction, run_power_action
 
@@ -145,11 +146,11 @@ def reset_desktop(ctx: JobContext, desktop_id: str) -> dict[str, Any]:
     return reset_now(desktop_id, job_id=ctx.job_id)
 
 
-def prestart(pool_id: str) -> int:
+def prestart(pool_id: str, now: dt.datetime | None = None) -> int:
     """Start free desktops until the pool has `prestarted` of them running. Returns how many were started."""
     with db.session_scope() as session:
         pool = session.get(Pool, pool_id)
-        ids = lifecycle.desktops_to_prestart(session, pool) if pool else []
+        ids = lifecycle.desktops_to_prestart(session, pool, now) if pool else []
     started = 0
     for desktop_id in ids:
         try:
@@ -162,17 +163,21 @@ def prestart(pool_id: str) -> int:
     return started
 
 
-def maintain_pools(pool_id: str | None = None) -> dict[str, Any]:
-    """Expire time-based leases (reclaim jobs are enqueued), apply the pools' disconnect policies (reset jobs are
-    enqueued) and top up prestarted desktops."""
+def maintain_pools(pool_id: str | None = None, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Open and close time-based pools on their schedules, expire time-based leases (reclaim jobs are enqueued),
+    apply the pools' disconnect policies (reset jobs are enqueued) and top up prestarted desktops. `now` is the
+    clock (tests move it; the loop passes none)."""
+    now = now or utcnow()
     with db.session_scope() as session:
-        reclaimed = lifecycle.expire_leases(session)
+        scheduled = lifecycle.apply_schedules(session, now)
+    with db.session_scope() as session:
+        reclaimed = lifecycle.expire_leases(session, now)
         for item in reclaimed:
             kind = "desktops.reset" if item.policy == ReclaimPolicy.REIMAGE else "desktops.deprovision"
             enqueue(session, kind, params={"desktop_id": item.desktop_id}, target_kind="desktop",
                     target_id=item.desktop_id, description=f"reclaim desktop {item.desktop_name} (lease expired)")
-        sessions.expire_pending(session)
-        away = lifecycle.act_on_disconnected(session)
+        sessions.expire_pending(session, now)
+        away = lifecycle.act_on_disconnected(session, now)
         for desktop_id in away:
             enqueue(session, "desktops.reset", params={"desktop_id": desktop_id}, target_kind="desktop",
                     target_id=desktop_id, description="reset a desktop its user left disconnected (pool policy)")
@@ -180,8 +185,9 @@ def maintain_pools(pool_id: str | None = None) -> dict[str, Any]:
         if pool_id:
             stmt = select(Pool.id).where(Pool.id == pool_id)
         pool_ids = list(session.scalars(stmt))
-    started = sum(prestart(pid) for pid in pool_ids)
-    return {"reclaimed": len(reclaimed), "disconnect_policy": len(away), "prestarted": started}
+    started = sum(prestart(pid, now) for pid in pool_ids)
+    return {"scheduled": len(scheduled), "reclaimed": len(reclaimed), "disconnect_policy": len(away),
+            "prestarted": started}
 
 
 @task("pools.maintain")

@@ -39,8 +39,8 @@ def test_prestarted_is_bounded_by_the_size(client):
 
 def test_fields_that_shape_desktops_cannot_change(client):
     pool = _pool(client)
-    for field, value in (("size", 10), ("template_id", pool["template_id"]), ("pool_type", "manual"),
-                         ("name_pattern", "q-##"), ("memory_mib", 1024), ("name", "renamed")):
+    for field, value in (("template_id", pool["template_id"]), ("pool_type", "manual"),
+                         ("memory_mib", 1024), ("name", "renamed")):
         response = client.patch(f"{API}/pools/{pool['id']}", json={field: value})
         assert response.status_code == 422, (field, response.text)
         assert field in response.json()["detail"]
@@ -58,7 +58,7 @@ def test_nulls_only_where_a_field_may_be_empty(client):
 def test_a_time_based_pool_keeps_a_lease_or_a_window(client):
     pool = _pool(client, pool_type="time_based", lease_seconds=3600)
     refused = client.patch(f"{API}/pools/{pool['id']}", json={"lease_seconds": None})
-    assert refused.status_code == 422 and "lease_seconds or a window_end" in refused.json()["detail"]
+    assert refused.status_code == 422 and "lease_seconds, a window_end or a schedule" in refused.json()["detail"]
     moved = client.patch(f"{API}/pools/{pool['id']}", json={"lease_seconds": 7200,
                                                            "window_start": "2030-01-01T08:00:00Z",
                                                            "window_end": "2030-01-01T18:00:00Z"})
@@ -86,3 +86,60 @@ def test_patch_needs_pools_write(client, anon_client):
     assert response.status_code == 403, response.text
     missing = client.patch(f"{API}/pools/00000000-0000-0000-0000-000000000000", json={"comment": "x"})
     assert missing.status_code == 404
+
+
+def test_size_is_a_resize_and_name_pattern_names_new_desktops(client):
+    pool = _pool(client)
+    response = client.patch(f"{API}/pools/{pool['id']}", json={"size": 6, "prestarted": 2, "name_pattern": "q-###"})
+    assert response.status_code == 200, response.text
+    assert (response.json()["size"], response.json()["prestarted"], response.json()["name_pattern"]) == (6, 2, "q-###")
+    resized = client.get(f"{API}/events", params={"code": "pool.resized", "pool_id": pool["id"]}).json()["items"]
+    assert len(resized) == 1 and "from 4 to 6 desktops (2 prestarted)" in resized[0]["message"]
+    jobs = client.get(f"{API}/jobs", params={"target_id": pool["id"]}).json()["items"]
+    assert "pools.resize" in {j["kind"] for j in jobs}
+    shrink = client.patch(f"{API}/pools/{pool['id']}", json={"size": 1})
+    assert shrink.status_code == 422 and "prestarted (2) cannot exceed the pool's size (1)" in shrink.json()["detail"]
+    bad = client.patch(f"{API}/pools/{pool['id']}", json={"name_pattern": "no hashes"})
+    assert bad.status_code == 422 and "name_pattern" in bad.json()["detail"]
+
+
+def test_a_pool_cannot_shrink_below_the_desktops_users_hold(client):
+    from manager import db
+    from manager.models import Desktop, User
+
+    pool = _pool(client, pool_type="manual")
+    with db.session_scope() as session:
+        users = [User(username=f"u{i}", domain="local", upn=f"u{i}@local") for i in range(3)]
+        session.add_all(users)
+        session.flush()
+        for i, user in enumerate(users):
+            session.add(Desktop(name=f"p-0{i}", pool_id=pool["id"], assigned_user_id=user.id if i < 2 else None))
+    refused = client.patch(f"{API}/pools/{pool['id']}", json={"size": 1})
+    assert refused.status_code == 409, refused.text
+    assert "users hold 2 of its desktops" in refused.json()["detail"]
+    assert "removes free desktops only" in refused.json()["detail"]
+    assert client.get(f"{API}/pools/{pool['id']}").json()["size"] == 4
+    assert client.patch(f"{API}/pools/{pool['id']}", json={"size": 2}).status_code == 200
+
+
+def test_recurring_schedule_is_checked_and_stored(client):
+    pool = _pool(client, pool_type="time_based", lease_seconds=3600)
+    week = [{"days": ["fri", "mon", "tue", "wed", "thu"], "start": "08:00", "end": "18:00"},
+            {"days": ["sat"], "start": "22:00", "end": "02:00"}]
+    ok = client.patch(f"{API}/pools/{pool['id']}", json={"schedule": week, "time_zone": "Europe/Paris"})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["schedule"][0]["days"] == ["mon", "tue", "wed", "thu", "fri"]
+    assert ok.json()["time_zone"] == "Europe/Paris"
+    for body, words in (({"time_zone": "Mars/Olympus"}, "not an IANA time zone"),
+                        ({"schedule": [{"days": ["funday"], "start": "08:00", "end": "18:00"}]}, "days"),
+                        ({"schedule": [{"days": ["mon"], "start": "25:00", "end": "18:00"}]}, "start"),
+                        ({"schedule": None}, "schedule")):
+        response = client.patch(f"{API}/pools/{pool['id']}", json=body)
+        assert response.status_code == 422 and words in response.json()["detail"], (body, response.text)
+    # a schedule is enough for a time-based pool (leases end at closing)
+    assert client.patch(f"{API}/pools/{pool['id']}", json={"lease_seconds": None}).status_code == 200
+    cleared = client.patch(f"{API}/pools/{pool['id']}", json={"schedule": []})
+    assert cleared.status_code == 422 and "lease_seconds, a window_end or a schedule" in cleared.json()["detail"]
+    automatic = _pool(client, name="auto")
+    refused = client.patch(f"{API}/pools/{automatic['id']}", json={"schedule": week})
+    assert refused.status_code == 422 and "only time_based pools" in refused.json()["detail"]
