@@ -20,6 +20,17 @@ cards) is white on blue with the desktop's name and a getty login prompt: "user"
 The hostname is `vdi.hostname=` from the kernel command line, else /etc/hostname of the disk.
 An ACPI power-button press (libvirt's shutdown()) powers the guest off cleanly (VDI-SHUTDOWN poweroff).
 
+Two variants (VARIANTS; the cache key includes the variant):
+- "console" (the default): the cloud kernel and the VGA text console described above. Every real-guest test boots it.
+- "planner": a planner desktop (docs/planner.md, "Guest protocol"). Debian's generic kernel
+  (`linux-image-<version>-amd64`; vesafb is built in, ext4 and its helpers are loaded by the initramfs) booted with
+  `vga=0x318`, so /dev/fb0 is 1024x768 at 24 bits; /opt/planner holds vdi-planner (static C, compiled with the
+  host's gcc at build time: it draws on the framebuffer and reads CLOCK_MONOTONIC), the applications
+  (/opt/planner/apps/NAME, run by name only) and their data. At boot the screen becomes a framebuffer desktop with
+  the watermark region and a keep-alive block (VDI-PLANNER desktop WxH bpp=N font=console|pattern). It boots in
+  about 1.7x the console variant's time from a 2.6x larger kernel download (bench/demo_boot.py), which is why the
+  console variant stays the default and only planner desktops use this one.
+
 The guest agent speaks one line per request on the virtio-serial port named
 `org.vdi.guest_agent.0` (see AGENT_PORT_NAME) and answers one line:
     ping -> pong                      hostname -> <name>            uptime -> <seconds>
@@ -30,6 +41,10 @@ The guest agent speaks one line per request on the virtio-serial port named
     read PATH -> <content>            (newlines shown as the two characters \\n)
     run OP -> OP <milliseconds>       (OP: cpu, disk, compress, memory; a bounded amount of work)
     sleep SECONDS -> ok               (answers after SECONDS, 0-600: a slow command on purpose)
+    planner-apps -> APP:OP,OP APP:OP  (the planner applications and their operations; ERR without planner tools)
+    planner-op APP OP SEQ CODE -> ok CODE SEQ MICROSECONDS | FAIL CODE SEQ REASON
+                                      (draws the watermark start marks, runs /opt/planner/apps/APP OP, draws the
+                                      end mark; SEQ 1-999, CODE 0-1023; docs/planner.md "Guest protocol")
     reboot -> ok / poweroff -> ok     (then the guest syncs and reboots or powers off)
     anything else -> ERR <what to do instead>
 A request `@ID COMMAND` (ID: 1-64 letters, digits, '-' or '_') is answered `@ID REPLY`, so a client can
