@@ -9,10 +9,14 @@
 3. fencing (ha_manager.fencing) of each non-responsive host, in parallel, claimed by compare-and-swap of its
    fence_state ("" -> fencing), so two managers never fence one host twice. A confirmed power-off queues the
    host's HA desktops; a failed fence restarts nothing (its desktops may still run) and is retried later;
-4. restarts (ha_manager.restart) of the queued desktops on the surviving hosts.
+4. where fencing is impossible (no fence agent, or every agent failed) and the hosts renew storage leases
+   (ha_manager.host_leases), the lease's expiry is the proof instead: once a failed host's lease and heartbeats have
+   been silent for the lease's ttl plus a margin, its agent has powered its guests off (self-fencing,
+   hypervisor_node.host_lease), and its HA desktops are queued (fence_state "lease_expired");
+5. restarts (ha_manager.restart) of the queued desktops on the surviving hosts.
 
 Every step is an event (host.suspected, host.non_responsive [ALERT], host.fence_started, host.fenced, host.fence_failed
-[ALERT], ha.fencing_skipped [ALERT], desktop.ha_restarted, desktop.ha_restart_failed, desktop.ha_waiting
+[ALERT], host.lease_wait, host.lease_expired [ALERT], ha.fencing_skipped [ALERT], desktop.ha_restarted, desktop.ha_restart_failed, desktop.ha_waiting
 [ALERT], host.recovered). Every database write of a round happens on the calling thread (probes, fence agents
 and node starts run in worker threads that only read), so the leader's epoch fence covers all of them.
 """
@@ -30,7 +34,7 @@ from sqlalchemy.orm import Session
 from core.enums import HostStatus, Severity
 from core.errors import Invalid, NotFound, VdiError
 from event_manager.service import emit
-from ha_manager import fencing, liveness, restart
+from ha_manager import fencing, host_leases, liveness, restart
 from ha_manager.service import status_section
 from manager import db
 from manager.models import FenceAgent, Host, HostHaState, utcnow
@@ -40,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # fence_state values
 NONE, FENCING, FENCED, FAILED, SKIPPED = "", "fencing", "fenced", "failed", "skipped"
+LEASE_EXPIRED = "lease_expired"  # not fenced, but its storage lease ran out: its guests are off (self-fenced)
+HANDLED = (FENCED, LEASE_EXPIRED)  # the host's desktops were taken over
 
 
 def fence_configs(session: Session, host_id: str, host_name: str) -> list[fencing.AgentConfig]:
@@ -79,6 +85,9 @@ class HostFailover:
                                                 settings.ha_non_responsive_after_seconds)
         self.probe = probe or (lambda host_id: probe_agent(host_id, settings.ha_probe_timeout_seconds))
         self.fence = fence
+        self.leases = host_leases.LeaseWatch(settings.ha_host_lease_dir, settings.ha_host_lease_margin_seconds) \
+            if settings.ha_host_lease_dir else None
+        self._lease_wait_said: set[str] = set()  # hosts whose wait for the lease's expiry was announced
 
     # ---- one round --------------------------------------------------------------------------------------------
     def run_cycle(self) -> str:
@@ -89,9 +98,11 @@ class HostFailover:
         probes = self._probe_all(late)
         with db.session_scope() as session:
             views = liveness.apply(session, views, probes, self.timings, now)
+        if self.leases is not None:
+            self.leases.observe(v.name for v in views)
         said = []
         judged = [v for v in views if v.status != HostStatus.MAINTENANCE and v.heartbeat_age is not None]
-        unreachable = [v for v in judged if v.liveness != liveness.UP and v.fence_state != FENCED]
+        unreachable = [v for v in judged if v.liveness != liveness.UP and v.fence_state not in HANDLED]
         failed = [v for v in judged if v.liveness == liveness.NON_RESPONSIVE]
         eligible = [v for v in failed if v.fence_state in (NONE, SKIPPED) or self._retry_due(v, now)]
         if eligible and fencing.connectivity_broken(len(unreachable), len(judged),
@@ -101,6 +112,8 @@ class HostFailover:
                         f"{len(unreachable)} of {len(judged)} hosts unreachable")
         elif eligible:
             said.append(self._fence_all(eligible))
+        if self.leases is not None:
+            said += self._lease_expiries(failed)
         report = restart.restart_due(policy=self.settings.ha_placement_policy,
                                      parallel=self.settings.ha_restart_parallel,
                                      retry_seconds=self.settings.ha_restart_retry_seconds)
@@ -186,10 +199,17 @@ class HostFailover:
         now = utcnow()
         if not outcome.fenced:
             _swap_fence(session, view.host_id, FENCING, FAILED, now, outcome.detail[:4000])
-            emit(session, "host.fence_failed", f"host {view.name} could not be fenced: {outcome.detail}; its desktops "
-                 "are NOT restarted elsewhere (they may still run there); fencing is tried again in "
-                 f"{self.settings.ha_fence_retry_seconds:.0f} s", severity=Severity.ALERT, actor="ha",
-                 host_id=view.host_id)
+            lease = self.leases.verdict(view.name, view.heartbeat_age) if self.leases is not None else None
+            if lease is not None and lease.known:
+                then = (f"its desktops are restarted elsewhere once its storage lease has expired (its agent powers "
+                        f"its guests off before that), in about {lease.remaining_s:.0f} s, unless fencing succeeds "
+                        "first")
+            else:
+                then = "its desktops are NOT restarted elsewhere (they may still run there; " + (
+                    "its storage lease cannot be read" if lease is not None else "no host leases are configured") + ")"
+            emit(session, "host.fence_failed", f"host {view.name} could not be fenced: {outcome.detail}; {then}; "
+                 f"fencing is tried again in {self.settings.ha_fence_retry_seconds:.0f} s", severity=Severity.ALERT,
+                 actor="ha", host_id=view.host_id)
             return f"fencing {view.name} failed"
         _swap_fence(session, view.host_id, FENCING, FENCED, now, f"{outcome.detail} in {outcome.seconds:.1f} s")
         session.execute(update(Host).where(Host.id == view.host_id, Host.status != HostStatus.MAINTENANCE)
@@ -203,10 +223,57 @@ class HostFailover:
         return f"fenced {view.name}"
 
 
+    def _lease_expiries(self, failed: list[liveness.HostView]) -> list[str]:
+        """Failed hosts that could not be fenced: once the storage lease has expired (their guests are off), their
+        desktops are taken over as after a fence; until then the wait is announced once."""
+        said = []
+        for view in failed:
+            if view.fence_state != FAILED:
+                self._lease_wait_said.discard(view.host_id)
+                continue
+            lease = self.leases.verdict(view.name, view.heartbeat_age)
+            if not lease.expired:
+                if lease.known and view.host_id not in self._lease_wait_said:
+                    self._lease_wait_said.add(view.host_id)
+                    with db.session_scope() as session:
+                        emit(session, "host.lease_wait", f"host {view.name} cannot be fenced; its storage lease "
+                             f"(ttl {lease.ttl_s:g} s) was last renewed {lease.silent_s:.0f} s ago: its desktops are "
+                             f"restarted elsewhere once it has expired, in about {lease.remaining_s:.0f} s",
+                             severity=Severity.WARNING, actor="ha", host_id=view.host_id)
+                continue
+            now = utcnow()
+            with db.session_scope() as session:
+                detail = (f"storage lease silent for {lease.silent_s:.0f} s (ttl {lease.ttl_s:g} s + margin "
+                          f"{self.settings.ha_host_lease_margin_seconds:g} s), no heartbeat for "
+                          f"{view.heartbeat_age or 0:.0f} s")
+                if not _swap_fence(session, view.host_id, FAILED, LEASE_EXPIRED, now, detail):
+                    continue
+                queued = restart.queue_restarts(session, view.host_id,
+                                                restart_assigned=self.settings.ha_restart_assigned)
+                emit(session, "host.lease_expired", f"host {view.name} could not be fenced and its {detail}: by "
+                     "the lease's terms its agent has powered its guests off (self-fencing) before now; "
+                     f"{len(queued.restart)} desktop(s) to restart elsewhere"
+                     + (f" ({', '.join(queued.restart)})" if queued.restart else "")
+                     + (f"; not HA, left down: {', '.join(queued.left_down)}" if queued.left_down else ""),
+                     severity=Severity.ALERT, actor="ha", host_id=view.host_id)
+            self._lease_wait_said.discard(view.host_id)
+            said.append(f"{view.name}: lease expired")
+        return said
+
+
 def _swap_fence(session: Session, host_id: str, old: str, new: str, now: dt.datetime, detail: str) -> bool:
     return bool(session.execute(update(HostHaState).where(HostHaState.host_id == host_id,
                                                           HostHaState.fence_state == old)
                                 .values(fence_state=new, fence_changed_at=now, fence_detail=detail)).rowcount)
+
+
+def record_self_fence(session: Session, host: Host, report: dict) -> None:
+    """A node agent's first heartbeat after it self-fenced (hypervisor_node.host_lease) says so: one ALERT event."""
+    guests = [str(g) for g in report.get("guests") or []][:50]
+    emit(session, "host.self_fenced", f"host {host.name} powered its own guests off at {report.get('at', '?')} "
+         f"({', '.join(guests) or 'none'}): it had renewed no storage lease for {report.get('lease_age_seconds', '?')} "
+         f"s and reached no manager for {report.get('manager_age_seconds', '?')} s (lease ttl "
+         f"{report.get('ttl_seconds', '?')} s)", severity=Severity.ALERT, actor="ha", host_id=host.id)
 
 
 @status_section("hosts")

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ from hypervisor_node import hoststats, spice_tls
 from hypervisor_node.guest_facts import GuestFacts
 from hypervisor_node.consoles import ConsoleReporter
 from hypervisor_node.driver import DEFAULT_BLOCK_JOB_TIMEOUT_S, DEFAULT_MANAGER_ID, LibvirtDriver, NodeDriver
+from hypervisor_node.host_lease import DEFAULT_RENEW_SECONDS, DEFAULT_TTL_SECONDS, HostLease
 from hypervisor_node.managers import EpochFence, EpochFenceMiddleware, ManagerEndpoints
 
 log = logging.getLogger("hypervisor_node.agent")
@@ -161,9 +163,10 @@ def create_app(
     consoles: "ConsoleReporter | None" = None,
     spice_tls_dir: str | None = None,
     ksm_sys_root: str | None = None,
+    lease: HostLease | None = None,
 ) -> Starlette:
-    """The agent's ASGI app over `driver`; `heartbeat` and `consoles` (console clients reported to the manager),
-    when given, run for the app's lifetime."""
+    """The agent's ASGI app over `driver`; `heartbeat`, `consoles` (console clients reported to the manager) and
+    `lease` (the host's storage lease and self-fencing), when given, run for the app's lifetime."""
     if not token:
         raise Invalid("the node token must not be empty")
     started_at = heartbeat.started_at if heartbeat is not None else utc_now_iso()
@@ -319,7 +322,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(loop.run(), name=name)
-                 for name, loop in (("heartbeat", heartbeat), ("consoles", consoles)) if loop is not None]
+                 for name, loop in (("heartbeat", heartbeat), ("consoles", consoles), ("host-lease", lease))
+                 if loop is not None]
         try:
             yield
         finally:
@@ -384,6 +388,8 @@ class Heartbeat:
         self._transport = transport
         self._request_timeout = request_timeout
         self.fence = EpochFence()  # learns the leader epoch from each reply
+        self.accepted_sent_at: float | None = None  # monotonic start of the last beat a manager accepted
+        self.lease: HostLease | None = None  # its self-fencing reports ride on the heartbeats
         self.guest_facts = GuestFacts(driver, period=interval * GUEST_FACTS_EVERY_BEATS)
 
     @property
@@ -410,12 +416,16 @@ class Heartbeat:
 
     async def beat(self, client: httpx.AsyncClient) -> bool:
         """Build and send one heartbeat; True when the manager accepted it. Never raises VdiError."""
+        sent_at = time.monotonic()
         try:
             payload = await run_in_threadpool(self.build_payload)
         except VdiError as exc:
             self._hypervisor_state(False, exc.message)
             return False
         self._hypervisor_state(True, "")
+        self_fenced = self.lease.unreported if self.lease is not None else None
+        if self_fenced is not None:
+            payload["self_fenced"] = self_fenced
         if self.seq == 1:
             states: dict[str, int] = {}
             for dom in payload["domains"]:
@@ -432,6 +442,9 @@ class Heartbeat:
             self._manager_state(False, f"HTTP {response.status_code}: {response.text[:300]}")
             return False
         self._manager_state(True, "")
+        self.accepted_sent_at = sent_at
+        if self.lease is not None:
+            self.lease.delivered(self_fenced)
         self.guest_facts.delivered(payload["guest"])
         try:
             self.fence.learn(response.json().get("leader_epoch"))
@@ -508,6 +521,19 @@ def build_parser(prog: str = "vdi node") -> argparse.ArgumentParser:
                         help="where the manager's SPICE TLS files go: the spice_tls_x509_cert_dir of this host's "
                              "qemu.conf (with spice_tls = 1; libvirtd needs the directory to exist when it "
                              "starts); empty: no SPICE TLS")
+    parser.add_argument("--lease-dir", default="", metavar="DIR",
+                        help="a directory on the shared storage (the same for every host) where this host renews "
+                             "its storage lease, <DIR>/<name>.lease; with it the agent powers its guests off when it "
+                             "has lost both the lease and the managers (self-fencing), and the manager may restart "
+                             "them elsewhere once the lease has expired. Empty: no lease (docs/ha.md)")
+    parser.add_argument("--lease-renew-seconds", type=float, default=DEFAULT_RENEW_SECONDS,
+                        help=f"how often the lease is renewed (default {DEFAULT_RENEW_SECONDS:g})")
+    parser.add_argument("--lease-ttl-seconds", type=float, default=DEFAULT_TTL_SECONDS,
+                        help="the lease's time to live, as promised to the manager: the guests are off before "
+                             f"it runs out (default {DEFAULT_TTL_SECONDS:g})")
+    parser.add_argument("--self-fence-after-seconds", type=float, default=None,
+                        help="power the guests off once the lease and the heartbeats have both failed this long; "
+                             "less than the ttl (default: half the ttl)")
     parser.add_argument("--ksm-control", action="store_true",
                         help="let the manager's policy engine set this host's KSM settings (/sys/kernel/mm/ksm); "
                              "one kernel has one KSM: never on two agents of one machine")
@@ -531,14 +557,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     domain_types = [t.strip() for t in args.domain_types.split(",") if t.strip()] or None
     driver = LibvirtDriver(args.libvirt_uri, manager_id=args.manager_id, domain_types=domain_types,
                            trust_shared_storage=args.trust_shared_storage, validate_xml=args.validate_xml)
-    heartbeat = consoles = None
+    heartbeat = consoles = lease = None
     if args.manager:
         managers = ManagerEndpoints(args.manager)
         heartbeat = Heartbeat(driver, args.name, managers, args.token, args.heartbeat_seconds)
         consoles = ConsoleReporter(driver, args.name, managers, args.token)
+    if args.lease_dir:
+        try:
+            lease = HostLease(driver, args.name, args.lease_dir, renew_s=args.lease_renew_seconds,
+                              ttl_s=args.lease_ttl_seconds, self_fence_after_s=args.self_fence_after_seconds,
+                              manager_contact=(lambda: heartbeat.accepted_sent_at) if heartbeat is not None else None)
+        except Invalid as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 2
+        if heartbeat is not None:
+            heartbeat.lease = lease
     app = create_app(driver, args.token, node_name=args.name, heartbeat=heartbeat, consoles=consoles,
                      spice_tls_dir=args.spice_tls_dir or None,
-                     ksm_sys_root="/sys" if args.ksm_control else None)
+                     ksm_sys_root="/sys" if args.ksm_control else None, lease=lease)
     host, port = args.listen
     log.info("node agent %s serving on %s:%d for %s", args.name, host, port, args.libvirt_uri)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level.lower(), access_log=False,

@@ -106,6 +106,13 @@ class Settings(BaseSettings):
     ha_restart_assigned: bool = Field(default=True, description="also restart desktops a user holds (assigned), "
                                       "not only those marked ha_enabled")
     ha_placement_policy: str = Field(default="spread", description="the placement policy for restarts")
+    ha_host_lease_dir: str = Field(default="", description="the directory on the shared storage where node agents "
+                                   "renew their hosts' storage leases (their --lease-dir, as this machine mounts "
+                                   "it); empty: leases are not read, and a host that cannot be fenced keeps its "
+                                   "desktops")
+    ha_host_lease_margin_seconds: float = Field(default=5.0, ge=0, description="a host that cannot be fenced has "
+                                                "its desktops restarted elsewhere once its lease and its heartbeats "
+                                                "have been silent for the lease's ttl plus this")
     # Manager HA: several `vdi serve` on one database elect one leader for the singleton loops (docs/ha.md).
     instance_id: str = Field(default="", max_length=255, description="this manager process's name among several "
                              "on one database, unique among the live ones; empty = <hostname>:<port>:<pid>")

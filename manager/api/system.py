@@ -13,6 +13,7 @@ from broker.sessions import ConsoleEvent, record_console_events
 from core.enums import HostStatus, JobState, Severity
 from core.errors import BadRequest, Conflict, Forbidden, Invalid, NotAuthenticated, NotFound
 from event_manager.service import query_events
+from ha_manager.failover import record_self_fence
 from ha_manager.service import known_leader_epoch, learn_leader_epoch
 from image_manager.service import get_template, template_versions
 from manager import db
@@ -185,6 +186,8 @@ def heartbeat(name: str, payload: dict[str, Any], session: DbSession,
     if not isinstance(payload.get("domains", []), list):
         raise BadRequest("domains must be a list")
     learn_leader_epoch(payload.get("leader_epoch"))  # the highest the agent has heard
+    if isinstance(payload.get("self_fenced"), dict):
+        record_self_fence(session, host, payload["self_fenced"])
     return {"ok": True, **ingest_heartbeat(session, host, payload), "leader_epoch": known_leader_epoch()}
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ha_manager.failover import set_fence_agents
+from core.specs import DesktopSpec
 from image_manager import qcow2
 from manager import db, node_secrets
 from manager.embedded_nodes import free_port, wait_until_answers
@@ -29,6 +30,7 @@ class World:
     desktop_ids: dict[str, str]  # name -> id (the domain uuid)
     bmcs: dict[str, HarnessBmc]
     clients: dict[str, NodeClient] = field(default_factory=dict)
+    specs: dict[str, DesktopSpec] = field(default_factory=dict)  # name -> the spec it was started with
 
     def close(self) -> None:
         for bmc in self.bmcs.values():
@@ -42,10 +44,12 @@ class World:
             client.close()
 
 
-def build(cluster: HostCluster, image, desktops: dict[str, tuple[str, bool, int]], *, memory_mib: int = 192) -> World:
-    """Rows for every running host of `cluster` (each with its own BMC as fence agent), a demo template and
-    `desktops` (name -> (host, ha_enabled, ha_priority)), each defined and started on its host."""
-    bmcs = {name: HarnessBmc(cluster, name).start() for name in cluster.names()}
+def build(cluster: HostCluster, image, desktops: dict[str, tuple[str, bool, int]], *, memory_mib: int = 192,
+          fence_agents: bool = True) -> World:
+    """Rows for every running host of `cluster` (each with its own BMC as fence agent, unless `fence_agents` is
+    False: then no host can be fenced), a demo template and `desktops` (name -> (host, ha_enabled, ha_priority)),
+    each defined and started on its host."""
+    bmcs = {name: HarnessBmc(cluster, name).start() for name in cluster.names()} if fence_agents else {}
     clients = {name: NodeClient(cluster.agent_url(name), cluster.token(name), timeout=120) for name in cluster.names()}
     with db.session_scope() as session:
         group = Cluster(name="ha")
@@ -57,7 +61,8 @@ def build(cluster: HostCluster, image, desktops: dict[str, tuple[str, bool, int]
                         agent_token=cluster.token(name), address="127.0.0.1", memory_mib=4096, free_memory_mib=2048)
             session.add(host)
             session.flush()
-            set_fence_agents(session, host.id, [bmcs[name].agent_config()], actor="harness")
+            if fence_agents:
+                set_fence_agents(session, host.id, [bmcs[name].agent_config()], actor="harness")
             hosts[name] = host
         template_volume = Volume(path=str(image.template), role="template", virtual_size=64 << 20)
         template = Template(name="demo", memory_mib=memory_mib, boot_kernel=str(image.kernel),
@@ -84,7 +89,8 @@ def build(cluster: HostCluster, image, desktops: dict[str, tuple[str, bool, int]
             desktop.volume_id = volume.id
             specs[name] = (host_name, desktop_spec(desktop, template, str(disk), hosts[host_name].display_listen))
         host_ids = {name: h.id for name, h in hosts.items()}
-    world = World(cluster, host_ids, {name: spec.uuid for name, (_h, spec) in specs.items()}, bmcs, clients)
+    world = World(cluster, host_ids, {name: spec.uuid for name, (_h, spec) in specs.items()}, bmcs, clients,
+                  {name: spec for name, (_h, spec) in specs.items()})
     for host_name, spec in specs.values():
         clients[host_name].define(spec)
         clients[host_name].start(spec.uuid)

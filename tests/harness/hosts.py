@@ -15,7 +15,9 @@ So `agent_url(name)` is reachable from the tests, and a manager the agents shoul
 `cluster.manager_address` (the bridge address; root-namespace programs reach it too): make the
 cluster, start the manager on that address, set `cluster.manager_url`, then start the hosts.
 `partition_host()` takes the host's link down: neither side can reach the other, while the host's
-guests and libvirtd carry on. Addresses come from 198.18.0.0/15 (reserved for network testing) and
+guests and libvirtd carry on. With storage=True the host also loses the shared storage, as a host whose NFS goes
+over the same link: the shared directory disappears from the host's own mount namespace (files its processes
+hold open, its guests' disks, stay as they are). Addresses come from 198.18.0.0/15 (reserved for network testing) and
 exist only on the bridge and veth pairs the cluster creates; traffic never leaves this machine.
 
 Life cycle (all by name; every process is tracked by PID, nothing is ever killed by name):
@@ -24,7 +26,7 @@ Life cycle (all by name; every process is tracked by PID, nothing is ever killed
     kill_host(name)         hard power-off: freeze, then SIGKILL, every process of that host at once
     restart_host(name)      stop (or kill, hard=True) and start again
     restart_libvirtd(name)  restart only libvirtd; QEMU guests keep running
-    partition_host(name) / heal_host(name)
+    partition_host(name, storage=False) / heal_host(name)
     client_namespace(name)  a network namespace on the bridge for a client program (a console viewer on
                             "another machine": it reaches the bridge address, not this machine's 127.0.0.1)
     uri(name), agent_url(name), token(name), pids(name), host_path(name, path), shared_dir
@@ -112,6 +114,7 @@ class Host:
     init_pid: int | None = None
     agent_process: subprocess.Popen | None = None
     partitioned: bool = False
+    storage_cut: bool = False
 
     @property
     def running(self) -> bool:
@@ -146,7 +149,8 @@ class HostCluster:
         network: give each agent its own network namespace (needed by partition_host); when False the
             agents listen on free 127.0.0.1 ports instead.
         agent_argv: build a different agent command line (e.g. to plug in a test server).
-        agent_options: extra agent arguments, e.g. ["--heartbeat-seconds", "1"]; "{host_dir}" in one stands for
+        agent_options: extra agent arguments, e.g. ["--heartbeat-seconds", "1"]; "{shared_dir}" in one stands for the
+            shared storage, "{host_dir}" for
             the host's own directory.
         qemu_conf_extra: lines added to every host's qemu.conf, "{host_dir}" as above (e.g. spice_tls settings).
         lock_manager: "lockd" gives every host libvirt's lock manager (qemu.conf lock_manager = "lockd") and a
@@ -283,6 +287,7 @@ class HostCluster:
         if run_dir.exists():
             shutil.rmtree(run_dir)  # /run is a tmpfs on a real host: nothing survives a power cycle
         run_dir.mkdir()
+        host.storage_cut = False  # a new mount namespace sees the shared storage
         init_log = open(host.base / "init.log", "ab")
         host.init_process = subprocess.Popen(
             ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private", "--",
@@ -358,15 +363,25 @@ class HostCluster:
             raise HarnessError(f"libvirtd of {name} did not restart: {line or 'no answer'}; "
                                f"see {self.log_path(name, 'libvirtd.stderr')}")
 
-    def partition_host(self, name: str) -> None:
-        """Cut the host's agent off the network (both directions); its guests keep running."""
+    def partition_host(self, name: str, storage: bool = False) -> None:
+        """Cut the host's agent off the network (both directions); its guests keep running. storage=True: the host
+        loses the shared storage too (an empty read-only file system over the shared directory, in the host's
+        mount namespace only): new files there cannot be opened or written, open ones stay usable."""
         host = self._networked(name)
         _ip("link", "set", host.veth, "down")
         host.partitioned = True
+        if storage:
+            subprocess.run(["nsenter", f"--target={host.init_pid}", "--mount", "--", "mount", "-t", "tmpfs", "-o",
+                            "ro,size=4k", "vdi-storage-cut", str(self.shared_dir)], check=True)
+            host.storage_cut = True
 
     def heal_host(self, name: str) -> None:
         """Undo partition_host."""
         host = self._networked(name)
+        if host.storage_cut and host.running:
+            subprocess.run(["nsenter", f"--target={host.init_pid}", "--mount", "--", "umount", str(self.shared_dir)],
+                           check=True)
+        host.storage_cut = False
         _ip("link", "set", host.veth, "up")
         host.partitioned = False
 
@@ -506,7 +521,8 @@ class HostCluster:
             argv += ["--domain-types", self.domain_types]
         if self.manager_url:
             argv += ["--manager", self.manager_url]
-        return argv + [option.replace("{host_dir}", str(host.base)) for option in self.agent_options]
+        return argv + [option.replace("{host_dir}", str(host.base)).replace("{shared_dir}", str(self.shared_dir))
+                       for option in self.agent_options]
 
     def _start_agent(self, host: Host) -> None:
         argv = (self.agent_argv or HostCluster._default_agent_argv)(self, host)

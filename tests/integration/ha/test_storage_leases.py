@@ -10,13 +10,18 @@ which is how block devices are protected across hosts.
 What refuses the second start on these test hosts: libvirt starts QEMU paused and takes the lease when it resumes the
 CPUs, after QEMU has opened its disks, so on one machine QEMU's own image lock (`Failed to get "write" lock`) answers
 first. The lease is checked the way another host's virtlockd takes it: an fcntl write lock on the same byte, which
-the kernel refuses while host1's virtlockd holds it (F_GETLK names the holder)."""
+the kernel refuses while host1's virtlockd holds it (F_GETLK names the holder).
+
+The last test takes QEMU's image lock out of the way to show the lease refusing on its own: host2 reaches the disk's
+path through a file of its own (as each host reaches a shared LUN through its own device node, where QEMU's locks do
+not cross hosts), so only the lease in the shared lockspace stands between the two starts."""
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import os
 import struct
+import subprocess
 from pathlib import Path
 
 import libvirt
@@ -86,6 +91,47 @@ def test_a_disk_running_on_one_host_cannot_start_on_another_until_that_host_is_g
         assert virtlockd2 and _lease_holder(lease) == virtlockd2
         on_host2.destroy()
         assert _lease_holder(lease) is None  # a guest that stops gives its lease back
+    finally:
+        conn1.close()
+        conn2.close()
+
+
+def test_the_lease_alone_refuses_a_second_start_where_qemus_image_lock_cannot_see_the_first(
+        host_cluster_factory, demo_image):  # noqa: F811
+    cluster = host_cluster_factory(hosts=0, agents=False, network=False, lock_manager="lockd",
+                                   lockd_conf='file_lockspace_dir = "{shared_dir}/lockd"')
+    (cluster.shared_dir / "lockd").mkdir()
+    for name in ("host1", "host2"):
+        cluster.start_host(name)
+    image = demo_image.publish(cluster.shared_dir / "templates")
+    disk = make_overlay(image.template, cluster.shared_dir / "lun.qcow2")
+    # host2's own "device node" for the same path: another file bound over it in host2's mount namespace only
+    own_node = make_overlay(image.template, cluster.shared_dir / "lun.host2-node.qcow2")
+    subprocess.run(["nsenter", f"--target={cluster.host('host2').init_pid}", "--mount", "--", "mount", "--bind",
+                    str(own_node), str(disk)], check=True)
+    lease = cluster.shared_dir / "lockd" / hashlib.sha256(str(disk).encode()).hexdigest()
+    conn1, conn2 = libvirt.open(cluster.uri("host1")), libvirt.open(cluster.uri("host2"))
+    try:
+        on_host1 = conn1.defineXML(demo_domain_xml(image, "lun", disk, cluster.shared_dir / "lun.host1.log",
+                                                   host_name="host1"))
+        on_host1.create()
+        SerialLog(cluster.shared_dir / "lun.host1.log").wait_for(r"VDI-BOOT template=")
+        assert _lease_holder(lease) == cluster.pids("host1").virtlockd
+
+        on_host2 = conn2.defineXML(demo_domain_xml(image, "lun", disk, cluster.shared_dir / "lun.host2.log",
+                                                   host_name="host2"))
+        with pytest.raises(libvirt.libvirtError) as refused:
+            on_host2.create()
+        message = str(refused.value)
+        assert "Lockspace resource" in message and "is locked" in message, message  # virtlockd, not QEMU
+        assert 'Failed to get "write" lock' not in message
+        assert on_host2.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF and cluster.pids("host2").qemu == []
+
+        on_host1.destroy()  # the lease is given back: now host2 starts, so the lease was all that refused it
+        on_host2.create()
+        SerialLog(cluster.shared_dir / "lun.host2.log").wait_for(r"VDI-BOOT template=")
+        assert _lease_holder(lease) == cluster.pids("host2").virtlockd
+        on_host2.destroy()
     finally:
         conn1.close()
         conn2.close()
