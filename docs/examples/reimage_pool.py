@@ -16,6 +16,12 @@ from vdi_client import ApiError, Client, JobFailed
 from vdi_client.config import load
 
 
+def show(line: str) -> None:
+    """A progress line on the terminal, rewritten in place (nothing when stderr is a file or a pipe)."""
+    if sys.stderr.isatty():
+        print(f"\r{line}\x1b[K", end="", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("pool", help="the pool's name")
@@ -51,12 +57,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{desktop.name}: {exc.detail}", file=sys.stderr)
             for desktop, job in started:
                 try:
-                    vdi.jobs.wait(job, progress=lambda j, name=desktop.name: sys.stderr.isatty() and print(
-                        f"\r{name}: {j.progress:3.0f}%", end="", file=sys.stderr))
-                    print(f"\r{desktop.name}: re-imaged")
+                    vdi.jobs.wait(job, progress=lambda j, name=desktop.name: show(f"{name}: {j.progress:3.0f}%"))
+                    show("")
+                    print(f"{desktop.name}: re-imaged")
                 except JobFailed as exc:
                     failed += 1
-                    print(f"\r{desktop.name}: {exc.job.error}", file=sys.stderr)
+                    show("")
+                    print(f"{desktop.name}: {exc.job.error}", file=sys.stderr)
     return 1 if failed else 0
 
 
