@@ -132,6 +132,17 @@ class NodeDriver(Protocol):
     def undefine(self, uuid: str) -> None:
         """Remove the owned domain's definition (disk files stay). Raises Conflict while it runs."""
 
+    def resize(self, uuid: str, vcpus: int | None = None, memory_mib: int | None = None) -> dict[str, str]:
+        """Give the RUNNING domain new vCPUs and/or memory where libvirt can: memory through the balloon up to
+        the domain's maximum memory, vCPUs by hot-plug up to its maximum vCPUs. Per field given: "live" when
+        the running guest has it now, "next_boot" otherwise (a stopped domain, above the maximum, refused by
+        QEMU). The persistent definition is not touched here: define() gives it the new values.
+        """
+
+    def domain_disks(self) -> dict[str, list[str]]:
+        """Every defined domain's disk files (backing chains as libvirt lists them, running and persistent
+        definitions), ours or not, by uuid: files no storage clean-up may delete."""
+
     def start(self, uuid: str) -> DomainInfo:
         """Boot the domain; a running domain is left as it is."""
 
@@ -484,6 +495,51 @@ class LibvirtDriver:
 
         self._run(act, name=uuid)
         self._forget(uuid)
+
+    def resize(self, uuid: str, vcpus: int | None = None, memory_mib: int | None = None) -> dict[str, str]:
+        for name, value in (("vcpus", vcpus), ("memory_mib", memory_mib)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise Invalid(f"{name} must be a positive integer, not {value!r}")
+
+        def act(conn: libvirt.virConnect) -> dict[str, str]:
+            dom = self._owned(conn, uuid)
+            active = dom.isActive() == 1
+            applied: dict[str, str] = {}
+            if memory_mib is not None:
+                applied["memory_mib"] = "next_boot"
+                # the balloon moves between 0 and the maximum the guest was started with
+                if active and memory_mib * 1024 <= dom.maxMemory():
+                    applied["memory_mib"] = _live(lambda: dom.setMemoryFlags(
+                        memory_mib * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE) == 0, uuid)
+            if vcpus is not None:
+                applied["vcpus"] = "next_boot"
+                if active:  # only up to the maximum vCPUs the domain was started with (the designer's <vcpu>)
+                    def hotplug() -> bool:
+                        if vcpus > dom.vcpusFlags(libvirt.VIR_DOMAIN_VCPU_LIVE | libvirt.VIR_DOMAIN_VCPU_MAXIMUM):
+                            return False
+                        return dom.setVcpusFlags(vcpus, libvirt.VIR_DOMAIN_AFFECT_LIVE) == 0
+
+                    applied["vcpus"] = _live(hotplug, uuid)
+            return applied
+
+        return self._run(act, name=uuid)
+
+    def domain_disks(self) -> dict[str, list[str]]:
+        def query(conn: libvirt.virConnect) -> dict[str, list[str]]:
+            out: dict[str, list[str]] = {}
+            for dom in conn.listAllDomains(0):
+                try:
+                    xmls = [dom.XMLDesc(0)]
+                    if dom.isActive() and dom.isPersistent():
+                        xmls.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+                    out[dom.UUIDString()] = sorted({path for xml in xmls for path in _disk_files(xml)})
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        continue  # undefined between the listing and this look
+                    raise
+            return out
+
+        return self._run(query, idempotent=True)
 
     # ---- power -------------------------------------------------------------------------------------------
     def start(self, uuid: str) -> DomainInfo:
@@ -864,6 +920,22 @@ def _disk_view(xml: str, uuid: str) -> _DiskView:
     others = [d.find("target").get("dev", "") for d in disks  # type: ignore[union-attr]
               if d is not main and d.find("target") is not None]
     return _DiskView(main.find("target").get("dev", ""), chain, others)  # type: ignore[union-attr]
+
+
+def _disk_files(xml: str) -> list[str]:
+    """Every file a domain XML's disks name: sources and their backing stores (CD-ROM images too)."""
+    return [source.get("file", "") for disk in ET.fromstring(xml).findall("devices/disk")
+            for source in disk.iter("source") if source.get("file")]
+
+
+def _live(change: Callable[[], bool], uuid: str) -> str:
+    """"live" when `change` applied itself to the running domain (True), "next_boot" when it could not (False) or
+    libvirt refused it (logged)."""
+    try:
+        return "live" if change() else "next_boot"
+    except libvirt.libvirtError as exc:
+        log.info("domain %s: live change refused (%s); it applies at the next boot", uuid, exc.get_error_message())
+        return "next_boot"
 
 
 def _snapshot_xml(view: _DiskView, new_overlay_path: str) -> str:

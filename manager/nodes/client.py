@@ -94,6 +94,15 @@ class NodeClient:
         """GET /v1/domains: the host's domains owned by us, each {"uuid", "name", "state", "desktop_id"}."""
         return list(self._json("GET", "/domains")["domains"])
 
+    def domain_disks(self) -> dict[str, list[str]]:
+        """GET /v1/disks: every defined domain's disk files (ours or not), by uuid."""
+        return {d["uuid"]: list(d["paths"]) for d in self._json("GET", "/disks")["domains"]}
+
+    def resize(self, uuid: str, vcpus: int | None = None, memory_mib: int | None = None) -> dict[str, str]:
+        """POST /v1/domains/{uuid}/resize: per field given, "live" or "next_boot"."""
+        body = {k: v for k, v in (("vcpus", vcpus), ("memory_mib", memory_mib)) if v is not None}
+        return dict(self._json("POST", f"/domains/{uuid}/resize", json=body)["applied"])
+
     def get_domain(self, uuid: str) -> dict[str, Any]:
         """GET /v1/domains/{uuid}: {"uuid", "name", "state", "desktop_id", "graphics": [{type, listen, port,
         tls_port}]}. Raises DomainNotFound."""
