@@ -72,3 +72,13 @@ def test_the_check_sees_a_missing_method():
 
     assert set(client_operations(Wider)) - set(client_operations()) == {("POST", "/widgets/{id}/spin")}
     assert client_operations(Wider)[("POST", "/widgets/{id}/spin")] == "extra.spin"
+
+
+def test_the_client_imports_no_manager_code():
+    """vdi_client runs wherever a script does: the standard library, httpx and pydantic only (docs/DEVELOPING.md)."""
+    import sys
+
+    from tests.unit.test_architecture import imported_modules, top
+
+    allowed = {"vdi_client", "httpx", "pydantic", "__future__"} | set(sys.stdlib_module_names)
+    assert [(f, mod) for f, mod in imported_modules("vdi_client") if top(mod) not in allowed] == []
