@@ -131,7 +131,8 @@ def snapshot(session: Session, cluster_id: str | None = None, now: dt.datetime |
                                    powered_off_by_policy=status == STANDBY))
     host_ids = [h.id for h in hosts]
     rows = session.execute(select(Desktop.id, Desktop.name, Desktop.host_id, Desktop.pool_id, Desktop.power_state,
-                                  Desktop.task_state, Desktop.cpus, Desktop.memory_mib, Desktop.cpu_usage)
+                                  Desktop.task_state, Desktop.cpus, Desktop.memory_mib, Desktop.cpu_usage,
+                                  Desktop.started_at)
                            .where(Desktop.host_id.in_(host_ids), Desktop.power_state == PowerState.UP)).all()
     ids = [r.id for r in rows]
     connected = set(session.scalars(select(DesktopSession.desktop_id).where(
@@ -140,17 +141,21 @@ def snapshot(session: Session, cluster_id: str | None = None, now: dt.datetime |
     left = dict(session.execute(select(DesktopSession.desktop_id, func.max(DesktopSession.disconnected_at)).where(
         DesktopSession.desktop_id.in_(ids), DesktopSession.disconnected_at.is_not(None))
         .group_by(DesktopSession.desktop_id)).all()) if ids else {}
-    balloons = dict(session.execute(select(PolicyBalloon.desktop_id, PolicyBalloon.target_mib).where(
-        PolicyBalloon.desktop_id.in_(ids))).all()) if ids else {}
+    balloons = {desktop_id: (target, set_at) for desktop_id, target, set_at in session.execute(
+        select(PolicyBalloon.desktop_id, PolicyBalloon.target_mib, PolicyBalloon.set_at).where(
+            PolicyBalloon.desktop_id.in_(ids)))} if ids else {}
     desktops = []
     for r in rows:
         since = left.get(r.id) if r.id not in connected else None
+        balloon = balloons.get(r.id)
+        if balloon is not None and r.started_at is not None and r.started_at > balloon[1]:
+            balloon = None  # set before the guest's last boot, which gave it its whole memory again
         desktops.append(DesktopSnap(
             id=r.id, name=r.name, host_id=r.host_id, pool_id=r.pool_id, running=True,
             busy=r.task_state is not None, cpus=r.cpus, memory_mib=r.memory_mib, cpu_usage=float(r.cpu_usage),
             connected=r.id in connected,
             disconnected_minutes=(now - since).total_seconds() / 60.0 if since is not None else None,
-            balloon_mib=balloons.get(r.id)))
+            balloon_mib=balloon[0] if balloon is not None else None))
     pools = [PoolSnap(p.id, p.name, p.cluster_id, next_window_opens(p, now)) for p in session.scalars(select(Pool))]
     in_flight = session.scalar(select(func.count()).select_from(Desktop).where(
         Desktop.task_state == TaskState.MIGRATING)) or 0

@@ -4,11 +4,9 @@ push KSM settings to a host and set balloon targets. One decision at a time; one
 event and the others go on."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import select
 
 from core.enums import HostStatus, PowerState
 from core.errors import Conflict, VdiError

@@ -8,8 +8,8 @@ from sqlalchemy import select
 
 from core.enums import HostStatus, PoolType, PowerState, SessionState
 from manager import db
-from manager.models import (Cluster, Desktop, DesktopSession, Event, FenceAgent, Host, Pool, Template, User,
-                            utcnow)
+from manager.models import (Cluster, Desktop, DesktopSession, Event, FenceAgent, Host, PolicyBalloon, Pool, Template,
+                            User, utcnow)
 
 API = "/api/v1"
 
@@ -125,3 +125,13 @@ def test_the_snapshot_reads_disconnections_and_calendar_windows(client):
     assert 39 < calm.disconnected_minutes < 45 and not calm.connected
     assert next(d for d in snap.desktops if d.name == "busy").disconnected_minutes is None
     assert {h.name: h.has_power_agent for h in snap.hosts} == {"hA": False, "hB": True}
+    # a balloon target set before the guest's last boot no longer holds: the boot gave it its whole memory back
+    with db.session_scope() as s:
+        now = utcnow()
+        s.get(Desktop, ids["busy"]).started_at = now - dt.timedelta(minutes=5)
+        s.get(Desktop, ids["calm"]).started_at = now - dt.timedelta(hours=2)
+        s.add_all([PolicyBalloon(desktop_id=ids["busy"], target_mib=512, set_at=now - dt.timedelta(hours=1)),
+                   PolicyBalloon(desktop_id=ids["calm"], target_mib=512, set_at=now - dt.timedelta(hours=1))])
+    with db.session_scope() as s:
+        balloons = {d.name: d.balloon_mib for d in service.snapshot(s, ids["cluster"]).desktops}
+    assert balloons == {"busy": None, "calm": 512}
