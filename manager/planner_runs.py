@@ -16,7 +16,7 @@ from manager.provisioning import nodes
 from manager.provisioning.screens import _on_node  # the running desktop's node, errors as for its screen and keys
 from planner import report
 from planner.guest_protocol import GuestProtocolError, OpResult, op_command, parse_apps, parse_op_reply
-from planner.results import SAMPLE_FIELDS, samples_csv
+from planner.results import SAMPLE_FIELDS, samples_csv, summarise
 
 APPS_TIMEOUT_S = 10.0
 
@@ -53,9 +53,12 @@ def run_operation(session: Session, desktop_id: str, app: str, op: str, seq: int
 
 
 def store_run(session: Session, data: dict[str, Any], actor: str) -> PlannerRun:
-    """A finished run as the planner posts it (the API's schema checked the shapes)."""
+    """A finished run as the planner posts it (the API's schema checked the shapes); its scores and watermark figures
+    are computed here from the samples, with the thresholds and definition it names."""
+    summary = {**data["summary"], **summarise(data["samples"], data["threshold_a_s"], data["threshold_b_s"],
+                                              data["definition"])}
     run = PlannerRun(name=data["name"], created_by=actor, mode=data["mode"], users=data["users"],
-                     profile=data["profile"], summary=data["summary"], finished_at=utcnow())
+                     profile=data["profile"], summary=summary, finished_at=utcnow())
     session.add(run)
     session.flush()
     session.add_all(PlannerSample(run_id=run.id, **{k: s[k] for k in SAMPLE_FIELDS}) for s in data["samples"])

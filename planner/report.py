@@ -82,11 +82,15 @@ def _timeline(samples: list[dict]) -> bytes:
     return _png(fig)
 
 
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
 def _qos(runs: list[dict], threshold_a: float, threshold_b: float) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     users = [r["users"] for r in runs]
-    ax.plot(users, [r["group_a_p95_s"] for r in runs], "o-", label="Group A p95")
-    ax.plot(users, [r["group_b_p95_s"] for r in runs], "s-", label="Group B p95")
+    ax.plot(users, [_nan(r["group_a_p95_s"]) for r in runs], "o-", label="Group A p95")
+    ax.plot(users, [_nan(r["group_b_p95_s"]) for r in runs], "s-", label="Group B p95")
     ax.axhline(threshold_a, color="C0", linestyle="--", label=f"threshold A {threshold_a:g} s")
     if threshold_b != threshold_a:
         ax.axhline(threshold_b, color="C1", linestyle=":", label=f"threshold B {threshold_b:g} s")
@@ -133,6 +137,13 @@ def _table(rows: list[list[Any]], head: list[str]) -> str:
             + "</tbody></table>")
 
 
+def _dig(value: Any, *keys: str) -> str:
+    """value[k1][k2]... as text, "" where a level is missing or not a mapping (a profile is free-form JSON)."""
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return "" if value is None else str(value)
+
+
 def render_html(run: dict, figure_src: dict[str, str]) -> str:
     """The report page; `figure_src` maps each figure's name to its <img src> (a file name or a URL)."""
     summary = run.get("summary", {})
@@ -151,11 +162,9 @@ def render_html(run: dict, figure_src: dict[str, str]) -> str:
         f"B {e(str(scores.get('threshold_b_s', '-')))} s)</dd>",
         f"<dt>Mode</dt><dd>{e(run.get('mode', ''))}</dd>",
         f"<dt>Users</dt><dd>{e(str(run.get('users', '')))}</dd>",
-        f"<dt>Workload</dt><dd>{e(str(profile.get('workload', {}).get('name', '')))}, mix "
-        f"{e(str(profile.get('workload', {}).get('mix', '')))}, think time "
-        f"{e(str(profile.get('workload', {}).get('think_time_s', '')))} s, iterations "
-        f"{e(str(profile.get('workload', {}).get('iterations', '')))}, seed "
-        f"{e(str(profile.get('workload', {}).get('seed', '')))}</dd>",
+        f"<dt>Workload</dt><dd>{e(_dig(profile, 'workload', 'name'))}, mix {e(_dig(profile, 'workload', 'mix'))}, "
+        f"think time {e(_dig(profile, 'workload', 'think_time_s'))} s, iterations "
+        f"{e(_dig(profile, 'workload', 'iterations'))}, seed {e(_dig(profile, 'workload', 'seed'))}</dd>",
         f"<dt>Login VSI baseline</dt><dd>{e(str(scores.get('vsi_baseline_s')))} s</dd>",
         f"<dt>Watermark vs guest, median</dt><dd>{e(str(summary.get('watermark_vs_guest_median_ms')))} ms</dd>",
         f"<dt>Flagged desktops</dt><dd>{e(', '.join(summary.get('flagged', {})) or 'none')}</dd>",

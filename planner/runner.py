@@ -365,10 +365,11 @@ async def run_steps(base_url: str, token: str, profile: RunProfile, workload: Wo
             summary["admin"].update({f"{k} ({users} users)" if len(user_counts) > 1 else k: v
                                      for k, v in run.admin.items()})
             summary["host_stats"] += [{**p, "t": p["t"] + offset} for p in run.host_stats]
-        summary.update(summarise(samples, profile.threshold_a_s, profile.threshold_b_s, profile.definition))
-        body = {"name": name, "mode": profile.mode, "users": max(user_counts), "profile":
-                _profile_dict(profile, workload), "summary": summary, "samples": samples}
+        body = {"name": name, "mode": profile.mode, "users": max(user_counts), "threshold_a_s": profile.threshold_a_s,
+                "threshold_b_s": profile.threshold_b_s, "definition": profile.definition,
+                "profile": _profile_dict(profile, workload), "summary": summary, "samples": samples}
         stored = await api.call("POST", "/planner/runs", json=body)
+        summary.update(summarise(samples, profile.threshold_a_s, profile.threshold_b_s, profile.definition))
         return {"id": stored["id"], "report_url": api.base_url + stored["report"], **body}
     finally:
         await api.close()

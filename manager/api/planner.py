@@ -69,13 +69,41 @@ class SampleIn(s.In):
         return value
 
 
+class AdminOperationIn(s.In):
+    count: Annotated[int, Field(ge=0, le=1_000_000)]
+    seconds: Annotated[float, Field(ge=0, le=1e7)]
+    rate_per_s: Annotated[float | None, Field(ge=0, le=1e6)] = None
+    median_s: Annotated[float | None, Field(ge=0, le=1e7)] = None
+    max_s: Annotated[float | None, Field(ge=0, le=1e7)] = None
+    errors: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    error_messages: Annotated[list[Annotated[str, Field(max_length=2000)]], Field(max_length=20)] = []
+
+
+class HostPointIn(s.In):
+    host: Annotated[str, Field(max_length=255)]
+    t: Annotated[float, Field(ge=0, le=1e7)]
+    cpu: Annotated[float, Field(ge=0, le=100)]
+    mem: Annotated[float, Field(ge=0, le=100)]
+
+
+class RunSummaryIn(s.In):
+    """What only the planner saw; the scores and the watermark figures the manager computes from the samples."""
+    flagged: Annotated[dict[str, Annotated[list[Annotated[str, Field(max_length=2000)]], Field(max_length=100)]],
+                       Field(max_length=10_000)] = {}
+    watchdog: Annotated[list[Annotated[str, Field(max_length=255)]], Field(max_length=10_000)] = []
+    admin: Annotated[dict[str, AdminOperationIn], Field(max_length=50)] = {}
+    host_stats: Annotated[list[HostPointIn], Field(max_length=100_000)] = []
+
+
 class RunIn(s.In):
     name: Annotated[str, Field(max_length=255)] = ""
     mode: Literal["local", "remote", "passive"]
     users: Annotated[int, Field(ge=1, le=100_000)]
+    threshold_a_s: Annotated[float, Field(gt=0, le=3600)] = 1.5
+    threshold_b_s: Annotated[float, Field(gt=0, le=3600)] = 1.5
+    definition: Literal["run", "desktop"] = "run"
     profile: dict[str, Any] = Field(default_factory=dict, description="the run and workload profiles as used")
-    summary: dict[str, Any] = Field(default_factory=dict, description="score, flagged desktops, admin operations, "
-                                                                      "host CPU and memory")
+    summary: RunSummaryIn = Field(default_factory=RunSummaryIn)
     samples: Annotated[list[SampleIn], Field(max_length=MAX_SAMPLES)]
 
 

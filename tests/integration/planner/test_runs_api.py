@@ -12,7 +12,6 @@ from core.enums import Role
 from manager import db
 from manager.auth import hash_password, issue_token
 from manager.models import Desktop, RoleAssignment, User
-from planner.results import summarise
 
 pytestmark = [pytest.mark.postgres]
 API = "/api/v1"
@@ -43,7 +42,8 @@ def samples() -> list[dict]:
 def a_run() -> dict:
     found = samples()
     return {"name": "two desktops", "mode": "remote", "users": 2, "profile": {"workload": {"name": "default"}},
-            "summary": {**summarise(found, 1.5, 1.5), "host_stats": [{"host": "h", "t": 0, "cpu": 5, "mem": 9}]},
+            "summary": {"host_stats": [{"host": "h", "t": 0, "cpu": 5, "mem": 9}], "flagged": {"d1": ["word dropped"]},
+                        "admin": {"logon_storm": {"count": 2, "seconds": 1.5, "errors": 0}}},
             "samples": found}
 
 
@@ -58,7 +58,12 @@ def test_a_run_is_stored_exported_and_reported(client):
 
     export = client.get(f"{API}/planner/runs/{run_id}").json()
     assert export["samples"] == samples()
-    assert export["summary"]["scores"]["score"] == 2 and export["created_by"] == "admin@local"
+    assert export["created_by"] == "admin@local"
+    # the manager scores the samples itself (client time when measured): 2 users pass at 1.5 s, not at 1.0 s
+    assert export["summary"]["scores"]["score"] == 2 and export["summary"]["watermark_vs_guest_median_ms"] == 60.0
+    assert export["summary"]["flagged"] == {"d1": ["word dropped"]}
+    strict = client.post(f"{API}/planner/runs", json={**a_run(), "threshold_a_s": 1.0}).json()["id"]
+    assert client.get(f"{API}/planner/runs/{strict}").json()["summary"]["scores"]["score"] == 0
 
     rows = list(csv.DictReader(io.StringIO(client.get(f"{API}/planner/runs/{run_id}/samples.csv").text)))
     assert len(rows) == 5 and rows[2]["client_s"] == "" and rows[4]["error"] == "exit 1"
@@ -70,7 +75,8 @@ def test_a_run_is_stored_exported_and_reported(client):
 
 
 def test_the_admin_console_links_the_report(client):
-    run_id = client.post(f"{API}/planner/runs", json=a_run()).json()["id"]
+    # a free-form profile of another shape still makes a report
+    run_id = client.post(f"{API}/planner/runs", json={**a_run(), "profile": {"workload": "mine"}}).json()["id"]
     page = client.get("/admin/planner")
     assert page.status_code == 200
     assert f'href="/admin/planner/{run_id}/report" aria-label="Report of run two desktops"' in page.text
@@ -89,10 +95,14 @@ def test_who_may_read_and_run(anon_client, client):
 
 
 @pytest.mark.parametrize("change, where", [
-    ({"group": "D"}, "group"), ({"app": "../bin/sh"}, "app"), ({"guest_s": -1}, "guest_s"), ({"seq": 1000}, "seq")])
-def test_bad_samples_are_named(client, change, where):
+    ({"group": "D"}, "group"), ({"app": "../bin/sh"}, "app"), ({"guest_s": -1}, "guest_s"), ({"seq": 1000}, "seq"),
+    ({"summary": {"scores": {"score": 999}}}, "scores"), ({"summary": {"host_stats": [{"host": "h"}]}}, "host_stats")])
+def test_bad_runs_are_named(client, change, where):
     run = a_run()
-    run["samples"][0].update(change)
+    if "summary" in change:
+        run.update(change)
+    else:
+        run["samples"][0].update(change)
     refused = client.post(f"{API}/planner/runs", json=run)
     assert refused.status_code == 422
     assert where in refused.text
