@@ -194,9 +194,11 @@ static void desktop(const char *name) {
     char title[160];
     int n = snprintf(title, sizeof title, "VDI planner desktop  %s", name);
     text_line(240, 8, title, (size_t)n, 0xffffff, 0x202020);
+    long long t0 = now_us();
     for (int line = 0; line < 3; line++) mark_line(line, 0);
-    printf("VDI-PLANNER desktop %ux%u bpp=%u font=%s\n", var.xres, var.yres, var.bits_per_pixel,
-           have_font ? "console" : "pattern");
+    long long marks_us = now_us() - t0; /* what drawing one operation's marks costs on this guest */
+    printf("VDI-PLANNER desktop %ux%u bpp=%u font=%s marks_us=%lld\n", var.xres, var.yres, var.bits_per_pixel,
+           have_font ? "console" : "pattern", marks_us);
 }
 
 static void keepalive(void) {
