@@ -745,6 +745,46 @@ class Policies(Namespace):
         return self._call("PUT", f"/clusters/{cluster_id}/policies", json=policies)
 
 
+class Planner(Namespace):
+    """The capacity planner (docs/planner.md): operations in a desktop's guest, and the stored runs."""
+
+    @operation("GET", "/desktops/{id}/planner/apps")
+    def apps(self, desktop_id: str) -> dict[str, Any]:
+        """The planner applications of a running desktop and their operations."""
+        return self._call("GET", f"/desktops/{desktop_id}/planner/apps")
+
+    @operation("POST", "/desktops/{id}/planner/op")
+    def run_operation(self, desktop_id: str, *, app: str, op: str, seq: int, code: int,
+                      timeout_s: float = 60.0) -> dict[str, Any]:
+        """Run one operation in the desktop and answer when it ended (`ok` false: the application failed)."""
+        return self._call("POST", f"/desktops/{desktop_id}/planner/op", json={
+            "app": app, "op": op, "seq": seq, "code": code, "timeout_s": timeout_s})
+
+    @operation("POST", "/planner/runs")
+    def store_run(self, run: dict[str, Any]) -> dict[str, Any]:
+        """Keep a finished run (users, samples, summary...); the reply names it and its report."""
+        return self._call("POST", "/planner/runs", json=run)
+
+    @operation("GET", "/planner/runs")
+    def runs(self) -> list[dict[str, Any]]:
+        """The newest runs, newest first."""
+        return self._call("GET", "/planner/runs")
+
+    @operation("GET", "/planner/runs/{id}")
+    def run(self, run_id: str) -> dict[str, Any]:
+        """A run with every sample."""
+        return self._call("GET", f"/planner/runs/{run_id}")
+
+    @operation("GET", "/planner/runs/{id}/samples.csv")
+    def samples_csv(self, run_id: str) -> str:
+        return self._call("GET", f"/planner/runs/{run_id}/samples.csv")
+
+    @operation("GET", "/planner/runs/{id}/report")
+    def report(self, run_id: str) -> str:
+        """The run's HTML report (figures inline)."""
+        return self._call("GET", f"/planner/runs/{run_id}/report")
+
+
 class Auth(Namespace):
     @operation("POST", "/auth/login")
     def login(self, username: str, password: str) -> dict[str, Any]:
@@ -797,7 +837,7 @@ class Client:
         "groups": Groups, "entitlements": Entitlements, "role_assignments": RoleAssignments, "tags": Tags,
         "bookmarks": Bookmarks, "search": Search, "events": Events, "jobs": Jobs, "alerts": Alerts,
         "notifications": Notifications, "sessions": Sessions, "broker": Broker, "me": Me, "directory": Directory,
-        "policies": Policies,
+        "policies": Policies, "planner": Planner,
     }
     auth: Auth
     system: System
@@ -824,6 +864,7 @@ class Client:
     me: Me
     directory: Directory
     policies: Policies
+    planner: Planner
 
     def __init__(self, url: str, token: str | None = None, *, timeout: float = 60.0, verify: bool | str = True,
                  transport: httpx.BaseTransport | None = None) -> None:
