@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 from manager import planner_runs
 from manager.api import schemas as s
 from manager.api.common import DbSession
-from manager.api.openapi import NODE_ERRORS
+from manager.api.openapi import NODE_ERRORS, error_responses
 from manager.auth import Principal, require
 from planner.guest_protocol import MAX_CODE, MAX_SEQ, NAME
 
@@ -123,10 +123,12 @@ class RunListItem(s.Out):
     samples: int
 
 
-@router.get("/desktops/{desktop_id}/planner/apps", response_model=AppsOut, responses=NODE_ERRORS,
+@router.get("/desktops/{desktop_id}/planner/apps", response_model=AppsOut,
+            responses={**NODE_ERRORS, **error_responses(409)},
             tags=["planner"])
 def desktop_apps(desktop_id: str, session: DbSession, who: Runner) -> Any:
-    """The planner applications of the running desktop and their operations (422 when it has no planner tools)."""
+    """The planner applications of the running desktop and their operations (409 when it is not running, 422 when it
+    has no planner tools)."""
     return AppsOut(desktop_id=desktop_id, apps=planner_runs.desktop_apps(session, desktop_id))
 
 

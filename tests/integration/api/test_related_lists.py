@@ -10,7 +10,7 @@ import pytest
 
 from core.enums import Role
 from manager import db
-from manager.auth import hash_password, issue_token
+from tests.harness.tokens import token_for
 from manager.models import (Assignment, Desktop, Group, GroupGroupMembership, Pool, RoleAssignment, Template, User,
                             UserGroupMembership)
 
@@ -154,21 +154,11 @@ def test_the_users_attached_to_a_desktop(client, estate):
     assert client.get(f"{API}/desktops/no-such-desktop/users").status_code == 404
 
 
-def _token_for(role: Role | None, name: str) -> dict[str, str]:
-    with db.session_scope() as s:
-        user = User(username=name, domain="local", upn=f"{name}@local", password_hash=hash_password("pw-" * 4))
-        s.add(user)
-        s.flush()
-        if role is not None:
-            s.add(RoleAssignment(user_id=user.id, role=role))
-        return {"Authorization": f"Bearer {issue_token(s, user, name='t')}"}
-
-
 def test_the_lists_need_their_read_permissions(anon_client, client, estate):
     e = estate
     paths = [f"groups/{e.staff}/members", f"groups/{e.staff}/subgroups", f"groups/{e.staff}/parents",
              f"desktops/{e.desktop}/users", f"entitlements?pool_id={e.pool}", f"role-assignments?user_id={e.ann}"]
-    helpdesk, plain = _token_for(Role.HELP_DESK, "helper"), _token_for(None, "plain")
+    helpdesk, plain = token_for(Role.HELP_DESK, "helper"), token_for(None, "plain")
     anon_client.headers.pop("Authorization", None)
     for path in paths:
         assert anon_client.get(f"{API}/{path}", headers=helpdesk).status_code == 200, path

@@ -10,21 +10,11 @@ import pytest
 
 from core.enums import Role
 from manager import db
-from manager.auth import hash_password, issue_token
-from manager.models import Desktop, RoleAssignment, User
+from manager.models import Desktop
+from tests.harness.tokens import token_for
 
 pytestmark = [pytest.mark.postgres]
 API = "/api/v1"
-
-
-def _token_for(role: Role | None, name: str) -> dict[str, str]:
-    with db.session_scope() as s:
-        user = User(username=name, domain="local", upn=f"{name}@local", password_hash=hash_password("pw-" * 4))
-        s.add(user)
-        s.flush()
-        if role is not None:
-            s.add(RoleAssignment(user_id=user.id, role=role))
-        return {"Authorization": f"Bearer {issue_token(s, user, name='t')}"}
 
 
 def samples() -> list[dict]:
@@ -86,7 +76,7 @@ def test_the_admin_console_links_the_report(client):
 
 def test_who_may_read_and_run(anon_client, client):
     run_id = client.post(f"{API}/planner/runs", json=a_run()).json()["id"]
-    helpdesk, plain = _token_for(Role.HELP_DESK, "helper"), _token_for(None, "plain")
+    helpdesk, plain = token_for(Role.HELP_DESK, "helper"), token_for(None, "plain")
     anon_client.headers.pop("Authorization", None)
     assert anon_client.get(f"{API}/planner/runs/{run_id}/report", headers=helpdesk).status_code == 200
     assert anon_client.post(f"{API}/planner/runs", json=a_run(), headers=helpdesk).status_code == 403
