@@ -86,7 +86,7 @@ def host_failover(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vdi-bench-hosts-") as tmp, fresh_database("vdi_bench_hosts") as url:
         engine = db.configure(url)
         with ha_world.manager(url, Path(tmp) / "manager") as (manager_url, _log):
-            cluster = HostCluster(manager_url=manager_url, network=False,
+            cluster = HostCluster(manager_url=manager_url, network=False, lock_manager="lockd",
                                   agent_options=["--heartbeat-seconds", str(args.heartbeat)])
             world = None
             try:

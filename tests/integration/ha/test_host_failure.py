@@ -53,7 +53,8 @@ def _desktops() -> dict[str, Desktop]:
 def test_a_failed_host_is_fenced_through_ipmi_and_its_ha_desktops_run_elsewhere(
         host_cluster_factory, demo_image, manager_process):  # noqa: F811
     url, _log = manager_process
-    cluster = host_cluster_factory(hosts=2, network=False, manager_url=url, agent_options=["--heartbeat-seconds", "1"])
+    cluster = host_cluster_factory(hosts=2, network=False, manager_url=url, agent_options=["--heartbeat-seconds", "1"],
+                                   lock_manager="lockd")  # as in production: a disk held on host1 starts nowhere else
     image = demo_image.publish(cluster.shared_dir / "demo")
     world = ha_world.build(cluster, image, {name: ("host1", ha, priority) for name, (ha, priority) in DESKTOPS.items()})
     clients, ids, host_ids, bmc = world.clients, world.desktop_ids, world.host_ids, world.bmcs["host1"]
