@@ -386,8 +386,9 @@ HOST_FIELDS = (
     S("cpu_model"), I("active_vms", "active_desktops"), TAG(), I("ha_score", ops=STRING_OPS),
     U("id", hidden=True),
     # ours
-    I("free_memory", "free_memory_mib"), B("ksm", "ksm_running"), I("ksm_pages_shared"),
-    I("memory_saved", "ksm_saved_mib"), D("last_heartbeat", "last_heartbeat_at"),
+    # not ksm_pages_shared / memory_saved: the lexer cuts a field that extends another (ksm, memory) after "and"
+    I("free_memory", "free_memory_mib"), B("ksm", "ksm_running"), I("shared_pages", "ksm_pages_shared"),
+    I("saved_memory", "ksm_saved_mib"), D("last_heartbeat", "last_heartbeat_at"),
     D("creationdate", "created_at"), _tag_text("host"),
 )
 HOST_RELATIONS = (_tags_relation("host"),)
@@ -689,7 +690,7 @@ EXEMPT: dict[type, dict[str, str]] = {
         "libvirt_uri": "connection detail of the node agent",
         "display_address": "console connection detail (search the management address)",
         "domain_types": "hypervisor capability flags reported by the node, not an inventory attribute",
-        "ksm_pages_sharing": "a raw KSM counter (memory_saved is what it means)",
+        "ksm_pages_sharing": "a raw KSM counter (saved_memory is what it means)",
         "heartbeat_seq": "heartbeat bookkeeping",
         "agent_started_at": "heartbeat bookkeeping",
     },
