@@ -212,6 +212,7 @@ declare("job.succeeded", N, "job", "job {kind} succeeded (it resolves the job.fa
         "kind on its target)", clears=("job.failed",))
 declare("job.failed", E, "job", "job {kind} failed: {error}", opens="job.failed")
 declare("job.cancelled", W, "job", "job {kind} was cancelled")
+declare("job.resumed", W, "job", "job {kind} was interrupted (its runner stopped) and is resumed with the same id")
 declare("tag.attached", N, ("desktop", "host", "pool", "template", "user"), "{actor} tagged objects with {tag}")
 declare("tag.detached", N, ("desktop", "host", "pool", "template", "user"), "{actor} removed {tag} from objects")
 declare("demo.seeded", N, (), "the demo data was created")

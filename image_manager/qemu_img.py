@@ -151,7 +151,11 @@ def _run(args: Sequence[str], *, command: str, path: PathLike, timeout: float,
                         match = _PROGRESS.search(line)
                         if match and float(match.group(1)) != last_reported:
                             last_reported = float(match.group(1))
-                            progress(last_reported)
+                            try:
+                                progress(last_reported)
+                            except BaseException:  # e.g. the job was cancelled: qemu-img must not write on
+                                _kill(proc)
+                                raise
     try:
         returncode = proc.wait(timeout=max(deadline - time.monotonic(), 1.0))
     except subprocess.TimeoutExpired:

@@ -1,10 +1,10 @@
 """Reconcile image files and rows after crashes: runnable as a job (image.reconcile) and at start-up.
 
 What a manager or worker killed mid-job can leave, and what this pass does about it:
-- an image job still RUNNING whose worker is gone (no heartbeat for `dead_after_seconds`, or started before
-  this process when jobs run in-process): desktop disk jobs are RESUMED (set back to pending and sent
-  again with the same id: their file steps finish the work); imports, new versions, exports and checks are
-  UNDONE (rows removed, desktop released, the job marked failed);
+- an image job still RUNNING whose runner is gone (its lease not renewed for `dead_after_seconds`; the job
+  recovery of manager/jobs.py, by the kind's OnCrash): desktop disk jobs, checks and reconciles are RESUMED (set
+  back to pending and sent again with the same id: their file steps finish the work); imports, new versions and
+  exports are UNDONE (rows removed, desktop released, the job marked failed);
 - `.tmp-<job>-…` files of jobs that are not running, and image files (*.qcow2) under templates/ and
   desktops/ that no row knows and no known image reads from: deleted;
 - rows without a live job: volumes still "locked", snapshots still "locked", template versions' images of
@@ -16,7 +16,6 @@ Every cleaned item is reported as an event (code image.reconcile.*), and the pas
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import threading
@@ -33,15 +32,12 @@ from event_manager.service import emit
 from image_manager import fileops, qcow2, qemu_img, service
 from image_manager.errors import ImageInvalid, ImageNotFound
 from manager import db, jobs
-from manager.models import (Desktop, Job, Snapshot, StorageDomain, Template, TemplateVersion, Volume, utcnow)
+from manager.models import Desktop, Job, Snapshot, StorageDomain, Template, TemplateVersion, Volume
 
 log = logging.getLogger(__name__)
 
-DEAD_AFTER_SECONDS = 900.0  # a running job silent this long is taken as dead (workers report progress often)
 MIN_ORPHAN_AGE_SECONDS = 3600.0  # files younger than this may belong to work not yet recorded
 MAX_EVENTS_PER_KIND = 50
-RESUMABLE_KINDS = ("image.snapshot", "image.revert", "image.preview", "image.undo_preview",
-                   "image.commit_preview", "image.delete_snapshot", "image.reimage")
 IMAGE_SUFFIXES = (fileops.IMAGE_SUFFIX,)
 _PATH_PARAMS = ("source", "dest", "active_path", "frozen_path", "stash_path")
 _VOLUME_PARAMS = ("volume_id", "frozen_id", "template_volume_id", "stash_id")
@@ -81,27 +77,24 @@ def abandon_export(session: Session, params: dict[str, Any], *, reason: str, job
     return cleaned
 
 
-def _abandon(session: Session, kind: str, params: dict[str, Any], *, reason: str, job_id: str) -> list[str]:
-    if kind in ("image.import", "image.new_version"):
-        return service.abandon_version_build(session, params, reason=reason, job_id=job_id)
-    if kind == "image.export":
-        return abandon_export(session, params, reason=reason, job_id=job_id)
-    return []
+def abandon_build(session: Session, params: dict[str, Any], *, reason: str, job_id: str) -> list[str]:
+    """The recover hook of image.import and image.new_version (a dead job's rows and temporary file go)."""
+    return service.abandon_version_build(session, params, reason=reason, job_id=job_id)
 
 
 # ---- the pass -----------------------------------------------------------------------------------------------
-def reconcile(*, dead_after_seconds: float = DEAD_AFTER_SECONDS, min_age_seconds: float = MIN_ORPHAN_AGE_SECONDS,
-              started_before: dt.datetime | None = None, current_job_id: str | None = None,
+def reconcile(*, dead_after_seconds: float | None = None, min_age_seconds: float = MIN_ORPHAN_AGE_SECONDS,
+              current_job_id: str | None = None,
               actor: str = "system", always_report: bool = True) -> ReconcileReport:
     """One reconcile pass over every storage domain (opens its own short transactions).
 
-    A RUNNING image job is dead when its last heartbeat is older than `dead_after_seconds`, or when it started
-    before `started_before` (at start-up of a manager that runs jobs in-process, every earlier job is dead).
-    Files younger than `min_age_seconds` are left alone. Returns what was done; emits one event per item and
+    A RUNNING image job is dead when its lease was not renewed for `dead_after_seconds` (default: the job lease,
+    VDI_JOB_LEASE_SECONDS), whichever manager or worker ran it. Files younger than `min_age_seconds` are left
+    alone. Returns what was done; emits one event per item and
     a summary (the summary only when something changed, unless always_report)."""
     report = ReconcileReport()
     touched_volumes: set[str] = set()
-    _settle_dead_jobs(report, touched_volumes, dead_after_seconds, started_before, current_job_id)
+    _settle_dead_jobs(report, touched_volumes, dead_after_seconds, current_job_id)
     with db.session_scope() as session:
         _read_one_snapshot(session)
         active_jobs = list(session.scalars(select(Job).where(Job.state.in_((JobState.PENDING, JobState.RUNNING)))))
@@ -139,17 +132,14 @@ def _read_one_snapshot(session: Session) -> None:
 
 
 def _settle_dead_jobs(report: ReconcileReport, touched: set[str], dead_after: float,
-                      started_before: dt.datetime | None, current_job_id: str | None) -> None:
-    cutoff = utcnow() - dt.timedelta(seconds=dead_after)
+                      current_job_id: str | None) -> None:
+    """The image jobs whose runner died (manager/jobs.py recovery, each kind as it registered: disk jobs resumed,
+    builds and exports undone); the volumes they touched are checked afterwards."""
+    recovery = jobs.recover_orphaned_jobs(dead_after=dead_after, kind_prefix="image.", exclude=current_job_id)
+    report.resumed_jobs.extend(recovery.resumed)
+    report.failed_jobs.extend(recovery.failed)
     with db.session_scope() as session:
-        running = list(session.scalars(select(Job).where(Job.state == JobState.RUNNING, Job.kind.like("image.%"))))
-        for job in running:
-            if job.id == current_job_id or job.kind == "image.reconcile":
-                if job.id != current_job_id and _is_dead(job, cutoff, started_before):
-                    job.state, job.finished_at, job.error = JobState.FAILED, utcnow(), "interrupted"
-                continue
-            if not _is_dead(job, cutoff, started_before):
-                continue
+        for job in session.scalars(select(Job).where(Job.id.in_(recovery.resumed + recovery.failed))):
             params = dict(job.params or {})
             for key in _VOLUME_PARAMS:
                 if params.get(key):
@@ -158,29 +148,14 @@ def _settle_dead_jobs(report: ReconcileReport, touched: set[str], dead_after: fl
                 desktop = session.get(Desktop, params["desktop_id"])
                 if desktop is not None and desktop.volume_id:
                     touched.add(desktop.volume_id)
-            if job.kind in RESUMABLE_KINDS:
-                job.state, job.started_at, job.heartbeat_at = JobState.PENDING, None, None
-                job_id = job.id
-                db.after_commit(session, lambda job_id=job_id: jobs.dispatch(job_id))
-                report.resumed_jobs.append(job.id)
+            if job.id in recovery.resumed:
                 _event(session, report, "resumed", f"image job {job.kind} {job.id} was interrupted; resumed it with "
                        "the same id so it finishes its work", job_id=job.id, desktop_id=params.get("desktop_id"))
-                continue
-            reason = "interrupted: its worker stopped (crash or kill); its partial work was cleaned up"
-            job.state, job.finished_at, job.error = JobState.FAILED, utcnow(), reason
-            session.flush()
-            cleaned = _abandon(session, job.kind, params, reason=reason, job_id=job.id)
-            report.failed_jobs.append(job.id)
-            _event(session, report, "undone", f"image job {job.kind} {job.id} was interrupted; undid it"
-                   + (f": removed {', '.join(cleaned)}" if cleaned else ""), job_id=job.id,
-                   desktop_id=params.get("desktop_id"), template_id=params.get("template_id"))
-
-
-def _is_dead(job: Job, cutoff: dt.datetime, started_before: dt.datetime | None) -> bool:
-    if started_before is not None and job.started_at is not None and job.started_at < started_before:
-        return True
-    last = job.heartbeat_at or job.started_at
-    return last is None or last < cutoff
+            else:
+                cleaned = recovery.cleaned.get(job.id) or []
+                _event(session, report, "undone", f"image job {job.kind} {job.id} was interrupted; undid it"
+                       + (f": removed {', '.join(cleaned)}" if cleaned else ""), job_id=job.id,
+                       desktop_id=params.get("desktop_id"), template_id=params.get("template_id"))
 
 
 def _held_by(active_jobs: list[Job], current_job_id: str | None) -> tuple[set[str], list[str], set[str], set[str]]:
@@ -363,14 +338,11 @@ def check_volume(volume_id: str, path: str, desktop_id: str | None, *, actor: st
 
 # ---- start-up ------------------------------------------------------------------------------------------------
 def reconcile_at_startup(*, in_process_jobs: bool) -> threading.Thread:
-    """Run one pass in the background when the manager starts. With in-process jobs every job that was
-    running before this moment died with the previous process; with external workers, only silent ones."""
-    started_before = utcnow() if in_process_jobs else None
-
+    """Run one pass in the background when the manager starts. Only jobs whose lease ran out are taken for dead
+    (another manager on the same database may be running its own); the rest are left to the job recovery loop."""
     def run() -> None:
         try:
-            reconcile(started_before=started_before, min_age_seconds=0.0 if in_process_jobs else MIN_ORPHAN_AGE_SECONDS,
-                      always_report=False)
+            reconcile(min_age_seconds=0.0 if in_process_jobs else MIN_ORPHAN_AGE_SECONDS, always_report=False)
         except Exception:  # a failed pass must not take the manager down; the next one retries
             log.exception("start-up image reconcile failed")
 

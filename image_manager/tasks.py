@@ -2,10 +2,10 @@
 transaction (passing the job id down, so a re-run finishes a crashed run), record the result in one
 transaction. A failure undoes the rows through the same `abandon` functions reconcile uses after a crash.
 
-Kinds: image.import, image.new_version, image.export, image.check (undone on a crash) and the desktop disk
+Kinds: image.import, image.new_version, image.export (undone after a crash) and the desktop disk
 jobs image.snapshot, image.revert, image.preview, image.undo_preview, image.commit_preview,
-image.delete_snapshot, image.reimage (resumed after a crash: their file steps are idempotent), and
-image.reconcile.
+image.delete_snapshot, image.reimage, image.check and image.reconcile (resumed after a crash: their file steps
+are idempotent).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from core.errors import VdiError
 from event_manager.service import emit
 from image_manager import chain, fileops, qemu_img, reconcile, service
 from manager import db
-from manager.jobs import JobContext, task
+from manager.jobs import JobContext, OnCrash, task
 from manager.models import Desktop, Job, Volume
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def _build_version(ctx: JobContext, params: dict[str, Any], build) -> dict[str, 
     return {"path": dest, "virtual_size": virtual, "actual_size": actual}
 
 
-@task("image.import")
+@task("image.import", on_crash=OnCrash.FAIL, recover=reconcile.abandon_build)
 def import_image(ctx: JobContext, *, template_id: str, version_id: str, volume_id: str, source: str,
                  source_format: str | None = None, created_version: bool = False,
                  delete_source: bool = False) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def import_image(ctx: JobContext, *, template_id: str, version_id: str, volume_i
     return _build_version(ctx, params, build)
 
 
-@task("image.new_version")
+@task("image.new_version", on_crash=OnCrash.FAIL, recover=reconcile.abandon_build)
 def new_version(ctx: JobContext, *, template_id: str, version_id: str, volume_id: str, source: str,
                 created_version: bool = True, desktop_id: str | None = None) -> dict[str, Any]:
     """Flatten a desktop's chain into a new standalone template version."""
@@ -130,7 +130,7 @@ def _run_disk_job(ctx: JobContext, kind: str, params: dict[str, Any]) -> dict[st
     return {"desktop_id": plan.desktop_id, "active_path": plan.active_path}
 
 
-@task("image.snapshot")
+@task("image.snapshot", on_crash=OnCrash.RESUME)
 def take_snapshot(ctx: JobContext, *, desktop_id: str, snapshot_id: str, active_path: str, frozen_id: str,
                   frozen_path: str, live: bool = False, volume_id: str | None = None) -> dict[str, Any]:
     """Offline: freeze the active file under a new name (files only). Live: the desktop's node snapshots the
@@ -173,7 +173,7 @@ def _take_live_snapshot(ctx: JobContext, params: dict[str, Any], actor: str) -> 
 
 
 def _disk_task(kind: str):
-    @task(kind)
+    @task(kind, on_crash=OnCrash.RESUME)
     def run(ctx: JobContext, **params: Any) -> dict[str, Any]:
         return _run_disk_job(ctx, kind, params)
 
@@ -190,7 +190,7 @@ reimage = _disk_task("image.reimage")
 
 
 # ---- integrity and backup ------------------------------------------------------------------------------------
-@task("image.check")
+@task("image.check", on_crash=OnCrash.RESUME)
 def check_images(ctx: JobContext, *, volume_ids: list[str]) -> dict[str, Any]:
     """qemu-img check each volume (read-only; works on a running desktop's files too)."""
     actor = _actor(ctx.job_id)
@@ -200,14 +200,17 @@ def check_images(ctx: JobContext, *, volume_ids: list[str]) -> dict[str, Any]:
     ctx.progress(0, len(rows), force=True)
     for done, (volume_id, path, desktop_id) in enumerate(rows, 1):
         results[path] = reconcile.check_volume(volume_id, path, desktop_id, actor=actor, job_id=ctx.job_id)
+        ctx.completed["results"] = dict(results)
         ctx.progress(done, len(rows))
+        if done < len(rows):
+            ctx.check_cancelled()
     return {"results": results, "ok": all(r["status"] == "ok" for r in results.values())}
 
 
 EXPORT_MODE = 0o640  # an export holds a whole disk: never world-readable
 
 
-@task("image.export")
+@task("image.export", on_crash=OnCrash.FAIL, recover=reconcile.abandon_export)
 def export_image(ctx: JobContext, *, volume_id: str, source: str, dest: str, format: str = "qcow2",
                  compress: bool = False, desktop_id: str | None = None) -> dict[str, Any]:
     """Copy what the volume reads into one standalone file (temporary name, then published)."""
@@ -231,8 +234,8 @@ def export_image(ctx: JobContext, *, volume_id: str, source: str, dest: str, for
     return {"path": dest, "bytes": size}
 
 
-@task("image.reconcile")
-def reconcile_images(ctx: JobContext, *, dead_after_seconds: float = reconcile.DEAD_AFTER_SECONDS,
+@task("image.reconcile", on_crash=OnCrash.RESUME)
+def reconcile_images(ctx: JobContext, *, dead_after_seconds: float | None = None,
                      min_age_seconds: float = reconcile.MIN_ORPHAN_AGE_SECONDS) -> dict[str, Any]:
     """Find and clean what crashed jobs left (see image_manager.reconcile)."""
     report = reconcile.reconcile(dead_after_seconds=dead_after_seconds, min_age_seconds=min_age_seconds,

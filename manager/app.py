@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
         from ha_manager.service import singleton_loop, start_manager_ha, stop_manager_ha
         from manager.identity.sync_tasks import scheduled_sync, scheduled_sync_period
         from policy_engine.service import loop_tick as policy_round
+        from manager.jobs import recover_orphaned_jobs, recovery_period
 
         # The leader election; background loops run on the leader only, their writes fenced (docs/ha.md).
         start_manager_ha(settings)
@@ -112,6 +113,8 @@ def create_app(settings: Settings | None = None, *, configure_db: bool = True) -
         # The policy engine (policy_engine/, docs/policies.md): one round of every cluster's policies.
         singleton_loop("policies", settings.policy_seconds, functools.partial(
             policy_round, dead_after_seconds=settings.host_dead_after_seconds))
+        # Jobs whose runner died (lease run out): resumed or failed with the reason, each kind as it registered.
+        singleton_loop("job-recovery", recovery_period(), recover_orphaned_jobs)
         nodes = contextlib.ExitStack()
         if settings.embedded_nodes:
             from manager.embedded_nodes import EmbeddedNodes

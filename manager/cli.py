@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Callable
 
 
@@ -41,7 +42,7 @@ def proxy_options(trusted_proxies: str) -> dict:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     from manager.config import get_settings
-    from manager.jobs import celery_app, load_task_modules
+    from manager.jobs import celery_app, load_task_modules, run_recovery_loop
 
     settings = get_settings()
     if settings.embedded_jobs:
@@ -61,9 +62,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     # Workers send notifications too: every dispatcher claims outbox rows with SKIP LOCKED and a lease, so a worker
     # and the managers share them without sending one twice (event_manager/notifications.py).
     notifier = start_notifications(settings)
+    # Workers settle jobs whose runner died too (each by one compare-and-swap, so managers and workers share it).
+    stop_recovery = threading.Event()
+    threading.Thread(target=run_recovery_loop, args=(stop_recovery,), name="vdi-job-recovery", daemon=True).start()
     try:
         celery_app().worker_main(argv)
     finally:
+        stop_recovery.set()
         notifier.stop()
     return 0
 

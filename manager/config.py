@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     notify_lease_seconds: float = Field(default=60.0, gt=0, le=3600, description="a message being sent this long "
                                         "by a dispatcher that died is sent again (with the same idempotency key)")
     host_dead_after_seconds: float = Field(default=30.0, gt=0)
+    job_lease_seconds: float = Field(default=30.0, ge=0.3, le=3600, description="a running job's lease: its runner "
+                                     "renews it every third of this; a job not renewed this long is resumed or "
+                                     "failed by the job recovery (manager/jobs.py)")
     # Events and alerts (event_manager): how long events are kept, how often the leader purges them and runs the
     # alert checks, and the thresholds of those checks (docs/events.md).
     event_retention_days: float = Field(default=30.0, gt=0, description="events older than this many days are "

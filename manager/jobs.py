@@ -6,20 +6,34 @@
   Celery workers over Redis (`VDI_REDIS_URL` set; `vdi worker`), or, in the embedded default, an in-process
   thread pool, which needs no broker server.
 - Tasks are thin and idempotent, check the world before acting, and report progress through `JobContext`,
-  which also raises `JobCancelled` when a user asked to cancel.
+  which also raises `JobCancelled` when a user asked to cancel (`check_cancelled()` between steps; a cancelled
+  job ends CANCELLED with what it completed: `ctx.completed`).
+- Every kind says what happens when the process running it dies (`@task(kind, on_crash=...)`): RESUME (its steps
+  are idempotent: it is sent again with the same id and finishes the work) or FAIL (with a reason naming the dead
+  runner, after its `recover` hook undid the partial work). A running job is owned by one runner (`Job.owner`,
+  a manager's in-process pool or a Celery worker process), which renews the job's lease (`heartbeat_at`, on the
+  database's clock) every VDI_JOB_LEASE_SECONDS/3 from a thread of its own; `recover_orphaned_jobs()` (the leader's
+  "job-recovery" loop, and every `vdi worker`) settles only jobs whose lease ran out, each once (compare-and-swap),
+  so one manager never takes another live manager's in-process jobs for dead.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import datetime as dt
+import enum
 import importlib
 import logging
+import os
+import socket
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import update
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from core.enums import JobState, Severity
@@ -43,15 +57,41 @@ TASK_MODULES = [
 ]
 
 TaskFn = Callable[..., dict[str, Any] | None]
-_TASKS: dict[str, TaskFn] = {}
+# recover(session, params, reason=..., job_id=...) -> what it cleaned: undoes a dead FAIL job's partial work
+RecoverFn = Callable[..., list[str] | None]
 
 
-def task(kind: str) -> Callable[[TaskFn], TaskFn]:
+class OnCrash(enum.Enum):
+    """What becomes of a job whose runner died mid-job."""
+    RESUME = "resume"  # sent again with the same id: its steps are idempotent and finish the work
+    FAIL = "fail"  # failed with a reason (after its `recover` hook undid its partial work); the user retries
+
+
+@dataclass(frozen=True)
+class Kind:
+    fn: TaskFn
+    on_crash: OnCrash | None
+    recover: RecoverFn | None = None
+
+
+_TASKS: dict[str, Kind] = {}
+
+
+def task(kind: str, *, on_crash: OnCrash | None = None, recover: RecoverFn | None = None
+         ) -> Callable[[TaskFn], TaskFn]:
+    """Register a job kind. `on_crash` is what recovery does with one left RUNNING by a dead runner; a kind that
+    does not say is failed (tests/unit/test_job_kinds.py requires every kind to say)."""
     def register(fn: TaskFn) -> TaskFn:
-        _TASKS[kind] = fn
+        _TASKS[kind] = Kind(fn, on_crash, recover)
         return fn
 
     return register
+
+
+def kinds() -> dict[str, Kind]:
+    """Every registered job kind (all task modules loaded)."""
+    load_task_modules()
+    return dict(_TASKS)
 
 
 def load_task_modules() -> None:
@@ -70,6 +110,7 @@ class JobContext:
         self.job_id = job_id
         self._last_write = 0.0
         self._min_interval = min_interval
+        self.completed: dict[str, Any] = {}  # what the task has done so far: the result of a cancelled job
 
     def progress(self, done: int, total: int | None = None, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -90,10 +131,72 @@ class JobContext:
                 raise JobCancelled(f"job {self.job_id} was cancelled")
 
     def check_cancelled(self) -> None:
+        """Raise JobCancelled when a user asked to cancel; call it between steps (progress() checks only when it
+        writes, at most every `min_interval`)."""
         with db.session_scope() as session:
             job = session.get(Job, self.job_id)
             if job is None or job.cancel_requested:
                 raise JobCancelled(f"job {self.job_id} was cancelled")
+
+
+# ---- leases: a running job is owned by the process running it ------------------------------------------------
+def _lease_seconds() -> float:
+    return _settings().job_lease_seconds
+
+
+def db_clock(session: Session) -> dt.datetime:
+    """Now by the database's clock, so runners on several machines renew and judge leases on one clock."""
+    if db.is_postgres(session):
+        return session.scalar(select(func.clock_timestamp()))
+    raw = session.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))
+    return dt.datetime.fromisoformat(raw).replace(tzinfo=dt.timezone.utc)
+
+
+def runner_id() -> str:
+    """This process as a job owner: the manager instance running jobs in-process, or a worker process."""
+    settings = _settings()
+    if settings.embedded_jobs:
+        return f"manager {settings.effective_instance_id}"
+    return f"worker {socket.gethostname()} pid {os.getpid()}"
+
+
+class _Leases:
+    """The jobs this process runs, and the thread renewing their leases while they run."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def hold(self, job_id: str) -> None:
+        with self._lock:
+            self._ids.add(job_id)
+            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="vdi-job-leases", daemon=True)
+                self._thread.start()
+
+    def release(self, job_id: str) -> None:
+        with self._lock:
+            self._ids.discard(job_id)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(_lease_seconds() / 3)
+            with self._lock:
+                ids = list(self._ids)
+            if not ids:
+                continue
+            try:
+                with db.session_scope() as session:
+                    session.execute(update(Job).where(Job.id.in_(ids), Job.state == JobState.RUNNING)
+                                    .values(heartbeat_at=db_clock(session)))
+            except Exception:  # the database is away: try again next period (the lease may run out meanwhile)
+                log.warning("renewing the leases of jobs %s failed", ids, exc_info=True)
+
+
+_leases = _Leases()
 
 
 # ---- sending -----------------------------------------------------------------------------------------
@@ -168,9 +271,10 @@ def run_job(job_id: str) -> None:
     """Run one job to its end. Safe to call twice: only a PENDING job is claimed (compare-and-swap)."""
     load_task_modules()
     with db.session_scope() as session:
+        now = db_clock(session)
         claimed = session.execute(
             update(Job).where(Job.id == job_id, Job.state == JobState.PENDING)
-            .values(state=JobState.RUNNING, started_at=utcnow(), heartbeat_at=utcnow())).rowcount
+            .values(state=JobState.RUNNING, started_at=now, heartbeat_at=now, owner=runner_id())).rowcount
         job = session.get(Job, job_id)
         if not claimed or job is None:
             return
@@ -181,42 +285,128 @@ def run_job(job_id: str) -> None:
         correlation = job.correlation_id or job_id
     # its log records (and the jobs it queues) carry the correlation id of the request that queued it
     token = logs.correlation_id.set(correlation)
+    _leases.hold(job_id)
     try:
         _run_claimed(job_id, kind, params, actor)
     finally:
+        _leases.release(job_id)
         logs.correlation_id.reset(token)
 
 
 def _run_claimed(job_id: str, kind: str, params: dict[str, Any], actor: str) -> None:
     from event_manager.service import emit
 
-    fn = _TASKS.get(kind)
+    registered = _TASKS.get(kind)
     ctx = JobContext(job_id)
     state, error, result = JobState.SUCCEEDED, "", {}
     try:
-        if fn is None:
+        if registered is None:
             raise VdiError(f"this worker does not know job kind {kind!r}")
-        result = fn(ctx, **params) or {}
+        result = registered.fn(ctx, **params) or {}
     except JobCancelled:
-        state, error = JobState.CANCELLED, "cancelled by request"
+        state, error, result = JobState.CANCELLED, "cancelled by request", dict(ctx.completed)
     except VdiError as exc:
         state, error = JobState.FAILED, exc.message
     except Exception as exc:  # a task bug: record it on the job, keep the worker alive
         state, error = JobState.FAILED, f"{type(exc).__name__}: {exc}"
         log.error("job %s (%s) crashed:\n%s", job_id, kind, traceback.format_exc())
     with db.session_scope() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id, with_for_update=True)
         if job is None:
+            return
+        if job.state != JobState.RUNNING or job.owner != runner_id():
+            # its lease ran out meanwhile (the database was away) and recovery settled it: that outcome stands
+            log.warning("job %s (%s) ended %s here, but recovery had already made it %s", job_id, kind,
+                        state.value, job.state.value)
             return
         job.state, job.error, job.result, job.finished_at = state, error, result, utcnow()
         if state == JobState.SUCCEEDED:
             job.progress = 100.0
             if job.total:
                 job.done = job.total
+        elif state == JobState.CANCELLED and job.total:
+            error = job.error = f"cancelled by request after {job.done} of {job.total} step(s)"
         severity = Severity.NORMAL if state == JobState.SUCCEEDED else Severity.WARNING \
             if state == JobState.CANCELLED else Severity.ERROR
         emit(session, f"job.{state.value}", f"job {kind} {state.value}" + (f": {error}" if error else ""),
              severity=severity, actor=actor, job_id=job_id, correlation_id=logs.correlation_id.get())
+
+
+# ---- recovery: jobs whose runner died ---------------------------------------------------------------------------
+@dataclass
+class Recovery:
+    resumed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    cleaned: dict[str, list[str]] = field(default_factory=dict)  # job id -> what its recover hook undid
+
+
+def recover_orphaned_jobs(*, dead_after: float | None = None, kind_prefix: str = "",
+                          exclude: str | None = None) -> Recovery:
+    """Settle the RUNNING jobs whose lease ran out (no renewal for `dead_after` s, by default
+    VDI_JOB_LEASE_SECONDS): each kind's OnCrash says resume (PENDING again, sent after the commit) or fail (with
+    the reason, after its recover hook). Each job is taken by one compare-and-swap on (state, lease), so several
+    managers and workers may run this at once and a job is settled once; a job whose owner still renews is left
+    alone whoever runs this."""
+    from event_manager.service import emit
+
+    load_task_modules()
+    report = Recovery()
+    ttl = _lease_seconds() if dead_after is None else dead_after
+    with db.session_scope() as session:
+        cutoff = db_clock(session) - dt.timedelta(seconds=ttl)
+        stmt = select(Job.id).where(Job.state == JobState.RUNNING,
+                                    or_(Job.heartbeat_at.is_(None), Job.heartbeat_at <= cutoff))
+        if kind_prefix:
+            stmt = stmt.where(Job.kind.startswith(kind_prefix))
+        candidates = [job_id for job_id in session.scalars(stmt) if job_id != exclude]
+    for job_id in candidates:
+        with db.session_scope() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                continue
+            registered = _TASKS.get(job.kind)
+            resume = registered is not None and registered.on_crash == OnCrash.RESUME
+            lost = f"{job.owner or 'the process running it'} stopped (no lease renewal since " \
+                   f"{(job.heartbeat_at or job.started_at or cutoff):%Y-%m-%d %H:%M:%S} UTC)"
+            values: dict[str, Any] = dict(state=JobState.PENDING, started_at=None, heartbeat_at=None, owner="") \
+                if resume else dict(state=JobState.FAILED, finished_at=utcnow(),
+                                    error=f"interrupted: {lost} while it ran; its partial work was undone, retry it")
+            taken = session.execute(update(Job).where(
+                Job.id == job_id, Job.state == JobState.RUNNING,
+                or_(Job.heartbeat_at.is_(None), Job.heartbeat_at <= cutoff)).values(**values)
+                .execution_options(synchronize_session=False)).rowcount
+            if not taken:
+                continue  # renewed meanwhile, finished, or settled by another manager or worker
+            if resume:
+                db.after_commit(session, lambda job_id=job_id: dispatch(job_id))
+                report.resumed.append(job_id)
+                emit(session, "job.resumed", f"job {job.kind} was interrupted ({lost}); resumed with the same id "
+                     "to finish its work", severity=Severity.WARNING, job_id=job_id)
+                continue
+            cleaned = []
+            if registered is not None and registered.recover is not None:
+                cleaned = registered.recover(session, dict(job.params or {}), reason=values["error"],
+                                             job_id=job_id) or []
+            report.failed.append(job_id)
+            report.cleaned[job_id] = cleaned
+            emit(session, "job.failed", f"job {job.kind} failed: {values['error']}", severity=Severity.ERROR,
+                 actor=job.created_by, job_id=job_id, correlation_id=job.correlation_id)
+    return report
+
+
+def recovery_period() -> float:
+    """How often the recovery pass runs: a third of the lease, so a dead runner's jobs are settled at most
+    VDI_JOB_LEASE_SECONDS * 4/3 after its last renewal."""
+    return _lease_seconds() / 3
+
+
+def run_recovery_loop(stop: threading.Event) -> None:
+    """`vdi worker`'s recovery: the pass every recovery_period() until `stop` (managers run it on the leader)."""
+    while not stop.wait(recovery_period()):
+        try:
+            recover_orphaned_jobs()
+        except Exception:
+            log.exception("job recovery pass failed")
 
 
 def request_cancel(session: Session, job: Job) -> None:

@@ -21,7 +21,7 @@ from core.errors import VdiError
 from event_manager.service import emit
 from manager import console_tls, db
 from manager.config import get_settings
-from manager.jobs import JobContext, task
+from manager.jobs import JobContext, OnCrash, task
 from manager.models import Desktop, Host, Template, TemplateVersion, Volume
 from manager.provisioning import nodes
 from manager.provisioning.service import desktop_spec
@@ -128,12 +128,12 @@ def reconcile_host(host_id: str, *, redefine_known: bool = False) -> dict[str, A
             "unknown": unknown, "foreign": foreign}
 
 
-@task("hosts.reconcile")
+@task("hosts.reconcile", on_crash=OnCrash.RESUME)
 def reconcile_host_job(ctx: JobContext, host_id: str, redefine_known: bool = False) -> dict[str, Any]:
     return reconcile_host(host_id, redefine_known=redefine_known)
 
 
-@task("desktops.redefine")
+@task("desktops.redefine", on_crash=OnCrash.RESUME)
 def redefine_desktop(ctx: JobContext, desktop_id: str) -> dict[str, Any]:
     """Define the desktop's domain again from the database on its host (after its CPUs, memory or monitors
     changed): libvirt keeps a running guest as it is and boots the new definition next time."""

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 
 from manager import db
-from manager.jobs import JobContext, task
+from manager.jobs import JobContext, OnCrash, task
 from manager.models import StorageDomain, Volume
 
 
@@ -20,7 +20,7 @@ def allocated_bytes(path: str) -> int | None:
         return None
 
 
-@task("storage.refresh")
+@task("storage.refresh", on_crash=OnCrash.RESUME)
 def refresh_storage(ctx: JobContext, storage_domain_id: str | None = None) -> dict[str, Any]:
     """Re-measure volumes' actual sizes and domains' capacity. Idempotent; reports missing files."""
     with db.session_scope() as session:
@@ -45,7 +45,9 @@ def refresh_storage(ctx: JobContext, storage_domain_id: str | None = None) -> di
                 if vol is not None:
                     vol.actual_size = size
         done += len(batch)
+        ctx.completed.update(volumes_measured=done, missing=list(missing))
         ctx.progress(done, total)
+        ctx.check_cancelled()
     with db.session_scope() as session:
         for dom in session.scalars(select(StorageDomain)):
             if os.path.isdir(dom.path):

@@ -85,7 +85,7 @@ class ExportIn(s.In):
 
 
 class ReconcileIn(s.In):
-    dead_after_seconds: float = Field(default=900.0, ge=0, le=7 * 86400)
+    dead_after_seconds: float | None = Field(default=None, ge=0, le=7 * 86400, description="a running image job whose lease was not renewed this long is taken as dead; empty = the job lease (VDI_JOB_LEASE_SECONDS)")
     min_age_seconds: float = Field(default=3600.0, ge=0, le=30 * 86400)
 
 

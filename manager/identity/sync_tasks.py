@@ -13,13 +13,13 @@ from manager import db
 from manager.identity.directory import Directory
 from manager.identity.settings import get_directory_settings
 from manager.identity.sync import record_sync_error, sync_directory
-from manager.jobs import JobContext, enqueue, task
+from manager.jobs import JobContext, OnCrash, enqueue, task
 from manager.models import DirectorySyncState, Job, utcnow
 
 JOB_KIND = "directory.sync"
 
 
-@task(JOB_KIND)
+@task(JOB_KIND, on_crash=OnCrash.RESUME)  # one transaction: a dead run left nothing
 def directory_sync(ctx: JobContext, full: bool | None = None, actor: str = "system") -> dict[str, Any]:
     """Run one sync in its own transaction; a failure is remembered on the sync state and fails the job."""
     settings = get_directory_settings()

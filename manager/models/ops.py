@@ -76,7 +76,8 @@ class Job(IdMixin, CreatedMixin, Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)  # its lease's renewal
+    owner: Mapped[str] = mapped_column(String(255), default="")  # the runner of a RUNNING job (manager or worker)
 
 
 class Tag(IdMixin, CreatedMixin, Base):

@@ -26,7 +26,7 @@ from core.enums import JobState, Severity, StrEnum
 from core.errors import Conflict, Invalid, VdiError
 from event_manager.service import emit
 from manager import db
-from manager.jobs import JobContext, enqueue, run_job, task
+from manager.jobs import JobContext, OnCrash, enqueue, run_job, task
 from manager.models import Assignment, Desktop, DesktopSession, Job, Snapshot, User
 from manager.provisioning import pools, service, tasks
 from manager.provisioning.power import DEFAULT_STOP_TIMEOUT_S, PowerAction, run_power_action
@@ -272,7 +272,7 @@ def _attempt(action: BulkAction, desktop_id: str, actor: str, job_id: str, optio
         return f"{type(exc).__name__}: {exc}"
 
 
-@task(JOB_KIND)
+@task(JOB_KIND, on_crash=OnCrash.FAIL)  # not all actions are idempotent: the user retries
 def run_bulk(ctx: JobContext, action: str, desktop_ids: list[str], actor: str = "system",
              options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Apply the action to every desktop, CONCURRENCY at a time, reporting done/total. A cancel stops the
@@ -300,6 +300,7 @@ def run_bulk(ctx: JobContext, action: str, desktop_ids: list[str], actor: str = 
                 if reason is not None:
                     failed[names.get(desktop_id, desktop_id)] = reason
                 done += 1
+            ctx.completed.update(done=done, failed=dict(failed))
             ctx.progress(done, total)
     with db.session_scope() as session:
         emit(session, "desktops.bulk_done", f"{actor}'s {verb.value} of {total} desktop(s): {total - len(failed)} "

@@ -20,7 +20,7 @@ from core.enums import HostStatus, PowerState, Severity, TaskState
 from core.errors import Conflict, DomainNotFound, NoHostAvailable, NotFound, VdiError
 from event_manager.service import emit
 from manager import db
-from manager.jobs import JobContext, enqueue, task
+from manager.jobs import JobContext, OnCrash, enqueue, task
 from manager.models import Desktop, Host, Job
 from manager.provisioning import nodes, placement, power
 from manager.provisioning.service import candidate_hosts
@@ -144,7 +144,7 @@ def migrate_now(desktop_id: str, host_id: str, *, job_id: str | None) -> dict[st
     return {"migrated": True, "host_id": host_id, "from_host_id": source.host_id}
 
 
-@task("desktops.migrate")
+@task("desktops.migrate", on_crash=OnCrash.RESUME)
 def migrate_desktop(ctx: JobContext, desktop_id: str, host_id: str) -> dict[str, Any]:
     return migrate_now(desktop_id, host_id, job_id=ctx.job_id)
 
@@ -156,7 +156,7 @@ def request_drain(session: Session, host: Host, *, actor: str) -> Job:
                    target_id=host.id, description=f"drain host {host.name} by live migration")
 
 
-@task("hosts.drain")
+@task("hosts.drain", on_crash=OnCrash.RESUME)
 def drain_host(ctx: JobContext, host_id: str, policy: str = "spread") -> dict[str, Any]:
     """Migrate every running desktop of a host in maintenance to the placement policy's best other host, one at a
     time (cancellable between desktops). A desktop that cannot go is listed with the reason while the others go
@@ -182,5 +182,6 @@ def drain_host(ctx: JobContext, host_id: str, policy: str = "spread") -> dict[st
             migrated.append(name)
         except VdiError as exc:
             failed[name] = exc.message
+        ctx.completed.update(migrated=list(migrated), failed=dict(failed))
         ctx.progress(done, len(running))
     return {"migrated": migrated, "failed": failed}

@@ -8,12 +8,12 @@ from typing import Any
 from sqlalchemy import select, update
 
 from broker import lifecycle, sessions
-from core.enums import ReclaimPolicy, TaskState
+from core.enums import JobState, ReclaimPolicy, TaskState
 from core.errors import DesktopBusy, VdiError
 from event_manager.service import emit
 from manager import db
-from manager.jobs import JobContext, enqueue, task
-from manager.models import Desktop, Pool, utcnow
+from manager.jobs import JobCancelled, JobContext, OnCrash, enqueue, task
+from manager.models import Desktop, Job, Pool, utcnow
 from manager.provisioning import names, service
 from manager.provisioning.power import PowerAction, run_power_action
 
@@ -54,11 +54,36 @@ def grow_pool(ctx: JobContext | None, pool_id: str, count: int, policy: str = "s
             raise VdiError(f"no desktop of this batch could be created ({len(outcome.failed)} failed); "
                            f"first: {first[0]}: {first[1]}")
         if ctx is not None:
+            ctx.completed.update(created=created, failed=dict(failed))
             ctx.progress(created + len(failed), count)
+            ctx.check_cancelled()
     return {"created": created, "failed": failed}
 
 
-@task("pools.provision")
+def settle_pool_job(session, params: dict[str, Any], *, reason: str, job_id: str) -> list[str]:
+    """The recover hook of pools.provision and pools.resize, whose runner died: the pool's desktops it left half
+    made (PROVISIONING) or marked for removal (DELETING) are handed to desktops.deprovision jobs, unless another
+    job of the same pool is still pending or running (they may be its own)."""
+    pool_id = params.get("pool_id")
+    others = [j for j in session.scalars(select(Job).where(Job.kind.in_(("pools.provision", "pools.resize")),
+                                                             Job.state.in_((JobState.PENDING, JobState.RUNNING)),
+                                                             Job.id != job_id))
+              if (j.params or {}).get("pool_id") == pool_id]
+    if not pool_id or others:
+        return []
+    left = session.execute(select(Desktop.id, Desktop.name).where(
+        Desktop.pool_id == pool_id, Desktop.task_state.in_((TaskState.PROVISIONING, TaskState.DELETING)))).all()
+    cleaned = []
+    for desktop_id, name in left:
+        session.execute(update(Desktop).where(Desktop.id == desktop_id).values(task_state=TaskState.DELETING)
+                        .execution_options(synchronize_session=False))
+        enqueue(session, "desktops.deprovision", params={"desktop_id": desktop_id}, target_kind="desktop",
+                target_id=desktop_id, description=f"remove desktop {name}, left unfinished by job {job_id}")
+        cleaned.append(f"desktop {name}")
+    return cleaned
+
+
+@task("pools.provision", on_crash=OnCrash.FAIL, recover=settle_pool_job)
 def provision_pool(ctx: JobContext, pool_id: str, count: int | None = None, policy: str = "spread") -> dict[str, Any]:
     """Grow the pool to its size (or by `count`)."""
     with db.session_scope() as session:
@@ -75,7 +100,7 @@ def provision_pool(ctx: JobContext, pool_id: str, count: int | None = None, poli
     return result
 
 
-@task("pools.resize")
+@task("pools.resize", on_crash=OnCrash.FAIL, recover=settle_pool_job)
 def resize_pool(ctx: JobContext, pool_id: str, policy: str = "spread") -> dict[str, Any]:
     """Bring the pool to its size: grow from the name pattern, or remove free desktops only (never assigned)."""
     with db.session_scope() as session:
@@ -92,12 +117,20 @@ def resize_pool(ctx: JobContext, pool_id: str, policy: str = "spread") -> dict[s
                                .execution_options(synchronize_session=False)).rowcount:
                 marked.append(desktop_id)
     result: dict[str, Any] = {"kept_busy": plan.kept_busy}
-    if plan.add:
-        result.update(grow_pool(ctx, pool_id, plan.add, policy))
     removed = 0
-    for i, desktop_id in enumerate(marked):
-        removed += bool(deprovision_now(desktop_id, job_id=ctx.job_id))
-        ctx.progress(i + 1, len(marked))
+    try:
+        if plan.add:
+            result.update(grow_pool(ctx, pool_id, plan.add, policy))
+        for i, desktop_id in enumerate(marked):
+            ctx.check_cancelled()
+            removed += bool(deprovision_now(desktop_id, job_id=ctx.job_id))
+            ctx.completed.update(result, removed=removed)
+            ctx.progress(i + 1, len(marked))
+    except JobCancelled:
+        with db.session_scope() as session:  # the desktops not removed yet stay in the pool, as they were
+            session.execute(update(Desktop).where(Desktop.id.in_(marked), Desktop.task_state == TaskState.DELETING)
+                            .values(task_state=None).execution_options(synchronize_session=False))
+        raise
     result["removed"] = removed
     return result
 
@@ -119,7 +152,7 @@ def deprovision_now(desktop_id: str, *, job_id: str | None) -> bool:
     return False
 
 
-@task("desktops.deprovision")
+@task("desktops.deprovision", on_crash=OnCrash.RESUME)
 def deprovision_desktop(ctx: JobContext, desktop_id: str) -> dict[str, Any]:
     return {"removed": deprovision_now(desktop_id, job_id=ctx.job_id)}
 
@@ -141,7 +174,7 @@ def reset_now(desktop_id: str, *, job_id: str | None) -> dict[str, Any]:
     return {"reset": True, "prestarted": started}
 
 
-@task("desktops.reset")
+@task("desktops.reset", on_crash=OnCrash.RESUME)
 def reset_desktop(ctx: JobContext, desktop_id: str) -> dict[str, Any]:
     return reset_now(desktop_id, job_id=ctx.job_id)
 
@@ -190,6 +223,6 @@ def maintain_pools(pool_id: str | None = None, now: dt.datetime | None = None) -
             "prestarted": started}
 
 
-@task("pools.maintain")
+@task("pools.maintain", on_crash=OnCrash.RESUME)
 def maintain(ctx: JobContext, pool_id: str | None = None) -> dict[str, Any]:
     return maintain_pools(pool_id)
