@@ -24,8 +24,8 @@ def facts(session: Session, h: Host, who: Principal) -> list[Fact]:
         Fact("Memory", h.memory_mib, "mib"), Fact("Free memory", h.free_memory_mib, "mib"),
         Fact("Memory use", h.mem_usage, "percent"), Fact("Running desktops", h.active_desktops),
         Fact("Domain types", h.domain_types), Fact("Libvirt version", h.libvirt_version),
-        Fact("KSM", f"running, {h.ksm_pages_sharing:,} pages sharing {h.ksm_pages_shared:,}" if h.ksm_running
-             else "off"),
+        Fact("KSM", f"running, {h.ksm_pages_sharing:,} pages sharing {h.ksm_pages_shared:,}, "
+             f"{h.ksm_saved_mib:,} MiB saved" if h.ksm_running else "off"),
         Fact("Last heartbeat", h.last_heartbeat_at, "when"), Fact("Agent started", h.agent_started_at, "when"),
         Fact("HA score", h.ha_score), Fact("Comment", h.comment, "multiline", optional=True),
         Fact("Created", h.created_at, "when"), Fact("ID", h.id, "code"),
