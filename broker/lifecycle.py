@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
@@ -23,9 +24,12 @@ from sqlalchemy.orm import Session
 
 from broker import assignment, sessions
 from core.enums import DisconnectAction, PoolType, PowerState, ReclaimPolicy, SessionState, Severity, TaskState
-from core.errors import Conflict
+from core.errors import Conflict, VdiError
 from event_manager.service import emit
+from image_manager import service as image_service
 from manager.models import Assignment, Desktop, DesktopSession, Pool, User, utcnow
+
+log = logging.getLogger(__name__)
 
 
 class AfterLogoff(str, enum.Enum):
@@ -60,9 +64,26 @@ def logoff(session: Session, desktop: Desktop, user_id: str, *, actor: str,
         if assignment.release(session, desktop.id, user_id=user_id, next_task=TaskState.REIMAGING):
             outcome = AfterLogoff.RESET
     what = "returned to pool and will be reset" if outcome == AfterLogoff.RESET else "stays assigned"
+    if outcome == AfterLogoff.KEEP and apply_pending_version(session, desktop, actor=actor):
+        what += " and is re-imaged onto its new template version (rolling update)"
     emit(session, "broker.logoff", f"{actor} logged off desktop {desktop.name}; the desktop {what}",
          actor=actor, user_id=user_id, desktop_id=desktop.id, pool_id=desktop.pool_id)
     return outcome
+
+
+def apply_pending_version(session: Session, desktop: Desktop, *, actor: str) -> bool:
+    """Once the user's sessions have ended: a desktop that kept its user (manual pool, a lease, a dedicated
+    desktop) and waits for a new template version (a rolling update that found it in use) is re-imaged onto it
+    now, by the image manager's job (sent at the commit). A desktop that goes back to its pool gets the version
+    from its reset instead. False when nothing was started (no pending version, still in use, busy, or the
+    version cannot be used: it stays pending, and the reason is logged)."""
+    if desktop.pending_template_version_id is None:
+        return False
+    try:
+        return image_service.apply_pending_version(session, desktop, actor=actor) is not None
+    except VdiError as exc:
+        log.warning("desktop %s keeps its pending template version: %s", desktop.name, exc.message)
+        return False
 
 
 def unassign(session: Session, desktop: Desktop, *, actor: str, now: dt.datetime | None = None) -> str | None:
@@ -78,6 +99,35 @@ def unassign(session: Session, desktop: Desktop, *, actor: str, now: dt.datetime
          "it will be reset to its template", actor=actor, user_id=former, desktop_id=desktop.id,
          pool_id=desktop.pool_id)
     return former
+
+
+def release_user_desktops(session: Session, user_id: str, *, why: str, actor: str, pool_id: str | None = None,
+                          now: dt.datetime | None = None) -> list[Reclaimed]:
+    """Take back every pool desktop the user holds (of `pool_id` only, when given) because their access was
+    revoked (`why`: the account was disabled or removed, or the entitlement went). Their sessions on it end; an
+    automatic pool's desktop is reset as at logoff, a manual or time-based pool's follows the pool's
+    reclaim_policy (reimage: reset to its template; deprovision: deleted), as an expired lease does. One WARNING
+    event per desktop. A desktop busy with another action is skipped (the admins see it still held). The caller
+    enqueues the returned reclaims' jobs."""
+    now = now or utcnow()
+    stmt = (select(Desktop.id, Desktop.name, Desktop.pool_id, Pool.pool_type, Pool.reclaim_policy, Pool.name)
+            .join(Pool, Pool.id == Desktop.pool_id).where(Desktop.assigned_user_id == user_id)
+            .order_by(Desktop.name))
+    if pool_id is not None:
+        stmt = stmt.where(Desktop.pool_id == pool_id)
+    out: list[Reclaimed] = []
+    for desktop_id, name, desktop_pool, pool_type, policy, pool_name in session.execute(stmt).all():
+        policy = ReclaimPolicy.REIMAGE if pool_type == PoolType.AUTOMATIC else policy
+        next_task = TaskState.REIMAGING if policy == ReclaimPolicy.REIMAGE else TaskState.DELETING
+        if not assignment.release(session, desktop_id, user_id=user_id, next_task=next_task):
+            continue
+        sessions.end_sessions_of_desktop(session, desktop_id, now)
+        verb = "reset to its template" if policy == ReclaimPolicy.REIMAGE else "deleted"
+        emit(session, "broker.access_revoked", f"{_user_label(session, user_id)} lost desktop {name} (pool "
+             f"{pool_name}): {why}; the desktop will be {verb}", severity=Severity.WARNING, actor=actor,
+             user_id=user_id, desktop_id=desktop_id, pool_id=desktop_pool)
+        out.append(Reclaimed(desktop_id, name, user_id, desktop_pool, policy))
+    return out
 
 
 def expire_leases(session: Session, now: dt.datetime | None = None, limit: int = 500) -> list[Reclaimed]:

@@ -23,7 +23,8 @@ from broker.assignment import Assigned, assignment_guard, take_from_pool
 from broker.console import ConsoleDescriptor
 from broker.errors import BadConnectRequest
 from broker.protocol import choose_protocol, parse_protocols, with_browser_display
-from core.enums import HostStatus, PoolType, PowerState, Protocol, ProtocolPolicy, SessionState, Severity, TaskState
+from core.enums import (HostStatus, PoolType, PowerState, Protocol, ProtocolPolicy, ReclaimPolicy, SessionState,
+                        Severity, TaskState)
 from core.errors import Conflict, NotFound
 from event_manager.service import emit
 from manager.db import commit_and_give_up_slot, commit_in_route, get_or_404, is_postgres
@@ -208,6 +209,23 @@ def logoff(session: Session, row: DesktopSession, *, actor: str) -> DesktopSessi
                 target_kind="desktop", target_id=desktop.id, description=f"reset desktop {desktop.name} after logoff")
     session.refresh(row)
     return row
+
+
+def enqueue_reclaims(session: Session, reclaimed: Sequence[lifecycle.Reclaimed], *, why: str) -> None:
+    """The jobs that carry out reclaimed desktops' policies (reset or removal), sent at the commit."""
+    for item in reclaimed:
+        kind = "desktops.reset" if item.policy == ReclaimPolicy.REIMAGE else "desktops.deprovision"
+        enqueue(session, kind, params={"desktop_id": item.desktop_id}, target_kind="desktop",
+                target_id=item.desktop_id, description=f"reclaim desktop {item.desktop_name} ({why})")
+
+
+def revoke_pool_desktops(session: Session, user_id: str, *, why: str, actor: str,
+                         pool_id: str | None = None) -> list[lifecycle.Reclaimed]:
+    """Take back the pool desktops a user may no longer hold (lifecycle.release_user_desktops) and enqueue
+    their resets or removals."""
+    reclaimed = lifecycle.release_user_desktops(session, user_id, why=why, actor=actor, pool_id=pool_id)
+    enqueue_reclaims(session, reclaimed, why="access revoked")
+    return reclaimed
 
 
 # ---- the user's own view: one implementation for GET /me/desktops, /me/pools and the portal ---------------------

@@ -100,6 +100,8 @@ declare("broker.disconnect_reset", N, ("desktop", "user", "pool"), "{user} staye
 declare("broker.logoff", N, ("desktop", "user", "pool"), "{actor} logged off {desktop}")
 declare("broker.reset_by_user", N, ("desktop", "user", "pool"), "{user} gave {desktop} back to {pool} to be reset")
 declare("broker.unassigned", N, ("desktop", "user", "pool"), "{actor} took {desktop} from {user}")
+declare("broker.access_revoked", W, ("desktop", "user", "pool"), "{user} lost {desktop}: their access was revoked "
+        "(account disabled or removed, or entitlement gone); it is reclaimed by its pool's policy")
 declare("console.ticket", N, ("desktop", "user", "pool"), "a console ticket for {desktop} issued to {user}")
 declare("console.admin_access", N, ("desktop", "user", "pool"), "{actor} opened the console of {desktop} (a warning "
         "when its user is on it)")

@@ -99,17 +99,32 @@ def issue_ticket(session: Session, result: broker.ConsoleResult, user_id: str) -
     return Ticket(token, row.expires_at, row.id)
 
 
+def _close_open(session: Session, *where) -> list[str]:
+    """Flag the open browser consoles matching `where` for closing; each manager process holding one closes it
+    within POLL_SECONDS. The ids flagged."""
+    return list(session.scalars(update(BrowserConsole).where(
+        *where, BrowserConsole.opened_at.is_not(None),
+        BrowserConsole.closed_at.is_(None), BrowserConsole.close_requested_at.is_(None),
+    ).values(close_requested_at=utcnow()).returning(BrowserConsole.id)).all())
+
+
 def request_close(session: Session, desktop_id: str, *, actor: str) -> int:
     """Ask every manager process to close the desktop's open browser consoles; how many were open."""
     desktop = session.get(Desktop, desktop_id)
-    ids = session.scalars(update(BrowserConsole).where(
-        BrowserConsole.desktop_id == desktop_id, BrowserConsole.opened_at.is_not(None),
-        BrowserConsole.closed_at.is_(None), BrowserConsole.close_requested_at.is_(None),
-    ).values(close_requested_at=utcnow()).returning(BrowserConsole.id)).all()
+    ids = _close_open(session, BrowserConsole.desktop_id == desktop_id)
     emit(session, "console.browser_disconnect", f"{actor} disconnected {len(ids)} browser console(s) of desktop "
          f"{desktop.name if desktop else desktop_id}", actor=actor, desktop_id=desktop_id,
          pool_id=desktop.pool_id if desktop else None)
     return len(ids)
+
+
+def request_close_of_user(session: Session, user_id: str, *, desktop_ids: list[str] | None = None) -> int:
+    """Ask every manager process to close the user's open browser consoles (on `desktop_ids` only, when given):
+    their access was revoked. The caller's event says why. How many were open."""
+    where = [BrowserConsole.user_id == user_id]
+    if desktop_ids is not None:
+        where.append(BrowserConsole.desktop_id.in_(desktop_ids))
+    return len(_close_open(session, *where))
 
 
 @dataclass(frozen=True)

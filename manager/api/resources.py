@@ -14,6 +14,7 @@ from manager.api import schemas as s
 from manager.api.crud import CrudResource
 from manager.api.search import compile_search
 from manager.auth import Principal, hash_password, revoke_tokens
+from manager.identity.access import revoke_access, revoke_pool_entitlement
 from manager.identity.superusers import keep_a_superuser
 from manager.jobs import enqueue
 from manager.provisioning import pools
@@ -135,6 +136,8 @@ def _prepare_user_update(session: Session, user: User, values: dict[str, Any], w
         revoke_tokens(session, user.id, keep_token_id=who.token_id if who.user_id == user.id else "")
     if "username" in values or "domain" in values:
         raise Invalid("username and domain cannot change; create a new user instead")
+    if values.get("enabled") is False and user.enabled:
+        revoke_access(session, user, reason="disabled by an administrator", actor=who.name)
     return values
 
 
@@ -170,6 +173,17 @@ def _role_assignment_deleted(session: Session, assignment: RoleAssignment) -> No
 def _user_updated(session: Session, user: User, values: dict[str, Any]) -> None:
     if values.get("enabled") is False:
         keep_a_superuser(session, f"disabling {user.username}@{user.domain}")
+
+
+def _user_deleting(session: Session, user: User) -> None:
+    """The held pool desktops go back through their pool's policy (not left to the foreign key, which would free
+    them unreset), the sessions end and the browser consoles close, before the row goes."""
+    revoke_access(session, user, reason="deleted by an administrator")
+
+
+def _entitlement_deleted(session: Session, ent: Entitlement) -> None:
+    if ent.pool_id is not None:
+        revoke_pool_entitlement(session, ent.pool_id, actor="system")
 
 
 def _user_deleted(session: Session, user: User) -> None:
@@ -297,14 +311,15 @@ RESOURCES: list[CrudResource] = [
     CrudResource("users", "user", User, s.UserOut, s.UserIn, s.partial(s.UserIn, "UserPatch"), "users:read",
                  "users:write", sortable=("username", "domain", "created_at", "last_name"), unique=(),
                  default_order=("username", "domain"), prepare_create=_prepare_user,
-                 prepare_update=_prepare_user_update, after_update=_user_updated, after_delete=_user_deleted,
+                 prepare_update=_prepare_user_update, after_update=_user_updated, before_delete=_user_deleting,
+                 after_delete=_user_deleted,
                  extra_event_fields=lambda u: {"user_id": u.id}),
     CrudResource("groups", "group", Group, s.GroupOut, s.GroupIn, s.partial(s.GroupIn, "GroupPatch"), "users:read",
                  "users:write", unique=(), prepare_create=_prepare_group, after_delete=_group_deleted),
     CrudResource("entitlements", "entitlement", Entitlement, s.EntitlementOut, s.EntitlementIn, None,
                  "entitlements:read", "entitlements:write", sortable=("created_at",), unique=(),
                  default_order=("created_at",), prepare_create=_prepare_entitlement,
-                 filters=("pool_id", "desktop_id", "user_id", "group_id")),
+                 after_delete=_entitlement_deleted, filters=("pool_id", "desktop_id", "user_id", "group_id")),
     CrudResource("role-assignments", "role assignment", RoleAssignment, s.RoleAssignmentOut, s.RoleAssignmentIn,
                  None, "users:read", "users:write", sortable=("created_at", "role"), unique=(),
                  default_order=("created_at",), filters=("user_id", "group_id"),

@@ -18,9 +18,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from broker import assignment, entitlement
+from broker import service as broker_service
 from core.enums import PoolType, SessionState
 from core.errors import NotFound
 from event_manager.service import emit
+from manager import console_proxy
 from manager.auth import revoke_tokens
 from manager.identity.membership import group_ids_for_user
 from manager.models import (Assignment, Desktop, DesktopSession, Entitlement, Group, GroupGroupMembership,
@@ -29,8 +31,12 @@ from manager.models import (Assignment, Desktop, DesktopSession, Entitlement, Gr
 
 # ---- revocation ---------------------------------------------------------------------------------------------
 def revoke_access(session: Session, user: User, *, reason: str, actor: str = "system") -> dict[str, int]:
-    """Delete every API and session token of `user` and end their open desktop sessions, emitting one event
-    per ended session and one for the account. Idempotent. Returns {"tokens": n, "sessions": m}."""
+    """Take everything away from `user` at once: every API and session token is deleted, their open desktop
+    sessions end (one event each), the pool desktops they hold are released and reset or removed by their pool's
+    policy (broker.service.revoke_pool_desktops), and their open browser consoles are told to close (each manager
+    process closes its own within a second or two). A native client's console stays connected until the released
+    desktop's reset or removal powers it off; its ticket is not renewed. One event for the account. Idempotent.
+    Returns {"tokens": n, "sessions": m, "desktops": d, "consoles": c}."""
     now = utcnow()
     tokens = revoke_tokens(session, user.id)
     open_sessions = list(session.scalars(select(DesktopSession).where(
@@ -41,9 +47,29 @@ def revoke_access(session: Session, user: User, *, reason: str, actor: str = "sy
              f"account {reason}", actor=actor, user_id=user.id, desktop_id=desktop_session.desktop_id,
              pool_id=desktop_session.pool_id)
     session.flush()
+    released = broker_service.revoke_pool_desktops(session, user.id, why=f"account {reason}", actor=actor)
+    consoles = console_proxy.request_close_of_user(session, user.id)
     emit(session, "user.access_revoked", f"{user.username}@{user.domain} {reason}: {tokens} token(s) revoked, "
-         f"{len(open_sessions)} session(s) ended", actor=actor, user_id=user.id)
-    return {"tokens": tokens, "sessions": len(open_sessions)}
+         f"{len(open_sessions)} session(s) ended, {len(released)} pool desktop(s) taken back, {consoles} browser "
+         "console(s) closed", actor=actor, user_id=user.id)
+    return {"tokens": tokens, "sessions": len(open_sessions), "desktops": len(released), "consoles": consoles}
+
+
+def revoke_pool_entitlement(session: Session, pool_id: str, *, actor: str) -> int:
+    """After an entitlement to the pool went: every user who holds a desktop of it and is no longer entitled to
+    it (through any other entitlement, direct or by group) loses it as revoke_access takes it, with its sessions
+    and browser consoles there. Returns how many desktops were taken back."""
+    holders = set(session.scalars(select(Desktop.assigned_user_id).where(
+        Desktop.pool_id == pool_id, Desktop.assigned_user_id.is_not(None))))
+    taken = 0
+    for user_id in sorted(holders):
+        if pool_id in entitlement.entitled_pool_ids(session, user_id):
+            continue
+        released = broker_service.revoke_pool_desktops(session, user_id, why="no longer entitled to the pool",
+                                                       actor=actor, pool_id=pool_id)
+        console_proxy.request_close_of_user(session, user_id, desktop_ids=[r.desktop_id for r in released])
+        taken += len(released)
+    return taken
 
 
 # ---- explanation --------------------------------------------------------------------------------------------
