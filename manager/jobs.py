@@ -127,8 +127,9 @@ class JobContext:
             total_now = values.get("total", job.total)
             values["progress"] = round(100.0 * done / total_now, 2) if total_now else 0.0
             session.execute(update(Job).where(Job.id == self.job_id).values(**values))
-            if job.cancel_requested:
-                raise JobCancelled(f"job {self.job_id} was cancelled")
+            cancelled = job.cancel_requested
+        if cancelled:  # after the commit: the progress reached so far is what the cancelled job completed
+            raise JobCancelled(f"job {self.job_id} was cancelled")
 
     def check_cancelled(self) -> None:
         """Raise JobCancelled when a user asked to cancel; call it between steps (progress() checks only when it

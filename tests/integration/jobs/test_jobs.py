@@ -9,13 +9,14 @@ import time
 
 import pytest
 import redis
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from core.enums import JobState
 from manager import db
 from manager.jobs import enqueue
 from manager.models import Job, StorageDomain, Volume
 from tests.conftest import REDIS_URL
+from tests.harness.managers import wait_for
 
 API = "/api/v1"
 
@@ -125,3 +126,30 @@ def test_cancelling_a_pending_job(client, monkeypatch):
     assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
     with db.session_scope() as session:
         assert session.get(Job, job_id).state == JobState.CANCELLED
+
+
+def test_cancelling_a_running_job_stops_it_between_steps_with_what_it_completed(client, tmp_path):
+    """storage.refresh measures volumes in batches of 200: the test holds every volume row (FOR UPDATE) so the job
+    waits inside its first batch, asks to cancel, lets it go; it stops after that batch, CANCELLED, keeping what
+    that batch measured."""
+    domain_id = _storage_with_files(tmp_path, 450)
+    lock = db.get_engine().connect()
+    try:
+        lock.execute(text("SELECT id FROM volumes FOR UPDATE")).all()
+        job_id = client.post(f"{API}/storage-domains/{domain_id}/refresh").json()["id"]
+        wait_for("the job waits inside its first batch", lambda: client.get(f"{API}/jobs/{job_id}").json()["state"]
+                 == "running" and lock.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                                   "current_database() AND wait_event_type = 'Lock'")) > 0)
+        response = client.post(f"{API}/jobs/{job_id}/cancel")
+        assert response.status_code == 200 and response.json()["cancel_requested"] is True
+        assert response.json()["state"] == "running", "a running job stops at its next step, not at once"
+        lock.rollback()
+    finally:
+        lock.close()
+    final = _watch(client, job_id)[-1]
+    assert final["state"] == "cancelled", final
+    assert final["done"] == 200 and final["result"]["volumes_measured"] == 200, final
+    assert final["error"] == "cancelled by request after 200 of 451 step(s)"
+    with db.session_scope() as session:
+        measured = session.scalars(select(Volume.actual_size).where(Volume.actual_size > 0)).all()
+    assert len(measured) == 200, "the first batch's measures were kept, nothing after it"
