@@ -58,3 +58,22 @@ def test_command_line_prints_the_paths(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"template:    {tmp_path / 'shared'}" in out
     assert "kernel ver.:" in out
+
+
+def test_the_planner_variant_carries_the_generic_kernel_ext4_and_the_planner(tmp_path):
+    image = demo_image.ensure_demo_image(tmp_path, variant="planner")
+    assert image.variant == "planner" and image.recipe_key != demo_image.recipe_key()
+    assert not image.kernel_version.endswith("-cloud-amd64")
+    assert "vga=0x318" in image.cmdline().split()
+    # the generic kernel builds ext4 as a module: the initramfs must carry it to mount the desktop's disk
+    listing = subprocess.run(["sh", "-c", f"gzip -dc {image.initrd} | cpio -t --quiet"], capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert {"lib/modules/ext4.ko", "lib/modules/jbd2.ko", "lib/modules/crc32c_generic.ko"} <= set(listing)
+    raw = tmp_path / "template.raw"
+    qemu_img.convert(image.template, raw, out_fmt="raw")
+    apps = subprocess.run(["debugfs", "-R", "ls /opt/planner/apps", str(raw)], capture_output=True, text=True).stdout
+    assert {"word", "browser", "archive", "video"} <= set(apps.split())
+    for path in ("/opt/planner/bin/vdi-planner", "/opt/planner/apps/word"):
+        stat = subprocess.run(["debugfs", "-R", f"stat {path}", str(raw)], capture_output=True, text=True).stdout
+        assert "Mode:  0755" in stat, path
+    assert _debugfs_cat(raw, "/opt/planner/data/document.txt").count("\n") == 120
