@@ -11,8 +11,10 @@ manager's process would not be a real peer), out of band like a real BMC: a host
     bmc.stop()
 
 Power state: "on" while any process of the host's PID namespace lives, "off" once every one is gone (killed
-processes release their file locks as they exit, so "off" means the disks are free). A power-on is refused
-(0xcc): a fenced harness host is brought back by the test with HostCluster.start_host, which needs a new BMC.
+processes release their file locks as they exit, so "off" means the disks are free). A power-on (the policy
+engine's wake from standby) switches the chassis on, as a real BMC does at once, and logs it (`bmc.power_ons()`);
+the operating system "boots" when the test then calls HostCluster.start_host, which needs a new BMC for later
+power-offs.
 
 Run directly: python -m tests.harness.bmc --port P --user U --password W --init-pid N [--wake-pid M] --log FILE
 """
@@ -69,8 +71,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     class HostBmc(bmc.Bmc):
         victims: list[int] = []
+        switched_on = False  # a power-on since the last power-off: the chassis is on, the host boots
 
         def get_power_state(self):
+            if self.switched_on:
+                return "on"
             pids = self.victims or [args.init_pid]
             return "on" if any(_alive(pid) for pid in pids) else "off"
 
@@ -88,11 +93,14 @@ def _serve(args: argparse.Namespace) -> int:
                     os.kill(pid, signal.SIGCONT)
                 except ProcessLookupError:
                     pass
+            HostBmc.switched_on = False
             log.write(f"{time.time():.3f} power_off {len(self.victims)} processes\n")
             return 0
 
         def power_on(self):
-            raise NotImplementedError
+            HostBmc.switched_on = True
+            log.write(f"{time.time():.3f} power_on\n")
+            return 0
 
         def power_shutdown(self):
             return self.power_off()
@@ -226,6 +234,9 @@ class HarnessBmc:
 
     def power_offs(self) -> list[str]:
         return [line for line in self._log().splitlines() if " power_off " in line]
+
+    def power_ons(self) -> list[str]:
+        return [line for line in self._log().splitlines() if line.endswith(" power_on")]
 
     def agent_config(self) -> dict:
         """The fence agent as the manager's API takes it."""
