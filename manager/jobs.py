@@ -33,7 +33,7 @@ from typing import Any
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from core.enums import JobState, Severity
@@ -339,6 +339,12 @@ class Recovery:
     resumed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     cleaned: dict[str, list[str]] = field(default_factory=dict)  # job id -> what its recover hook undid
+    resent: list[str] = field(default_factory=list)  # PENDING jobs sent again
+
+
+def _last_sign_of_life():
+    """A running job's last lease renewal (rows from before leases: when it started, or was created)."""
+    return func.coalesce(Job.heartbeat_at, Job.started_at, Job.created_at)
 
 
 def recover_orphaned_jobs(*, dead_after: float | None = None, kind_prefix: str = "",
@@ -354,9 +360,10 @@ def recover_orphaned_jobs(*, dead_after: float | None = None, kind_prefix: str =
     report = Recovery()
     ttl = _lease_seconds() if dead_after is None else dead_after
     with db.session_scope() as session:
-        cutoff = db_clock(session) - dt.timedelta(seconds=ttl)
+        now = db_clock(session)  # a resumed job's heartbeat_at is when it was sent again (see _resend_stale_pending)
+        cutoff = now - dt.timedelta(seconds=ttl)
         stmt = select(Job.id).where(Job.state == JobState.RUNNING,
-                                    or_(Job.heartbeat_at.is_(None), Job.heartbeat_at <= cutoff))
+                                    _last_sign_of_life() <= cutoff)
         if kind_prefix:
             stmt = stmt.where(Job.kind.startswith(kind_prefix))
         candidates = [job_id for job_id in session.scalars(stmt) if job_id != exclude]
@@ -369,12 +376,12 @@ def recover_orphaned_jobs(*, dead_after: float | None = None, kind_prefix: str =
             resume = registered is not None and registered.on_crash == OnCrash.RESUME
             lost = f"{job.owner or 'the process running it'} stopped (no lease renewal since " \
                    f"{(job.heartbeat_at or job.started_at or cutoff):%Y-%m-%d %H:%M:%S} UTC)"
-            values: dict[str, Any] = dict(state=JobState.PENDING, started_at=None, heartbeat_at=None, owner="") \
+            values: dict[str, Any] = dict(state=JobState.PENDING, started_at=None, heartbeat_at=now, owner="") \
                 if resume else dict(state=JobState.FAILED, finished_at=utcnow(),
                                     error=f"interrupted: {lost} while it ran; its partial work was undone, retry it")
             taken = session.execute(update(Job).where(
                 Job.id == job_id, Job.state == JobState.RUNNING,
-                or_(Job.heartbeat_at.is_(None), Job.heartbeat_at <= cutoff)).values(**values)
+                _last_sign_of_life() <= cutoff).values(**values)
                 .execution_options(synchronize_session=False)).rowcount
             if not taken:
                 continue  # renewed meanwhile, finished, or settled by another manager or worker
@@ -392,7 +399,26 @@ def recover_orphaned_jobs(*, dead_after: float | None = None, kind_prefix: str =
             report.cleaned[job_id] = cleaned
             emit(session, "job.failed", f"job {job.kind} failed: {values['error']}", severity=Severity.ERROR,
                  actor=job.created_by, job_id=job_id, correlation_id=job.correlation_id)
+    if not kind_prefix:
+        _resend_stale_pending(report, ttl)
     return report
+
+
+def _resend_stale_pending(report: Recovery, ttl: float) -> None:
+    """A PENDING job sent more than a lease ago and still not claimed may have been lost with its message (the
+    in-process pool of a manager that died, a broker that lost it): send it again. Sending twice is harmless
+    (only a PENDING job is claimed); `heartbeat_at` of a PENDING job is when it was last sent (NULL: at creation),
+    so a long queue is sent again at most once a lease."""
+    with db.session_scope() as session:
+        now = db_clock(session)
+        cutoff = now - dt.timedelta(seconds=ttl)
+        stale = (Job.state == JobState.PENDING) & Job.cancel_requested.is_(False) & \
+            (func.coalesce(Job.heartbeat_at, Job.created_at) <= cutoff)
+        for job_id in list(session.scalars(select(Job.id).where(stale))):
+            if session.execute(update(Job).where(Job.id == job_id, stale).values(heartbeat_at=now)
+                               .execution_options(synchronize_session=False)).rowcount:
+                db.after_commit(session, lambda job_id=job_id: dispatch(job_id))
+                report.resent.append(job_id)
 
 
 def recovery_period() -> float:

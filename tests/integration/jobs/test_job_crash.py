@@ -217,13 +217,16 @@ def test_a_worker_sigkilled_mid_job_leaves_no_job_running(kind, crash_env, tmp_p
 
 
 def test_recovery_settles_a_dead_job_once(settings_env, clean_db, monkeypatch):
-    """Several managers and workers run the recovery at once: each dead job is resumed (or failed) by one of them."""
+    """Several managers and workers run the recovery at once: each dead job is resumed (or failed) by one of them,
+    and a PENDING job whose message was lost (never claimed for longer than a lease) is sent again by one."""
     sent: list[str] = []
     monkeypatch.setattr(jobs, "dispatch", sent.append)
     long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
     with db.session_scope() as session:
         ids = [jobs.enqueue(session, kind, params={}, created_by="test").id
                for kind in ("storage.refresh", "pools.maintain", "desktops.bulk") for _ in range(3)]
+        lost = jobs.enqueue(session, "storage.refresh", params={}, created_by="test")  # its message was lost
+        lost.created_at, lost_id = long_ago, lost.id
     sent.clear()
     with db.session_scope() as session:
         session.execute(Job.__table__.update().where(Job.id.in_(ids)).values(
@@ -243,7 +246,8 @@ def test_recovery_settles_a_dead_job_once(settings_env, clean_db, monkeypatch):
     resumed = [j for r in reports for j in r.resumed]
     failed = [j for r in reports for j in r.failed]
     assert sorted(resumed + failed) == sorted(ids), "every dead job settled exactly once"
-    assert sorted(sent) == sorted(resumed)
+    assert [j for r in reports for j in r.resent] == [lost_id], "a PENDING job never claimed is sent again, once"
+    assert sorted(sent) == sorted(resumed + [lost_id])
     with db.session_scope() as session:
         rows = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(ids)))}
         assert {rows[j].kind for j in failed} == {"desktops.bulk"}
