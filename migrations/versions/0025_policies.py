@@ -23,29 +23,32 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "cluster_policies",
-        sa.Column("cluster_id", sa.String(36), sa.ForeignKey("clusters.id", ondelete="CASCADE",
-                                                             name="fk_cluster_policies_cluster_id_clusters"),
-                  primary_key=True),
+        sa.Column("cluster_id", sa.String(36), nullable=False),
         sa.Column("config", sa.Text(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.Column("updated_by", sa.String(255), nullable=False),
+        sa.ForeignKeyConstraint(["cluster_id"], ["clusters.id"], name=op.f("fk_cluster_policies_cluster_id_clusters"),
+                                ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("cluster_id", name=op.f("pk_cluster_policies")),
     )
     op.create_table(
         "policy_host_states",
-        sa.Column("host_id", sa.String(36), sa.ForeignKey("hosts.id", ondelete="CASCADE",
-                                                          name="fk_policy_host_states_host_id_hosts"),
-                  primary_key=True),
+        sa.Column("host_id", sa.String(36), nullable=False),
         sa.Column("power", sa.String(16), nullable=False),
         sa.Column("power_since", UTCDateTime(), nullable=True),
         sa.Column("ksm_applied", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(["host_id"], ["hosts.id"], name=op.f("fk_policy_host_states_host_id_hosts"),
+                                ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("host_id", name=op.f("pk_policy_host_states")),
     )
     op.create_table(
         "policy_balloons",
-        sa.Column("desktop_id", sa.String(36), sa.ForeignKey("desktops.id", ondelete="CASCADE",
-                                                             name="fk_policy_balloons_desktop_id_desktops"),
-                  primary_key=True),
+        sa.Column("desktop_id", sa.String(36), nullable=False),
         sa.Column("target_mib", sa.Integer(), nullable=False),
         sa.Column("set_at", UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(["desktop_id"], ["desktops.id"], name=op.f("fk_policy_balloons_desktop_id_desktops"),
+                                ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("desktop_id", name=op.f("pk_policy_balloons")),
     )
     op.add_column("hosts", sa.Column("ksm_saved_mib", sa.Integer(), nullable=False, server_default="0"))
 
