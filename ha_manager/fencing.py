@@ -220,15 +220,26 @@ def power_off_confirmed(agent: FenceAgent, timeout: float, clock: Callable[[], f
                         sleep: Callable[[float], None] = time.sleep) -> str:
     """Power the host off through `agent` and wait until its BMC reports off. Returns how (a sentence);
     raises FenceError when it cannot, or when the power is still on after `timeout` s."""
+    return switch_confirmed(agent, "off", timeout, clock, sleep)
+
+
+def switch_confirmed(agent: FenceAgent, want: str, timeout: float, clock: Callable[[], float] = time.monotonic,
+                     sleep: Callable[[float], None] = time.sleep) -> str:
+    """Switch the host's power to `want` ("on" | "off") through `agent` and wait until its BMC reports it."""
     deadline = clock() + timeout
-    if agent.power_state() == "off":
-        return f"{agent.description} reports the host off already"
-    agent.power_off()
+    if agent.power_state() == want:
+        return f"{agent.description} reports the host {want} already"
+    if want == "off":
+        agent.power_off()
+    else:
+        agent.power_on()
     while True:
-        if agent.power_state() == "off":
-            return f"{agent.description} powered the host off"
+        if agent.power_state() == want:
+            return f"{agent.description} powered the host {want}"
         if clock() >= deadline:
-            raise FenceError(f"{agent.description}: the power is still on {timeout:.0f} s after the power-off")
+            other = "on" if want == "off" else "off"
+            raise FenceError(f"{agent.description}: the power is still {other} {timeout:.0f} s after the "
+                             f"power-{want}")
         sleep(POLL_SECONDS)
 
 
@@ -243,17 +254,7 @@ def switch_power(configs: Sequence[AgentConfig], on: bool, timeout: float,
         agent = None
         try:
             agent = make(config, timeout)
-            if not on:
-                return power_off_confirmed(agent, timeout)
-            if agent.power_state() == "on":
-                return f"{agent.description} reports the host on already"
-            agent.power_on()
-            deadline = time.monotonic() + timeout
-            while agent.power_state() != "on":
-                if time.monotonic() >= deadline:
-                    raise FenceError(f"{agent.description}: the power is still off {timeout:.0f} s after the power-on")
-                time.sleep(POLL_SECONDS)
-            return f"{agent.description} powered the host on"
+            return switch_confirmed(agent, "on" if on else "off", timeout)
         except FenceError as exc:
             failures.append(str(exc))
         finally:

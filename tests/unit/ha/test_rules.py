@@ -102,3 +102,46 @@ def test_fence_tries_each_agent_in_order_until_one_confirms():
 
 def test_agent_config_hides_the_password():
     assert "s3cret" not in repr(fencing.AgentConfig("ipmi", "bmc1", 623, "root", "s3cret"))
+
+
+class SwitchableAgent(Agent):
+    """An agent whose BMC also powers the host on (the policy engine's wake), at once."""
+
+    def __init__(self, name, state="off", fail=False):
+        super().__init__(name, fail=fail)
+        self.state = state
+
+    def power_on(self):
+        if self.fail:
+            raise fencing.FenceError(f"{self.description}: refused")
+        self.state = "on"
+
+    def power_off(self):
+        super().power_off()
+        self.state = "off"
+
+    def power_state(self):
+        return self.state
+
+
+def test_switch_power_on_and_off_through_the_first_agent_that_confirms():
+    agents = {"a": SwitchableAgent("a", fail=True), "b": SwitchableAgent("b")}
+    configs = [fencing.AgentConfig("ipmi", "a"), fencing.AgentConfig("ipmi", "b")]
+    make = lambda config, _t: agents[config.address]  # noqa: E731
+    assert fencing.switch_power(configs, True, 5, make=make) == "b powered the host on"
+    assert agents["b"].state == "on" and all(a.closed for a in agents.values())
+    assert fencing.switch_power(configs[1:], True, 5, make=make) == "b reports the host on already"
+    assert fencing.switch_power(configs[1:], False, 5, make=make) == "b powered the host off"
+    with pytest.raises(fencing.FenceError, match="a: refused"):
+        fencing.switch_power(configs[:1], True, 5, make=make)
+    with pytest.raises(fencing.FenceError, match="no power"):
+        fencing.switch_power([], True, 5)
+
+
+def test_a_power_on_is_confirmed_only_when_the_bmc_reports_on():
+    clock = Clock()
+    stuck = SwitchableAgent("stuck")
+    stuck.power_on = lambda: None  # the BMC takes the command and the power stays off
+    with pytest.raises(fencing.FenceError, match="still off"):
+        fencing.switch_confirmed(stuck, "on", 5, clock=clock, sleep=clock.sleep)
+    assert clock.now >= 5
