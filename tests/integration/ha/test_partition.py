@@ -15,6 +15,7 @@ Both hosts are watched all along (host1's QEMU processes, host2's libvirt). One 
 namespaces, the manager on the cluster's bridge."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import libvirt
@@ -50,14 +51,27 @@ def _codes() -> list[str]:
         return list(session.scalars(select(Event.code).where(Event.code.in_(HA_CODES)).order_by(Event.id)))
 
 
-def _cluster(host_cluster_factory, pg_url, tmp_path, *, fence_agents: bool):  # noqa: F811
+@contextlib.contextmanager
+def _world(host_cluster_factory, demo_image, pg_url, tmp_path, *, fence_agents: bool):  # noqa: F811
+    """The manager (reading the host leases), host1 and host2 (lockd, leases renewed), and the HA desktop "solo"
+    running on host1; yields (cluster, world)."""
     cluster = host_cluster_factory(hosts=0, network=True, lock_manager="lockd", agent_options=LEASE_OPTIONS)
     (cluster.shared_dir / "leases").mkdir()
-    manager = ha_world.manager(pg_url, tmp_path / "manager", address=cluster.manager_address,
-                               ha_connecting_after_seconds="3", ha_non_responsive_after_seconds="6",
-                               ha_host_lease_dir=str(cluster.shared_dir / "leases"),
-                               ha_host_lease_margin_seconds="2")
-    return cluster, manager
+    with ha_world.manager(pg_url, tmp_path / "manager", address=cluster.manager_address,
+                          ha_connecting_after_seconds="3", ha_non_responsive_after_seconds="6",
+                          ha_host_lease_dir=str(cluster.shared_dir / "leases"),
+                          ha_host_lease_margin_seconds="2") as (url, _log):
+        cluster.manager_url = url
+        for name in ("host1", "host2"):
+            cluster.start_host(name)
+        image = demo_image.publish(cluster.shared_dir / "demo")
+        world = ha_world.build(cluster, image, {"solo": ("host1", True, 1)}, fence_agents=fence_agents)
+        try:
+            wait_for("the desktop up by heartbeat",
+                     lambda: _desktop(world.desktop_ids["solo"]).power_state == PowerState.UP, 120)
+            yield cluster, world
+        finally:
+            world.close()
 
 
 def _watch_until_moved(cluster, world, desktop_id: str, bound_s: float = 180) -> dict:
@@ -90,72 +104,52 @@ def _runs_once_on_host2(world, desktop_id: str) -> None:
 
 def test_a_partitioned_host_is_fenced_before_its_desktop_runs_elsewhere(host_cluster_factory, demo_image,  # noqa: F811
                                                                         pg_url, tmp_path, clean_db):
-    cluster, manager = _cluster(host_cluster_factory, pg_url, tmp_path, fence_agents=True)
-    with manager as (url, _log):
-        cluster.manager_url = url
-        for name in ("host1", "host2"):
-            cluster.start_host(name)
-        image = demo_image.publish(cluster.shared_dir / "demo")
-        world = ha_world.build(cluster, image, {"solo": ("host1", True, 1)})
+    with _world(host_cluster_factory, demo_image, pg_url, tmp_path, fence_agents=True) as (cluster, world):
         desktop_id = world.desktop_ids["solo"]
-        try:
-            wait_for("the desktop up by heartbeat", lambda: _desktop(desktop_id).power_state == PowerState.UP, 120)
-            cluster.partition_host("host1")  # the network only: host1 still renews its storage lease
+        cluster.partition_host("host1")  # the network only: host1 still renews its storage lease
 
-            # The last line of defence: the same disk does not start on host2 while host1 runs it, whoever asks
-            world.clients["host2"].define(world.specs["solo"])
-            with pytest.raises(VdiError) as refused:
-                world.clients["host2"].start(desktop_id)
-            message = refused.value.message
-            assert "lock" in message.lower(), message  # QEMU's image lock or virtlockd's lease (docs/ha.md)
-            assert desktop_id in ha_world.running_guests(cluster, "host1")
+        # The last line of defence: the same disk does not start on host2 while host1 runs it, whoever asks
+        world.clients["host2"].define(world.specs["solo"])
+        with pytest.raises(VdiError) as refused:
+            world.clients["host2"].start(desktop_id)
+        message = refused.value.message
+        assert "lock" in message.lower(), message  # QEMU's image lock or virtlockd's lease (docs/ha.md)
+        assert desktop_id in ha_world.running_guests(cluster, "host1")
 
-            seen = _watch_until_moved(cluster, world, desktop_id)
-            assert seen["overlap"] == [], "the desktop ran on both hosts at once"
-            _runs_once_on_host2(world, desktop_id)
-            assert len(world.bmcs["host1"].power_offs()) == 1 and world.bmcs["host2"].power_offs() == []
-            assert _codes() == ["host.non_responsive", "host.fenced", "desktop.ha_restarted"]
-        finally:
-            world.close()
+        seen = _watch_until_moved(cluster, world, desktop_id)
+        assert seen["overlap"] == [], "the desktop ran on both hosts at once"
+        _runs_once_on_host2(world, desktop_id)
+        assert len(world.bmcs["host1"].power_offs()) == 1 and world.bmcs["host2"].power_offs() == []
+        assert _codes() == ["host.non_responsive", "host.fenced", "desktop.ha_restarted"]
 
 
 def test_a_partitioned_host_without_fence_agent_fences_itself_and_its_desktop_restarts_after_its_lease_expired(
         host_cluster_factory, demo_image, pg_url, tmp_path, clean_db):  # noqa: F811
-    cluster, manager = _cluster(host_cluster_factory, pg_url, tmp_path, fence_agents=False)
-    with manager as (url, _log):
-        cluster.manager_url = url
-        for name in ("host1", "host2"):
-            cluster.start_host(name)
-        image = demo_image.publish(cluster.shared_dir / "demo")
-        world = ha_world.build(cluster, image, {"solo": ("host1", True, 1)}, fence_agents=False)
+    with _world(host_cluster_factory, demo_image, pg_url, tmp_path, fence_agents=False) as (cluster, world):
         desktop_id = world.desktop_ids["solo"]
         serial = SerialLog(cluster.shared_dir / "desktops" / desktop_id / "serial.log")
+        serial.wait_for(r"VDI-BOOT template=")
+        wait_for("host1's lease renewed", lambda: (cluster.shared_dir / "leases" / "host1.lease").exists(), 30)
+        cluster.partition_host("host1", storage=True)  # no manager, no lease renewal
+
+        seen = _watch_until_moved(cluster, world, desktop_id)
+        assert seen["overlap"] == [], "the desktop ran on both hosts at once"
+        assert seen["host1_stopped_at"] < seen["host2_started_at"]
+        _runs_once_on_host2(world, desktop_id)
+        serial.wait_for(r"VDI-BOOT template=")  # it booted on host2 (the log is rewritten at each start)
+
+        # host1 was not powered off by anyone: its own agent stopped the guest (self-fencing)
+        assert cluster.is_running("host1")
+        conn = libvirt.open(cluster.uri("host1"))
         try:
-            wait_for("the desktop up by heartbeat", lambda: _desktop(desktop_id).power_state == PowerState.UP, 120)
-            serial.wait_for(r"VDI-BOOT template=")
-            wait_for("host1's lease renewed", lambda: (cluster.shared_dir / "leases" / "host1.lease").exists(), 30)
-            cluster.partition_host("host1", storage=True)  # no manager, no lease renewal
-
-            seen = _watch_until_moved(cluster, world, desktop_id)
-            assert seen["overlap"] == [], "the desktop ran on both hosts at once"
-            assert seen["host1_stopped_at"] < seen["host2_started_at"]
-            _runs_once_on_host2(world, desktop_id)
-            serial.wait_for(r"VDI-BOOT template=")  # it booted on host2 (the log is rewritten at each start)
-
-            # host1 was not powered off by anyone: its own agent stopped the guest (self-fencing)
-            assert cluster.is_running("host1")
-            conn = libvirt.open(cluster.uri("host1"))
-            try:
-                assert conn.lookupByUUIDString(desktop_id).state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
-            finally:
-                conn.close()
-            assert "SELF-FENCING" in (cluster.host("host1").base / "agent.log").read_text()
-            assert _codes() == ["host.non_responsive", "host.fence_failed", "host.lease_wait", "host.lease_expired",
-                                "desktop.ha_restarted"]
-
-            cluster.heal_host("host1")  # it comes back and tells what it did; the desktop stays on host2 alone
-            wait_for("host1's self-fencing reported", lambda: "host.self_fenced" in _codes(), 60)
-            assert desktop_id not in ha_world.running_guests(cluster, "host1")
-            assert _desktop(desktop_id).host_id == world.host_ids["host2"]
+            assert conn.lookupByUUIDString(desktop_id).state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
         finally:
-            world.close()
+            conn.close()
+        assert "SELF-FENCING" in (cluster.host("host1").base / "agent.log").read_text()
+        assert _codes() == ["host.non_responsive", "host.fence_failed", "host.lease_wait", "host.lease_expired",
+                            "desktop.ha_restarted"]
+
+        cluster.heal_host("host1")  # it comes back and tells what it did; the desktop stays on host2 alone
+        wait_for("host1's self-fencing reported", lambda: "host.self_fenced" in _codes(), 60)
+        assert desktop_id not in ha_world.running_guests(cluster, "host1")
+        assert _desktop(desktop_id).host_id == world.host_ids["host2"]

@@ -50,6 +50,14 @@ def _lease_holder(path: Path) -> int | None:
     return None if kind == fcntl.F_UNLCK else pid
 
 
+def _boot(conn, image, name: str, disk: Path, serial_log: Path, host_name: str):
+    """Define the demo desktop `name` on `disk` on this host and wait for its boot; returns the domain."""
+    domain = conn.defineXML(demo_domain_xml(image, name, disk, serial_log, host_name=host_name))
+    domain.create()
+    SerialLog(serial_log).wait_for(r"VDI-BOOT template=")
+    return domain
+
+
 @pytest.mark.parametrize("lockd_conf", ["", 'file_lockspace_dir = "{shared_dir}/lockd"'],
                          ids=["disk-file-locks", "shared-lockspace-dir"])
 def test_a_disk_running_on_one_host_cannot_start_on_another_until_that_host_is_gone(
@@ -65,10 +73,7 @@ def test_a_disk_running_on_one_host_cannot_start_on_another_until_that_host_is_g
     lease = cluster.shared_dir / "lockd" / hashlib.sha256(str(disk).encode()).hexdigest() if lockd_conf else disk
     conn1, conn2 = libvirt.open(cluster.uri("host1")), libvirt.open(cluster.uri("host2"))
     try:
-        on_host1 = conn1.defineXML(demo_domain_xml(image, "desk1", disk, cluster.shared_dir / "desk1.host1.log",
-                                                   host_name="host1"))
-        on_host1.create()
-        SerialLog(cluster.shared_dir / "desk1.host1.log").wait_for(r"VDI-BOOT template=")
+        on_host1 = _boot(conn1, image, "desk1", disk, cluster.shared_dir / "desk1.host1.log", "host1")
         virtlockd1 = cluster.pids("host1").virtlockd
         assert virtlockd1 and _lease_holder(lease) == virtlockd1
 
@@ -112,10 +117,7 @@ def test_the_lease_alone_refuses_a_second_start_where_qemus_image_lock_cannot_se
     lease = cluster.shared_dir / "lockd" / hashlib.sha256(str(disk).encode()).hexdigest()
     conn1, conn2 = libvirt.open(cluster.uri("host1")), libvirt.open(cluster.uri("host2"))
     try:
-        on_host1 = conn1.defineXML(demo_domain_xml(image, "lun", disk, cluster.shared_dir / "lun.host1.log",
-                                                   host_name="host1"))
-        on_host1.create()
-        SerialLog(cluster.shared_dir / "lun.host1.log").wait_for(r"VDI-BOOT template=")
+        on_host1 = _boot(conn1, image, "lun", disk, cluster.shared_dir / "lun.host1.log", "host1")
         assert _lease_holder(lease) == cluster.pids("host1").virtlockd
 
         on_host2 = conn2.defineXML(demo_domain_xml(image, "lun", disk, cluster.shared_dir / "lun.host2.log",
