@@ -10,7 +10,7 @@ from typing import Any
 from planner.scoring import Sample, score_runs
 
 SAMPLE_FIELDS = ("users", "desktop", "iteration", "seq", "app", "operation", "group", "code", "started_s", "guest_s",
-                 "client_s", "ok", "attempts", "error")
+                 "client_s", "end_mark_seen", "ok", "attempts", "error")
 
 
 def measured_seconds(sample: dict) -> float | None:
@@ -38,6 +38,7 @@ def summarise(samples: list[dict], threshold_a: float, threshold_b: float, defin
         "failed": sum(not s["ok"] for s in samples),
         "watermark_vs_guest_median_ms": round(statistics.median(diffs), 1) if diffs else None,
         "watermark_measured": len(diffs),
+        "end_marks_seen": sum(bool(s.get("end_mark_seen")) for s in samples),
     }
 
 

@@ -248,12 +248,13 @@ class Run:
             finally:
                 state.op_started = None
             if result is not None and result["ok"]:
-                client_s = None
+                seen = None
                 if state.viewer is not None and self.profile.mode == "remote":
                     seen = await state.viewer.wait_for(seq, MARK_WAIT_S)
-                    client_s = seen.seconds if seen is not None else None
-                self.samples.append(self._sample(name, iteration, seq, op, started, result["guest_s"], client_s,
-                                                 True, attempt, ""))
+                sample = self._sample(name, iteration, seq, op, started, result["guest_s"],
+                                      seen.seconds if seen is not None else None, True, attempt, "")
+                sample["end_mark_seen"] = seen is not None and seen.code == op.code
+                self.samples.append(sample)
                 return
             if result is not None:
                 error = result["reason"] or "failed"
@@ -266,7 +267,8 @@ class Run:
                 client_s: float | None, ok: bool, attempts: int, error: str) -> dict:
         return {"users": self.users, "desktop": desktop, "iteration": iteration, "seq": seq, "app": op.app,
                 "operation": op.name, "group": op.group, "code": op.code, "started_s": round(started, 4),
-                "guest_s": guest_s, "client_s": client_s, "ok": ok, "attempts": attempts, "error": error[:2000]}
+                "guest_s": guest_s, "client_s": client_s, "end_mark_seen": False, "ok": ok, "attempts": attempts,
+                "error": error[:2000]}
 
     async def desktop_workload(self, state: DesktopState, delay: float) -> None:
         await asyncio.sleep(delay)  # ramp-up

@@ -57,6 +57,7 @@ class SampleIn(s.In):
     started_s: Annotated[float, Field(ge=0, le=1e7)]
     guest_s: Annotated[float | None, Field(ge=0, le=1e6)] = None
     client_s: Annotated[float | None, Field(ge=0, le=1e6)] = None
+    end_mark_seen: bool = False
     ok: bool
     attempts: Annotated[int, Field(ge=1, le=100)] = 1
     error: Annotated[str, Field(max_length=2000)] = ""

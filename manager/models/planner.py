@@ -41,6 +41,9 @@ class PlannerSample(Base):
     started_s: Mapped[float] = mapped_column(Float)  # seconds from the run's start, by the planner's clock
     guest_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     client_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # the client decoded this operation's end mark (client_s needs its start mark too, which a short operation can
+    # replace before the display is next refreshed)
+    end_mark_seen: Mapped[bool] = mapped_column(Boolean, default=False)
     ok: Mapped[bool] = mapped_column(Boolean)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     error: Mapped[str] = mapped_column(Text, default="")

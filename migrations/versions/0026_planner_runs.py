@@ -50,6 +50,7 @@ def upgrade() -> None:
         sa.Column("started_s", sa.Float(), nullable=False),
         sa.Column("guest_s", sa.Float(), nullable=True),
         sa.Column("client_s", sa.Float(), nullable=True),
+        sa.Column("end_mark_seen", sa.Boolean(), nullable=False),
         sa.Column("ok", sa.Boolean(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("error", sa.Text(), nullable=False),

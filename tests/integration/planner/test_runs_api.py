@@ -23,8 +23,9 @@ def samples() -> list[dict]:
                                                  ("C", 5.0, 5.1)]):
         out.append({"users": 2, "desktop": f"d{i % 2}", "iteration": 0, "seq": i + 1, "app": "word",
                     "operation": f"op{i}", "group": group, "code": 10 + i, "started_s": i * 2.0, "guest_s": guest,
-                    "client_s": client, "ok": True, "attempts": 1, "error": ""})
-    out.append({**out[0], "seq": 9, "ok": False, "guest_s": None, "client_s": None, "attempts": 4,
+                    "client_s": client, "end_mark_seen": client is not None, "ok": True, "attempts": 1,
+                    "error": ""})
+    out.append({**out[0], "seq": 9, "ok": False, "guest_s": None, "client_s": None, "end_mark_seen": False, "attempts": 4,
                 "error": "exit 1"})
     return out
 
