@@ -27,9 +27,9 @@ Two variants (VARIANTS; the cache key includes the variant):
   `vga=0x318`, so /dev/fb0 is 1024x768 at 24 bits; /opt/planner holds vdi-planner (static C, compiled with the
   host's gcc at build time: it draws on the framebuffer and reads CLOCK_MONOTONIC), the applications
   (/opt/planner/apps/NAME, run by name only) and their data. At boot the screen becomes a framebuffer desktop with
-  the watermark region and a keep-alive block (VDI-PLANNER desktop WxH bpp=N font=console|pattern). It boots in
-  about 1.7x the console variant's time from a 2.6x larger kernel download (bench/demo_boot.py), which is why the
-  console variant stays the default and only planner desktops use this one.
+  the watermark region and a keep-alive block (VDI-PLANNER desktop WxH bpp=N font=console|pattern marks_us=N). It
+  boots in 1.4-1.9x the console variant's time from a 2.6x larger kernel download (bench/demo_boot.py), which is
+  why the console variant stays the default and only planner desktops use this one.
 
 The guest agent speaks one line per request on the virtio-serial port named
 `org.vdi.guest_agent.0` (see AGENT_PORT_NAME) and answers one line:
