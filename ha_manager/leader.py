@@ -76,12 +76,7 @@ class Term:
         return time.monotonic() - self.since_monotonic
 
 
-def db_now(session: Session) -> dt.datetime:
-    """The database's clock (every instance compares lease times on this one clock, never its own)."""
-    if db.is_postgres(session):
-        return session.scalar(select(func.clock_timestamp()))
-    raw = session.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))
-    return dt.datetime.fromisoformat(raw).replace(tzinfo=dt.timezone.utc)
+db_now = db.clock  # the database's clock (every instance compares lease times on this one clock, never its own)
 
 
 def _dialect_insert(session: Session):
@@ -162,6 +157,7 @@ class LeaderElector:
         self._last_sentence = ""
         self._thread: threading.Thread | None = None
         self._seen_epoch = 0
+        self._heard_epoch = 0  # the highest epoch node agents said they have heard (not told to other agents)
 
     # what the rest of the manager reads
     def term(self) -> Term | None:
@@ -190,7 +186,16 @@ class LeaderElector:
             now = db_now(session)
             self._report_instance(session, now)
             term = self.term()
-            if term is not None:
+            with self._lock:
+                heard = self._heard_epoch
+            if term is not None and heard > term.epoch:
+                # node agents have heard of a later epoch than ours (a restored database's older lease row): they
+                # refuse our calls; give the term up and take a new one above it at once (our own lease)
+                lost = True
+                self._seen_epoch = term.epoch
+                sentence = f"stepped down: node agents have heard of epoch {heard}, above epoch {term.epoch}"
+                self._next_wait = 0.0
+            elif term is not None:
                 renewed = session.execute(
                     update(ManagerLeader)
                     .where(ManagerLeader.name == self.name, ManagerLeader.holder == self.instance_id,
@@ -213,7 +218,7 @@ class LeaderElector:
             else:
                 sentence, became = self._try_acquire(session, now)
             with self._lock:
-                recorded = self.known_epoch or 0
+                recorded = max(self.known_epoch or 0, self._heard_epoch)
             if self._seen_epoch > recorded:  # recorded now, not at the next pass: the row could be lost meanwhile
                 session.execute(update(ManagerInstance).where(ManagerInstance.id == self.instance_id)
                                 .values(highest_epoch=self._seen_epoch))
@@ -255,37 +260,41 @@ class LeaderElector:
             self._next_wait = min(self.renew_s, left + 0.05)
             return f"standby: {row.holder} leads with epoch {row.epoch} until {row.expires_at:%H:%M:%S}", None
         seen_epoch, seen_holder, seen_expiry = row.epoch, row.holder, row.expires_at
+        # normally seen_epoch + 1; above any higher epoch seen elsewhere (a restored database's older row)
+        epoch = max(seen_epoch, self._highest_epoch_seen(session)) + 1
         taken = session.execute(
             update(ManagerLeader)
             .where(ManagerLeader.name == self.name, ManagerLeader.epoch == seen_epoch,
                    (ManagerLeader.expires_at < now) | (ManagerLeader.holder == self.instance_id))
-            .values(epoch=ManagerLeader.epoch + 1, **mine)
+            .values(epoch=epoch, **mine)
             .execution_options(synchronize_session=False)).rowcount
         self._next_wait = self.renew_s
         if not taken:
             return "standby: another instance took the expired lease first", None
-        self._seen_epoch = seen_epoch + 1
+        self._seen_epoch = epoch
         how = "restarted, took its own lease" if seen_holder == self.instance_id else \
             f"took over from {seen_holder} (epoch {seen_epoch}, expired {seen_expiry:%H:%M:%S})"
-        return f"leader, epoch {seen_epoch + 1}: {how}", Term(seen_epoch + 1, now, time.monotonic())
+        return f"leader, epoch {epoch}: {how}", Term(epoch, now, time.monotonic())
 
     def learn_epoch(self, epoch: object) -> None:
-        """A leader epoch heard from elsewhere (a node agent's heartbeat): kept as the highest known, recorded at the
-        next pass, and started above should the lease row be re-created."""
+        """A leader epoch a node agent says it has heard (its heartbeat): recorded at the next pass, and a new term
+        starts above it. It is not told to the other agents (known_epoch): an agent's stale figure must not make
+        them refuse the leader that holds the row."""
         if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > 0:
             with self._lock:
-                self.known_epoch = max(self.known_epoch or 0, epoch)
+                self._heard_epoch = max(self._heard_epoch, epoch)
 
     def _highest_epoch_seen(self, session: Session) -> int:
+        """The highest epoch any instance recorded, this one knows, or a node agent reported."""
         recorded = session.scalar(select(func.max(ManagerInstance.highest_epoch))) or 0
         with self._lock:
-            return max(int(recorded), self.known_epoch or 0)
+            return max(int(recorded), self.known_epoch or 0, self._heard_epoch)
 
     def _report_instance(self, session: Session, now: dt.datetime) -> None:
         if self._started_at is None:
             self._started_at = now
         with self._lock:
-            highest = self.known_epoch or 0
+            highest = max(self.known_epoch or 0, self._heard_epoch)
         values = dict(address=self.address, pid=os.getpid(), seen_at=now, highest_epoch=highest)
         session.execute(_dialect_insert(session)(ManagerInstance)
                         .values(id=self.instance_id, started_at=self._started_at, **values)

@@ -298,3 +298,36 @@ def test_a_lost_lease_row_comes_back_above_every_epoch_seen(clean_db):
         with pytest.raises(NotLeader):
             with db.session_scope() as session:
                 emit(session, "host.updated", "by c")
+    assert b.tick().startswith("leader, epoch 8, renewed")
+
+
+def test_a_leader_below_the_epoch_the_agents_heard_takes_a_new_term_above_it(clean_db):
+    """A restored database's lease row is older than what the node agents heard: they would refuse every call of
+    its leader. Their heartbeats say so; the leader gives its term up and takes its own lease again above it."""
+    a, b = elector("a", ttl_s=600, renew_s=5), elector("b", ttl_s=600, renew_s=5)
+    assert a.tick() == "leader, epoch 1 (first leader)"
+    a.learn_epoch(1)  # what it leads with itself: nothing to do
+    assert a.tick().startswith("leader, epoch 1, renewed")
+    a.learn_epoch(41)
+    assert a.tick() == "stepped down: node agents have heard of epoch 41, above epoch 1"
+    assert a.term() is None
+    assert a.tick() == "leader, epoch 42: restarted, took its own lease"
+    assert a.tick().startswith("leader, epoch 42, renewed")
+    assert b.tick().startswith("standby: a leads with epoch 42")
+
+
+def test_heartbeats_carry_the_agents_epoch_to_the_election(client, anon_client):
+    """The wiring: a node's heartbeat naming a later epoch than the lease row's brings the leader above it, while
+    the heartbeat replies go on naming the epoch of the row (an agent's figure is not passed on to the others)."""
+    cluster = client.post("/api/v1/clusters", json={"name": "c"}).json()
+    host = client.post("/api/v1/hosts", json={"name": "vs-a", "cluster_id": cluster["id"]}).json()
+    before = client.get("/api/v1/ha").json()["epoch"]
+    reply = anon_client.post(f"/api/v1/nodes/{host['name']}/heartbeat",
+                             headers={"Authorization": f"Bearer {host['agent_token']}"},
+                             json={"seq": 1, "domains": [], "leader_epoch": before + 40})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["leader_epoch"] == before
+    deadline = time.monotonic() + 30  # the election's next pass (every VDI_HA_LEASE_RENEW_SECONDS)
+    while client.get("/api/v1/ha").json()["epoch"] != before + 41:
+        assert time.monotonic() < deadline, client.get("/api/v1/ha").json()
+        time.sleep(0.2)
