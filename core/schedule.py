@@ -31,7 +31,14 @@ class Window:
         return self.end <= self.start
 
     def describe(self) -> str:
-        days = ",".join(DAYS[d] for d in sorted(self.days))
+        """e.g. "mon-fri 08:00-18:00", "sat,sun 22:00-02:00" (the form the console's editor reads back)."""
+        runs: list[list[int]] = []
+        for day in sorted(self.days):
+            if runs and runs[-1][-1] == day - 1:
+                runs[-1].append(day)
+            else:
+                runs.append([day])
+        days = ",".join(",".join(DAYS[d] for d in r) if len(r) < 3 else f"{DAYS[r[0]]}-{DAYS[r[-1]]}" for r in runs)
         return f"{days} {self.start:%H:%M}-{self.end:%H:%M}"
 
 

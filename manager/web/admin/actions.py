@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
+from core import schedule
 from core.enums import DisconnectAction, PoolType, ProtocolPolicy, ReclaimPolicy
 from image_manager.service import SNAPSHOT_IN_PREVIEW, template_versions
 from manager.api.common import DbSession
@@ -55,10 +56,15 @@ DISCONNECT_LABELS = {DisconnectAction.NONE: "Nothing", DisconnectAction.LOGOFF: 
                      DisconnectAction.RESET: "Reset the desktop to its template"}
 
 
+def opening_hours(pool: Pool) -> str:
+    """A pool's recurring windows, one a line ("mon-fri 08:00-18:00"), as the edit form takes them back."""
+    return "\n".join(w.describe() for w in schedule.parse(pool.schedule or []))
+
+
 def _pool(session: Session, pool: Pool, who: Principal, ctx: dict[str, Any]) -> dict[str, Any]:
     return {"rollout_versions": _versions(session, pool.template_id), "pool_types": list(PoolType),
             "protocol_policies": list(ProtocolPolicy), "reclaim_policies": list(ReclaimPolicy),
-            "disconnect_actions": DISCONNECT_LABELS}
+            "disconnect_actions": DISCONNECT_LABELS, "opening_hours": opening_hours(pool)}
 
 
 def _template(session: Session, template: Template, who: Principal, ctx: dict[str, Any]) -> dict[str, Any]:

@@ -314,6 +314,26 @@
     }
     return body;
   }
+  // The opening hours as typed, one window a line ("mon-fri 08:00-18:00", "sat,sun 22:00-02:00"), become the API's
+  // schedule ([{days, start, end}]); the API checks the days and times and says what is wrong.
+  const DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+  function openingHours(body) {
+    if (!("opening_hours" in body)) return body;
+    body.schedule = body.opening_hours.split("\n").map((line) => line.trim().toLowerCase()).filter(Boolean)
+      .map((line) => {
+        const [days = "", hours = ""] = line.split(/\s+/, 2);
+        const [start = "", end = ""] = hours.split("-");
+        return { days: days.split(",").flatMap((part) => {
+          const [from, to] = part.split("-");
+          if (!to || !DAYS.includes(from) || !DAYS.includes(to)) return [part];
+          const out = [];
+          for (let i = DAYS.indexOf(from); ; i = (i + 1) % 7) { out.push(DAYS[i]); if (DAYS[i] === to) break; }
+          return out;
+        }), start, end };
+      });
+    delete body.opening_hours;
+    return body;
+  }
 
   const pageObject = () => document.querySelector(".object[data-kind][data-id]");
   // Show the page again with what changed. `jobs`: jobs just followed in the tray, which the reloaded page opens
@@ -475,7 +495,7 @@
         await watch(job); reload(job);
       },
       async "edit-pool"(form) {
-        const body = leaseSeconds(values(form, { changedOnly: true }));
+        const body = openingHours(leaseSeconds(values(form, { changedOnly: true })));
         if (!Object.keys(body).length) { form.closest("dialog").close(); return; }
         await api("PATCH", base, body);
         form.closest("dialog").close();

@@ -83,3 +83,9 @@ def test_bad_windows_say_what_is_wrong(raw, words):
 def test_unknown_time_zone():
     with pytest.raises(ValueError, match="not an IANA time zone"):
         schedule.zone("Europe/Atlantis")
+
+
+def test_windows_describe_themselves_compactly():
+    assert OFFICE[0].describe() == "mon-fri 08:00-18:00"
+    weekend = schedule.parse([{"days": ["sun", "sat", "mon", "wed"], "start": "22:00", "end": "02:00"}])
+    assert weekend[0].describe() == "mon,wed,sat,sun 22:00-02:00"

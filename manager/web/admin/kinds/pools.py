@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from core.enums import DisconnectAction
 from manager.auth import Principal
 from manager.models import Pool
-from manager.web.admin.actions import DISCONNECT_LABELS
+from manager.web.admin.actions import DISCONNECT_LABELS, opening_hours
 from manager.web.admin.objects import (Fact, ObjectKind, entitlements_shown, group_label, href, resource_loader,
                                        search_href, search_preview, user_label, version_label)
 from manager.web.related import related_object
@@ -42,6 +42,8 @@ def facts(session: Session, p: Pool, who: Principal) -> list[Fact]:
         Fact("Longest lease", f"{p.max_lease_seconds} s" if p.max_lease_seconds else None),
         Fact("When a user disconnects", disconnect_policy(p)),
         Fact("Window starts", p.window_start, "when"), Fact("Window ends", p.window_end, "when"),
+        Fact("Opening hours", f"{opening_hours(p)} ({p.time_zone})" if p.schedule else None, "multiline"),
+        Fact("Open now", None if not p.schedule or p.schedule_open is None else ("yes" if p.schedule_open else "no")),
         Fact("Description", p.description, "multiline", optional=True),
         Fact("Comment", p.comment, "multiline", optional=True),
         Fact("Created", p.created_at, "when"), Fact("ID", p.id, "code"),
