@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import os
 import select
@@ -359,6 +360,15 @@ def get_or_404(session: Session, model: type, obj_id, kind: str, *, populate_exi
     if obj is None:
         raise NotFound(kind=kind, id=obj_id)
     return obj
+
+
+def clock(session: Session) -> dt.datetime:
+    """Now by the database's clock: managers and workers on several machines compare lease times (the leader's,
+    running jobs') on this one clock, never their own."""
+    if is_postgres(session):
+        return session.scalar(text("SELECT clock_timestamp()"))
+    raw = session.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))
+    return dt.datetime.fromisoformat(raw).replace(tzinfo=dt.timezone.utc)
 
 
 def is_postgres(session_or_engine) -> bool:

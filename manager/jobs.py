@@ -33,7 +33,7 @@ from typing import Any
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.enums import JobState, Severity
@@ -145,14 +145,6 @@ def _lease_seconds() -> float:
     return _settings().job_lease_seconds
 
 
-def db_clock(session: Session) -> dt.datetime:
-    """Now by the database's clock, so runners on several machines renew and judge leases on one clock."""
-    if db.is_postgres(session):
-        return session.scalar(select(func.clock_timestamp()))
-    raw = session.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))
-    return dt.datetime.fromisoformat(raw).replace(tzinfo=dt.timezone.utc)
-
-
 def runner_id() -> str:
     """This process as a job owner: the manager instance running jobs in-process, or a worker process."""
     settings = _settings()
@@ -192,7 +184,7 @@ class _Leases:
             try:
                 with db.session_scope() as session:
                     session.execute(update(Job).where(Job.id.in_(ids), Job.state == JobState.RUNNING)
-                                    .values(heartbeat_at=db_clock(session)))
+                                    .values(heartbeat_at=db.clock(session)))
             except Exception:  # the database is away: try again next period (the lease may run out meanwhile)
                 log.warning("renewing the leases of jobs %s failed", ids, exc_info=True)
 
@@ -272,7 +264,7 @@ def run_job(job_id: str) -> None:
     """Run one job to its end. Safe to call twice: only a PENDING job is claimed (compare-and-swap)."""
     load_task_modules()
     with db.session_scope() as session:
-        now = db_clock(session)
+        now = db.clock(session)
         claimed = session.execute(
             update(Job).where(Job.id == job_id, Job.state == JobState.PENDING)
             .values(state=JobState.RUNNING, started_at=now, heartbeat_at=now, owner=runner_id())).rowcount
@@ -360,7 +352,7 @@ def recover_orphaned_jobs(*, dead_after: float | None = None, kind_prefix: str =
     report = Recovery()
     ttl = _lease_seconds() if dead_after is None else dead_after
     with db.session_scope() as session:
-        now = db_clock(session)  # a resumed job's heartbeat_at is when it was sent again (see _resend_stale_pending)
+        now = db.clock(session)  # a resumed job's heartbeat_at is when it was sent again (see _resend_stale_pending)
         cutoff = now - dt.timedelta(seconds=ttl)
         stmt = select(Job.id).where(Job.state == JobState.RUNNING,
                                     _last_sign_of_life() <= cutoff)
@@ -410,7 +402,7 @@ def _resend_stale_pending(report: Recovery, ttl: float) -> None:
     (only a PENDING job is claimed); `heartbeat_at` of a PENDING job is when it was last sent (NULL: at creation),
     so a long queue is sent again at most once a lease."""
     with db.session_scope() as session:
-        now = db_clock(session)
+        now = db.clock(session)
         cutoff = now - dt.timedelta(seconds=ttl)
         stale = (Job.state == JobState.PENDING) & Job.cancel_requested.is_(False) & \
             (func.coalesce(Job.heartbeat_at, Job.created_at) <= cutoff)

@@ -263,7 +263,7 @@ def test_a_live_runners_job_is_not_recovered(settings_env, clean_db, monkeypatch
     with db.session_scope() as session:
         job_id = jobs.enqueue(session, "storage.refresh", params={}, created_by="test").id
     with db.session_scope() as session:
-        now = jobs.db_clock(session)
+        now = db.clock(session)
         session.execute(Job.__table__.update().where(Job.id == job_id).values(
             state=JobState.RUNNING, started_at=now - dt.timedelta(hours=1), heartbeat_at=now, owner="manager m2"))
     report = jobs.recover_orphaned_jobs()
