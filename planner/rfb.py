@@ -21,10 +21,13 @@ from planner.watermark import REGION_HEIGHT, REGION_WIDTH, MarkTracker, Observed
 RFB_VERSION = b"RFB 003.008\n"
 ENCODING_RAW = 0
 ENCODING_COPYRECT = 1
-# The pixel format the planner asks for: 32 bits per pixel, depth 24, little-endian, true colour, 8 bits per channel
-# at shifts 16 (red), 8 (green), 0 (blue): pixel bytes B, G, R, X.
+# The pixel formats the planner asks for. Full colour: 32 bits per pixel, depth 24, little-endian, true colour, 8 bits
+# per channel at shifts 16 (red), 8 (green), 0 (blue): pixel bytes B, G, R, X. Compact: 8 bits per pixel, true colour
+# RGB332 (red 3 bits at shift 5, green 3 at 2, blue 2 at 0): a quarter of the bytes over the display path, and the
+# watermark's white and black blocks stay exact.
 PIXEL_FORMAT = struct.pack(">BBBBHHHBBB3x", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
 BYTES_PER_PIXEL = 4
+COMPACT_PIXEL_FORMAT = struct.pack(">BBBBHHHBBB3x", 8, 8, 0, 1, 7, 7, 3, 5, 2, 0)
 
 
 class Refused(Exception):
@@ -103,27 +106,31 @@ class Viewer:
 
 
 class Framebuffer:
-    """Pixels in PIXEL_FORMAT (B, G, R, X per pixel), row-major."""
+    """Pixels, row-major: in PIXEL_FORMAT (B, G, R, X per pixel), or with `compact` in COMPACT_PIXEL_FORMAT."""
 
-    def __init__(self, width: int, height: int) -> None:
-        self.width, self.height = width, height
-        self.data = bytearray(width * height * BYTES_PER_PIXEL)
+    def __init__(self, width: int, height: int, compact: bool = False) -> None:
+        self.width, self.height, self.compact = width, height, compact
+        self.bpp = 1 if compact else BYTES_PER_PIXEL
+        self.data = bytearray(width * height * self.bpp)
 
     def put_raw(self, x: int, y: int, w: int, h: int, pixels: bytes) -> None:
-        row = w * BYTES_PER_PIXEL
+        row = w * self.bpp
         for i in range(h):
-            start = ((y + i) * self.width + x) * BYTES_PER_PIXEL
+            start = ((y + i) * self.width + x) * self.bpp
             self.data[start:start + row] = pixels[i * row:(i + 1) * row]
 
     def copy_rect(self, x: int, y: int, w: int, h: int, src_x: int, src_y: int) -> None:
-        rows = [self.data[((src_y + i) * self.width + src_x) * BYTES_PER_PIXEL:
-                          ((src_y + i) * self.width + src_x + w) * BYTES_PER_PIXEL] for i in range(h)]
+        rows = [self.data[((src_y + i) * self.width + src_x) * self.bpp:
+                          ((src_y + i) * self.width + src_x + w) * self.bpp] for i in range(h)]
         for i, row in enumerate(rows):
-            start = ((y + i) * self.width + x) * BYTES_PER_PIXEL
+            start = ((y + i) * self.width + x) * self.bpp
             self.data[start:start + len(row)] = row
 
     def pixel(self, x: int, y: int) -> tuple[int, int, int]:
-        offset = (y * self.width + x) * BYTES_PER_PIXEL
+        offset = (y * self.width + x) * self.bpp
+        if self.compact:
+            v = self.data[offset]
+            return (v >> 5) * 255 // 7, ((v >> 2) & 7) * 255 // 7, (v & 3) * 255 // 3
         b, g, r = self.data[offset:offset + 3]
         return r, g, b
 
@@ -132,9 +139,10 @@ class FramebufferViewer(Viewer):
     """A viewer that keeps the framebuffer (Raw and CopyRect, the only encodings it asks for) and, after each update
     that touched the watermark region, decodes the marks and feeds them, timestamped by `clock`, to `tracker`."""
 
-    def __init__(self, ws: ClientConnection, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ws: ClientConnection, clock: Callable[[], float] = time.monotonic,
+                 compact: bool = False) -> None:
         super().__init__(ws)
-        self.clock = clock
+        self.clock, self.compact = clock, compact
         self.tracker = MarkTracker()
         self.framebuffer: Framebuffer | None = None
         self.updates = 0
@@ -142,9 +150,9 @@ class FramebufferViewer(Viewer):
 
     async def start(self) -> ServerInit:
         _, init = await self.handshake()
-        await self.ws.send(struct.pack(">B3x", 0) + PIXEL_FORMAT)  # SetPixelFormat
+        await self.ws.send(struct.pack(">B3x", 0) + (COMPACT_PIXEL_FORMAT if self.compact else PIXEL_FORMAT))
         await self.set_encodings(ENCODING_RAW, ENCODING_COPYRECT)
-        self.framebuffer = Framebuffer(init.width, init.height)
+        self.framebuffer = Framebuffer(init.width, init.height, self.compact)
         await self.request_update(init.width, init.height, incremental=False)
         return init
 
@@ -173,7 +181,7 @@ class FramebufferViewer(Viewer):
         for _ in range(count):
             x, y, w, h, encoding = struct.unpack(">HHHHi", await self.read(12))
             if encoding == ENCODING_RAW:
-                fb.put_raw(x, y, w, h, await self.read(w * h * BYTES_PER_PIXEL))
+                fb.put_raw(x, y, w, h, await self.read(w * h * fb.bpp))
             elif encoding == ENCODING_COPYRECT:
                 src_x, src_y = struct.unpack(">HH", await self.read(4))
                 fb.copy_rect(x, y, w, h, src_x, src_y)
@@ -217,5 +225,5 @@ async def open_viewer(url: str) -> Viewer:
     return Viewer(await connect(url, max_size=None, open_timeout=60))
 
 
-async def open_framebuffer_viewer(url: str) -> FramebufferViewer:
-    return FramebufferViewer(await connect(url, max_size=None, open_timeout=60))
+async def open_framebuffer_viewer(url: str, compact: bool = False) -> FramebufferViewer:
+    return FramebufferViewer(await connect(url, max_size=None, open_timeout=60), compact=compact)

@@ -108,3 +108,17 @@ def test_guest_protocol_lines_and_replies():
     assert parse_apps("browser:browse word:open,type,save") == {"browser": ["browse"], "word": ["open", "type", "save"]}
     with pytest.raises(GuestProtocolError, match="no planner tools"):
         parse_apps("ERR no /opt/planner")
+
+
+def test_the_compact_pixel_format_keeps_the_marks():
+    """RGB332 (one byte a pixel): white and black stay exact, so the lines decode the same."""
+    full = framebuffer_with(41, 512, 488)
+    compact = Framebuffer(WIDTH, HEIGHT, compact=True)
+    raw = bytearray()
+    for y in range(HEIGHT):
+        for x in range(WIDTH):
+            r, g, b = full.pixel(x, y)
+            raw.append((r >> 5) << 5 | (g >> 5) << 2 | b >> 6)
+    compact.put_raw(0, 0, WIDTH, HEIGHT, bytes(raw))
+    assert compact.pixel(0, 0) == (255, 255, 255) and compact.pixel(180, 0) == (0, 0, 0)
+    assert decode(compact.pixel) == Marks(41, 512, 488)
