@@ -20,7 +20,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +39,6 @@ class Seen:
     counter: int
     ttl_s: float
     since: float  # monotonic: when this manager first read this counter
-    read_at: float  # monotonic: the last successful read
 
 
 @dataclass(frozen=True)
@@ -69,31 +67,35 @@ class LeaseWatch:
         self._seen: dict[str, Seen] = {}
         self._read_now: set[str] = set()  # the hosts whose lease was read in the last observe()
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vdi-ha-lease")
 
     def observe(self, host_names: Iterable[str]) -> None:
-        """Read every host's lease (in parallel, READ_TIMEOUT_SECONDS at most) and remember what changed."""
-        names = list(host_names)
-        futures = {self._pool.submit(read_record, self.directory / f"{name}.lease"): name for name in names}
-        done, _hung = wait(futures, timeout=READ_TIMEOUT_SECONDS)
-        now = self._clock()
-        read_now = set()
-        for future in done:
-            name = futures[future]
+        """Read every host's lease (in parallel, READ_TIMEOUT_SECONDS at most: a read that hangs is left behind on
+        its daemon thread) and remember what changed."""
+        records: dict[str, LeaseRecord] = {}
+
+        def read(name: str) -> None:
             try:
-                record = future.result()
+                records[name] = read_record(self.directory / f"{name}.lease")
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.debug("host lease of %s unreadable: %s", name, exc)
-                continue
-            read_now.add(name)
-            with self._lock:
+
+        threads = [threading.Thread(target=read, args=(name,), name="vdi-ha-lease-read", daemon=True)
+                   for name in host_names]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + READ_TIMEOUT_SECONDS
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        now = self._clock()
+        read_now = dict(records)  # a copy: a late read must not count in this round
+        with self._lock:
+            for name, record in read_now.items():
                 seen = self._seen.get(name)
                 if seen is None or seen.counter != record.counter:
-                    self._seen[name] = Seen(record.counter, record.ttl_s, now, now)
+                    self._seen[name] = Seen(record.counter, record.ttl_s, now)
                 else:
-                    seen.read_at, seen.ttl_s = now, record.ttl_s
-        with self._lock:
-            self._read_now = read_now
+                    seen.ttl_s = record.ttl_s
+            self._read_now = set(read_now)
 
     def verdict(self, host_name: str, heartbeat_age: float | None) -> LeaseVerdict:
         """Has the host's lease expired (see the module's docstring)?"""
@@ -108,6 +110,3 @@ class LeaseWatch:
         expired = read and silent >= limit and quiet_heartbeats
         remaining = 0.0 if expired else max(limit - silent, limit - (heartbeat_age or 0.0), 0.0)
         return LeaseVerdict(read, expired, silent, seen.ttl_s, remaining)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)

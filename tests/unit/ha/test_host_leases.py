@@ -38,7 +38,6 @@ def test_a_lease_expires_once_its_counter_and_the_heartbeats_were_silent_for_ttl
     assert not watch.verdict("host1", heartbeat_age=9).expired  # a heartbeat 9 s ago: not yet
     verdict = watch.verdict("host1", heartbeat_age=10)
     assert verdict.expired and verdict.remaining_s == 0 and verdict.silent_s == 10 and verdict.ttl_s == 8
-    watch.close()
 
 
 def test_a_lease_this_manager_cannot_read_never_expires(tmp_path):
@@ -57,7 +56,6 @@ def test_a_lease_this_manager_cannot_read_never_expires(tmp_path):
     write(tmp_path, "host1", 1)  # readable again, same counter: it has been silent all along
     watch.observe(["host1"])
     assert watch.verdict("host1", heartbeat_age=600).expired
-    watch.close()
 
 
 def test_a_manager_that_took_over_counts_from_its_own_first_read(tmp_path):
@@ -71,4 +69,3 @@ def test_a_manager_that_took_over_counts_from_its_own_first_read(tmp_path):
     clock.now += 1
     new_leader.observe(["host1"])
     assert new_leader.verdict("host1", heartbeat_age=300).expired
-    new_leader.close()
