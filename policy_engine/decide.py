@@ -340,7 +340,9 @@ def _balance(world: _World, config: ClusterPolicies, hosts: list[HostSnap], budg
         before_cpu, before_mem = world.cpu_pct(source.id), world.mem_pct(source.id)
         targets = [h for h in up if h.id != source.id
                    and world.cpu_pct(h.id) <= cpu_limit and world.mem_pct(h.id) <= mem_limit]
-        # the largest contributor to what is over first: the fewest moves that bring the host under its target
+        # the smallest set of desktops found whose removal brings the host under its target goes first, then the
+        # largest contributor to what is still over
+        preferred = _smallest_shed(world, source, cpu_limit, mem_limit)
         while budget[0] > 0 and (world.cpu_pct(source.id) > cpu_limit or world.mem_pct(source.id) > mem_limit):
             cpu_over = world.cpu_pct(source.id) - cpu_limit
             mem_over = world.mem_pct(source.id) - mem_limit
@@ -354,7 +356,7 @@ def _balance(world: _World, config: ClusterPolicies, hosts: list[HostSnap], budg
                 return min(c, 1.0) + min(m, 1.0)
 
             moved = False
-            for d in sorted(movable, key=lambda d: (-weight(d), d.name)):
+            for d in sorted(movable, key=lambda d: (d.id not in preferred, -weight(d), d.name)):
                 fitting = [t for t in targets if world.fits(d, t.id, cpu_limit, mem_limit)]
                 if not fitting:
                     continue
@@ -374,6 +376,41 @@ def _balance(world: _World, config: ClusterPolicies, hosts: list[HostSnap], budg
             if not moved:
                 break
     return out
+
+
+def _smallest_shed(world: _World, source: HostSnap, cpu_limit: float, mem_limit: float) -> set[str]:
+    """The smallest of the sets that three greedy orders (by CPU, by memory, by both relative to what is over)
+    take off `source` until both figures are under their targets: the largest first is the fewest for one figure;
+    with two over, one order or another comes closer."""
+    movable = [d for d in world.on_host[source.id] if not d.busy and d.id not in world.moved]
+    cpu0, mem0 = world.cpu_pct(source.id), world.mem_pct(source.id)
+    share = {d.id: (world.cpu_of(d, source.id), 100.0 * d.memory_mib / max(1, source.memory_mib)) for d in movable}
+    cpu_over, mem_over = max(cpu0 - cpu_limit, 1e-9), max(mem0 - mem_limit, 1e-9)
+    orders = (lambda d: -share[d.id][0], lambda d: -share[d.id][1],
+              lambda d: -(min(share[d.id][0] / cpu_over, 1.0) + min(share[d.id][1] / mem_over, 1.0)))
+    # first, the order the shedding loop itself follows: the largest share of what is STILL over, recomputed
+    cpu, mem, dynamic, left = cpu0, mem0, set(), list(movable)
+    while left and (cpu > cpu_limit or mem > mem_limit):
+        co, mo = max(cpu - cpu_limit, 1e-9), max(mem - mem_limit, 1e-9)
+        d = max(left, key=lambda d: (min(share[d.id][0] / co, 1.0) * (cpu > cpu_limit)
+                                     + min(share[d.id][1] / mo, 1.0) * (mem > mem_limit), d.name))
+        left.remove(d)
+        dynamic.add(d.id)
+        cpu, mem = cpu - share[d.id][0], mem - share[d.id][1]
+    best: set[str] | None = dynamic if cpu <= cpu_limit and mem <= mem_limit else None
+    for order in orders:
+        cpu, mem, chosen = cpu0, mem0, set()
+        for d in sorted(movable, key=lambda d: (order(d), d.name)):
+            if cpu <= cpu_limit and mem <= mem_limit:
+                break
+            dc, dm = share[d.id]
+            if (cpu <= cpu_limit or dc <= 0) and (mem <= mem_limit or dm <= 0):
+                continue  # it helps no figure that is still over
+            chosen.add(d.id)
+            cpu, mem = cpu - dc, mem - dm
+        if cpu <= cpu_limit and mem <= mem_limit and (best is None or len(chosen) < len(best)):
+            best = chosen
+    return best or set()
 
 
 def fewest_migrations(world_hosts: list[HostSnap], desktops: list[DesktopSnap], config: ClusterPolicies) -> int:
