@@ -17,8 +17,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from broker import assignment, entitlement
+from broker import entitlement
 from broker import service as broker_service
+from broker.assignment import closed_reason
 from core.enums import PoolType, SessionState
 from core.errors import NotFound
 from event_manager.service import emit
@@ -114,7 +115,7 @@ def _pool_blocks(pool: Pool, now: dt.datetime) -> list[str]:
     if pool.size <= 0:
         reasons.append(f"pool {pool.name} has no desktops (size 0)")
     if pool.pool_type == PoolType.TIME_BASED:
-        closed = assignment.closed_reason(pool, now)
+        closed = closed_reason(pool, now)
         if closed is not None:
             reasons.append(f"pool {pool.name} {closed}")
     return reasons
