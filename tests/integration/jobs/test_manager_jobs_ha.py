@@ -1,6 +1,7 @@
 """In-process jobs with several managers on one database (issue 18 item 4, manager HA): the leader's job recovery
 leaves a live standby's running job alone however long it runs (its lease is renewed), and once that manager is
-SIGKILLed, resumes it exactly once in its own in-process pool. Real `vdi serve` processes, real Postgres.
+SIGKILLed, resumes it exactly once in its own in-process pool; a job of a leader that dies is resumed by the standby
+once it has taken over. Real `vdi serve` processes, real Postgres.
 
 "Mid-job" is deterministic: the test holds an ACCESS EXCLUSIVE lock on the volumes table, where storage.refresh
 reads first, and waits until the job is RUNNING and Postgres shows a backend waiting for that lock.
@@ -99,3 +100,27 @@ def test_the_leader_leaves_a_live_managers_job_alone_and_resumes_it_once_that_ma
     events = group.api("m1", "GET", "/events", params={"job_id": job_id}).json()["items"]
     resumed = [e for e in events if e["code"] == "job.resumed"]
     assert resumed and "manager m2 stopped" in resumed[0]["message"], resumed
+
+
+def test_a_job_of_a_leader_that_dies_is_resumed_by_the_standby_that_takes_over(group, engine, tmp_path):
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    domain_id = group.api("m1", "POST", "/storage-domains", json={"name": "shared", "path": str(storage)}).json()["id"]
+    lock = engine.connect()
+    try:
+        lock.execute(text("LOCK TABLE volumes IN ACCESS EXCLUSIVE MODE"))
+        job_id = group.api("m1", "POST", f"/storage-domains/{domain_id}/refresh").json()["id"]
+        wait_for("m1 runs the job and it waits for the volumes table",
+                 lambda: _job(engine, job_id)["state"] == "running" and _waiting_for_a_lock(engine))
+        claimed = _job(engine, job_id)
+        assert claimed["owner"] == "manager m1"
+        group.kill("m1")
+        lock.rollback()
+    finally:
+        lock.close()
+    wait_for("m2 takes the lead", lambda: group.role("m2") == "leader")
+    final = wait_for("the job is resumed by m2 and finishes",
+                     lambda: (j := _job(engine, job_id))["state"] in ("succeeded", "failed", "cancelled") and j)
+    assert final["state"] == "succeeded", final["error"]
+    assert final["owner"] == "manager m2"
+    assert _events(engine, job_id, "job.resumed") == 1 and _events(engine, job_id, "job.succeeded") == 1
