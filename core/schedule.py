@@ -12,8 +12,9 @@ Pure: stored as plain JSON on the pool ([{"days": ["mon", ...], "start": "08:00"
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_WINDOWS = 28
@@ -42,11 +43,19 @@ class Window:
         return f"{days} {self.start:%H:%M}-{self.end:%H:%M}"
 
 
+@functools.cache
+def _known_zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
 def zone(name: str) -> ZoneInfo:
-    """The IANA time zone `name` (ValueError naming it when unknown)."""
+    """The IANA time zone `name` (ValueError naming it when unknown). Only the database's names: not a file path,
+    nor the host's own "localtime"."""
+    if name not in _known_zones() or name in ("localtime", "posixrules", "Factory"):
+        raise ValueError(f"time_zone: {name!r} is not an IANA time zone (e.g. Europe/Paris, UTC)")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError(f"time_zone: {name!r} is not an IANA time zone (e.g. Europe/Paris, UTC)") from None
 
 
