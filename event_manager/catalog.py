@@ -179,7 +179,7 @@ declare("image.check_failed", E, ("desktop", "job"), "qemu-img check of {path} f
 declare("image.check_leaks", W, ("desktop", "job"), "qemu-img check of {path} found leaked clusters")
 declare("image.reconciled", N, "job", "image reconcile after a start: jobs resumed and undone, files and rows removed")
 declare("image.reconcile.missing", E, "desktop", "image file {path} is missing; its volume is marked illegal")
-for _what in ("resumed", "undone", "row_removed", "released", "file_removed"):
+for _what in ("resumed", "undone", "row_removed", "released", "file_removed", "kept"):
     declare(f"image.reconcile.{_what}", W, ("desktop", "template", "job"), f"image reconcile: {_what.replace('_', ' ')}"
             " ({what})")
 

@@ -32,6 +32,7 @@ from event_manager.service import emit
 from image_manager import fileops, qcow2, qemu_img, service
 from image_manager.errors import ImageInvalid, ImageNotFound
 from manager import db, jobs
+from manager.provisioning import nodes
 from manager.models import Desktop, Job, Snapshot, StorageDomain, Template, TemplateVersion, Volume
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class ReconcileReport:
     removed_rows: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
     illegal_volumes: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # volumes no row needs that a defined domain uses
+    kept_for_silent_hosts: list[str] = field(default_factory=list)  # hosts that did not answer: nothing deleted
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -95,17 +98,18 @@ def reconcile(*, dead_after_seconds: float | None = None, min_age_seconds: float
     report = ReconcileReport()
     touched_volumes: set[str] = set()
     _settle_dead_jobs(report, touched_volumes, dead_after_seconds, current_job_id)
+    in_use, silent = _disks_of_defined_domains(report)
     with db.session_scope() as session:
         _read_one_snapshot(session)
         active_jobs = list(session.scalars(select(Job).where(Job.state.in_((JobState.PENDING, JobState.RUNNING)))))
         active_ids = [j.id for j in active_jobs if j.id != current_job_id]
         busy_volumes, busy_paths, busy_desktops, busy_templates = _held_by(active_jobs, current_job_id)
-        _clean_rows(session, report, busy_volumes, busy_desktops, busy_templates)
+        _clean_rows(session, report, busy_volumes, busy_desktops, busy_templates, in_use, keep_all=bool(silent))
     with db.session_scope() as session:
         roots = [Path(p) for p in session.scalars(select(StorageDomain.path))]
         volumes = list(session.execute(select(Volume.id, Volume.path, Volume.status, Volume.desktop_id)))
-    known = _known_paths([p for _i, p, _s, _d in volumes] + busy_paths)
-    _clean_files(report, roots, known, active_ids, min_age_seconds)
+    known = _known_paths([p for _i, p, _s, _d in volumes] + busy_paths + sorted(in_use))
+    _clean_files(report, roots, known, active_ids, min_age_seconds, keep_images=bool(silent))
     _mark_missing(report, volumes)
     _check_suspects(report, volumes, touched_volumes)
     if report.changed or always_report:
@@ -117,6 +121,21 @@ def reconcile(*, dead_after_seconds: float | None = None, min_age_seconds: float
                  severity=Severity.WARNING if report.changed else Severity.NORMAL, actor=actor,
                  job_id=current_job_id)
     return report
+
+
+def _disks_of_defined_domains(report: ReconcileReport) -> tuple[set[str], list[str]]:
+    """The files every domain defined on any host uses (asked of the hosts' node agents, whatever the database
+    says: a domain may outlive its row), and the hosts that did not answer. Storage domains are reachable from
+    every host, so while one host is silent no disk or image may be deleted (reported once)."""
+    with db.session_scope() as session:
+        targets = nodes.every_target(session)
+    in_use, silent = nodes.disks_in_use(targets)
+    if silent:
+        with db.session_scope() as session:
+            _event(session, report, "kept", f"image reconcile kept every disk and image: host(s) {', '.join(silent)} "
+                   "did not say which disks their domains use")
+    report.kept_for_silent_hosts = silent
+    return in_use, silent
 
 
 def _read_one_snapshot(session: Session) -> None:
@@ -189,7 +208,9 @@ def _event(session: Session, report: ReconcileReport, what: str, message: str, *
 
 
 def _clean_rows(session: Session, report: ReconcileReport, busy_volumes: set[str], busy_desktops: set[str],
-                busy_templates: set[str]) -> None:
+                busy_templates: set[str], in_use: set[str], *, keep_all: bool) -> None:
+    """Remove the rows (and then files) of volumes nothing needs, except what a defined domain uses (`in_use`,
+    real paths) and, with `keep_all` (a host did not answer), any volume at all."""
     referenced_by_version = set(session.scalars(select(TemplateVersion.volume_id)
                                                 .where(TemplateVersion.volume_id.is_not(None))))
     active_ids = set(session.scalars(select(Desktop.volume_id).where(Desktop.volume_id.is_not(None))))
@@ -197,7 +218,12 @@ def _clean_rows(session: Session, report: ReconcileReport, busy_volumes: set[str
     candidates = session.scalars(select(Volume).where(or_(
         Volume.status == service.VOLUME_LOCKED, Volume.role == service.ROLE_TEMPLATE, Volume.desktop_id.is_(None))))
     for vol in list(candidates):
-        if vol.id in busy_volumes or vol.id in parents:
+        if vol.id in busy_volumes or vol.id in parents or keep_all:
+            continue
+        if os.path.realpath(vol.path) in in_use:
+            report.kept.append(vol.path)
+            _event(session, report, "kept", f"kept volume {vol.path}: a domain defined on a host uses it",
+                   desktop_id=vol.desktop_id)
             continue
         if vol.status == service.VOLUME_LOCKED:
             why = "left locked by a job that is not running"
@@ -261,13 +287,14 @@ def _known_paths(paths: list[str]) -> set[str]:
 
 
 def _clean_files(report: ReconcileReport, roots: list[Path], known: set[str], active_ids: list[str],
-                 min_age: float) -> None:
+                 min_age: float, *, keep_images: bool) -> None:
+    """Delete the temporary files of dead jobs and the image files nothing knows (unless `keep_images`)."""
     removed: list[tuple[str, str, int]] = []
     for root in roots:
         if not root.is_dir():
             continue
         for orphan in fileops.find_orphans(root, known, active_job_ids=active_ids, min_age_seconds=min_age):
-            if orphan.reason == "unreferenced" and not orphan.path.name.endswith(IMAGE_SUFFIXES):
+            if orphan.reason == "unreferenced" and (keep_images or not orphan.path.name.endswith(IMAGE_SUFFIXES)):
                 continue  # serial logs and other files beside the disks are not ours to judge
             if fileops.remove(orphan.path):
                 removed.append((str(orphan.path), orphan.reason, orphan.size_bytes))

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.enums import Severity
+from core.enums import Severity, TaskState
 from core.errors import VdiError
 from event_manager.service import emit
 from manager import console_tls, db
@@ -134,15 +134,26 @@ def reconcile_host_job(ctx: JobContext, host_id: str, redefine_known: bool = Fal
 
 
 @task("desktops.redefine", on_crash=OnCrash.RESUME)
-def redefine_desktop(ctx: JobContext, desktop_id: str) -> dict[str, Any]:
+def redefine_desktop(ctx: JobContext, desktop_id: str, fields: list[str] | None = None) -> dict[str, Any]:
     """Define the desktop's domain again from the database on its host (after its CPUs, memory or monitors
-    changed): libvirt keeps a running guest as it is and boots the new definition next time."""
+    changed: `fields`), then give a running guest what libvirt can change live: memory through the balloon up to
+    the maximum it booted with, vCPUs by hot-plug up to its maximum vCPUs; the rest (monitors always) takes
+    effect at its next boot. Result: `applied`, per field, "live" or "next_boot". Idempotent (resumable)."""
     with db.session_scope() as session:
         desktop = session.get(Desktop, desktop_id)
+        if desktop is not None and desktop.task_state in (TaskState.PROVISIONING, TaskState.DELETING):
+            # its own job defines it (from the rows as they are then) or undefines it: never define it again here
+            return {"skipped": f"the desktop is {desktop.task_state.value}"}
         host = session.get(Host, desktop.host_id) if desktop is not None and desktop.host_id else None
         spec = _intended_specs(session, host, desktop_id).get(desktop_id) if host is not None else None
         if spec is None:
             return {"skipped": "the desktop is gone or not placed"}
         target = nodes.target_of_host(host)
     nodes.define(target, spec)
-    return {"redefined": True, "effective": "next boot"}
+    fields = fields or ["cpus", "memory_mib", "monitors"]
+    applied = {name: "next_boot" for name in fields}
+    if "cpus" in fields or "memory_mib" in fields:
+        live = nodes.resize(target, desktop_id, vcpus=spec.vcpus if "cpus" in fields else None,
+                            memory_mib=spec.memory_mib if "memory_mib" in fields else None)
+        applied.update({"cpus" if name == "vcpus" else name: how for name, how in live.items()})
+    return {"redefined": True, "applied": applied}

@@ -85,6 +85,9 @@ class CrudResource:
     # Exact-match filters of the list, declared per resource (GET /<path>?pool_id=...): only these columns, never
     # a column named by the client.
     filters: tuple[str, ...] = ()
+    # Create, change and delete have routes of their own (desktops: jobs on their hosts); crud_router builds only
+    # the list and get routes, while create_object/update_object/delete_object stay the one way to change rows.
+    own_writes: bool = False
 
     @property
     def event_code(self) -> str:
@@ -217,6 +220,9 @@ def crud_router(res: CrudResource) -> APIRouter:
     @router.get("/{item_id}", response_model=res.out, summary=f"Get one {res.kind}")
     def get_item(item_id: str, session: DbSession, who: Reader) -> Any:
         return res.out.model_validate(res.fetch(session, item_id, who))
+
+    if res.own_writes:
+        return router
 
     if res.create is not None:
         create_schema = res.create

@@ -7,12 +7,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, NamedTuple
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import Field, field_validator, model_validator
 from sqlalchemy.orm import Session
 
 import manager.provisioning  # noqa: F401  (registers the provisioning jobs)
-from core.enums import OsType
+from core.enums import JobState, OsType
 from manager.api import schemas as s
 from manager.api.common import DbSession, Page, PageParams, Paging, paginate
 from manager.api.openapi import NODE_ERRORS
@@ -218,6 +218,73 @@ def bulk_preview(payload: BulkIn, session: DbSession, who: DesktopReader) -> Any
     with another action and, for a revert, how many have no snapshot to revert to."""
     return BulkPreviewOut.model_validate(bulk.preview(session, payload.action, payload.desktop_ids,
                                                       bulk.check_options(session, payload.action, payload.options())))
+
+
+# ---- create, change, delete: jobs on the desktop's host --------------------------------------------------------
+_DESKTOPS = RESOURCE_BY_PATH["desktops"]
+DesktopPatch = _DESKTOPS.update
+# How long a PATCH waits for its desktops.redefine job, to say what it did per field (then "pending": the job's
+# result will say). Long enough for a define and a balloon change on a busy host.
+HARDWARE_WAIT_S = 15.0
+
+
+class DesktopCreated(s.DesktopOut):
+    job_id: str = Field(description="the job desktops.provision (GET /jobs/{id}): overlay made, domain defined; "
+                                    "until it ends the desktop's task_state is provisioning")
+
+
+class DesktopChanged(s.DesktopOut):
+    job_id: str | None = Field(default=None, description="the job desktops.redefine when CPUs, memory or monitors "
+                                                        "of a desktop with a domain changed")
+    applied: dict[str, str] = Field(default_factory=dict, description="per hardware field changed: live (the "
+                                    "running guest has it now), next_boot, pending (the job had not ended "
+                                    f"within {HARDWARE_WAIT_S:.0f} s: see its result), or failed (see its error)")
+
+
+@router.post("/desktops", response_model=DesktopCreated, status_code=201, tags=["desktops"])
+def create_desktop(payload: ProvisionIn, session: DbSession, who: DesktopWriter) -> Any:
+    """Create a desktop: its row now, placed on a host with room by the placement policy (or on `host_id`), and
+    the job desktops.provision (`job_id`) that makes its qcow2 overlay of the template and defines its domain
+    there. 422 for an unknown template, version, host or user, or a taken name; 409 when no host has room (or
+    the host asked for is in maintenance). A failed job removes the desktop again and says why."""
+    request = service.DesktopRequest(**payload.model_dump(exclude={"placement"}))
+    desktop, job = service.request_provision(session, request, policy=payload.placement, actor=who.name)
+    return DesktopCreated.model_validate({**s.DesktopOut.model_validate(desktop).model_dump(), "job_id": job.id})
+
+
+@router.patch("/desktops/{desktop_id}", response_model=DesktopChanged, tags=["desktops"])
+def update_desktop(desktop_id: str, payload: DesktopPatch, session: DbSession,  # type: ignore[valid-type]
+                   who: DesktopWriter) -> Any:
+    """Change a desktop. New CPUs, memory or monitors of a desktop with a domain reach it through the job
+    desktops.redefine: the domain is defined again (the next boot has them) and a running guest gets memory live
+    through its balloon (up to the memory it booted with) and vCPUs by hot-plug (up to its maximum vCPUs);
+    `applied` says per field what happened (monitors: always next_boot)."""
+    values = payload.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
+    desktop = _DESKTOPS.update_object(session, desktop_id, values, who)
+    job = service.request_hardware_change(session, desktop, list(values), actor=who.name)
+    out = s.DesktopOut.model_validate(desktop).model_dump()
+    if job is None:
+        return DesktopChanged.model_validate(out)
+    job_id, fields = job.id, job.params["fields"]
+    session.commit()  # the job is sent now
+    ended = service.ended_job(job_id, HARDWARE_WAIT_S)
+    if ended is None:
+        applied = {name: "pending" for name in fields}
+    elif ended[0] == JobState.SUCCEEDED:
+        applied = ended[1].get("applied") or {name: "next_boot" for name in fields}
+    else:  # the domain did not take it (its host did not answer...): the job's error says why
+        applied = {name: ended[0].value for name in fields}
+    return DesktopChanged.model_validate({**out, "job_id": job_id, "applied": applied})
+
+
+@router.delete("/desktops/{desktop_id}", response_model=s.JobOut, status_code=202, tags=["desktops"])
+def delete_desktop(desktop_id: str, session: DbSession, who: DesktopWriter,
+                   force: Annotated[bool, Query(description="power a running desktop off first")] = False) -> Any:
+    """Remove the desktop, as the job desktops.deprovision: its domain stopped (only with `force`: a desktop that
+    is not down is a 409, as in oVirt) and undefined, its overlay deleted, then its rows. Until its host has
+    confirmed, the desktop stays, task_state deleting; asking again for a desktop whose removal failed sends a new
+    job. 409 for a desktop assigned to a user or busy with another action."""
+    return _job_out(service.request_removal(session, desktop_id, force=force, actor=who.name))
 
 
 # ---- provisioning ----------------------------------------------------------------------------------------------

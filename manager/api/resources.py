@@ -71,27 +71,6 @@ def _pool_in_use(session: Session, pool: Pool) -> None:
     })
 
 
-def _desktop_has_domain_or_disk(session: Session, desktop: Desktop) -> None:
-    """A desktop placed on a host or with a disk is removed by its deprovision job (domain undefined, disk
-    deleted): deleting only its row left the domain running on its host while the image reconcile, finding the
-    disk unreferenced, deleted it under the running guest."""
-    if desktop.host_id is not None or desktop.volume_id is not None or desktop.task_state is not None:
-        raise Conflict(f"desktop {desktop.name} has a domain or a disk: remove it with POST "
-                       f"/api/v1/desktops/{desktop.id}/deprovision (a job that undefines the domain and deletes "
-                       "the disk)")
-
-
-HARDWARE = {"cpus", "memory_mib", "monitors"}
-
-
-def _desktop_updated(session: Session, desktop: Desktop, values: dict[str, Any]) -> None:
-    """New CPUs, memory or monitors reach the domain: the job desktops.redefine defines it again on its host
-    (sent after the commit), effective at its next boot."""
-    if HARDWARE & set(values) and desktop.host_id is not None and desktop.volume_id is not None:
-        enqueue(session, "desktops.redefine", params={"desktop_id": desktop.id}, target_kind="desktop",
-                target_id=desktop.id, description=f"apply the new hardware of desktop {desktop.name} to its domain")
-
-
 def _tag_in_use(session: Session, tag: Tag) -> None:
     _refuse_if_used(session, "tag", tag.name, {
         "child tags": list(session.scalars(select(Tag.name).where(Tag.parent_id == tag.id))),
@@ -302,7 +281,7 @@ RESOURCES: list[CrudResource] = [
     CrudResource("desktops", "desktop", Desktop, s.DesktopOut, s.DesktopIn, s.partial(s.DesktopIn, "DesktopPatch"),
                  "desktops:read", "desktops:write",
                  sortable=("name", "created_at", "cpu_usage", "mem_usage", "power_state", "memory_mib", "cpus"),
-                 before_delete=_desktop_has_domain_or_disk, after_update=_desktop_updated,
+                 own_writes=True,  # manager/api/desktop_actions.py: jobs that define and undefine domains
                  extra_event_fields=lambda d: {"desktop_id": d.id}),
     CrudResource("pools", "pool", Pool, s.PoolOut, s.PoolIn, s.PoolPatch, "pools:read", "pools:write",
                  sortable=("name", "created_at", "size", "pool_type"), before_delete=_pool_in_use,

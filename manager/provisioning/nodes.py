@@ -11,10 +11,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.enums import HostStatus, PowerState
-from core.errors import NodeUnreachable, NotPlaced, Unavailable
+from core.errors import NodeUnreachable, NotPlaced, Unavailable, VdiError
 from core.specs import DesktopSpec
 from manager.models import Desktop, Host
 
@@ -115,6 +116,32 @@ def power_off_if_defined(target: NodeTarget, desktop_id: str) -> None:
         power(target, desktop_id, "poweroff")
     except DomainNotFound:
         pass
+
+
+def resize(target: NodeTarget, desktop_id: str, *, vcpus: int | None = None,
+           memory_mib: int | None = None) -> dict[str, str]:
+    """New vCPUs/memory for the running domain where libvirt can: per field, "live" or "next_boot"."""
+    return client(target).resize(desktop_id, vcpus=vcpus, memory_mib=memory_mib)
+
+
+def every_target(session: Session) -> list[NodeTarget]:
+    """Every host with a node agent, whatever its status."""
+    return [target_of_host(h) for h in session.scalars(select(Host).where(Host.agent_url != "").order_by(Host.name))]
+
+
+def disks_in_use(targets: list[NodeTarget]) -> tuple[set[str], list[str]]:
+    """The disk files (real paths) of every domain defined on these hosts, ours or not, and the names of the
+    hosts that did not answer (their domains' disks are unknown)."""
+    paths: set[str] = set()
+    silent: list[str] = []
+    for target in targets:
+        try:
+            found = client(target).domain_disks()
+        except VdiError as exc:
+            silent.append(f"{target.host_name} ({exc.message})")
+            continue
+        paths.update(os.path.realpath(p) for files in found.values() for p in files)
+    return paths, silent
 
 
 def migrate(target: NodeTarget, desktop_id: str, dest_uri: str, migrate_uri: str | None) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +17,13 @@ from pathlib import Path
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from core.enums import HostStatus, OsType, PowerState, TaskState
+from core.enums import HostStatus, JobState, OsType, PowerState, TaskState
 from core.errors import Conflict, DomainNotFound, Invalid, NoHostAvailable, NotFound, VdiError
 from core.ids import new_id
 from core.specs import DesktopSpec
 from event_manager.service import emit
 from image_manager import chain, fileops, qcow2
+from manager import db
 from manager.db import get_or_404
 from manager.jobs import enqueue
 from manager.models import (Assignment, Desktop, Host, Job, Pool, Snapshot, StorageDomain, Template, TemplateVersion,
@@ -202,6 +204,25 @@ def _cmdline(base: str, name: str) -> str:
     return f"{base} vdi.hostname={hostname}".strip()
 
 
+def planned_of(session: Session, desktop_id: str) -> Planned | None:
+    """What materialise needs for a desktop still being created (task_state PROVISIONING), read back from the
+    rows plan_desktops wrote: the job desktops.provision, run again after a crash, does the same work (materialise
+    is idempotent). None when the desktop is gone or no longer waiting to be created."""
+    desktop = session.get(Desktop, desktop_id)
+    if desktop is None or desktop.task_state != TaskState.PROVISIONING or None in (desktop.host_id,
+                                                                                    desktop.volume_id):
+        return None
+    host, volume = session.get(Host, desktop.host_id), session.get(Volume, desktop.volume_id)
+    version = session.get(TemplateVersion, desktop.template_version_id) if desktop.template_version_id else None
+    template_volume = session.get(Volume, volume.parent_id) if volume.parent_id else None
+    if host is None or version is None or template_volume is None:
+        return None
+    template = session.get(Template, version.template_id)
+    return Planned(desktop.id, desktop.name, nodes.target_of_host(host),
+                   desktop_spec(desktop, template, volume.path, host.display_listen), template_volume.path,
+                   volume.path, desktop.disk_size_gib * 1024 ** 3 if desktop.disk_size_gib else None)
+
+
 def materialise(planned: Sequence[Planned], *, job_id: str | None = None) -> Outcome:
     """Make the overlays (batched per template) and define the domains. No database. Idempotent: an existing
     overlay of the same template and an existing definition are kept."""
@@ -350,11 +371,75 @@ def provision_desktop(session: Session, request: DesktopRequest, *, policy: str 
     if not outcome.created:
         session.commit()
         raise Conflict(f"desktop {request.name} could not be created: {outcome.failed.get(request.name, '?')}")
-    item = planned[0]
+    provisioned(session, planned[0], actor=actor, users=len(request.user_ids))
+    return get_or_404(session, Desktop, planned[0].desktop_id, "desktop", populate_existing=True)
+
+
+def provisioned(session: Session, item: Planned, *, actor: str, users: int = 0, job_id: str | None = None) -> None:
     emit(session, "desktop.provisioned", f"{actor} created desktop {item.name} on {item.target.host_name}"
-         + (f" for {len(request.user_ids)} user(s)" if request.user_ids else ""), actor=actor,
-         desktop_id=item.desktop_id, host_id=item.target.host_id)
-    return get_or_404(session, Desktop, item.desktop_id, "desktop", populate_existing=True)
+         + (f" for {users} user(s)" if users else ""), actor=actor, desktop_id=item.desktop_id,
+         host_id=item.target.host_id, job_id=job_id)
+
+
+def request_provision(session: Session, request: DesktopRequest, *, policy: str = "spread",
+                      actor: str) -> tuple[Desktop, Job]:
+    """POST /desktops: the desktop's rows now (placed on a host, task_state PROVISIONING), and the job
+    desktops.provision that makes its overlay and defines its domain (sent when the caller's transaction
+    commits). Raises what plan_desktops raises (Invalid, NoHostAvailable, Conflict)."""
+    item = plan_desktops(session, [request], policy=policy)[0]
+    job = enqueue(session, "desktops.provision", params={"desktop_id": item.desktop_id, "actor": actor},
+                  created_by=actor, target_kind="desktop", target_id=item.desktop_id,
+                  description=f"create desktop {item.name} on {item.target.host_name}")
+    return get_or_404(session, Desktop, item.desktop_id, "desktop"), job
+
+
+def ended_job(job_id: str, timeout: float) -> tuple[JobState, dict] | None:
+    """The job's end state and result once it has ended, or None if it is still pending or running after
+    `timeout` seconds. Reads in short transactions of its own."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with db.session_scope() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return None
+            if job.state not in (JobState.PENDING, JobState.RUNNING):
+                return job.state, dict(job.result or {})
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.2)
+
+
+HARDWARE = ("cpus", "memory_mib", "monitors")  # what a PATCH changes on the domain too (desktops.redefine)
+
+
+def request_hardware_change(session: Session, desktop: Desktop, changed: Sequence[str], *, actor: str) -> Job | None:
+    """After a PATCH: new CPUs, memory or monitors of a desktop with a domain reach it through the job
+    desktops.redefine (live where libvirt can, else at the next boot; its result says which per field). None when
+    no such field changed or the desktop has no domain."""
+    fields = [name for name in HARDWARE if name in changed]
+    if not fields or desktop.host_id is None or desktop.volume_id is None:
+        return None
+    return enqueue(session, "desktops.redefine", params={"desktop_id": desktop.id, "fields": fields},
+                   created_by=actor, target_kind="desktop", target_id=desktop.id,
+                   description=f"apply the new {', '.join(fields)} of desktop {desktop.name} to its domain")
+
+
+def request_removal(session: Session, desktop_id: str, *, force: bool, actor: str) -> Job:
+    """DELETE /desktops/{id}: the job desktops.deprovision (domain stopped and undefined, disk deleted, then the
+    rows; the desktop stays, DELETING, until its host has confirmed). A running desktop is refused unless `force`
+    (then it is powered off first), as oVirt refuses to remove a VM that is not down. A desktop already DELETING
+    (its last job failed, e.g. its host did not answer) gets its running job, or a new one."""
+    desktop = get_desktop(session, desktop_id)
+    if desktop.task_state == TaskState.DELETING:
+        running = session.scalar(select(Job).where(Job.kind == "desktops.deprovision", Job.target_id == desktop_id,
+                                                   Job.state.in_((JobState.PENDING, JobState.RUNNING))).limit(1))
+        return running or enqueue(session, "desktops.deprovision", params={"desktop_id": desktop_id},
+                                  created_by=actor, target_kind="desktop", target_id=desktop_id,
+                                  description=f"remove desktop {desktop.name} (again)")
+    if not force and desktop.host_id is not None and desktop.power_state != PowerState.DOWN:
+        raise Conflict(f"desktop {desktop.name} is {desktop.power_state.value}: stop it first, or delete it with "
+                       "?force=true to power it off and remove it")
+    return request_disk_action(session, desktop_id, "deprovision", actor=actor)
 
 
 # The disk actions: the task_state a desktop holds meanwhile, what the refusal says, the job that does the work.

@@ -157,6 +157,25 @@ def deprovision_desktop(ctx: JobContext, desktop_id: str) -> dict[str, Any]:
     return {"removed": deprovision_now(desktop_id, job_id=ctx.job_id)}
 
 
+@task("desktops.provision", on_crash=OnCrash.RESUME)
+def provision_desktop(ctx: JobContext, desktop_id: str, actor: str = "system") -> dict[str, Any]:
+    """Make the overlay and define the domain of a desktop POST /desktops placed (task_state PROVISIONING).
+    Idempotent: run again after a crash, it keeps what exists and does the rest. A failure removes the desktop's
+    rows and overlay, and fails the job naming why."""
+    with db.session_scope() as session:
+        item = service.planned_of(session, desktop_id)
+    if item is None:
+        return {"skipped": "the desktop is not waiting to be created"}
+    outcome = service.materialise([item], job_id=ctx.job_id)
+    with db.session_scope() as session:
+        service.finish(session, [item], outcome)
+        if outcome.created:
+            service.provisioned(session, item, actor=actor, job_id=ctx.job_id)
+    if not outcome.created:
+        raise VdiError(f"desktop {item.name} could not be created: {outcome.failed.get(item.name, '?')}")
+    return {"created": item.desktop_id, "host_id": item.target.host_id}
+
+
 def reset_now(desktop_id: str, *, job_id: str | None) -> dict[str, Any]:
     """Reset a desktop marked REIMAGING: power off, a fresh overlay on its template (version), idle again; then
     top up its pool's prestarted desktops."""

@@ -15,10 +15,18 @@ QUERY = "Vms: status = Up and cpu_usage > 50"
 @pytest.fixture(scope="module")
 def many_desktops(vdi_server):
     """105 desktops named e2e-page-000..104 (records only: enough for two pages of 100)."""
-    api = vdi_server.admin_api
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from manager.models import Desktop
+
     names = [f"e2e-page-{i:03d}" for i in range(105)]
-    for name in names:
-        api.post("/desktops", json={"name": name}).raise_for_status()
+    engine = create_engine(vdi_server.database_url)
+    try:  # rows only, written straight to the manager's database (POST /desktops provisions on a host)
+        with Session(engine) as session, session.begin():
+            session.add_all(Desktop(name=name) for name in names)
+    finally:
+        engine.dispose()
     return names
 
 

@@ -211,6 +211,17 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def job_ended(client, job_id: str, timeout: float = 120.0) -> dict:
+    """The job (GET /jobs/{id}) once it is no longer pending or running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"{API}/jobs/{job_id}").json()
+        if job["state"] not in ("pending", "running"):
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} did not end within {timeout} s: {job}"
+        time.sleep(0.2)
+
+
 def wait_for_jobs(timeout: float = 60.0) -> None:
     """Wait until no job is pending or running (the in-process worker runs them in threads)."""
     from sqlalchemy import func, select
