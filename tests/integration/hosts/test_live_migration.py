@@ -5,7 +5,6 @@ unknown ids) come first, on the same desktop."""
 from __future__ import annotations
 
 import os
-import time
 import uuid
 
 import libvirt
@@ -19,6 +18,7 @@ from manager.models import Cluster, Desktop, Host
 from manager.nodes.client import NodeClient
 from tests.harness.fixtures import demo_image, host_cluster_factory  # noqa: F401
 from tests.harness.guests import GuestAgent, SerialLog, agent_channel_path
+from tests.integration.broker.conftest import job_ended
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 API = "/api/v1"
@@ -39,16 +39,6 @@ def _agent(cluster, host: str, desktop_id: str) -> GuestAgent:
     agent = GuestAgent(cluster.host_path(host, agent_channel_path(xml)))
     agent.wait_ready(timeout=120)
     return agent
-
-
-def _finished(client, job_id: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"{API}/jobs/{job_id}").json()
-        if job["state"] not in ("pending", "running"):
-            return job
-        assert time.monotonic() < deadline, f"the migration job did not finish: {job}"
-        time.sleep(0.5)
 
 
 def test_a_running_desktop_moves_live_through_the_api_and_keeps_its_uptime(host_cluster_factory, demo_image,  # noqa: F811
@@ -107,7 +97,7 @@ def test_a_running_desktop_moves_live_through_the_api_and_keeps_its_uptime(host_
 
         moving = client.post(f"{API}/desktops/{desktop_id}/migrate")  # the best host: the only other one
         assert moving.status_code == 202, moving.text
-        job = _finished(client, moving.json()["id"])
+        job = job_ended(client, moving.json()["id"], 300)
         assert job["state"] == "succeeded", job
         assert job["result"]["host_id"] == hosts["host2"]
 
@@ -134,7 +124,7 @@ def test_a_running_desktop_moves_live_through_the_api_and_keeps_its_uptime(host_
         drained = client.post(f"{API}/hosts/{hosts['host2']}/maintenance", json={"drain": True, "reason": "RAM"})
         assert drained.status_code == 200, drained.text
         assert drained.json()["status"] == "maintenance" and drained.json()["drain_job_id"]
-        job = _finished(client, drained.json()["drain_job_id"])
+        job = job_ended(client, drained.json()["drain_job_id"], 300)
         assert job["state"] == "succeeded" and job["result"] == {"migrated": [name], "failed": {}}, job
         with db.session_scope() as session:
             row = session.get(Desktop, desktop_id)

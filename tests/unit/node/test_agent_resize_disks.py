@@ -7,17 +7,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from starlette.testclient import TestClient
 
-from hypervisor_node.agent import create_app
-
-TOKEN = "node-token-for-tests"
-
-
-@pytest.fixture
-def client(driver):
-    with TestClient(create_app(driver, TOKEN), headers={"Authorization": f"Bearer {TOKEN}"}) as c:
-        yield c
+from tests.unit.node.test_agent_disk_routes import client  # noqa: F401  (the agent app over the test driver)
 
 
 def _defined(client, make_spec, memory_mib: int = 256):
