@@ -258,8 +258,11 @@ def update_desktop(desktop_id: str, payload: DesktopPatch, session: DbSession,  
     """Change a desktop. New CPUs, memory or monitors of a desktop with a domain reach it through the job
     desktops.redefine: the domain is defined again (the next boot has them) and a running guest gets memory live
     through its balloon (up to the memory it booted with) and vCPUs by hot-plug (up to its maximum vCPUs);
-    `applied` says per field what happened (monitors: always next_boot)."""
+    `applied` says per field what happened (monitors: always next_boot). Its host, template version, disk size or
+    pool cannot change by PATCH once it has a domain (409 naming what does it instead)."""
     values = payload.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
+    _DESKTOPS.fetch(session, desktop_id, who)
+    service.check_change(session, desktop_id, values)
     desktop = _DESKTOPS.update_object(session, desktop_id, values, who)
     job = service.request_hardware_change(session, desktop, list(values), actor=who.name)
     out = s.DesktopOut.model_validate(desktop).model_dump()

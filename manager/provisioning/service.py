@@ -412,6 +412,22 @@ def ended_job(job_id: str, timeout: float) -> tuple[JobState, dict] | None:
 HARDWARE = ("cpus", "memory_mib", "monitors")  # what a PATCH changes on the domain too (desktops.redefine)
 
 
+# What a PATCH cannot change on a desktop that has a domain and a disk, and what does it instead.
+NOT_BY_PATCH = {"host_id": "POST /desktops/{id}/migrate moves it", "template_version_id": "a re-image "
+                "(POST /desktops/bulk, action reimage) changes it", "disk_size_gib": "its disk is not resized",
+                "pool_id": "pools provision their own desktops"}
+
+
+def check_change(session: Session, desktop_id: str, values: dict) -> None:
+    """Refuse (409) a PATCH of what the domain or disk of a placed desktop would not follow (NOT_BY_PATCH)."""
+    desktop = get_desktop(session, desktop_id)
+    if desktop.host_id is None and desktop.volume_id is None:
+        return
+    for name, how in NOT_BY_PATCH.items():
+        if name in values and values[name] != getattr(desktop, name):
+            raise Conflict(f"{name} of desktop {desktop.name} cannot be changed by PATCH: {how}")
+
+
 def request_hardware_change(session: Session, desktop: Desktop, changed: Sequence[str], *, actor: str) -> Job | None:
     """After a PATCH: new CPUs, memory or monitors of a desktop with a domain reach it through the job
     desktops.redefine (live where libvirt can, else at the next boot; its result says which per field). None when

@@ -48,3 +48,18 @@ def test_new_hardware_is_applied_live_where_libvirt_can_and_the_response_says_so
     assert too_much.json()["applied"] == {"memory_mib": "next_boot"}, too_much.text
     assert client.post(f"{API}/desktops/{desktop_id}/poweroff").status_code == 200
     assert client.post(f"{API}/desktops/{desktop_id}/start").status_code == 200  # the new definition boots
+
+
+def test_what_the_domain_would_not_follow_is_refused(world, client):
+    host_ids = world.hosts(2)
+    template_id, _ = world.template()
+    made = client.post(f"{API}/desktops/provision", json={"name": f"{world.prefix}-fixed", "template_id": template_id,
+                                                          "host_id": host_ids[0]})
+    desktop_id = made.json()["id"]
+    for field, value, words in (("host_id", host_ids[1], "migrate"), ("disk_size_gib", 5, "not resized"),
+                                ("template_version_id", "00000000-0000-0000-0000-000000000000", "re-image")):
+        refused = client.patch(f"{API}/desktops/{desktop_id}", json={field: value})
+        assert refused.status_code == 409 and words in refused.json()["detail"], refused.text
+    same = client.patch(f"{API}/desktops/{desktop_id}", json={"host_id": host_ids[0], "comment": "kept"})
+    assert same.status_code == 200 and same.json()["comment"] == "kept", same.text
+    assert client.get(f"{API}/desktops/{desktop_id}").json()["host_id"] == host_ids[0]
