@@ -103,6 +103,10 @@ class JobCancelled(Exception):
     pass
 
 
+class JobLost(JobCancelled):
+    """The job is no longer this runner's (recovery took it after its lease ran out): stop, write nothing more."""
+
+
 class JobContext:
     """Handed to a task: progress reporting in short transactions of its own, and cancellation checks."""
 
@@ -117,13 +121,11 @@ class JobContext:
         if not force and now - self._last_write < self._min_interval and (total is None or done < total):
             return
         self._last_write = now
-        values: dict[str, Any] = {"done": done, "heartbeat_at": utcnow()}
+        values: dict[str, Any] = {"done": done}
         if total is not None:
             values["total"] = total
         with db.session_scope() as session:
-            job = session.get(Job, self.job_id)
-            if job is None:
-                raise JobCancelled("job row vanished")
+            job = self._own(session)
             total_now = values.get("total", job.total)
             values["progress"] = round(100.0 * done / total_now, 2) if total_now else 0.0
             session.execute(update(Job).where(Job.id == self.job_id).values(**values))
@@ -135,9 +137,19 @@ class JobContext:
         """Raise JobCancelled when a user asked to cancel; call it between steps (progress() checks only when it
         writes, at most every `min_interval`)."""
         with db.session_scope() as session:
-            job = session.get(Job, self.job_id)
-            if job is None or job.cancel_requested:
+            if self._own(session).cancel_requested:
                 raise JobCancelled(f"job {self.job_id} was cancelled")
+
+    def _own(self, session: Session) -> Job:
+        """The job's row, still this runner's: when its lease ran out (the database was away) and recovery gave it
+        to another runner, or settled it, this run stops at its next step (JobLost) rather than work twice."""
+        job = session.get(Job, self.job_id)
+        if job is None:
+            raise JobLost(f"job {self.job_id}: its row vanished")
+        if job.state != JobState.RUNNING or job.owner != runner_id():
+            raise JobLost(f"job {self.job_id} is no longer this runner's ({job.state.value}, "
+                          f"{job.owner or 'no owner'})")
+        return job
 
 
 # ---- leases: a running job is owned by the process running it ------------------------------------------------
@@ -145,12 +157,19 @@ def _lease_seconds() -> float:
     return _settings().job_lease_seconds
 
 
+_runner: tuple[int, str] | None = None
+
+
 def runner_id() -> str:
-    """This process as a job owner: the manager instance running jobs in-process, or a worker process."""
-    settings = _settings()
-    if settings.embedded_jobs:
-        return f"manager {settings.effective_instance_id}"
-    return f"worker {socket.gethostname()} pid {os.getpid()}"
+    """This process as a job owner: the manager instance running jobs in-process, or a worker process (fixed for
+    the life of the process, whatever its settings become)."""
+    global _runner
+    if _runner is None or _runner[0] != os.getpid():
+        settings = _settings()
+        name = f"manager {settings.effective_instance_id}" if settings.embedded_jobs else \
+            f"worker {socket.gethostname()} pid {os.getpid()}"
+        _runner = (os.getpid(), name)
+    return _runner[1]
 
 
 class _Leases:
@@ -183,8 +202,8 @@ class _Leases:
                 continue
             try:
                 with db.session_scope() as session:
-                    session.execute(update(Job).where(Job.id.in_(ids), Job.state == JobState.RUNNING)
-                                    .values(heartbeat_at=db.clock(session)))
+                    session.execute(update(Job).where(Job.id.in_(ids), Job.state == JobState.RUNNING,
+                                                      Job.owner == runner_id()).values(heartbeat_at=db.clock(session)))
             except Exception:  # the database is away: try again next period (the lease may run out meanwhile)
                 log.warning("renewing the leases of jobs %s failed", ids, exc_info=True)
 

@@ -28,7 +28,7 @@ from sqlalchemy import select, text
 
 from core.enums import JobState
 from manager import db, jobs
-from manager.models import Event, Job
+from manager.models import Event, Job, StorageDomain, Volume
 from tests.harness.managers import REPO, wait_for
 from tests.harness.processes import kill_process_tree
 
@@ -269,3 +269,32 @@ def test_a_live_runners_job_is_not_recovered(settings_env, clean_db, monkeypatch
     report = jobs.recover_orphaned_jobs()
     assert report.resumed == [] and report.failed == []
     assert _job(job_id).state == JobState.RUNNING
+
+
+def test_a_run_whose_job_was_settled_meanwhile_stops_and_writes_nothing(settings_env, clean_db, tmp_path):
+    """A runner cut off from the database past its lease: recovery settles its job meanwhile. When the runner goes on,
+    it stops at its next step (JobLost) and leaves the job as recovery left it."""
+    with db.session_scope() as session:
+        domain = StorageDomain(name="shared", path=str(tmp_path))
+        session.add(domain)
+        session.flush()
+        for i in range(3):
+            (tmp_path / f"v{i}.qcow2").write_bytes(os.urandom(8192))
+            session.add(Volume(storage_domain_id=domain.id, path=str(tmp_path / f"v{i}.qcow2"), role="desktop"))
+    locks = TableLocks()
+    try:
+        with db.session_scope() as session:
+            job_id = jobs.enqueue(session, "storage.refresh", params={}, created_by="test").id
+        wait_for("the job runs in-process and waits for the volumes table",
+                 lambda: _job(job_id).state == JobState.RUNNING and _lock_waiters() > 0)
+        with db.session_scope() as session:  # what recovery does to a FAIL kind whose lease ran out
+            session.execute(Job.__table__.update().where(Job.id == job_id).values(
+                state=JobState.FAILED, error="interrupted: settled elsewhere", finished_at=db.clock(session)))
+    finally:
+        locks.release()
+    wait_for("the run has ended", lambda: job_id not in jobs._leases._ids)
+    final = _job(job_id)
+    assert (final.state, final.error, final.done) == (JobState.FAILED, "interrupted: settled elsewhere", 0)
+    assert _codes(job_id) == []
+    with db.session_scope() as session:
+        assert session.scalars(select(Volume.actual_size)).all() == [0, 0, 0], "it stopped before measuring"
