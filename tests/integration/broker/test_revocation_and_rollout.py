@@ -153,3 +153,16 @@ def test_a_pending_template_version_is_applied_at_the_manual_desktops_logoff(wor
     logoff = [e[2] for e in events("broker.logoff")]
     assert len(logoff) == 1 and "re-imaged onto its new template version" in logoff[0]
     assert len(events("desktop.reimaged")) == 1
+
+
+def test_deleting_a_user_resets_the_desktop_they_held(world, client, anon_client):
+    world.hosts(1)
+    pool_id = world.pool(1, os_type="windows_11", protocols="rdp", ip_prefix="10.36")
+    max_, token = world.user("max")
+    world.entitle(pool_id=pool_id, user_id=max_)
+    desktop_id = connect(anon_client, token, pool_id=pool_id).json()["desktop_id"]
+    assert client.delete(f"{API}/users/{max_}").status_code == 204
+    wait_for_jobs()
+    row = desktop_row(desktop_id)  # not merely freed by the foreign key: reset before the next user gets it
+    assert row["assigned"] is None and row["task"] is None and row["power"].value == "down"
+    assert len(events("desktop.reset")) == 1 and [e[1] for e in events("broker.access_revoked")] == [desktop_id]
