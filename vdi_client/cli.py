@@ -361,40 +361,35 @@ def cmd_jobs_list(args: argparse.Namespace, client: Client) -> int:
 
 
 # ---- wiring ----------------------------------------------------------------------------------------------------
-def run(handler: Handler) -> Callable[[argparse.Namespace], int]:
-    """A command's entry: the client from --url/--token, VDI_URL/VDI_TOKEN or the config file; the server's
-    message and exit status 1 on an error."""
+def guarded(command: str, entry: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`entry` with the client's errors turned into a message on stderr and exit status 1: the server's message,
+    its HTTP status and code for an ApiError."""
 
-    def entry(args: argparse.Namespace) -> int:
+    def guarded_entry(args: argparse.Namespace) -> int:
         try:
-            settings = config.load(args.url, args.token)
-            with Client(settings.url, settings.token) as client:
-                return handler(args, client)
-        except JobFailed as exc:
-            print(f"vdi: {exc}", file=sys.stderr)
-            return 1
+            return entry(args)
         except ApiError as exc:
-            print(f"vdi: {exc.detail} (HTTP {exc.status}, {exc.code})", file=sys.stderr)
+            print(f"{command}: {exc.detail} (HTTP {exc.status}, {exc.code})", file=sys.stderr)
             return 1
         except VdiClientError as exc:
-            print(f"vdi: {exc}", file=sys.stderr)
+            print(f"{command}: {exc}", file=sys.stderr)
             return 1
         except BrokenPipeError:  # `vdi desktops list | head`: the reader has what it wanted
             sys.stderr.close()
             return 0
 
-    return entry
+    return guarded_entry
 
 
-def login_entry(args: argparse.Namespace) -> int:
-    try:
-        return cmd_login(args)
-    except ApiError as exc:
-        print(f"vdi login: {exc.detail} (HTTP {exc.status}, {exc.code})", file=sys.stderr)
-        return 1
-    except VdiClientError as exc:
-        print(f"vdi login: {exc}", file=sys.stderr)
-        return 1
+def run(handler: Handler) -> Callable[[argparse.Namespace], int]:
+    """A command's entry: the client from --url/--token, VDI_URL/VDI_TOKEN or the config file."""
+
+    def entry(args: argparse.Namespace) -> int:
+        settings = config.load(args.url, args.token)
+        with Client(settings.url, settings.token) as client:
+            return handler(args, client)
+
+    return guarded("vdi", entry)
 
 
 def _connection(parser: argparse.ArgumentParser) -> None:
@@ -424,7 +419,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--username", help="user, user@domain or DOMAIN\\user (asked when missing)")
     p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     p.add_argument("--days", type=int, help="the token's lifetime (default: the manager's maximum)")
-    p.set_defaults(func=login_entry)
+    p.set_defaults(func=guarded("vdi login", cmd_login))
 
     p = sub.add_parser("desktops", help="list desktops and act on them, one by one or by search",
                        description="List desktops, or start, stop, reboot, reset or migrate the ones named or found "

@@ -5,10 +5,10 @@
     for desktop in vdi.search.iter("Vms: status = up and Pools.name = eng"):
         vdi.desktops.reboot(desktop.id)
     job = vdi.pools.resize(pool_id, size=20)
-    vdi.jobs.wait(job, progress=lambda j: print(f"{j.progress:.0%}"))
+    vdi.jobs.wait(job, progress=lambda j: print(f"{j.progress:.0f}%"))
 
 Every method that calls the API is marked with the method and path it calls (`@operation`), so that
-tests/unit/test_client_coverage.py can hold the client against the manager's OpenAPI document: an operation
+tests/unit/client/test_coverage.py holds the client against the manager's OpenAPI document: an operation
 without a client method fails it. Errors come back as `ApiError` with the server's code, status and message.
 """
 from __future__ import annotations
@@ -968,17 +968,3 @@ def error_of(reply: httpx.Response, method: str, path: str) -> ApiError:
     if not isinstance(detail, str) or not detail:
         detail = reply.text.strip()[:500] or reply.reason_phrase or f"HTTP {reply.status_code}"
     return ApiError(reply.status_code, code, detail, method=method, path=path, body=body)
-
-
-def client_operations(client_class: type[Client] = Client) -> dict[tuple[str, str], str]:
-    """(METHOD, path below /api/v1 with every parameter written `{id}`) → the client method calling it."""
-    found: dict[tuple[str, str], str] = {}
-    for attribute, namespace in client_class.NAMESPACES.items():
-        for name in dir(namespace):
-            mark = getattr(getattr(namespace, name), "__vdi_operation__", None)
-            if mark is None:
-                continue
-            method, path = mark
-            path = path.replace("{collection}", namespace.collection)
-            found[(method, re.sub(r"\{[^}]+\}", "{id}", path))] = f"{attribute}.{name}"
-    return found
