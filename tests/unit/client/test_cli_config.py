@@ -96,3 +96,22 @@ def test_table_and_progress_bar_only_on_a_terminal():
     bar.show(0.5, "half")
     bar.close()
     assert piped.getvalue() == ""  # a pipe or log file gets no bar
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal():
+    from vdi_client.models import Job
+
+    screen = Terminal()
+    bar = ProgressBar(screen)
+    bar.job(Job(id="j", kind="pools.resize", state="running", progress=50.0, eta_seconds=12))
+    bar.job(Job(id="j", kind="pools.resize", state="succeeded", progress=100.0))
+    bar.close()
+    frames = screen.getvalue().split("\r")[1:]
+    assert frames[0].startswith("[" + "#" * 15 + "." * 15 + "]  50% pools.resize running, about 12 s left")
+    assert frames[1].startswith("[" + "#" * 30 + "] 100% pools.resize succeeded")
+    assert screen.getvalue().endswith("\n")  # the next output starts on a line of its own
