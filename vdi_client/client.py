@@ -533,10 +533,9 @@ class Events(Namespace):
             except ServerUnreachable:
                 if not reconnect:
                     raise
-                time.sleep(1.0)
-                continue
             if not reconnect:
                 return
+            time.sleep(1.0)  # the server closed the stream or went away: resume shortly, not in a tight loop
 
     def _read_stream(self, after_id: int | None) -> Iterator[m.Event]:
         headers = {"Accept": "text/event-stream"}
