@@ -90,13 +90,12 @@ def published_image(real_node):
     return ensure_demo_image().publish(real_node.work / "templates")
 
 
-def setup_pool(real_node, image, pool_type: str, host_name: str = "real1", **fields) -> str:
-    """A one-desktop pool on the real host (`real_node`, known to the manager as `host_name`), provisioned through
-    the manager's own code."""
-    from core.enums import HostStatus, OsType, PoolType
+def real_template(real_node, image, host_name: str = "real1") -> tuple[str, str]:
+    """(host id, template id): the real host (`real_node`, known to the manager as `host_name`, made once) and a new
+    template booting the demo image."""
+    from core.enums import HostStatus, OsType
     from manager import db
-    from manager.models import Cluster, Host, Pool, Template, TemplateVersion, Volume
-    from manager.provisioning.tasks import grow_pool
+    from manager.models import Cluster, Host, Template, TemplateVersion, Volume
 
     tag = uuid.uuid4().hex[:6]
     with db.session_scope() as s:
@@ -105,9 +104,11 @@ def setup_pool(real_node, image, pool_type: str, host_name: str = "real1", **fie
             cluster = Cluster(name=f"real-{tag}")
             s.add(cluster)
             s.flush()
-            s.add(Host(name=host_name, cluster_id=cluster.id, agent_url=real_node.node.url,
-                       agent_token=real_node.node.token,
-                       address="127.0.0.1", status=HostStatus.UP, memory_mib=8192, free_memory_mib=4096))
+            host = Host(name=host_name, cluster_id=cluster.id, agent_url=real_node.node.url,
+                        agent_token=real_node.node.token,
+                        address="127.0.0.1", status=HostStatus.UP, memory_mib=8192, free_memory_mib=4096)
+            s.add(host)
+            s.flush()
         volume = s.scalar(select(Volume).where(Volume.path == str(image.template)))
         if volume is None:
             volume = Volume(path=str(image.template), role="template", virtual_size=64 << 20)
@@ -121,7 +122,21 @@ def setup_pool(real_node, image, pool_type: str, host_name: str = "real1", **fie
         s.add(version)
         s.flush()
         tpl.latest_version_id = version.id
-        pool = Pool(name=f"{pool_type}-{tag}", pool_type=PoolType(pool_type), template_id=tpl.id, size=1,
+        return host.id, tpl.id
+
+
+def setup_pool(real_node, image, pool_type: str, host_name: str = "real1", **fields) -> str:
+    """A one-desktop pool on the real host (`real_node`, known to the manager as `host_name`), provisioned through
+    the manager's own code."""
+    from core.enums import PoolType
+    from manager import db
+    from manager.models import Pool
+    from manager.provisioning.tasks import grow_pool
+
+    _host_id, template_id = real_template(real_node, image, host_name)
+    tag = uuid.uuid4().hex[:6]
+    with db.session_scope() as s:
+        pool = Pool(name=f"{pool_type}-{tag}", pool_type=PoolType(pool_type), template_id=template_id, size=1,
                     name_pattern=f"{pool_type[:4]}{tag}-##", memory_mib=256, **fields)
         s.add(pool)
         s.flush()
