@@ -485,6 +485,7 @@ POOLS = ObjectDef("Pool", Pool, (
     I("lease_seconds"), I("max_lease_seconds"), D("window_start", "window_start"), D("window_end", "window_end"),
     E("reclaim_policy", RECLAIM_POLICIES, _text("reclaim_policy")),
     E("disconnect_action", DISCONNECT_ACTIONS, _text("disconnect_action")), I("disconnect_after_minutes"),
+    S("time_zone"), B("open_now", "schedule_open"),
     S("template", _related("template", "template_id"), sortable=False), D("creationdate", "created_at"),
     U("id", hidden=True),
 ), default_sort=(("name", "asc"),))
@@ -722,6 +723,7 @@ EXEMPT: dict[type, dict[str, str]] = {
     },
     Pool: {
         "template_version_id": "a pinned version; search the template with template = <name>",
+        "schedule": "recurring opening hours (a list of windows); search open_now and time_zone",
     },
     Event: {},
     Cluster: {},
