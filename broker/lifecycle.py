@@ -26,7 +26,7 @@ from broker import assignment, sessions
 from core.enums import DisconnectAction, PoolType, PowerState, ReclaimPolicy, SessionState, Severity, TaskState
 from core.errors import Conflict, VdiError
 from event_manager.service import emit
-from image_manager import service as image_service
+import image_manager.service as image_service
 from manager.models import Assignment, Desktop, DesktopSession, Pool, User, utcnow
 
 log = logging.getLogger(__name__)
