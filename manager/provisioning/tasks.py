@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import select, update
 
 from broker import lifecycle, sessions
-from core.enums import JobState, ReclaimPolicy, TaskState
+from broker import service as broker_service
+from core.enums import JobState, TaskState
 from core.errors import DesktopBusy, VdiError
 from event_manager.service import emit
 from manager import db
@@ -224,10 +225,7 @@ def maintain_pools(pool_id: str | None = None, now: dt.datetime | None = None) -
         scheduled = lifecycle.apply_schedules(session, now)
     with db.session_scope() as session:
         reclaimed = lifecycle.expire_leases(session, now)
-        for item in reclaimed:
-            kind = "desktops.reset" if item.policy == ReclaimPolicy.REIMAGE else "desktops.deprovision"
-            enqueue(session, kind, params={"desktop_id": item.desktop_id}, target_kind="desktop",
-                    target_id=item.desktop_id, description=f"reclaim desktop {item.desktop_name} (lease expired)")
+        broker_service.enqueue_reclaims(session, reclaimed, why="lease expired")
         sessions.expire_pending(session, now)
         away = lifecycle.act_on_disconnected(session, now)
         for desktop_id in away:
