@@ -166,6 +166,8 @@ def apply_schedules(session: Session, now: dt.datetime | None = None) -> list[tu
     changed: list[tuple[str, bool]] = []
     for pool in session.scalars(select(Pool).where(Pool.pool_type == PoolType.TIME_BASED).order_by(Pool.name)):
         if not pool.schedule:
+            if pool.schedule_open is not None:  # its opening hours were removed: nothing to say any more
+                pool.schedule_open = None
             continue
         is_open = assignment.closed_reason(pool, now) is None
         if pool.schedule_open is is_open:

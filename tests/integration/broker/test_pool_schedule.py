@@ -124,3 +124,8 @@ def test_closing_cuts_a_lease_that_outlives_the_new_hours(world, client):
     assert holder(desktop_id) == (None, None)
     closed = [message for code, message in pool_events(pool_id) if code == "pool.closed"]
     assert len(closed) == 1 and "1 running lease(s) end now" in closed[0]
+    with db.session_scope() as session:  # no opening hours any more: the pool is neither open nor closed by them
+        session.get(Pool, pool_id).schedule = []
+    assert maintain_pools(now=at("2030-04-01T13:00:00+00:00"))["scheduled"] == 0
+    with db.session_scope() as session:
+        assert session.get(Pool, pool_id).schedule_open is None
