@@ -1,9 +1,11 @@
 """A real planner run (issue 20 acceptance): `vdi demo --image-variant planner` and `vdi serve` with real QEMU (TCG)
 guests; two planner desktops (carol-finance and a second one provisioned here) run the default workload once, in
-local mode and in remote mode, through the manager's API only (planner.runner: the power-on storm starts the second
-desktop, the broker's console tickets open one VNC client per desktop in remote mode). Every operation is measured;
-in remote mode the client decodes every operation's end mark, and every operation long enough for its start mark to
-be refreshed (MIN_VISIBLE_S) has its watermark-decoded (client-side) time, within WATERMARK_TOLERANCE_S of the guest's; the run is stored and its report generated. Run under `flock /tmp/vdi-heavy.lock` (two guests)."""
+local, passive and remote mode, through the manager's API only (planner.runner: the power-on storm starts the
+second desktop, the broker's console tickets open one VNC client per desktop in passive and remote mode). Every
+operation is measured; in remote mode the client decodes every operation's end mark, and every operation long
+enough for its start mark to be refreshed (MIN_VISIBLE_S) has its watermark-decoded (client-side) time, within
+WATERMARK_TOLERANCE_S of the guest's; the run is stored and its report generated. Run under
+`flock /tmp/vdi-heavy.lock` (two guests)."""
 from __future__ import annotations
 
 import asyncio
@@ -66,12 +68,17 @@ def check_every_operation_measured(result: dict) -> None:
     assert result["summary"]["flagged"] == {} and result["summary"]["watchdog"] == []
 
 
-def test_local_then_remote_run(desktops, tmp_path):
+def test_local_passive_and_remote_runs(desktops, tmp_path):
     server, token = desktops
     local = run(server, token, "local")
     check_every_operation_measured(local)
     assert all(s["client_s"] is None for s in local["samples"])
     assert "power_on_storm" in local["summary"]["admin"]  # planner-b was down
+
+    passive = run(server, token, "passive")  # consoles open, the guest's times the measurement
+    check_every_operation_measured(passive)
+    assert all(s["client_s"] is None for s in passive["samples"])
+    assert passive["summary"]["admin"]["logon_storm"]["errors"] == 0
 
     remote = run(server, token, "remote")
     check_every_operation_measured(remote)
