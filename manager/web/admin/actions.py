@@ -2,7 +2,7 @@
 
 Every action itself is a call to the JSON API from static/actions.js (one implementation: the API's). The server
 only reads here, through the same service functions the API uses: which template versions a desktop can be
-re-imaged to or a pool moved to, which pools a template version can be rolled out to, which templates and clusters a
+re-imaged to or a pool moved to, which hosts a running desktop can be moved to, which pools a template version can be rolled out to, which templates and clusters a
 new pool can use. The action toolbars (templates/admin/actions/<noun>.html) show each role only what it may do;
 the API checks every call again.
 """
@@ -41,8 +41,11 @@ def _desktop(session: Session, desktop: Desktop, who: Principal, ctx: dict[str, 
     pool = related_object(session, "pools", desktop.pool_id, who)
     previewing = next((s for s in ctx.get("snapshots", []) if s.status == SNAPSHOT_IN_PREVIEW), None)
     manual_pool = pool is not None and pool.pool_type == PoolType.MANUAL
+    # GET /hosts, by name: where a running desktop can be moved (the API refuses a host that cannot take it)
+    hosts = related_page(session, "hosts", first_page(WHOLE), who)["items"] if who.can("desktops:power") else []
     return {
         "reimage_versions": _versions(session, version.template_id if version else None),
+        "migrate_hosts": sorted((h for h in hosts if h.id != desktop.host_id), key=lambda h: h.name),
         "previewing": previewing,
         # Who may hand this desktop to a user: the pool's writer for a manual pool's desktop, the entitlements'
         # writer for a desktop of no pool (dedicated or shared); automatic and time-based pools assign themselves.

@@ -51,6 +51,8 @@
     stop: { label: "Shut down", ask: "in_use", why: "Users logged in lose their session; unsaved work may be lost." },
     poweroff: { label: "Power off", ask: "always", why: "Like pulling the plug: unsaved work is lost." },
     reboot: { label: "Reboot", ask: "in_use", why: "Users logged in lose their session while it restarts." },
+    suspend: { label: "Suspend", ask: "in_use", why: "Its screen freezes for users logged in until it is resumed." },
+    resume: { label: "Resume", ask: "never" },
     reset: { label: "Reset", ask: "always", why: "The disk goes back to the template: everything changed on it is lost." },
     deprovision: { label: "Delete", ask: "always", why: "Removed for good: the disk and the domain are deleted." },
     // bulk only (a desktop's page has dialogs of its own for these); `loggedIn`: say how many have a user logged in
@@ -346,6 +348,13 @@
     location.replace(url);
   }
 
+  // The page again now, following a job that goes on in the jobs tray; shown again once it has ended.
+  function reloadWatching(jobId) {
+    const url = new URL(location.href);
+    url.searchParams.set("watch", jobId);
+    location.replace(url);
+  }
+
   // ---- a desktop's page ----------------------------------------------------------------------------------------
   function desktopHandlers(id, name) {
     const base = `/desktops/${encodeURIComponent(id)}`;
@@ -384,12 +393,52 @@
         notify(`${name} is now ${typed}'s`);
         reload();
       },
+      async migrate(form) {
+        const job = await api("POST", `${base}/migrate`, dropEmpty(values(form)));
+        form.closest("dialog").close();
+        await watch(job); reload(job);
+      },
+      // PATCH the fields changed; the dialog stays open saying per field what the API did (live, at the next boot)
+      // and the page shows the new values once it is closed.
+      async hardware(form) {
+        const body = values(form, { changedOnly: true });
+        if (!Object.keys(body).length) { form.closest("dialog").close(); return; }
+        const answer = await api("PATCH", base, body);
+        let applied = answer.applied;
+        if (answer.job_id && Object.values(applied).includes("pending")) {  // the job goes on: its result says
+          const final = await watch({ id: answer.job_id, kind: "desktops.redefine" });
+          if (final?.state === "succeeded" && final.result.applied) applied = final.result.applied;
+        }
+        showApplied(form, applied);
+        for (const field of form.elements) if (field.name in body) field.defaultValue = field.value;
+        form.closest("dialog").addEventListener("close", () => reload(answer.job_id), { once: true });
+      },
+      async delete(form) {
+        const force = form.elements.force?.checked ? "?force=true" : "";
+        const job = await api("DELETE", base + force);
+        form.closest("dialog").close();
+        const final = await watch(job);
+        if (!final || final.state === "succeeded") location.assign("/admin?q=Vms%3A");
+        else reload(job);
+      },
       async detach(form) {
         await api("DELETE", `${base}/users/${encodeURIComponent(form.elements.user_id.value)}`);
         reload();
       },
       users,
     };
+  }
+
+  // What a hardware change did, per field, as the PATCH (or its job's result) says.
+  const HARDWARE_FIELDS = { cpus: "CPUs", memory_mib: "Memory", monitors: "Monitors" };
+  const APPLIED = { live: "applied live", next_boot: "at next boot", pending: "still being applied (see the job)",
+                    failed: "failed (see the job)" };
+  function showApplied(form, applied) {
+    const box = form.querySelector(".hardware-applied");
+    const saved = Object.entries(applied);
+    box.querySelector("ul").replaceChildren(...(saved.length ? saved : [["", "saved (the desktop has no domain yet)"]])
+      .map(([field, how]) => el("li", {}, field ? `${HARDWARE_FIELDS[field] || field}: ${APPLIED[how] || how}` : how)));
+    box.hidden = false;
   }
 
   // The users matching what was typed (a free-text search of Users: names, user names, e-mail addresses), for the
@@ -444,9 +493,8 @@
             reload();
           } else {
             const job = await api("POST", `${base}/${action}`);
-            const final = await watch(job);
-            if (action === "deprovision" && (!final || final.state === "succeeded")) location.assign("/admin?q=Vms%3A");
-            else reload(job);
+            await watch(job);
+            reload(job);
           }
         } else if (button.dataset.preview) {
           const keep = button.dataset.preview === "commit";
@@ -556,18 +604,30 @@
     });
   }
 
-  // ---- a host's page: maintenance and back ---------------------------------------------------------------------------
+  // ---- a host's page: maintenance (draining its running desktops by live migration, cancellable) and back -------------
   function initHost(root) {
     const base = `/hosts/${encodeURIComponent(root.dataset.id)}`;
     initDialogs({
       async maintenance(form) {
-        await api("POST", `${base}/maintenance`, values(form));
-        reload();
+        const host = await api("POST", `${base}/maintenance`, values(form));
+        // the page again at once (its Maintenance card, with Cancel), following the drain in the jobs tray
+        host.drain_job_id ? reloadWatching(host.drain_job_id) : reload();
       },
       async display(form) {
         await api("PATCH", base, values(form));
         reload();
       },
+    });
+    root.querySelector("[data-cancel-job]")?.addEventListener("click", async (event) => {
+      const button = event.currentTarget;
+      button.disabled = true;
+      try {
+        const job = await api("POST", `/jobs/${encodeURIComponent(button.dataset.cancelJob)}/cancel`);
+        reloadWatching(job.id);  // shown again when it has stopped
+      } catch (error) {
+        notify(`Cancel drain: ${error.message}`, "error");
+        button.disabled = false;
+      }
     });
     root.querySelector("[data-host-op=activate]")?.addEventListener("click", async (event) => {
       try {

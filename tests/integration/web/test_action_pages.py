@@ -126,9 +126,16 @@ def test_a_desktop_page_shows_the_admin_every_action_and_helpdesk_no_delete(clie
     page = client.get(f"/admin/desktops/{estate.desktop}")
     assert page.status_code == 200
     buttons = _buttons(page.text)
-    assert {"Start", "Shut down", "Power off", "Reboot", "Reset to template", "Re-image…", "Take snapshot…",
-            "Attach user…", "Delete"} <= buttons
+    assert {"Start", "Shut down", "Power off", "Reboot", "Suspend", "Resume", "Migrate…", "Reset to template",
+            "Re-image…", "Edit hardware…", "Take snapshot…", "Attach user…", "Delete…"} <= buttons
     assert re.search(r'data-power="start" disabled>Start<', page.text)  # it runs already
+    assert re.search(r'data-power="resume" disabled>Resume<', page.text)  # it is not paused
+    assert re.search(r'data-open="dlg-migrate" >Migrate…<', page.text)  # it runs: it can move
+    # the migration's targets: the best host, or any other host by name (the API refuses one that cannot take it)
+    assert '<option value="">The best host (by the placement policy)</option>' in page.text
+    assert 'id="hardware-memory" name="memory_mib" type="number" min="64" max="1048576" required' in page.text
+    # deleting a running desktop offers to power it off first (DELETE ?force=true)
+    assert 'id="dlg-delete-title">Delete desktop act-desk?<' in page.text and 'name="force"' in page.text
     assert 'aria-labelledby="dlg-reimage-title"' in page.text and 'id="dlg-reimage-title">Re-image act-desk<' in page.text
     assert f'<option value="{estate.version}">Version 1 (gold)</option>' in page.text
     assert 'list="assign-user-options" data-user-picker' in page.text
@@ -136,8 +143,9 @@ def test_a_desktop_page_shows_the_admin_every_action_and_helpdesk_no_delete(clie
     _log_in_as(client, "helper")
     page = client.get(f"/admin/desktops/{estate.desktop}")
     buttons = _buttons(page.text)
-    assert {"Start", "Shut down", "Power off", "Reboot"} <= buttons
-    assert not buttons & {"Delete", "Reset to template", "Re-image…", "Take snapshot…", "Attach user…"}
+    assert {"Start", "Shut down", "Power off", "Reboot", "Suspend", "Resume", "Migrate…"} <= buttons
+    assert not buttons & {"Delete…", "Reset to template", "Re-image…", "Edit hardware…", "Take snapshot…",
+                          "Attach user…"}
     assert "Delete" not in page.text.split('<div class="object-actions">')[1].split("</header>")[0]
 
 
@@ -165,11 +173,24 @@ def test_pool_page_resize_and_edit_for_pool_writers_only(client, estate):
 def test_host_page_maintenance_for_host_writers_only(client, estate):
     page = client.get(f"/admin/hosts/{estate.host}").text
     assert "Maintenance…" in _buttons(page) and "Activate" not in _buttons(page)
+    assert 'name="drain"' in page and "Move running desktops to other hosts (live migration)" in page
+    assert 'id="maintenance-title"' not in page  # up, never drained: no Maintenance card
     refused = client.post(f"{API}/hosts/{estate.host}/maintenance")  # act-desk runs there
     assert refused.status_code == 409 and "act-desk" in refused.json()["detail"]
-    with db.session_scope() as s:
-        s.get(Host, estate.host).status = HostStatus.MAINTENANCE
-    assert "Activate" in _buttons(client.get(f"/admin/hosts/{estate.host}").text)
+    csrf = page_csrf(page)
+    drained = client.post(f"{API}/hosts/{estate.host}/maintenance", json={"drain": True},
+                          headers={"X-CSRF-Token": csrf})
+    assert drained.status_code == 200 and drained.json()["drain_job_id"], drained.text
+    job = {"id": drained.json()["drain_job_id"]}
+    page = client.get(f"/admin/hosts/{estate.host}").text
+    assert "Activate" in _buttons(page)
+    assert 'id="maintenance-title">Maintenance<' in page and "In maintenance: the host takes no new desktops" in page
+    assert f'<a href="/admin/jobs/{job["id"]}">Drain by live migration</a>' in page
+    shown = re.search(r'Drain by live migration</a> <span class="state s-(\w+)"', page).group(1)
+    if shown in ("pending", "running"):  # an unfinished drain can be cancelled from the page
+        assert f'data-cancel-job="{job["id"]}">Cancel drain<' in page
+    else:  # it ended already: no other host is up to take act-desk, which the card names
+        assert "Cancel drain" not in page and "<li>act-desk: " in page
     _log_in_as(client, "dadmin")  # hosts:write is the SuperUser's
     assert not _buttons(client.get(f"/admin/hosts/{estate.host}").text) & {"Activate", "Maintenance…"}
 

@@ -1,14 +1,16 @@
-"""The host page: its facts and figures, and its desktops (the search `Vms: Hosts.name = <host>`)."""
+"""The host page: its facts and figures, its desktops (the search `Vms: Hosts.name = <host>`) and its latest drain
+(the job hosts.drain that moves its running desktops away in maintenance: GET /jobs?kind=hosts.drain&target_id=)."""
 from __future__ import annotations
 
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from manager.api.system import jobs_page
 from manager.auth import Principal
 from manager.models import Host
 from manager.web.admin.objects import Fact, ObjectKind, resource_loader, search_href, search_preview
-from manager.web.related import related_object
+from manager.web.related import first_page, related_object
 
 
 def facts(session: Session, h: Host, who: Principal) -> list[Fact]:
@@ -33,7 +35,10 @@ def facts(session: Session, h: Host, who: Principal) -> list[Fact]:
 
 
 def related(session: Session, h: Host, who: Principal) -> dict[str, Any]:
-    return {"desktops": search_preview(session, "Vms: Hosts.name =", h.name) if who.can("desktops:read") else None}
+    drains = jobs_page(session, first_page(1), kind="hosts.drain", target_id=h.id)["items"] \
+        if who.can("jobs:read") else []
+    return {"desktops": search_preview(session, "Vms: Hosts.name =", h.name) if who.can("desktops:read") else None,
+            "drain": drains[0] if drains else None}
 
 
 KIND = ObjectKind("hosts", "host", "hosts:read", resource_loader("hosts"), lambda h: h.name, facts, related,
