@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
 from hypervisor_node.driver import LibvirtDriver
+from image_manager import qemu_img
 from image_manager.demo_image import ensure_demo_image
 from planner.rfb import FramebufferViewer
 from planner.watermark import END_SUM, Marks, decode
@@ -28,6 +31,27 @@ VNC_PASSWORD = "first-ticket"[:8]  # demo_spec's console ticket; VNC keeps its f
 OPERATIONS = [("word", "open", 11), ("word", "type", 12), ("word", "save", 13), ("browser", "browse", 21),
               ("archive", "compress", 31), ("video", "play", 41)]
 KEEPALIVE_PIXEL = (200, 4)
+# an application a user added (docs/planner.md: an executable NAME in /opt/planner/apps of the template)
+FLAKY_APP = """#!/bin/busybox sh
+case "$1" in
+    ops) echo "crash" ;;
+    crash) exit 3 ;;
+    *) exit 2 ;;
+esac
+"""
+
+
+def _template_with_application(template: Path, workdir: Path, name: str, script: str) -> Path:
+    """A copy of `template` with `script` installed as /opt/planner/apps/`name` (mode 0755), written with debugfs."""
+    raw = workdir / "template.raw"
+    qemu_img.convert(template, raw, out_fmt="raw")
+    local = workdir / name
+    local.write_text(script)
+    subprocess.run(["debugfs", "-w", "-f", "-", str(raw)], check=True, capture_output=True, text=True,
+                   input=f"cd /opt/planner/apps\nwrite {local} {name}\nsif {name} mode 0100755\n")
+    copy = qemu_img.convert(raw, workdir / "template.qcow2", src_fmt="raw", out_fmt="qcow2")
+    raw.unlink()
+    return copy
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +63,8 @@ def planner_desktop(system_libvirtd, shared_storage):
     workdir.mkdir()
     os.chmod(workdir, 0o755)
     serial = SerialLog(workdir / "serial.log")
-    spec = demo_spec(image, make_overlay(image.template, workdir / "desk.qcow2"), serial.path)
+    template = _template_with_application(image.template, workdir, "flaky", FLAKY_APP)
+    spec = demo_spec(image, make_overlay(template, workdir / "desk.qcow2"), serial.path)
     try:
         driver.define(spec)
         driver.start(spec.uuid)
@@ -69,26 +94,27 @@ def test_the_planner_desktop_boots_the_generic_kernel_with_a_framebuffer(planner
 def test_the_agent_lists_the_applications_and_refuses_unknown_ones(planner_desktop):
     driver, spec, _ = planner_desktop
     assert driver.guest_call(spec.uuid, "planner-apps", timeout=60) == \
-        "archive:compress browser:browse video:play word:open,type,save"
+        "archive:compress browser:browse flaky:crash video:play word:open,type,save"
     assert driver.guest_call(spec.uuid, "planner-op paint open 900 51", timeout=60) == \
         "ERR no application 'paint' on this desktop: send planner-apps for the list"
     assert driver.guest_call(spec.uuid, "planner-op word print 900 14", timeout=60) == \
         "ERR application 'word' has no operation 'print': it has open type save"
 
 
-def test_every_operation_answers_its_guest_time_and_the_client_sees_its_marks(planner_desktop):
-    driver, spec, _ = planner_desktop
-    port = _vnc_port(driver, spec.uuid)
+def _watch(driver: LibvirtDriver, uuid: str, operations: list[tuple[str, str, int]], first_seq: int):
+    """Run `operations` one after the other through the agent while the planner's VNC client watches the screen.
+    Returns the ServerInit, (app, op, code, seq, reply, what the client saw) per operation, the marks on the screen
+    at the end, and the keep-alive block's colours seen during 1.5 s of think time."""
 
     async def scenario():
-        connection = await DirectVnc.open(port, VNC_PASSWORD)
+        connection = await DirectVnc.open(_vnc_port(driver, uuid), VNC_PASSWORD)
         viewer = FramebufferViewer(connection)
         init = await viewer.start()
         reader = asyncio.create_task(viewer.run())
         try:
             results = []
-            for seq, (app, op, code) in enumerate(OPERATIONS, start=1):
-                reply = await asyncio.to_thread(driver.guest_call, spec.uuid, f"planner-op {app} {op} {seq} {code}",
+            for seq, (app, op, code) in enumerate(operations, start=first_seq):
+                reply = await asyncio.to_thread(driver.guest_call, uuid, f"planner-op {app} {op} {seq} {code}",
                                                 timeout=180)
                 results.append((app, op, code, seq, reply, await viewer.wait_for(seq, timeout=60)))
             final = decode(viewer.framebuffer.pixel)
@@ -102,7 +128,12 @@ def test_every_operation_answers_its_guest_time_and_the_client_sees_its_marks(pl
             reader.cancel()
             await connection.close()
 
-    init, results, final, greys = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_every_operation_answers_its_guest_time_and_the_client_sees_its_marks(planner_desktop):
+    driver, spec, _ = planner_desktop
+    init, results, final, greys = _watch(driver, spec.uuid, OPERATIONS, first_seq=1)
     assert (init.width, init.height) == (1024, 768)
     for app, op, code, seq, reply, seen in results:
         status, got_code, got_seq, microseconds = reply.split()
@@ -118,3 +149,12 @@ def test_every_operation_answers_its_guest_time_and_the_client_sees_its_marks(pl
     last_seq = len(OPERATIONS)
     assert final == Marks(code=41, start=last_seq, end=END_SUM - last_seq)
     assert len(greys) >= 2, f"the keep-alive block did not change on the client's screen: {greys}"
+
+
+def test_a_failing_application_is_answered_fail_and_still_ends_its_marks(planner_desktop):
+    driver, spec, _ = planner_desktop
+    _, results, final, _ = _watch(driver, spec.uuid, [("flaky", "crash", 51)], first_seq=950)
+    (_, _, _, _, reply, seen) = results[0]
+    assert reply == "FAIL 51 950 exit 3"
+    assert seen is not None and seen.code == 51  # the end mark is drawn anyway: a client never waits forever
+    assert final == Marks(code=51, start=950, end=END_SUM - 950)
