@@ -54,8 +54,9 @@ run: sysdeps-run venv
 	$(VENV)/bin/vdi demo
 	$(VENV)/bin/vdi serve
 
+# Two pytest processes at once, the shards of tests/shards.py (docs/DEVELOPING.md, Tests); `pytest` alone runs all.
 test: sysdeps-test venv services
-	$(PY) -m pytest -q -p no:cacheprovider
+	PY=$(PY) bash scripts/run-tests.sh
 
 # The README's screenshots, made by a script against the real manager (never by hand). They are not committed (no
 # generated files or images in git): run this once after a checkout and the README's images appear.

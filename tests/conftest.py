@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from tests.harness.postgres import PostgresUnavailable, fresh_database
+from tests.shards import pytest_addoption, pytest_collection_modifyitems  # noqa: F401 (the shards' hooks)
 
 # Hypothesis' per-example deadline and its too_slow health check are wall-clock assertions: on a loaded
 # machine they fail correct code. This suite has none (speed is measured by bench/*.py), so every @given

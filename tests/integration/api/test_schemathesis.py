@@ -27,7 +27,7 @@ import pytest
 from tests.e2e.server import running_manager
 from tests.harness.postgres import fresh_database
 
-pytestmark = [pytest.mark.postgres, pytest.mark.libvirt, pytest.mark.slow]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]  # libvirt's test driver only: the light shard (tests/shards.py)
 
 REPO = Path(__file__).resolve().parents[3]
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")

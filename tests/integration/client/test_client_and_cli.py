@@ -21,7 +21,7 @@ from tests.e2e.server import stop_manager
 from vdi_client import ApiError, Client, JobFailed, ServerUnreachable
 from vdi_client import models as m
 
-pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]  # libvirt's test driver only: the light shard (tests/shards.py)
 REPO = Path(__file__).resolve().parents[3]
 ADMIN_PASSWORD = "cli-admin-password"
 EXAMPLES = REPO / "docs" / "examples"
