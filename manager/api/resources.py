@@ -14,7 +14,7 @@ from manager.api import schemas as s
 from manager.api.crud import CrudResource
 from manager.api.search import compile_search
 from manager.auth import Principal, hash_password, revoke_tokens
-from manager.identity.access import revoke_access, revoke_pool_entitlement
+from manager.identity.access import revoke_access, revoke_group, revoke_pool_entitlement
 from manager.identity.superusers import keep_a_superuser
 from manager.jobs import enqueue
 from manager.provisioning import pools
@@ -169,6 +169,12 @@ def _user_deleted(session: Session, user: User) -> None:
     keep_a_superuser(session, f"deleting {user.username}@{user.domain}")
 
 
+def _group_deleting(session: Session, group: Group) -> None:
+    """Its members who were entitled to a pool only through it lose the desktops they hold there, as when an
+    entitlement is deleted."""
+    revoke_group(session, group.id, actor="system")
+
+
 def _group_deleted(session: Session, group: Group) -> None:
     keep_a_superuser(session, f"deleting group {group.name}")
 
@@ -294,7 +300,8 @@ RESOURCES: list[CrudResource] = [
                  after_delete=_user_deleted,
                  extra_event_fields=lambda u: {"user_id": u.id}),
     CrudResource("groups", "group", Group, s.GroupOut, s.GroupIn, s.partial(s.GroupIn, "GroupPatch"), "users:read",
-                 "users:write", unique=(), prepare_create=_prepare_group, after_delete=_group_deleted),
+                 "users:write", unique=(), prepare_create=_prepare_group, before_delete=_group_deleting,
+                 after_delete=_group_deleted),
     CrudResource("entitlements", "entitlement", Entitlement, s.EntitlementOut, s.EntitlementIn, None,
                  "entitlements:read", "entitlements:write", sortable=("created_at",), unique=(),
                  default_order=("created_at",), prepare_create=_prepare_entitlement,

@@ -14,7 +14,7 @@ import datetime as dt
 from collections import deque
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from broker import entitlement
@@ -25,7 +25,7 @@ from core.errors import NotFound
 from event_manager.service import emit
 from manager import console_proxy
 from manager.auth import revoke_tokens
-from manager.identity.membership import group_ids_for_user
+from manager.identity.membership import group_ids_for_user, member_user_ids_of_group
 from manager.models import (Assignment, Desktop, DesktopSession, Entitlement, Group, GroupGroupMembership,
                             Pool, User, UserGroupMembership, utcnow)
 
@@ -62,10 +62,33 @@ def revoke_pool_entitlement(session: Session, pool_id: str, *, actor: str) -> in
     and browser consoles there. Returns how many desktops were taken back."""
     holders = set(session.scalars(select(Desktop.assigned_user_id).where(
         Desktop.pool_id == pool_id, Desktop.assigned_user_id.is_not(None))))
+    return sum(_take_back_unentitled(session, user_id, {pool_id}, actor=actor) for user_id in sorted(holders))
+
+
+def revoke_group(session: Session, group_id: str, *, actor: str) -> int:
+    """Before a group is deleted: its entitlements and memberships go now (what the foreign keys would cascade at
+    the delete), then every member (through nested groups too) who holds a pool desktop no longer reachable by
+    another path loses it as revoke_pool_entitlement takes it. Returns how many desktops were taken back."""
+    members = member_user_ids_of_group(session, group_id)
+    session.execute(delete(Entitlement).where(Entitlement.group_id == group_id))
+    session.execute(delete(GroupGroupMembership).where(or_(GroupGroupMembership.parent_id == group_id,
+                                                           GroupGroupMembership.child_id == group_id)))
+    session.execute(delete(UserGroupMembership).where(UserGroupMembership.group_id == group_id))
+    session.flush()
     taken = 0
-    for user_id in sorted(holders):
-        if pool_id in entitlement.entitled_pool_ids(session, user_id):
-            continue
+    for user_id in sorted(members):
+        held = set(session.scalars(select(Desktop.pool_id).where(Desktop.assigned_user_id == user_id,
+                                                                 Desktop.pool_id.is_not(None))))
+        taken += _take_back_unentitled(session, user_id, held, actor=actor)
+    return taken
+
+
+def _take_back_unentitled(session: Session, user_id: str, pool_ids: set[str], *, actor: str) -> int:
+    """Of `pool_ids`, the pools whose desktops the user holds but may no longer use: release them (their pool's
+    reclaim policy) and close the user's browser consoles on them. Returns how many desktops were taken back."""
+    lost = pool_ids - entitlement.entitled_pool_ids(session, user_id)
+    taken = 0
+    for pool_id in sorted(lost):
         released = broker_service.revoke_pool_desktops(session, user_id, why="no longer entitled to the pool",
                                                        actor=actor, pool_id=pool_id)
         console_proxy.request_close_of_user(session, user_id, desktop_ids=[r.desktop_id for r in released])

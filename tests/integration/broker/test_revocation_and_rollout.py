@@ -108,6 +108,38 @@ def test_removing_an_entitlement_takes_back_only_what_is_no_longer_entitled(worl
     assert [e[1] for e in events("broker.access_revoked")] == [jo_desktop]
 
 
+def test_deleting_a_group_takes_back_what_only_it_granted(world, client, anon_client):
+    """The group's entitlements and memberships cascade with it: its members (a nested group's too) lose the pool
+    desktops no other path entitles them to, including a parent group's pool reached only through it."""
+    world.hosts(1)
+    eng_pool = world.pool(3, pool_type="manual", os_type="windows_11", protocols="rdp", ip_prefix="10.35")
+    all_pool = world.pool(2, pool_type="manual", os_type="windows_11", protocols="rdp", ip_prefix="10.36")
+    everyone = world.group("all")
+    eng = world.group("eng", parents=(everyone,))
+    backend = world.group("backend", parents=(eng,))
+    lee, lee_token = world.user("lee", groups=(backend,))  # in eng only through backend
+    mo, mo_token = world.user("mo", groups=(eng,))
+    nia, nia_token = world.user("nia", groups=(everyone,))
+    world.entitle(pool_id=eng_pool, group_id=eng)
+    world.entitle(pool_id=all_pool, group_id=everyone)
+    world.entitle(pool_id=eng_pool, user_id=mo)  # mo keeps eng_pool by a direct entitlement
+    held = {(who, pool_id): connect(anon_client, token, pool_id=pool_id).json()["desktop_id"]
+            for who, token, pools in ((lee, lee_token, (eng_pool, all_pool)), (mo, mo_token, (eng_pool,)),
+                                      (nia, nia_token, (all_pool,)))
+            for pool_id in pools}
+
+    assert client.delete(f"{API}/groups/{eng}").status_code == 204
+    wait_for_jobs()
+    assert desktop_row(held[lee, eng_pool])["assigned"] is None
+    assert desktop_row(held[lee, all_pool])["assigned"] is None  # all reached lee only through eng
+    assert live_sessions(lee) == 0
+    assert desktop_row(held[mo, eng_pool])["assigned"] == mo and live_sessions(mo) == 1
+    assert desktop_row(held[nia, all_pool])["assigned"] == nia
+    assert sorted(e[1] for e in events("broker.access_revoked")) == sorted([held[lee, eng_pool],
+                                                                             held[lee, all_pool]])
+    assert client.get(f"{API}/groups/{backend}").status_code == 200  # the nested group stays, now on its own
+
+
 def test_a_pending_template_version_is_applied_at_the_manual_desktops_logoff(world, client, anon_client):
     from image_manager import qcow2
     from manager import db
