@@ -42,7 +42,7 @@ echo "[run-tests] shards: ${SHARDS[*]}; logs in $LOGS"
 # The whole collection, for the partition check at the end (runs beside the shards' own collection).
 COLLECT_PID=""
 if [ "${SHARDS[*]}" = "heavy light" ]; then
-    "${PYTEST[@]}" --collect-only --shard-list "$LOGS/all.ids" "$@" >"$LOGS/collect.log" 2>&1 </dev/null &
+    "${PYTEST[@]}" --collect-only --shard-list="$LOGS/all.ids" "$@" >"$LOGS/collect.log" 2>&1 </dev/null &
     COLLECT_PID=$!
 fi
 for shard in "${SHARDS[@]}"; do
@@ -51,7 +51,7 @@ for shard in "${SHARDS[@]}"; do
     PYTHONUNBUFFERED=1 VDI_TEST_REDIS_URL="redis://127.0.0.1:6379/${REDIS_DB[$shard]}" \
     VDI_TEST_CRASH_REDIS_URL="redis://127.0.0.1:6379/${CRASH_REDIS_DB[$shard]}" \
         env --default-signal=INT nice -n "${NICE[$shard]}" \
-        "${PYTEST[@]}" --shard "$shard" --shard-list "$LOGS/$shard.ids" --durations=30 "$@" \
+        "${PYTEST[@]}" --shard="$shard" --shard-list="$LOGS/$shard.ids" --durations=30 "$@" \
         >"$LOGS/$shard.log" 2>&1 </dev/null &
     PID[$shard]=$!
     tail -n +1 -F --pid="${PID[$shard]}" "$LOGS/$shard.log" 2>/dev/null | sed -u "s/^/[$shard] /" &

@@ -24,6 +24,11 @@ ensure_postgres() {
     command -v pg_ctlcluster >/dev/null || apt_install postgresql postgresql-client
     local version; version=$(ls /etc/postgresql | sort -V | tail -1)
     if ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
+        # make test runs two shards at once (scripts/run-tests.sh), each with managers of up to 60 connections:
+        # Debian's 100 is too few. Set only here, before a start: a running server is never restarted.
+        if [ "$(pg_conftool "$version" main show -s max_connections 2>/dev/null || echo 100)" -lt 300 ]; then
+            $SUDO pg_conftool "$version" main set max_connections 300 || true
+        fi
         log "starting Postgres $version"
         $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
         for _ in $(seq 1 60); do pg_isready -h 127.0.0.1 -q && break; sleep 0.5; done

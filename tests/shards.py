@@ -14,9 +14,10 @@ heavy shard's waiting on QEMU guests:
 
 A FILE is heavy when any of its tests carries a HEAVY_MARKERS marker, uses (directly or through other fixtures) a
 HEAVY_FIXTURES fixture, or the file is listed in HEAVY_FILES; every other file is light. Whole files, so that a
-module's fixtures start in one process only. `pytest --shard heavy|light` runs one shard (the other's tests are
-deselected); without --shard, pytest runs everything in one process, as always. `--shard-list PATH` writes the
-node ids that this run selected (scripts/run-tests.sh checks that the shards partition the whole collection).
+module's fixtures start in one process only. `pytest --shard=heavy|light` runs one shard (the other's tests are
+deselected); without --shard, pytest runs everything in one process, as always. `--shard-list=PATH` writes the
+node ids that this run selected (scripts/run-tests.sh checks that the shards partition the whole collection). Give
+both with '=': pytest reads a separate value that names an existing file as a path to test, before it knows them.
 """
 from __future__ import annotations
 
