@@ -245,7 +245,7 @@ class DesktopChanged(s.DesktopOut):
 def create_desktop(payload: ProvisionIn, session: DbSession, who: DesktopWriter) -> Any:
     """Create a desktop: its row now, placed on a host with room by the placement policy (or on `host_id`), and
     the job desktops.provision (`job_id`) that makes its qcow2 overlay of the template and defines its domain
-    there. 422 for an unknown template, version, host or user, or a taken name; 409 when no host has room (or
+    there. 422 for an unknown template, version, host or user; 409 for a taken name or when no host has room (or
     the host asked for is in maintenance). A failed job removes the desktop again and says why."""
     request = service.DesktopRequest(**payload.model_dump(exclude={"placement"}))
     desktop, job = service.request_provision(session, request, policy=payload.placement, actor=who.name)

@@ -18,7 +18,7 @@ from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from core.enums import HostStatus, JobState, OsType, PowerState, TaskState
-from core.errors import Conflict, DomainNotFound, Invalid, NoHostAvailable, NotFound, VdiError
+from core.errors import Conflict, DomainNotFound, DuplicateName, Invalid, NoHostAvailable, NotFound, VdiError
 from core.ids import new_id
 from core.specs import DesktopSpec
 from event_manager.service import emit
@@ -126,8 +126,8 @@ def candidate_hosts(session: Session, cluster_id: str | None = None) -> list[pla
 def plan_desktops(session: Session, requests: Sequence[DesktopRequest], *, policy: str = "spread") -> list[Planned]:
     """Insert the desktops' rows (task_state PROVISIONING) with their disk volumes and hosts. Flushes.
 
-    Raises Invalid (bad template/names/users), DuplicateName-style Invalid for a taken name, NoHostAvailable when
-    no host has the memory (naming the need and the best host's free memory)."""
+    Raises Invalid (bad template/names/users), DuplicateName (409, as for every other resource) for a taken name,
+    NoHostAvailable when no host has the memory (naming the need and the best host's free memory)."""
     if not requests:
         return []
     choose = placement.get_policy(policy)
@@ -136,7 +136,7 @@ def plan_desktops(session: Session, requests: Sequence[DesktopRequest], *, polic
         raise Invalid("the same desktop name is requested twice")
     taken = set(session.scalars(select(Desktop.name).where(Desktop.name.in_(names))))
     if taken:
-        raise Invalid(f"desktop name(s) already used: {', '.join(sorted(taken)[:10])}")
+        raise DuplicateName(kind="desktop", name=", ".join(sorted(taken)[:10]))
     hosts_by_cluster: dict[str | None, list[placement.HostLoad]] = {}
     out: list[Planned] = []
     for req in requests:

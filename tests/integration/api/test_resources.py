@@ -7,6 +7,9 @@ from typing import Any
 
 import pytest
 
+from manager import db
+from manager.models import Desktop
+
 API = "/api/v1"
 
 
@@ -32,7 +35,10 @@ def pool(client, name="p1"):
     return make(client, "pools", {"name": name, "template_id": template(client, f"t-{name}")["id"], "size": 2})
 
 
-# resource path -> (payload factory, a field to change and its new value, a wrong-typed payload, unique name key)
+# resource path -> (payload factory, a field to change and its new value, a wrong-typed payload, unique name key).
+# Desktops are here for their wrong types and unknown ids only: creating one places it on a host and defines its
+# domain, so their round trip and duplicate names are tested with hosts (tests/integration/broker/test_desktop_*.py).
+ROUND_TRIP_ELSEWHERE = {"desktops"}
 CASES: dict[str, tuple[Callable, tuple[str, Any] | None, dict[str, Any], str | None]] = {
     "clusters": (lambda c: {"name": "alpha"}, ("description", "changed"), {"name": 5}, "name"),
     "hosts": (lambda c: {"name": "vs-a", "cluster_id": cluster(c)["id"], "agent_url": "http://127.0.0.1:9"},
@@ -58,7 +64,7 @@ CASES: dict[str, tuple[Callable, tuple[str, Any] | None, dict[str, Any], str | N
 }
 
 
-@pytest.mark.parametrize("path", sorted(CASES))
+@pytest.mark.parametrize("path", sorted(set(CASES) - ROUND_TRIP_ELSEWHERE))
 def test_round_trip(client, path):
     factory, change, _bad, _unique = CASES[path]
     created = make(client, path, factory(client))
@@ -103,7 +109,7 @@ def test_unknown_ids_are_404(client, path):
         assert missing in response.json()["detail"]
 
 
-@pytest.mark.parametrize("path", sorted(p for p, case in CASES.items() if case[3]))
+@pytest.mark.parametrize("path", sorted(p for p, case in CASES.items() if case[3] and p not in ROUND_TRIP_ELSEWHERE))
 def test_duplicate_names_are_409(client, path):
     factory, *_ = CASES[path]
     payload = factory(client)
@@ -127,8 +133,8 @@ def test_deleting_a_template_that_desktops_use_is_409_naming_them(client):
     tpl = template(client, "xp-base")
     version_id = tpl["latest_version_id"]
     assert version_id, "a new template starts with version 1"
-    for name in ("acct-1", "acct-2"):
-        make(client, "desktops", {"name": name, "template_version_id": version_id})
+    with db.session_scope() as session:  # records only: no host is needed to be refused
+        session.add_all([Desktop(name=name, template_version_id=version_id) for name in ("acct-1", "acct-2")])
     response = client.delete(f"{API}/templates/{tpl['id']}")
     assert response.status_code == 409, response.text
     body = response.json()

@@ -64,7 +64,8 @@ def test_bad_input_is_a_4xx_naming_the_problem_and_leaves_nothing(world, client)
     made = client.post(f"{API}/desktops", json={"name": f"{world.prefix}-a", "template_id": template_id})
     assert made.status_code == 201, made.text
     again = client.post(f"{API}/desktops", json={"name": f"{world.prefix}-a", "template_id": template_id})
-    assert again.status_code == 422 and "already used" in again.json()["detail"], again.text
+    assert again.status_code == 409 and again.json()["error"] == "duplicate", again.text
+    assert f"{world.prefix}-a" in again.json()["detail"]
     job_ended(client, made.json()["job_id"])
 
 
