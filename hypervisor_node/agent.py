@@ -242,6 +242,9 @@ def create_app(
         valid_to = await call(driver.set_ticket, request.path_params["uuid"], password, valid_seconds)
         return JSONResponse({"valid_to": valid_to})
 
+    async def cut_consoles(request: Request) -> Response:
+        return JSONResponse(await call(driver.cut_consoles, request.path_params["uuid"]))
+
     async def screenshot(request: Request) -> Response:
         try:
             screen = int(request.query_params.get("screen", "0"))
@@ -311,6 +314,7 @@ def create_app(
         Route(f"{p}/domains/{{uuid}}/screenshot", screenshot, methods=["GET"]),
         Route(f"{p}/domains/{{uuid}}/migrate", migrate, methods=["POST"]),
         Route(f"{p}/domains/{{uuid}}/ticket", ticket, methods=["POST"]),
+        Route(f"{p}/domains/{{uuid}}/cut-consoles", cut_consoles, methods=["POST"]),
         Route(f"{p}/domains/{{uuid}}/guest", guest, methods=["POST"]),
         Route(f"{p}/domains/{{uuid}}/snapshot", snapshot, methods=["POST"]),
         Route(f"{p}/domains/{{uuid}}/blockcommit", blockcommit, methods=["POST"]),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import secrets
 import threading
 import time
 import uuid as uuid_mod
@@ -24,6 +25,7 @@ from typing import Any, Callable, Protocol, TypeVar
 
 import libvirt
 
+from core import vnc
 from core.enums import PowerState
 from core.errors import Conflict, DomainNotFound, GatewayTimeout, HypervisorError, Invalid, Unavailable, VdiError
 from core.specs import DesktopSpec, DomainStats, HostCaps
@@ -47,6 +49,7 @@ libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 DEFAULT_MANAGER_ID = "vdi"
 MAX_SHUTDOWN_TIMEOUT_S = 3600
 MAX_TICKET_SECONDS = 24 * 3600
+CUT_TICKET_SECONDS = 60  # the password cut_consoles sets, told to nobody: long enough to take VNC displays with
 _SHUTDOWN_POLL_S = 0.25
 DEFAULT_BLOCK_JOB_TIMEOUT_S = 600.0
 MAX_BLOCK_JOB_TIMEOUT_S = 6 * 3600.0
@@ -177,6 +180,13 @@ class NodeDriver(Protocol):
         On a running domain the change is live (no restart) and also written to its configuration.
         Returns passwdValidTo (UTC, YYYY-MM-DDTHH:MM:SS).
         """
+
+    def cut_consoles(self, uuid: str) -> dict[str, int]:
+        """Disconnect every console client of the running domain and make every ticket given so far useless: a new
+        random password nobody is told (valid CUT_TICKET_SECONDS), SPICE clients disconnected by libvirt
+        (connected='disconnect'), VNC clients by taking the display exclusively with that password (QEMU's VNC
+        accepts connected='keep' only). Nothing to do on a stopped domain. Returns {"spice": n, "vnc": n}: the
+        displays cut."""
 
     def screenshot(self, uuid: str, screen: int = 0) -> bytes:
         """PNG of the running domain's `screen`. Raises Conflict when it is not running."""
@@ -647,26 +657,56 @@ class LibvirtDriver:
         if isinstance(valid_seconds, bool) or not isinstance(valid_seconds, int) \
                 or not 1 <= valid_seconds <= MAX_TICKET_SECONDS:
             raise Invalid(f"valid_seconds must be an integer in [1, {MAX_TICKET_SECONDS}], got {valid_seconds!r}")
+        return self._run(lambda conn: self._set_password(self._owned(conn, uuid), password, valid_seconds)[0],
+                         name=uuid)
+
+    def _set_password(self, dom: libvirt.virDomain, password: str, valid_seconds: int, *,
+                      disconnect: bool = False) -> tuple[str, list[ET.Element]]:
+        """The console password of every SPICE/VNC display, live (when running) and in the configuration. With
+        `disconnect`, libvirt drops the SPICE clients. Returns passwdValidTo and the live graphics elements."""
         valid_to = valid_to_in(valid_seconds)
+        targets = [(libvirt.VIR_DOMAIN_AFFECT_CONFIG, libvirt.VIR_DOMAIN_XML_INACTIVE)]
+        if dom.isActive():
+            targets.insert(0, (libvirt.VIR_DOMAIN_AFFECT_LIVE, 0))
+        live: list[ET.Element] = []
+        for affect, xml_flags in targets:
+            # Start from the device as libvirt has it (ports, listen elements): changing anything
+            # but the password would be refused on a live domain.
+            for graphics in ET.fromstring(dom.XMLDesc(xml_flags)).findall("devices/graphics"):
+                kind = graphics.get("type")
+                if kind not in ("spice", "vnc"):
+                    continue
+                graphics.set("passwd", password if kind == "spice" else password[:VNC_PASSWORD_LENGTH])
+                graphics.set("passwdValidTo", valid_to)
+                if disconnect and kind == "spice" and affect == libvirt.VIR_DOMAIN_AFFECT_LIVE:
+                    graphics.set("connected", "disconnect")
+                dom.updateDeviceFlags(ET.tostring(graphics, encoding="unicode"), affect)
+                if affect == libvirt.VIR_DOMAIN_AFFECT_LIVE:
+                    live.append(graphics)
+        return valid_to, live
 
-        def act(conn: libvirt.virConnect) -> str:
+    def cut_consoles(self, uuid: str) -> dict[str, int]:
+        password = secrets.token_urlsafe(18)
+
+        def act(conn: libvirt.virConnect) -> list[ET.Element]:
             dom = self._owned(conn, uuid)
-            targets = [(libvirt.VIR_DOMAIN_AFFECT_CONFIG, libvirt.VIR_DOMAIN_XML_INACTIVE)]
-            if dom.isActive():
-                targets.insert(0, (libvirt.VIR_DOMAIN_AFFECT_LIVE, 0))
-            for affect, xml_flags in targets:
-                # Start from the device as libvirt has it (ports, listen elements): changing anything
-                # but the password would be refused on a live domain.
-                for graphics in ET.fromstring(dom.XMLDesc(xml_flags)).findall("devices/graphics"):
-                    kind = graphics.get("type")
-                    if kind not in ("spice", "vnc"):
-                        continue
-                    graphics.set("passwd", password if kind == "spice" else password[:VNC_PASSWORD_LENGTH])
-                    graphics.set("passwdValidTo", valid_to)
-                    dom.updateDeviceFlags(ET.tostring(graphics, encoding="unicode"), affect)
-            return valid_to
+            return self._set_password(dom, password, CUT_TICKET_SECONDS, disconnect=True)[1] \
+                if dom.isActive() else []
 
-        return self._run(act, name=uuid)
+        cut = {"spice": 0, "vnc": 0}
+        for graphics in self._run(act, name=uuid):
+            kind, port = graphics.get("type"), int(graphics.get("port") or 0)
+            if kind == "vnc" and port > 0:
+                listen = graphics.get("listen")
+                try:
+                    vnc.take_exclusively("127.0.0.1" if listen in (None, "", "0.0.0.0", "::") else listen, port,
+                                         password[:VNC_PASSWORD_LENGTH])
+                except (OSError, vnc.VncRefused) as exc:
+                    raise HypervisorError(libvirt_code=libvirt.VIR_ERR_OPERATION_FAILED,
+                                          detail=f"could not take VNC display {port} to cut its clients: {exc}") \
+                        from exc
+            cut[kind] += 1
+        return cut
 
     def screenshot(self, uuid: str, screen: int = 0) -> bytes:
         if isinstance(screen, bool) or not isinstance(screen, int) or screen < 0:

@@ -31,8 +31,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -42,6 +40,7 @@ from broker import service as broker
 from broker.console import ConsoleDescriptor
 from core.enums import PowerState, Protocol, Severity
 from core.errors import VdiError
+from core.vnc import vnc_response
 from event_manager.service import emit
 from manager.config import get_settings
 from manager.db import session_scope
@@ -190,13 +189,6 @@ class RfbError(Exception):
 
 class AuthFailed(RfbError):
     pass
-
-
-def vnc_response(password: str, challenge: bytes) -> bytes:
-    """VNC authentication: the challenge DES-encrypted with the password (8 bytes, each byte's bits reversed)."""
-    key = bytes(int(f"{b:08b}"[::-1], 2) for b in password.encode()[:8].ljust(8, b"\0"))
-    encryptor = Cipher(TripleDES(key * 3), modes.ECB()).encryptor()  # three equal keys: single DES
-    return encryptor.update(challenge) + encryptor.finalize()
 
 
 async def _reason(reader: asyncio.StreamReader) -> str:

@@ -26,6 +26,7 @@ from event_manager.service import emit
 from manager import console_proxy
 from manager.auth import revoke_tokens
 from manager.identity.membership import group_ids_for_user, member_user_ids_of_group
+from manager.jobs import enqueue
 from manager.models import (Assignment, Desktop, DesktopSession, Entitlement, Group, GroupGroupMembership,
                             Pool, User, UserGroupMembership, utcnow)
 
@@ -35,8 +36,9 @@ def revoke_access(session: Session, user: User, *, reason: str, actor: str = "sy
     """Take everything away from `user` at once: every API and session token is deleted, their open desktop
     sessions end (one event each), the pool desktops they hold are released and reset or removed by their pool's
     policy (broker.service.revoke_pool_desktops), and their open browser consoles are told to close (each manager
-    process closes its own within a second or two). A native client's console stays connected until the released
-    desktop's reset or removal powers it off; its ticket is not renewed. One event for the account. Idempotent.
+    process closes its own within a second or two). A native client's console is cut by the released desktop's
+    reset or removal, or on a desktop kept by a desktops.cut_consoles job (its tickets stop working too). One
+    event for the account. Idempotent.
     Returns {"tokens": n, "sessions": m, "desktops": d, "consoles": c}."""
     now = utcnow()
     tokens = revoke_tokens(session, user.id)
@@ -49,6 +51,10 @@ def revoke_access(session: Session, user: User, *, reason: str, actor: str = "sy
              pool_id=desktop_session.pool_id)
     session.flush()
     released = broker_service.revoke_pool_desktops(session, user.id, why=f"account {reason}", actor=actor)
+    # a desktop kept (dedicated, or its pool keeps it) would keep serving the native client already connected
+    for desktop_id in sorted({s.desktop_id for s in open_sessions} - {r.desktop_id for r in released}):
+        enqueue(session, "desktops.cut_consoles", params={"desktop_id": desktop_id}, created_by=actor,
+                target_kind="desktop", target_id=desktop_id, description=f"disconnect {user.username}'s consoles")
     consoles = console_proxy.request_close_of_user(session, user.id)
     emit(session, "user.access_revoked", f"{user.username}@{user.domain} {reason}: {tokens} token(s) revoked, "
          f"{len(open_sessions)} session(s) ended, {len(released)} pool desktop(s) taken back, {consoles} browser "

@@ -154,6 +154,11 @@ class NodeClient:
         body = {"password": password, "valid_seconds": valid_seconds}
         return str(self._json("POST", f"/domains/{uuid}/ticket", json=body)["valid_to"])
 
+    def cut_consoles(self, uuid: str) -> dict[str, int]:
+        """POST /v1/domains/{uuid}/cut-consoles: every console client disconnected, every ticket given so far
+        useless; returns the displays cut {"spice": n, "vnc": n}."""
+        return self._json("POST", f"/domains/{uuid}/cut-consoles")
+
     def install_spice_tls(self, ca_cert: str, server_cert: str, server_key: str) -> dict[str, Any]:
         """PUT /v1/spice-tls: the host's SPICE TLS files (see hypervisor_node.spice_tls)."""
         return self._json("PUT", "/spice-tls", json={"ca_cert": ca_cert, "server_cert": server_cert,

@@ -159,6 +159,11 @@ def set_ticket(target: NodeTarget, desktop_id: str, password: str, valid_seconds
     return client(target).set_ticket(desktop_id, password, valid_seconds)
 
 
+def cut_consoles(target: NodeTarget, desktop_id: str) -> dict[str, int]:
+    """Disconnect every console client of the domain (a revoked user's native one); its old tickets stop working."""
+    return client(target).cut_consoles(desktop_id)
+
+
 def install_spice_tls(target: NodeTarget, ca_cert: str, server_cert: str, server_key: str) -> Any:
     return client(target).install_spice_tls(ca_cert, server_cert, server_key)
 

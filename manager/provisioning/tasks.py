@@ -15,7 +15,7 @@ from event_manager.service import emit
 from manager import db
 from manager.jobs import JobCancelled, JobContext, OnCrash, enqueue, task
 from manager.models import Desktop, Job, Pool, utcnow
-from manager.provisioning import names, service
+from manager.provisioning import names, nodes, service
 from manager.provisioning.power import PowerAction, run_power_action
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,18 @@ def reset_now(desktop_id: str, *, job_id: str | None) -> dict[str, Any]:
 @task("desktops.reset", on_crash=OnCrash.RESUME)
 def reset_desktop(ctx: JobContext, desktop_id: str) -> dict[str, Any]:
     return reset_now(desktop_id, job_id=ctx.job_id)
+
+
+@task("desktops.cut_consoles", on_crash=OnCrash.RESUME)  # a new unknown password again: harmless twice
+def cut_consoles(ctx: JobContext, desktop_id: str) -> dict[str, Any]:
+    """Disconnect every console client of a desktop its user may no longer use but keeps running (revocation of
+    a desktop not released): the old tickets stop working too. A desktop gone, unplaced or stopped has none."""
+    with db.session_scope() as session:
+        desktop = session.get(Desktop, desktop_id)
+        if desktop is None or desktop.host_id is None:
+            return {"skipped": "the desktop is gone or not placed"}
+        target = nodes.target_of_desktop(session, desktop)
+    return {"cut": nodes.cut_consoles(target, desktop_id)}
 
 
 def prestart(pool_id: str, now: dt.datetime | None = None) -> int:

@@ -403,3 +403,43 @@ def test_a_session_follows_a_real_console_client(real_node, published_image, wor
             remove_owned_domains(driver)
         finally:
             driver.close()
+
+
+def test_revoking_a_user_cuts_their_native_console_on_a_desktop_they_keep(real_node, published_image, world,
+                                                                         anon_client, client):
+    """A dedicated desktop is not released when its user is disabled, so it keeps running: the VNC client attached
+    with the ticket the broker handed out is disconnected by the server (a desktops.cut_consoles job: a new unknown
+    password, the display taken exclusively), and the old ticket opens nothing any more."""
+    import socket
+
+    from core.vnc import authenticate, read_exactly
+    from manager import db
+    from manager.models import Assignment, Desktop, Job
+
+    pool_id = setup_pool(real_node, published_image, "manual")
+    user, token = world.user("rhea")
+    with db.session_scope() as s:  # the pool's desktop made a dedicated one: out of the pool, assigned to her
+        desktop = s.scalar(select(Desktop).where(Desktop.pool_id == pool_id))
+        desktop.pool_id, desktop_id = None, desktop.id
+        s.add(Assignment(desktop_id=desktop_id, user_id=user, kind="dedicated"))
+    r = anon_client.post(f"{API}/broker/connect", json={"desktop_id": desktop_id, "client": SPICE},
+                         headers=bearer(token))
+    assert r.status_code == 200, r.text
+    password = r.json()["console"]["password"]
+    vnc_port = int(live_graphics(desktop_id)["vnc"]["port"])
+    with socket.create_connection(("127.0.0.1", vnc_port), timeout=60) as sock:
+        authenticate(sock, password)
+        sock.sendall(b"\x01")  # ClientInit: shared
+        read_exactly(sock, 20)  # ServerInit's size and pixel format; the name's length and the name follow
+        assert client.patch(f"{API}/users/{user}", json={"enabled": False}).status_code == 200
+        wait_for_jobs(180)
+        with db.session_scope() as s:
+            job = s.scalar(select(Job).where(Job.kind == "desktops.cut_consoles", Job.target_id == desktop_id))
+            assert job is not None and job.state.value == "succeeded", job and (job.state, job.error)
+            assert s.get(Desktop, desktop_id).power_state.value == "up"  # kept, not reset
+        sock.settimeout(30)
+        rest = b""
+        while chunk := sock.recv(65536):  # the rest of ServerInit, then the server's close
+            rest += chunk
+        assert len(rest) < 4096  # closed, not streaming a framebuffer nobody asked for
+    assert not vnc_password_accepted(vnc_port, password)

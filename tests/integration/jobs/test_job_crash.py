@@ -55,6 +55,7 @@ def _desktop(tmp: Path) -> dict[str, Any]:
 # on its own terms).
 SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "desktops.bulk": lambda tmp: {"action": "start", "desktop_ids": [_id()], "actor": "test"},
+    "desktops.cut_consoles": _desktop,
     "desktops.deprovision": _desktop,
     "desktops.migrate": lambda tmp: {"desktop_id": _id(), "host_id": _id()},
     "desktops.provision": _desktop,
