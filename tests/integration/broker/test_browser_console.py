@@ -16,6 +16,7 @@ from manager.db import make_engine
 from manager.demo import DEMO_PASSWORD
 from tests.harness.console_viewer import Refused, console_url, open_viewer
 from tests.harness.fixtures import real_guest_manager  # noqa: F401 (a fixture)
+from tests.harness.managers import wait_for
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow, pytest.mark.postgres]
 CLOSE_REFUSED = 4401
@@ -131,9 +132,14 @@ def test_an_administrator_disconnects_a_live_console(real_guest_manager, carol, 
     url = console_url(real_guest_manager.base_url, got["ws_path"], got["ticket"])
     closed = asyncio.run(_held_open_until_closed(url, disconnect))
     assert (closed.code, closed.reason) == (CLOSE_ADMIN, "disconnected by an administrator")
-    events = real_guest_manager.admin_api.get("/events", params={"desktop_id": carol_desktop,
-                                                                  "per_page": 50}).json()["items"]
-    assert any(e["code"] == "console.browser_close" and "administrator" in e["message"] for e in events)
+
+    def close_event():  # the proxy records the close after the socket has closed: wait for it, do not race it
+        events = real_guest_manager.admin_api.get("/events", params={"desktop_id": carol_desktop,
+                                                                      "per_page": 50}).json()["items"]
+        return next((e for e in events if e["code"] == "console.browser_close" and "administrator" in e["message"]),
+                    None)
+
+    wait_for("the console.browser_close event naming the administrator", close_event, bound_s=30)
 
 
 def test_an_administrators_console_of_carols_desktop(real_guest_manager, carol_desktop):
