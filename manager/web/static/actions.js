@@ -51,7 +51,8 @@
     stop: { label: "Shut down", ask: "in_use", why: "Users logged in lose their session; unsaved work may be lost." },
     poweroff: { label: "Power off", ask: "always", why: "Like pulling the plug: unsaved work is lost." },
     reboot: { label: "Reboot", ask: "in_use", why: "Users logged in lose their session while it restarts." },
-    suspend: { label: "Suspend", ask: "in_use", why: "Its screen freezes for users logged in until it is resumed." },
+    // a desktop's page only (not bulk actions): a suspended desktop is resumed as it was, so neither asks first
+    suspend: { label: "Suspend", ask: "never" },
     resume: { label: "Resume", ask: "never" },
     reset: { label: "Reset", ask: "always", why: "The disk goes back to the template: everything changed on it is lost." },
     deprovision: { label: "Delete", ask: "always", why: "Removed for good: the disk and the domain are deleted." },
@@ -485,7 +486,7 @@
       button.setAttribute("aria-busy", "true");
       try {
         if (action) {
-          const facts = await preview(action, [id]);
+          const facts = DESKTOP_ACTIONS[action].ask === "never" ? null : await preview(action, [id]);
           if (!(await confirmDesktops(action, facts, name))) return;
           if (button.dataset.power) {
             notify(`${DESKTOP_ACTIONS[action].label}: ${name}…`);
