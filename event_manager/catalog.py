@@ -196,12 +196,16 @@ declare("host.fence_started", W, "host", "fencing {host} through its fence agent
 declare("host.fenced", W, "host", "{host} is fenced; its HA desktops restart elsewhere", opens=_HOST_DOWN)
 declare("host.fence_failed", A, "host", "{host} could not be fenced: {reason}", opens=_HOST_DOWN)
 declare("host.fence_agents_set", N, "host", "{actor} set the fence agents of {host}")
+declare("host.fence_skipped", W, "host", "{host} is not fenced: it still renews its storage lease; it is asked to "
+        "release its guests, and its desktops restart elsewhere once it has or its lease has expired")
+declare("host.guests_released", A, "host", "{host} released its guests on request (its storage lease says none runs "
+        "there); its HA desktops restart elsewhere", opens=_HOST_DOWN)
 declare("host.lease_wait", W, "host", "{host} cannot be fenced: its desktops restart elsewhere when its storage lease "
         "has expired")
 declare("host.lease_expired", A, "host", "{host} could not be fenced and its storage lease expired: its guests are off "
         "(self-fenced); its HA desktops restart elsewhere", opens=_HOST_DOWN)
 declare("host.self_fenced", A, "host", "{host} powered its own guests off: it had lost both its storage lease and "
-        "the managers")
+        "the managers, or the managers and a manager had asked it to release them")
 declare("ha.fencing_skipped", A, (), "no host is fenced: too many are unreachable at once (the network)")
 declare("host.foreign_desktop", W, ("desktop", "host"), "{host} holds or reports {desktop}, which the database "
         "places on another host", suppress_s=HALF_HOUR)

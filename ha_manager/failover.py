@@ -6,16 +6,22 @@
 2. guard: nobody is fenced while two or more hosts, at least VDI_HA_BROKEN_CONNECTIVITY_THRESHOLD of them, are
    unreachable together (the network failed: one event says so, per episode). Only the leader manager runs
    rounds, and not during the quiet period after a takeover (ha_manager.leader.SingletonLoop);
-3. fencing (ha_manager.fencing) of each non-responsive host, in parallel, claimed by compare-and-swap of its
+3. guard: a non-responsive host whose storage lease is still renewing (ha_manager.host_leases) lives on the storage
+   and is not fenced (fence_state "releasing", host.fence_skipped); the manager asks it to release its guests
+   (its agent powers them off once it has reached no manager for its self-fence time, hypervisor_node.host_lease),
+   and when its lease records say "released", its HA desktops are queued (fence_state "released",
+   host.guests_released). Until then they wait; a lease that stops renewing makes the host fenceable again;
+4. fencing (ha_manager.fencing) of each non-responsive host, in parallel, claimed by compare-and-swap of its
    fence_state ("" -> fencing), so two managers never fence one host twice. A confirmed power-off queues the
    host's HA desktops; a failed fence restarts nothing (its desktops may still run) and is retried later;
-4. where fencing is impossible (no fence agent, or every agent failed) and the hosts renew storage leases
+5. where fencing is impossible (no fence agent, or every agent failed) and the hosts renew storage leases
    (ha_manager.host_leases), the lease's expiry is the proof instead: once a failed host's lease and heartbeats have
    been silent for the lease's ttl plus a margin, its agent has powered its guests off (self-fencing,
    hypervisor_node.host_lease), and its HA desktops are queued (fence_state "lease_expired");
-5. restarts (ha_manager.restart) of the queued desktops on the surviving hosts.
+6. restarts (ha_manager.restart) of the queued desktops on the surviving hosts.
 
-Every step is an event (host.suspected, host.non_responsive [ALERT], host.fence_started, host.fenced, host.fence_failed
+Every step is an event (host.suspected, host.non_responsive [ALERT], host.fence_skipped, host.guests_released
+[ALERT], host.fence_started, host.fenced, host.fence_failed
 [ALERT], host.lease_wait, host.lease_expired [ALERT], ha.fencing_skipped [ALERT], desktop.ha_restarted, desktop.ha_restart_failed, desktop.ha_waiting
 [ALERT], host.recovered). Every database write of a round happens on the calling thread (probes, fence agents
 and node starts run in worker threads that only read), so the leader's epoch fence covers all of them.
@@ -27,6 +33,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -45,7 +52,9 @@ log = logging.getLogger(__name__)
 # fence_state values
 NONE, FENCING, FENCED, FAILED, SKIPPED = "", "fencing", "fenced", "failed", "skipped"
 LEASE_EXPIRED = "lease_expired"  # not fenced, but its storage lease ran out: its guests are off (self-fenced)
-HANDLED = (FENCED, LEASE_EXPIRED)  # the host's desktops were taken over
+RELEASING = "releasing"  # not fenced: its lease still renews; asked to release its guests
+RELEASED = "released"  # its lease records say it released its guests
+HANDLED = (FENCED, LEASE_EXPIRED, RELEASED)  # the host's desktops were taken over
 
 
 def fence_configs(session: Session, host_id: str, host_name: str) -> list[fencing.AgentConfig]:
@@ -110,8 +119,15 @@ class HostFailover:
             skipped = self._skip(eligible, unreachable, judged)
             said.append(f"fencing held back for {', '.join(skipped) or 'hosts already held back'}: "
                         f"{len(unreachable)} of {len(judged)} hosts unreachable")
-        elif eligible:
-            said.append(self._fence_all(eligible))
+        elif eligible or any(v.fence_state == RELEASING for v in failed):
+            to_fence = eligible
+            if self.leases is not None:
+                said += self._lease_guard(failed, eligible)
+                to_fence = [v for v in eligible if v.fence_state != RELEASING] + [
+                    v for v in failed if v.fence_state == RELEASING
+                    and not self.leases.verdict(v.name, v.heartbeat_age).renewing]
+            if to_fence:
+                said.append(self._fence_all(to_fence))
         if self.leases is not None:
             said += self._lease_expiries(failed)
         report = restart.restart_due(policy=self.settings.ha_placement_policy,
@@ -162,6 +178,51 @@ class HostFailover:
                      "hosts; their desktops are left where they are until the hosts answer again or fewer are "
                      "unreachable", severity=Severity.ALERT, actor="ha")
         return skipped
+
+    def _lease_guard(self, failed: list[liveness.HostView], eligible: list[liveness.HostView]) -> list[str]:
+        """No fencing while the host still renews its storage lease: hold it (releasing), ask it to release its
+        guests, and take its desktops over once its lease says they are released. Updates the views' fence_state."""
+        said = []
+        now = utcnow()
+        candidates = {v.host_id: v for v in eligible}
+        candidates.update({v.host_id: v for v in failed if v.fence_state == RELEASING})
+        for view in candidates.values():
+            lease = self.leases.verdict(view.name, view.heartbeat_age)
+            if not lease.renewing:
+                continue  # dead, frozen or cut off the storage: fenced (or its lease's expiry awaited) as before
+            asked = self.leases.request_release(view.name, lease.counter)
+            with db.session_scope() as session:
+                if view.fence_state != RELEASING:
+                    if not _swap_fence(session, view.host_id, view.fence_state, RELEASING, now,
+                                       "still renews its storage lease"):
+                        continue
+                    view.fence_state = RELEASING
+                    emit(session, "host.fence_skipped", f"host {view.name} is not fenced: it still renews its "
+                         f"storage lease (counter {lease.counter}), so it lives and may run its guests; "
+                         + ("it is asked to release them (its agent powers them off once it has reached no manager "
+                            "for its self-fence time); its desktops are restarted elsewhere once its lease says they "
+                            "are released, or once the lease has expired" if asked else
+                            "it cannot be asked to release them (the release request could not be written); its "
+                            "desktops wait until it answers again or its lease has expired"),
+                         severity=Severity.WARNING, actor="ha", host_id=view.host_id)
+                    said.append(f"{view.name}: not fenced, still renews its lease")
+                if not lease.released:
+                    continue
+                if not _swap_fence(session, view.host_id, RELEASING, RELEASED, now,
+                                   f"released its guests (lease counter {lease.counter})"):
+                    continue
+                view.fence_state = RELEASED
+                session.execute(update(Host).where(Host.id == view.host_id, Host.status != HostStatus.MAINTENANCE)
+                                .values(status=HostStatus.DOWN, active_desktops=0))
+                queued = restart.queue_restarts(session, view.host_id,
+                                                restart_assigned=self.settings.ha_restart_assigned)
+                emit(session, "host.guests_released", f"host {view.name} released its guests: its storage lease "
+                     f"(counter {lease.counter}) says none runs there; {len(queued.restart)} desktop(s) to restart "
+                     "elsewhere" + (f" ({', '.join(queued.restart)})" if queued.restart else "")
+                     + (f"; not HA, left down: {', '.join(queued.left_down)}" if queued.left_down else ""),
+                     severity=Severity.ALERT, actor="ha", host_id=view.host_id)
+                said.append(f"{view.name}: released its guests")
+        return said
 
     def _fence_all(self, eligible: list[liveness.HostView]) -> str:
         now = utcnow()
@@ -271,9 +332,12 @@ def record_self_fence(session: Session, host: Host, report: dict) -> None:
     """A node agent's first heartbeat after it self-fenced (hypervisor_node.host_lease) says so: one ALERT event."""
     guests = [str(g) for g in report.get("guests") or []][:50]
     emit(session, "host.self_fenced", f"host {host.name} powered its own guests off at {report.get('at', '?')} "
-         f"({', '.join(guests) or 'none'}): it had renewed no storage lease for {report.get('lease_age_seconds', '?')} "
-         f"s and reached no manager for {report.get('manager_age_seconds', '?')} s (lease ttl "
-         f"{report.get('ttl_seconds', '?')} s)", severity=Severity.ALERT, actor="ha", host_id=host.id)
+         f"({', '.join(guests) or 'none'}): "
+         + ("a manager had asked it to release them (it still renewed its storage lease) and it had reached no "
+            if report.get("on_request") else
+            f"it had renewed no storage lease for {report.get('lease_age_seconds', '?')} s and reached no ")
+         + f"manager for {report.get('manager_age_seconds', '?')} s (lease ttl {report.get('ttl_seconds', '?')} s)",
+         severity=Severity.ALERT, actor="ha", host_id=host.id)
 
 
 @status_section("hosts")
@@ -285,6 +349,20 @@ def host_states(session: Session) -> list[dict]:
     for host_id, kind, address in session.execute(select(FenceAgent.host_id, FenceAgent.kind, FenceAgent.address)
                                                   .order_by(FenceAgent.position)):
         agents.setdefault(host_id, []).append(f"{kind} {address}")
+    from manager.config import get_settings
+
+    lease_dir = get_settings().ha_host_lease_dir
+    leases = host_leases.read_records(Path(lease_dir), [row[1] for row in rows]) if lease_dir else {}
+
+    def lease_of(name: str) -> dict | None:
+        if not lease_dir:
+            return None  # leases are not read (VDI_HA_HOST_LEASE_DIR unset)
+        record = leases.get(name)
+        if record is None:
+            return {"readable": False}
+        return {"readable": True, "counter": record.counter, "ttl_seconds": record.ttl_s,
+                "renew_seconds": record.renew_s, "released": record.released}
+
     return [{"host_id": host_id, "name": name, "status": status.value,
              "last_heartbeat_at": last.isoformat() if last else None,
              "liveness": state.liveness if state else liveness.UP,
@@ -292,7 +370,7 @@ def host_states(session: Session) -> list[dict]:
              "fence_state": state.fence_state if state else NONE,
              "fence_detail": state.fence_detail if state else "",
              "fence_changed_at": state.fence_changed_at.isoformat() if state and state.fence_changed_at else None,
-             "fence_agents": agents.get(host_id, [])}
+             "fence_agents": agents.get(host_id, []), "storage_lease": lease_of(name)}
             for host_id, name, status, last, state in rows]
 
 

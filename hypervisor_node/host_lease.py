@@ -12,6 +12,14 @@ again. The manager restarts a host's desktops on the strength of the lease only 
 have both been silent for the ttl plus a margin, so by then the guests are off. Both ages are measured from when the
 successful write or heartbeat *started*, the side that makes them older, so the agent errs towards fencing early.
 
+**Release on request** (the guard "no fencing while the host still renews its storage lease"): a manager that finds
+a host non-responsive while its lease still renews does not fence it; it writes `<lease dir>/<host name>.release`
+naming the lease counter it read. An agent that has reached no manager for `self_fence_after_s` and reads a request
+made within the last ttl's worth of its own renewals powers its guests off as above, and its lease records then say
+`"released": true` (written atomically with the counter) while none runs, so the manager restarts them elsewhere
+at once. A request is judged by the agent's own counter, no clock: a stale file says nothing. Without a request,
+losing only the managers (a manager upgrade) changes nothing.
+
 A renewal that hangs (a hard NFS mount whose server is away) does not hold the agent up: it runs on a thread of its
 own, the next one is not started while it hangs, and the lease simply ages.
 """
@@ -22,6 +30,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -43,6 +52,20 @@ def lease_path(directory: str | os.PathLike[str], host_name: str) -> Path:
     return Path(directory) / f"{host_name}.lease"
 
 
+def release_request_path(directory: str | os.PathLike[str], host_name: str) -> Path:
+    """Where a manager asks a partitioned host that still renews its lease to release its guests."""
+    return Path(directory) / f"{host_name}.release"
+
+
+def read_release_request(path: Path) -> int | None:
+    """The lease counter a release request names; None when there is none (or it makes no sense)."""
+    try:
+        counter = json.loads(path.read_text()).get("counter")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return counter if isinstance(counter, int) else None
+
+
 class HostLease:
     """Renews the host's lease on the shared storage and self-fences when it has lost both it and the managers.
 
@@ -61,6 +84,7 @@ class HostLease:
         self.driver = driver
         self.host_name = host_name
         self.path = lease_path(directory, host_name)
+        self.request_path = release_request_path(directory, host_name)
         self.renew_s = renew_s
         self.ttl_s = ttl_s
         self.self_fence_after_s = self_fence_after_s
@@ -71,6 +95,8 @@ class HostLease:
         self.renewed_at: float | None = None  # monotonic start of the last successful renewal
         self.renewing = False  # a renewal is under way (or hangs)
         self.renewal_failing = False
+        self.requested_at_counter: int | None = None  # the lease counter a manager's release request names
+        self.released = False  # on request, no guest of ours runs: said in the lease records
         self.self_fenced: list[str] = []  # guests powered off by the current self-fencing episode
         self.unreported: dict[str, Any] | None = None  # the last self-fencing, until a manager has heard of it
         self._lock = threading.Lock()
@@ -86,9 +112,11 @@ class HostLease:
         """Write the next record (blocking; raises OSError when the storage refuses). Atomic: a temporary file in
         the same directory, flushed to the storage, renamed over the lease."""
         started = self._clock()
+        requested = read_release_request(self.request_path)
         counter = self.counter + 1
         record = {"host": self.host_name, "counter": counter, "ttl_seconds": self.ttl_s,
                   "self_fence_after_seconds": self.self_fence_after_s, "renew_seconds": self.renew_s,
+                  "released": self.released,
                   "written_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")}
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         with open(temporary, "w") as out:
@@ -99,6 +127,7 @@ class HostLease:
         with self._lock:
             self.counter = counter
             self.renewed_at = started
+            self.requested_at_counter = requested
 
     def _renew_in_thread(self) -> None:
         try:
@@ -135,9 +164,17 @@ class HostLease:
             if self._manager_contact is not None else float("inf")
         return lease_age, manager_age
 
+    def release_requested(self) -> bool:
+        """A manager asked for our guests (a request naming a counter within the last ttl's worth of renewals)."""
+        with self._lock:
+            asked, counter = self.requested_at_counter, self.counter
+        return asked is not None and 0 <= counter - asked <= math.ceil(self.ttl_s / self.renew_s)
+
     def must_self_fence(self) -> bool:
         lease_age, manager_age = self.ages()
-        return lease_age >= self.self_fence_after_s and manager_age >= self.self_fence_after_s
+        if manager_age < self.self_fence_after_s:
+            return False
+        return lease_age >= self.self_fence_after_s or self.release_requested()
 
     def self_fence(self) -> list[str]:
         """Power off every running guest this agent owns; returns their names (blocking)."""
@@ -155,21 +192,27 @@ class HostLease:
     def check(self) -> list[str]:
         """One check of the rule (blocking): the guests powered off now."""
         if not self.must_self_fence():
+            self.released = False
             if self.self_fenced:
                 log.warning("self-fencing over: the lease or a manager answers again (%d guest(s) stay off)",
                             len(self.self_fenced))
                 self.self_fenced = []
             return []
         stopped = self.self_fence()
+        on_request = self.release_requested()
         if stopped:
             lease_age, manager_age = self.ages()
-            log.critical("SELF-FENCING: no lease renewal for %.1f s and no manager for %.1f s (limit %g s, lease "
-                         "ttl %g s): powered off %s", lease_age, manager_age, self.self_fence_after_s, self.ttl_s,
-                         ", ".join(stopped))
+            why = (f"a manager asked for the guests (its release request) and no manager for {manager_age:.1f} s"
+                   if on_request else f"no lease renewal for {lease_age:.1f} s and no manager for {manager_age:.1f} s")
+            log.critical("SELF-FENCING: %s (limit %g s, lease ttl %g s): powered off %s", why,
+                         self.self_fence_after_s, self.ttl_s, ", ".join(stopped))
             self.self_fenced += stopped
             self.unreported = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                                "guests": list(self.self_fenced), "lease_age_seconds": round(lease_age, 1),
-                               "manager_age_seconds": round(manager_age, 1), "ttl_seconds": self.ttl_s}
+                               "manager_age_seconds": round(manager_age, 1), "ttl_seconds": self.ttl_s,
+                               "on_request": on_request}
+        # released only once nothing of ours runs (a guest that would not power off keeps the lease unreleased)
+        self.released = on_request and all(d.state == "down" for d in self.driver.list_domains())
         return stopped
 
     def delivered(self, report: dict[str, Any] | None) -> None:

@@ -5,8 +5,10 @@ Every host runs libvirt's lock manager (virtlockd) and renews its storage lease 
 (hypervisor_node.host_lease); the manager reads the leases (VDI_HA_HOST_LEASE_DIR). Two ways out:
 
 - with a fence agent (the host's BMC, out of band, still reachable), the host is partitioned from the network only:
-  it still renews its lease, so it does not self-fence; a second start of the same disk on host2 is refused while
-  host1 runs it; the manager fences host1 through IPMI and only then starts the desktop on host2;
+  it still renews its lease, so the manager does not fence it (oVirt's guard) but asks it, through the shared
+  storage, to release its guests; a second start of the same disk on host2 is refused while host1 runs it; host1's
+  agent, cut off from the managers, powers its guest off, its lease says "released", and only then does the
+  manager start the desktop on host2; the BMC is never used;
 - with no fence agent, host1 loses the network and the shared storage (as when its NFS goes over the same link): its
   agent powers its guest off itself once both lease and managers are lost, and the manager restarts the desktop on
   host2 only once host1's lease has expired.
@@ -34,7 +36,8 @@ from tests.harness.managers import wait_for
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
 HA_CODES = ["host.non_responsive", "host.fenced", "host.fence_failed", "host.lease_wait", "host.lease_expired",
-            "desktop.ha_restarted", "ha.fencing_skipped", "host.self_fenced"]
+            "desktop.ha_restarted", "ha.fencing_skipped", "host.self_fenced", "host.fence_skipped",
+            "host.guests_released"]
 LEASE_OPTIONS = ["--heartbeat-seconds", "1", "--lease-dir", "{shared_dir}/leases", "--lease-renew-seconds", "1",
                  "--lease-ttl-seconds", "8", "--self-fence-after-seconds", "4"]
 
@@ -102,8 +105,19 @@ def _runs_once_on_host2(world, desktop_id: str) -> None:
         assert len(session.scalars(select(Event).where(Event.code == "desktop.ha_restarted")).all()) == 1
 
 
-def test_a_partitioned_host_is_fenced_before_its_desktop_runs_elsewhere(host_cluster_factory, demo_image,  # noqa: F811
-                                                                        pg_url, tmp_path, clean_db):
+def _stopped_by_host1s_own_agent(cluster, desktop_id: str, log_says: str) -> None:
+    """host1 still runs (nobody powered it off), the guest is shut off in its libvirt, and its agent's log says why."""
+    assert cluster.is_running("host1")
+    conn = libvirt.open(cluster.uri("host1"))
+    try:
+        assert conn.lookupByUUIDString(desktop_id).state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+    finally:
+        conn.close()
+    assert log_says in (cluster.host("host1").base / "agent.log").read_text()
+
+
+def test_a_partitioned_host_that_still_renews_its_lease_is_not_fenced_but_releases_its_desktop(  # noqa: F811
+        host_cluster_factory, demo_image, pg_url, tmp_path, clean_db):  # noqa: F811
     with _world(host_cluster_factory, demo_image, pg_url, tmp_path, fence_agents=True) as (cluster, world):
         desktop_id = world.desktop_ids["solo"]
         cluster.partition_host("host1")  # the network only: host1 still renews its storage lease
@@ -118,9 +132,18 @@ def test_a_partitioned_host_is_fenced_before_its_desktop_runs_elsewhere(host_clu
 
         seen = _watch_until_moved(cluster, world, desktop_id)
         assert seen["overlap"] == [], "the desktop ran on both hosts at once"
+        assert seen["host1_stopped_at"] < seen["host2_started_at"]
         _runs_once_on_host2(world, desktop_id)
-        assert len(world.bmcs["host1"].power_offs()) == 1 and world.bmcs["host2"].power_offs() == []
-        assert _codes() == ["host.non_responsive", "host.fenced", "desktop.ha_restarted"]
+        # nobody powered host1 off: it still runs, and its own agent stopped the guest when asked
+        assert world.bmcs["host1"].power_offs() == [] and world.bmcs["host2"].power_offs() == []
+        _stopped_by_host1s_own_agent(cluster, desktop_id, "SELF-FENCING: a manager asked for the guests")
+        assert _codes() == ["host.non_responsive", "host.fence_skipped", "host.guests_released",
+                            "desktop.ha_restarted"]
+
+        cluster.heal_host("host1")  # it comes back and tells what it did; the desktop stays on host2 alone
+        wait_for("host1's release reported", lambda: "host.self_fenced" in _codes(), 60)
+        assert desktop_id not in ha_world.running_guests(cluster, "host1")
+        assert _desktop(desktop_id).host_id == world.host_ids["host2"]
 
 
 def test_a_partitioned_host_without_fence_agent_fences_itself_and_its_desktop_restarts_after_its_lease_expired(
@@ -139,13 +162,7 @@ def test_a_partitioned_host_without_fence_agent_fences_itself_and_its_desktop_re
         serial.wait_for(r"VDI-BOOT template=")  # it booted on host2 (the log is rewritten at each start)
 
         # host1 was not powered off by anyone: its own agent stopped the guest (self-fencing)
-        assert cluster.is_running("host1")
-        conn = libvirt.open(cluster.uri("host1"))
-        try:
-            assert conn.lookupByUUIDString(desktop_id).state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
-        finally:
-            conn.close()
-        assert "SELF-FENCING" in (cluster.host("host1").base / "agent.log").read_text()
+        _stopped_by_host1s_own_agent(cluster, desktop_id, "SELF-FENCING")
         assert _codes() == ["host.non_responsive", "host.fence_failed", "host.lease_wait", "host.lease_expired",
                             "desktop.ha_restarted"]
 

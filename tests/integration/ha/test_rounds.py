@@ -4,6 +4,7 @@ the process boundary here (the real ones: tests/integration/ha/test_fence_agents
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 from sqlalchemy import select, update
@@ -11,8 +12,9 @@ from sqlalchemy import select, update
 from core.enums import HostStatus, PowerState, Severity
 from ha_manager import fencing
 from ha_manager.failover import HostFailover, host_states, set_fence_agents
+from ha_manager.host_leases import LeaseWatch
 from manager import db
-from manager.config import Settings
+from manager.config import Settings, get_settings
 from manager.models import (Cluster, Desktop, Event, FenceAgent, HaRestart, Host, HostHaState, Template,
                             TemplateVersion, User, Volume, utcnow)
 
@@ -231,3 +233,104 @@ def test_fence_agents_api(client, clean_db):
     assert (shown["name"], shown["liveness"], shown["fence_agents"]) == ("h", "up", ["ipmi 10.0.0.5", "redfish 10.0.0.6"])
     assert ha.json()["ha_restarts"] == []
     assert client.put(url, json={"agents": []}).json() == []
+
+
+# ---- the guard: no fencing while the host still renews its storage lease ----------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def renew(directory, host: str, counter: int, released: bool = False) -> None:
+    """A lease record as hypervisor_node.host_lease writes it."""
+    (directory / f"{host}.lease").write_text(json.dumps({"host": host, "counter": counter, "ttl_seconds": 8,
+                                                         "renew_seconds": 1, "released": released}))
+
+
+@pytest.fixture
+def leased(world, tmp_path):
+    """The world's manager reads the hosts' leases in tmp_path, on a clock of the test's."""
+    clock = Clock()
+    world.failover.leases = LeaseWatch(str(tmp_path), margin_s=2.0, clock=clock)
+    renew(tmp_path, "h2", 1)
+    return world, tmp_path, clock
+
+
+def test_a_host_that_still_renews_its_lease_is_not_fenced_and_its_desktops_move_once_it_released_them(leased):
+    world, leases, clock = leased
+    ha = world.desktop("ha", "h1", ha=True)
+    renew(leases, "h1", 10)
+    world.silent("h1", 20)
+    world.failover.run_cycle()
+    assert world.fenced == [] and world.state("h1") == ("non_responsive", "releasing")
+    [skipped] = world.events("host.fence_skipped")
+    assert "still renews its storage lease" in skipped.message and "asked to release" in skipped.message
+    assert json.loads((leases / "h1.release").read_text()) == {"host": "h1", "counter": 10}
+
+    for counter in (11, 12, 13):  # it keeps renewing without saying released: its desktops wait where they are
+        clock.now += 1
+        renew(leases, "h1", counter)
+        world.failover.run_cycle()
+    assert world.fenced == [] and world.state("h1") == ("non_responsive", "releasing")
+    assert len(world.events("host.fence_skipped")) == 1, "said once"
+    assert json.loads((leases / "h1.release").read_text())["counter"] == 13  # the request kept fresh
+    with db.session_scope() as session:
+        assert session.scalars(select(HaRestart)).all() == []
+        assert session.get(Desktop, ha).power_state == PowerState.UP
+
+    clock.now += 1
+    renew(leases, "h1", 14, released=True)
+    world.failover.run_cycle()
+    assert world.fenced == [] and world.state("h1") == ("non_responsive", "released")
+    [released] = world.events("host.guests_released")
+    assert released.severity == Severity.ALERT and "(ha)" in released.message
+    with db.session_scope() as session:
+        assert set(session.scalars(select(HaRestart.desktop_id))) == {ha}
+        assert session.get(Host, world.hosts["h1"]).status == HostStatus.DOWN
+    clock.now += 1
+    renew(leases, "h1", 15, released=True)
+    world.failover.run_cycle()
+    assert len(world.events("host.guests_released")) == 1 and world.fenced == [], "taken over once"
+
+
+def test_a_host_whose_lease_no_longer_renews_is_fenced_as_before(leased):
+    world, leases, clock = leased
+    renew(leases, "h1", 10)
+    world.failover.leases.observe(["h1", "h2"])
+    clock.now += 3  # three renewal periods without a move: dead, frozen or cut off the storage too
+    renew(leases, "h2", 2)
+    world.silent("h1", 20)
+    world.failover.run_cycle()
+    assert world.fenced == [["bmc-h1"]] and world.state("h1") == ("non_responsive", "fenced")
+    assert world.events("host.fence_skipped") == [] and not (leases / "h1.release").exists()
+
+
+def test_a_held_host_whose_lease_stops_renewing_is_fenced(leased):
+    world, leases, clock = leased
+    renew(leases, "h1", 10)
+    world.silent("h1", 20)
+    world.failover.run_cycle()
+    assert world.state("h1") == ("non_responsive", "releasing")
+    clock.now += 3  # it died after it was held
+    world.failover.run_cycle()
+    assert world.fenced == [["bmc-h1"]] and world.state("h1") == ("non_responsive", "fenced")
+
+
+def test_the_ha_status_shows_each_hosts_lease(leased, monkeypatch):
+    world, leases, _clock = leased
+    renew(leases, "h1", 7, released=True)
+    monkeypatch.setenv("VDI_HA_HOST_LEASE_DIR", str(leases))
+    get_settings.cache_clear()
+    try:
+        with db.session_scope() as session:
+            shown = {h["name"]: h["storage_lease"] for h in host_states(session)}
+    finally:
+        monkeypatch.delenv("VDI_HA_HOST_LEASE_DIR")
+        get_settings.cache_clear()
+    assert shown["h1"] == {"readable": True, "counter": 7, "ttl_seconds": 8, "renew_seconds": 1, "released": True}
+    assert shown["h2"]["counter"] == 1
+    with db.session_scope() as session:
+        assert {h["storage_lease"] for h in host_states(session)} == {None}  # leases not read

@@ -69,3 +69,37 @@ def test_a_manager_that_took_over_counts_from_its_own_first_read(tmp_path):
     clock.now += 1
     new_leader.observe(["host1"])
     assert new_leader.verdict("host1", heartbeat_age=300).expired
+
+
+def test_a_lease_renews_while_its_counter_moved_within_three_renewals_and_says_when_released(tmp_path):
+    clock = Clock()
+    watch = LeaseWatch(str(tmp_path), margin_s=2.0, clock=clock)
+
+    def renew(counter: int, released: bool = False) -> None:
+        (tmp_path / "host1.lease").write_text(json.dumps({"host": "host1", "counter": counter, "ttl_seconds": 8,
+                                                          "renew_seconds": 1, "released": released}))
+        watch.observe(["host1"])
+
+    renew(1)
+    verdict = watch.verdict("host1", heartbeat_age=30)
+    assert verdict.renewing and not verdict.released and verdict.counter == 1
+    clock.now += 2.9
+    watch.observe(["host1"])
+    assert watch.verdict("host1", heartbeat_age=30).renewing
+    clock.now += 0.1  # three renewal periods without a move: no longer renewing (dead, frozen or cut off)
+    watch.observe(["host1"])
+    assert not watch.verdict("host1", heartbeat_age=30).renewing
+    renew(2, released=True)
+    verdict = watch.verdict("host1", heartbeat_age=30)
+    assert verdict.renewing and verdict.released
+    (tmp_path / "host1.lease").unlink()  # unread in this round: neither renewing nor released
+    watch.observe(["host1"])
+    verdict = watch.verdict("host1", heartbeat_age=30)
+    assert not verdict.renewing and not verdict.released
+
+
+def test_a_release_request_names_the_counter_read(tmp_path):
+    watch = LeaseWatch(str(tmp_path), margin_s=2.0)
+    assert watch.request_release("host1", 42)
+    assert json.loads((tmp_path / "host1.release").read_text()) == {"host": "host1", "counter": 42}
+    assert not LeaseWatch(str(tmp_path / "missing"), margin_s=2.0).request_release("host1", 1)

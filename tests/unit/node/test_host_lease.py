@@ -73,7 +73,7 @@ def test_a_host_that_lost_both_its_lease_and_the_managers_powers_its_guests_off(
     assert lease.check() == [] and running(driver) == {"a", "b"}
     clock.now += 0.1
     assert sorted(lease.check()) == ["a", "b"] and running(driver) == set()
-    assert lease.unreported["guests"] == ["a", "b"]
+    assert sorted(lease.unreported["guests"]) == ["a", "b"]
     assert lease.unreported["lease_age_seconds"] >= 4 and lease.unreported["ttl_seconds"] == 8
 
     report = lease.unreported
@@ -92,3 +92,38 @@ def test_an_agent_with_no_manager_fences_on_its_lease_alone(driver, make_spec, t
     assert lease.check() == []
     clock.now += 4  # never renewed since the agent started
     assert lease.check() == ["a"]
+
+
+def test_a_host_that_lost_the_managers_releases_its_guests_only_when_a_manager_asks(driver, make_spec, tmp_path):
+    clock, contact = Clock(), {"at": None}
+    leases = tmp_path / "leases"
+    leases.mkdir()
+    lease = HostLease(driver, "host1", leases, renew_s=1, ttl_s=8, self_fence_after_s=4,
+                      manager_contact=lambda: contact["at"], clock=clock)
+    spec = make_spec(name="a")
+    driver.define(spec)
+    driver.start(spec.uuid)
+    (leases / "host1.release").write_text(json.dumps({"host": "host1", "counter": -100}))  # a stale request
+    lease.renew()
+    contact["at"] = clock.now
+    clock.now += 10  # no manager for 10 s, the lease renewing: a stale request says nothing
+    lease.renew()
+    assert lease.check() == [] and running(driver) == {"a"}
+
+    (leases / "host1.release").write_text(json.dumps({"host": "host1", "counter": lease.counter}))
+    lease.renew()  # read at the next renewal
+    contact["at"] = clock.now - 1  # a manager still hears it: nothing
+    assert lease.check() == [] and running(driver) == {"a"}
+    contact["at"] = clock.now - 4  # no manager for the self-fence time, and a fresh request: released
+    assert lease.check() == ["a"] and running(driver) == set()
+    assert lease.unreported["on_request"] is True
+    lease.renew()
+    assert json.loads((leases / "host1.lease").read_text())["released"] is True
+
+    for _ in range(9):  # the request grows old by the lease's own counter (no clock), not by time
+        lease.renew()
+    assert not lease.release_requested()
+    contact["at"] = clock.now  # a manager answers again: no longer released
+    assert lease.check() == []
+    lease.renew()
+    assert json.loads((leases / "host1.lease").read_text())["released"] is False
