@@ -2,7 +2,7 @@
 its hardware changed (the dialog says per field what the API did: live or at the next boot), it is sent to another
 host (the job followed in the jobs tray; a host in maintenance is the API's 409, said in the dialog) and deleted (a
 running one only with "Power it off first"); a host goes into maintenance draining its running desktops, and the
-drain is cancelled from the host's page. A test-driver hypervisor cannot live-migrate (libvirt's test driver has no
+drain is cancelled from the host's page (its job's page offers Cancel as well). A test-driver hypervisor cannot live-migrate (libvirt's test driver has no
 migrate3): here the moves fail and the pages say so; tests/integration/hosts/test_live_migration.py moves a real
 guest through the same API. Screenshots of the dialogs and pages go to VDI_E2E_SCREENSHOTS (default /tmp)."""
 from __future__ import annotations
@@ -201,6 +201,10 @@ def test_maintenance_drains_a_host_and_the_drain_is_cancelled_from_its_page(logg
             page.get_by_role("button", name="Jobs", exact=True).click()  # the tray following the drain covers the card
             expect(page.get_by_role("dialog", name="Jobs")).to_be_hidden()
             page.screenshot(path=str(SCREENSHOTS / "console-host-draining.png"), full_page=True)
+            card.get_by_role("link", name="Drain by live migration").click()  # the job's own page offers Cancel too
+            expect(page.get_by_role("heading", name=f"drain host {host['name']} by live migration", level=1)).to_be_visible()
+            expect(page.get_by_role("button", name="Cancel job")).to_be_enabled()
+            page.go_back()
             card.get_by_role("button", name="Cancel drain").click()
             expect(card).to_contain_text("cancel requested")
             expect(card.get_by_role("button", name="Cancel drain")).to_have_count(0)

@@ -605,6 +605,21 @@
     });
   }
 
+  // ---- Cancel on a running job (a host's drain, a job's page): POST /jobs/{id}/cancel, then the page again --------
+  function initCancelJob(root) {
+    root.querySelector("[data-cancel-job]")?.addEventListener("click", async (event) => {
+      const button = event.currentTarget;
+      button.disabled = true;
+      try {
+        const job = await api("POST", `/jobs/${encodeURIComponent(button.dataset.cancelJob)}/cancel`);
+        reloadWatching(job.id);  // shown again when it has stopped
+      } catch (error) {
+        notify(`${button.textContent}: ${error.message}`, "error");
+        button.disabled = false;
+      }
+    });
+  }
+
   // ---- a host's page: maintenance (draining its running desktops by live migration, cancellable) and back -------------
   function initHost(root) {
     const base = `/hosts/${encodeURIComponent(root.dataset.id)}`;
@@ -619,17 +634,7 @@
         reload();
       },
     });
-    root.querySelector("[data-cancel-job]")?.addEventListener("click", async (event) => {
-      const button = event.currentTarget;
-      button.disabled = true;
-      try {
-        const job = await api("POST", `/jobs/${encodeURIComponent(button.dataset.cancelJob)}/cancel`);
-        reloadWatching(job.id);  // shown again when it has stopped
-      } catch (error) {
-        notify(`Cancel drain: ${error.message}`, "error");
-        button.disabled = false;
-      }
-    });
+    initCancelJob(root);
     root.querySelector("[data-host-op=activate]")?.addEventListener("click", async (event) => {
       try {
         const host = await api("POST", `${base}/activate`);
@@ -699,7 +704,8 @@
     initBulk();
     initPoolForm();
     const root = pageObject();
-    const init = root && { desktop: initDesktop, pool: initPool, host: initHost, template: initTemplate }[root.dataset.kind];
+    const init = root && { desktop: initDesktop, pool: initPool, host: initHost, template: initTemplate,
+                            job: initCancelJob }[root.dataset.kind];
     if (init) init(root);
     followWatchedJob();
   });
