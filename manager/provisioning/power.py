@@ -94,7 +94,10 @@ def _node_power(target: NodeTarget, desktop_id: str, action: PowerAction, actor:
         # that a user connecting now gets a running desktop instead of a 404.
         from manager.node_reconcile import define_missing
 
-        if action != PowerAction.START or not define_missing(target.host_id, desktop_id, actor=actor):
+        if action != PowerAction.START:  # the desktop exists: a 404 would say otherwise; nothing runs there
+            raise Conflict(f"the desktop is not running: its host {target.host_name} has no domain for it "
+                           f"(starting it defines it again)") from None
+        if not define_missing(target.host_id, desktop_id, actor=actor):
             raise
         return call()
 
