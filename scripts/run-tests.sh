@@ -10,6 +10,7 @@
 #   PY=.venv/bin/python  VDI_TEST_LOG_DIR=<dir>  VDI_TEST_LIGHT_NICE=5  VDI_TEST_SHARDS="heavy light"
 set -uo pipefail
 cd "$(dirname "$0")/.."
+{  # read whole before running: editing this file during a run must not change the run
 
 PY=${PY:-.venv/bin/python}
 SHARDS=(${VDI_TEST_SHARDS:-heavy light})
@@ -116,3 +117,4 @@ else
     fi
 fi
 exit $failed
+}
