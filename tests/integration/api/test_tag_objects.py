@@ -9,6 +9,7 @@ from core.enums import Role
 from manager import db
 from manager.models import Cluster, Desktop, Event, Host, RoleAssignment, Tag, TagAssignment, User
 from manager.tagging import TAGGED_KINDS
+from tests.integration.broker.conftest import job_ended
 
 
 @pytest.fixture
@@ -150,7 +151,10 @@ def test_deleting_a_tagged_object_removes_its_tags(client, inventory):
     assert client.post(url, json={"kind": "host", "ids": [inventory["host"]]}).status_code == 200
     assert client.post(url, json={"kind": "user", "ids": [user_id]}).status_code == 200
 
-    for path in (f"/api/v1/desktops/{deleted}", f"/api/v1/hosts/{inventory['host']}", f"/api/v1/users/{user_id}"):
+    removal = client.delete(f"/api/v1/desktops/{deleted}")  # a desktop goes by its removal job
+    assert removal.status_code == 202, removal.text
+    assert job_ended(client, removal.json()["id"])["state"] == "succeeded"
+    for path in (f"/api/v1/hosts/{inventory['host']}", f"/api/v1/users/{user_id}"):
         response = client.delete(path)
         assert response.status_code == 204, (path, response.text)
     with db.session_scope() as session:
