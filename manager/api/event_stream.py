@@ -59,10 +59,15 @@ def _events_after(last: int, *, user_id: str | None = None, desktops: frozenset[
         return [s.EventOut.model_validate(r).model_dump(mode="json") for r in rows]
 
 
+def _newest_id() -> int:
+    with db.session_scope() as session:
+        return session.scalar(select(func.max(Event.id))) or 0
+
+
 def _hub_start() -> tuple[int, list[int]]:
     """The newest event id and the ids just behind it (already committed: no stream needs them from the hub)."""
+    newest = _newest_id()
     with db.session_scope() as session:
-        newest = session.scalar(select(func.max(Event.id))) or 0
         return newest, list(session.scalars(select(Event.id).where(Event.id > newest - LOOKBACK)))
 
 
@@ -226,6 +231,10 @@ async def stream_events(request: Request, who: Annotated[Principal, Depends(requ
     last = after_id
     if last is None and request.headers.get("last-event-id", "").isdigit():
         last = int(request.headers["last-event-id"])
+    if last is None:
+        # "From now on" is fixed before the response starts: an event the client writes once it has the 200 must
+        # come (the hub's own start may be later than that, or, with streams already open, long before).
+        last = await run_in_threadpool(_newest_id)
     everything = await run_in_threadpool(who.can, "events:read")
     user_id = None if everything else who.user_id
 
@@ -243,7 +252,7 @@ async def stream_events(request: Request, who: Annotated[Principal, Depends(requ
             ready = asyncio.ensure_future(the_hub.started())
             async for comment in keepalives(ready):
                 yield comment
-            start = ready.result() if last is None else last
+            start = last
             desktops: frozenset[str] = frozenset()
             if not everything:
                 read = asyncio.ensure_future(run_in_threadpool(_held_desktops, who.user_id))
