@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from core.enums import HostStatus, PowerState, Severity, TaskState
+from core.enums import HostStatus, JobState, PowerState, Severity, TaskState
 from core.errors import Conflict, DomainNotFound, NoHostAvailable, NotFound, VdiError
 from event_manager.service import emit
 from manager import db
@@ -149,6 +149,27 @@ def migrate_desktop(ctx: JobContext, desktop_id: str, host_id: str) -> dict[str,
     return migrate_now(desktop_id, host_id, job_id=ctx.job_id)
 
 
+def _held_by_a_migrate_job(session: Session, desktop_id: str) -> bool:
+    return session.scalar(select(func.count()).select_from(Job).where(
+        Job.kind == "desktops.migrate", Job.target_id == desktop_id,
+        Job.state.in_([JobState.PENDING, JobState.RUNNING]))) > 0
+
+
+def _settle_interrupted_move(desktop_id: str, source_host_id: str) -> str | None:
+    """A desktop of a draining host still MIGRATING with no desktops.migrate job holding it: the drain's own move,
+    cut short when its runner died. Ask the other hosts where the domain is now: settle the desktop there (its host
+    id is returned) or, when no other host has it, on the source (task_state cleared, None returned)."""
+    with db.session_scope() as session:
+        others = [(h.id, nodes.target_of_host(h)) for h in session.scalars(
+            select(Host).where(Host.id != source_host_id, Host.status.in_([HostStatus.UP, HostStatus.MAINTENANCE])))]
+    for host_id, target in others:
+        if _where_is(target, desktop_id):
+            _settle(desktop_id, host_id)
+            return host_id
+    _settle(desktop_id, None)
+    return None
+
+
 # ---- draining a host in maintenance ----------------------------------------------------------------------
 def request_drain(session: Session, host: Host, *, actor: str) -> Job:
     """Enqueue the job that moves the running desktops off a host in maintenance (sent when the caller commits)."""
@@ -174,6 +195,16 @@ def drain_host(ctx: JobContext, host_id: str, policy: str = "spread") -> dict[st
                 host = session.get(Host, host_id)
                 if host is None or host.status != HostStatus.MAINTENANCE:
                     return {"migrated": migrated, "failed": failed, "stopped": "the host left maintenance"}
+                row = session.get(Desktop, desktop_id)
+                interrupted = row is not None and row.task_state == TaskState.MIGRATING and \
+                    not _held_by_a_migrate_job(session, desktop_id)
+            # A resumed drain finds the desktop its dead runner was moving: where libvirt has it decides.
+            if interrupted and _settle_interrupted_move(desktop_id, host_id) is not None:
+                migrated.append(name)
+                ctx.completed.update(migrated=list(migrated), failed=dict(failed))
+                ctx.progress(done, len(running))
+                continue
+            with db.session_scope() as session:
                 desktop = power.claim(session, desktop_id, TaskState.MIGRATING, "migrate it")
                 if desktop.host_id != host_id or desktop.power_state != PowerState.UP:
                     raise Conflict(f"desktop {name} no longer runs on this host")

@@ -161,3 +161,59 @@ def test_the_broker_hands_out_no_fresh_desktop_on_a_host_in_maintenance(world, c
     assert client.post(f"{API}/hosts/{a}/activate").status_code == 200
     third = anon_client.post(f"{API}/broker/connect", json=body, headers=bearer(users[1][1]))
     assert third.status_code == 200 and third.json()["desktop_id"] == on_a, third.text
+
+
+def _stuck_in_a_dead_drain(world, client, on_target_too: bool) -> tuple[str, str, str]:
+    """A running desktop on host a, a in maintenance, the desktop MIGRATING as the claim of a drain whose runner
+    died mid-move left it (no desktops.migrate job holds it); with `on_target_too`, the move had completed: libvirt
+    on b has the domain. Returns (a, b, desktop id)."""
+    from core.enums import HostStatus, TaskState
+    from manager import db
+    from manager.models import Desktop, Host
+    from manager.node_reconcile import define_missing
+
+    a, b = world.hosts(2)
+    template_id, _ = world.template()
+    desktop = client.post(f"{API}/desktops/provision", json={"name": f"{world.prefix}-mv", "template_id": template_id,
+                                                             "host_id": a}).json()
+    assert client.post(f"{API}/desktops/{desktop['id']}/start").status_code == 200
+    if on_target_too:
+        with db.session_scope() as s:
+            s.get(Desktop, desktop["id"]).host_id = b
+        assert define_missing(b, desktop["id"], actor="test")
+    with db.session_scope() as s:
+        row = s.get(Desktop, desktop["id"])
+        row.host_id, row.task_state = a, TaskState.MIGRATING
+        s.get(Host, a).status = HostStatus.MAINTENANCE
+    return a, b, desktop["id"]
+
+
+def _resumed_drain(client, host_id: str) -> dict:
+    from manager import db
+    from manager.models import Host
+    from manager.provisioning.migration import request_drain
+    from tests.integration.broker.conftest import job_ended
+
+    with db.session_scope() as s:
+        job_id = request_drain(s, s.get(Host, host_id), actor="test").id
+    return job_ended(client, job_id)
+
+
+def test_a_resumed_drain_settles_the_move_its_dead_runner_completed(world, client):
+    a, b, desktop_id = _stuck_in_a_dead_drain(world, client, on_target_too=True)
+    job = _resumed_drain(client, a)
+    assert job["state"] == "succeeded" and job["result"]["migrated"] == [f"{world.prefix}-mv"], job
+    desktop = client.get(f"{API}/desktops/{desktop_id}").json()
+    assert (desktop["host_id"], desktop["task_state"]) == (b, None), desktop
+
+
+def test_a_resumed_drain_frees_a_move_that_never_happened_and_moves_it_again(world, client):
+    a, _b, desktop_id = _stuck_in_a_dead_drain(world, client, on_target_too=False)
+    job = _resumed_drain(client, a)
+    # The desktop is no longer stuck: the drain claimed it again and tried (libvirt's test driver cannot migrate,
+    # so this move fails and says why instead of "busy migrating").
+    failure = job["result"]["failed"].get(f"{world.prefix}-mv", "")
+    print("the move's failure:", failure)
+    assert job["state"] == "succeeded" and failure and "busy" not in failure and "migrating" not in failure, job
+    desktop = client.get(f"{API}/desktops/{desktop_id}").json()
+    assert (desktop["host_id"], desktop["task_state"]) == (a, None), desktop
